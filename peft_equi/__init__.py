@@ -1,0 +1,84 @@
+"""peft-equi: parameter-efficient fine-tuning of equivariant graph neural networks.
+
+.. code-block:: python
+
+    import peft_equi
+    model = peft_equi.get_peft_model(base, "mmea", rank=16)
+    model.print_trainable_parameters()
+    ...  # train
+    model.save_adapter("my-adapter")
+"""
+
+from __future__ import annotations
+
+__version__ = "0.1.0"
+
+from peft_equi.adapters.base import Adapter, AdapterConfig
+from peft_equi.backends.base import Backend
+from peft_equi.config import PeftConfig, Rule
+from peft_equi.errors import (
+    AdapterLoadError,
+    NotMergeableError,
+    PeftEquiError,
+    RuleMatchError,
+    UnknownNameError,
+    UnsupportedLayerError,
+)
+from peft_equi.inspection import LayerReport, format_inspection, inspect_model
+from peft_equi.irreps import Irrep, Irreps, Layout, MulIrrep
+from peft_equi.layer import AdaptedLayer
+from peft_equi.model import PeftModel, get_peft_model
+from peft_equi.plan import discover
+from peft_equi.presets import preset_names as list_presets
+from peft_equi.registry import ADAPTERS, BACKENDS, PRESETS, register_adapter, register_backend, register_preset
+from peft_equi.serialization import load_adapter
+from peft_equi.spec import LayerKind, LayerSpec, WeightPath
+
+
+def list_adapters() -> list[str]:
+    """Sorted names of the registered adapters."""
+    return ADAPTERS.names()
+
+
+def list_backends() -> list[str]:
+    """Sorted names of the registered backends (layer types)."""
+    return BACKENDS.names()
+
+
+__all__ = [
+    "ADAPTERS",
+    "BACKENDS",
+    "PRESETS",
+    "AdaptedLayer",
+    "Adapter",
+    "AdapterConfig",
+    "AdapterLoadError",
+    "Backend",
+    "Irrep",
+    "Irreps",
+    "LayerKind",
+    "LayerReport",
+    "LayerSpec",
+    "Layout",
+    "MulIrrep",
+    "NotMergeableError",
+    "PeftConfig",
+    "PeftEquiError",
+    "PeftModel",
+    "Rule",
+    "RuleMatchError",
+    "UnknownNameError",
+    "UnsupportedLayerError",
+    "WeightPath",
+    "discover",
+    "format_inspection",
+    "get_peft_model",
+    "inspect_model",
+    "list_adapters",
+    "list_backends",
+    "list_presets",
+    "load_adapter",
+    "register_adapter",
+    "register_backend",
+    "register_preset",
+]

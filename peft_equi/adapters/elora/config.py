@@ -1,0 +1,15 @@
+"""Options of the ELoRA adapter (defaults: the ELoRA paper's r = alpha = 16, A ~ N(0, 1))."""
+
+from __future__ import annotations
+
+from pydantic import Field, PositiveFloat, PositiveInt
+
+from peft_equi.adapters.base import AdapterConfig
+
+
+class EloraConfig(AdapterConfig):
+    """Rank of each path's update and its scaling ``alpha / rank``."""
+
+    rank: PositiveInt = Field(16, description="rank of every path's update (not capped by the multiplicities)")
+    alpha: PositiveFloat | None = Field(None, description="scaling numerator; default: rank (scaling 1)")
+    init_std: float = Field(1.0, ge=0, description="std of the normal init of A (B starts at 0)")

@@ -1,0 +1,70 @@
+"""Equivariant LoRA as a weight update (exactly mergeable).
+
+On a linear layer, LoRA is the bottleneck ``y = W x + (alpha/r) B(A(x))`` where ``A`` maps
+the input into ``r`` copies of every irrep shared by input and output and ``B`` maps back;
+``A`` and ``B`` are themselves equivariant linears with e3nn's element normalisation (as in
+``mace.modules.lora``).  Written in weight space, the update of path ``k: i -> j`` is
+
+.. math:: \\Delta W_k = \\frac{\\alpha}{r}\\, \\frac{c^A_{ir}\\, c^B}{c_k}\\, A_i B_j,
+   \\qquad c^A_{ir} = (\\textstyle\\sum_{i': ir_{i'} = ir} m_{i'})^{-1/2},\\; c^B = r^{-1/2}
+
+with ``A_i (m_i, r)`` per input block, ``B_j (r, m_j)`` per output block and ``c_k`` the
+layer's path weight; it equals the bottleneck on every path the layer has.  On tensor
+products the factor ``A`` is indexed by (operand blocks, output irrep), ``(m_1 m_2, r)``,
+and on dense layers (``nn.Linear``, MLP layers) LoRA is the plain ``W + (alpha/r) A B``;
+there the update is added to the raw weight (``c = 1``).  Each ``A B`` only mixes channels
+of one irrep, so the update keeps the path structure: equivariant.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import nn
+
+from peft_equi.adapters.base import Adapter
+from peft_equi.adapters.lora.config import LoraConfig
+from peft_equi.adapters.lowrank import down_factor, scaling, up_factor
+from peft_equi.registry import register_adapter
+from peft_equi.spec import LayerKind, LayerSpec, WeightPath
+
+
+def _a_key(spec: LayerSpec, path: WeightPath) -> str:
+    return "_".join(str(i) for i in path.inputs) + f"_{spec.irreps_out[path.output].ir}"
+
+
+@register_adapter
+class LoraAdapter(Adapter):
+    """Equivariant LoRA (see the module docstring).  Parameters ``lora_A.*``, ``lora_B.*``."""
+
+    name = "lora"
+    config_class = LoraConfig
+
+    def __init__(self, spec: LayerSpec, config: LoraConfig) -> None:
+        super().__init__(spec, config)
+        self.scaling = scaling(config.rank, config.alpha)
+        self.lora_A = nn.ParameterDict()
+        self.lora_B = nn.ParameterDict()
+        for path in spec.paths:
+            key_a, key_b = _a_key(spec, path), str(path.output)
+            if key_a not in self.lora_A:
+                self.lora_A[key_a] = down_factor(path.fan_in, config.rank, config.init_std)
+            if key_b not in self.lora_B:
+                self.lora_B[key_b] = up_factor(config.rank, path.mul_out)
+        self.path_factors = [self.scaling * self._normalisation(spec, path) for path in spec.paths]
+
+    def _normalisation(self, spec: LayerSpec, path: WeightPath) -> float:
+        if spec.kind is not LayerKind.LINEAR:
+            return 1.0
+        (irreps_in,) = spec.irreps_in
+        ir = spec.irreps_out[path.output].ir
+        fan_a = sum(block.mul for block in irreps_in if block.ir == ir)
+        return 1.0 / math.sqrt(fan_a) / math.sqrt(self.config.rank) / path.path_weight
+
+    def delta_weight(self) -> torch.Tensor:
+        blocks = [
+            (factor * self.lora_A[_a_key(self.spec, path)] @ self.lora_B[str(path.output)]).reshape(-1)
+            for factor, path in zip(self.path_factors, self.spec.paths)
+        ]
+        return torch.cat(blocks)

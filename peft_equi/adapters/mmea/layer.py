@@ -1,0 +1,118 @@
+"""MMEA: per-channel magnitudes of equivariant features, gated by invariants.
+
+For a layer with output ``y`` and invariant (``0e``) input channels ``x0`` (``m0`` of them):
+
+.. math::
+    h = \\sigma(W_h x_0 + b_h) \\in \\mathbb{R}^r, \\qquad
+    \\gamma = W_s h + b_s, \\qquad a = W_a h + b_a
+
+    y_{l,c} \\leftarrow \\varphi(\\gamma_{l,c})\\, y_{l,c} \\;(l \\ge 1 \\text{ or } 0o), \\qquad
+    y_{0e,c} \\leftarrow y_{0e,c} + a_c
+
+with ``sigma`` = SiLU and ``phi`` = exp (or ``1 + x``).  ``gamma`` is invariant and shared
+by the ``2l+1`` components of a channel, so ``phi(gamma) D(g) y = D(g) phi(gamma) y``; the
+shift touches only ``0e`` channels (never ``0o``, which flips sign under inversion).  With
+one shared head the parameter count is ``(m0 + 1) r + (r + 1) sum(mul_out)``.  ``W_s, b_s,
+W_a, b_a`` start at zero, so the layer is unchanged at initialisation.  The gains depend on
+the input, so MMEA cannot be merged into the layer.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from peft_equi.adapters.base import Adapter, InvariantReader, no_invariant_input_reason
+from peft_equi.adapters.mmea.config import MmeaConfig
+from peft_equi.registry import register_adapter
+from peft_equi.spec import LayerSpec
+
+
+def _gain_columns(spec: LayerSpec, config: MmeaConfig) -> tuple[torch.Tensor, int]:
+    """For each output component, its gain column; 0e components use the last column (gain 1)."""
+    if config.gain_sharing == "channel":
+        keys = [(i, c) for i, block in spec.irreps_out.blocks() for c in range(block.mul)]
+    else:
+        keys = [block.ir for _, block in spec.irreps_out.blocks()]
+    modulated = [k for k in keys if not _is_scalar_key(spec, k)]
+    columns = {key: n for n, key in enumerate(dict.fromkeys(modulated))}
+    n = len(columns)
+    channel_column = []
+    for i, block in spec.irreps_out.blocks():
+        for c in range(block.mul):
+            key = (i, c) if config.gain_sharing == "channel" else block.ir
+            channel_column.append(columns.get(key, n))
+    channel_column_t = torch.tensor(channel_column, dtype=torch.long)
+    return channel_column_t[spec.component_channel_index()], n
+
+
+def _is_scalar_key(spec: LayerSpec, key) -> bool:
+    ir = spec.irreps_out[key[0]].ir if isinstance(key, tuple) else key
+    return ir.is_invariant
+
+
+def _head(width: int, rank: int) -> nn.Linear:
+    """The gate ``W_h x0 + b_h``; without invariant inputs (``width == 0``) a learned constant."""
+    if width > 0:
+        return nn.Linear(width, rank)
+    head = nn.utils.skip_init(nn.Linear, 0, rank)
+    nn.init.uniform_(head.bias, -1.0, 1.0)
+    return head
+
+
+@register_adapter
+class MmeaAdapter(Adapter):
+    """Magnitude-modulated equivariant adapter (see the module docstring)."""
+
+    name = "mmea"
+    config_class = MmeaConfig
+
+    @classmethod
+    def unsupported_reason(cls, spec: LayerSpec, config: MmeaConfig) -> str | None:
+        reason = super().unsupported_reason(spec, config)
+        if reason is None and config.on_missing_invariants == "error":
+            reason = no_invariant_input_reason(cls.name, spec, "on_missing_invariants='constant'")
+        if reason is None:
+            has_scalar = spec.num_scalar_out() > 0
+            has_other = spec.num_scalar_out() < spec.num_channels_out
+            if not ((config.scalar_modulation and has_scalar) or (config.higher_order_modulation and has_other)):
+                reason = f"mmea with these options has nothing to modulate on outputs {spec.irreps_out}"
+        return reason
+
+    def __init__(self, spec: LayerSpec, config: MmeaConfig) -> None:
+        super().__init__(spec, config)
+        self.dynamic = True
+        self.invariants = InvariantReader(spec)
+        index, n_gains = _gain_columns(spec, config)
+        self.scale = None
+        if config.higher_order_modulation and n_gains > 0:
+            self.scale = nn.Linear(config.rank, n_gains)
+            nn.init.zeros_(self.scale.weight)
+            nn.init.zeros_(self.scale.bias)
+            self.register_buffer("gain_index", index, persistent=False)
+        self.shift = None
+        if config.scalar_modulation and spec.num_scalar_out() > 0:
+            self.shift = nn.Linear(config.rank, spec.num_scalar_out())
+            if config.init == "identity":
+                nn.init.zeros_(self.shift.weight)
+                nn.init.zeros_(self.shift.bias)
+            self.register_buffer("shift_index", spec.scalar_component_index(), persistent=False)
+        both = self.scale is not None and self.shift is not None
+        n_heads = 2 if config.heads == "separate" and both else 1
+        self.heads = nn.ModuleList(_head(self.invariants.width, config.rank) for _ in range(n_heads))
+        self.act = nn.SiLU() if config.activation == "silu" else nn.Identity()
+
+    def _phi(self, gamma: torch.Tensor) -> torch.Tensor:
+        return torch.exp(gamma) if self.config.gain == "exp" else 1.0 + gamma
+
+    def modulate(self, y: torch.Tensor, operands: tuple[torch.Tensor, ...]) -> torch.Tensor:
+        x0 = self.invariants(operands)
+        hidden = [self.act(head(x0)) for head in self.heads]
+        if self.scale is not None:
+            gains = self._phi(self.scale(hidden[0]))
+            gains = torch.cat([gains, gains.new_ones(*gains.shape[:-1], 1)], dim=-1)
+            y = y * gains.index_select(-1, self.gain_index)
+        if self.shift is not None:
+            shift = self.shift(hidden[-1])
+            y = y.index_add(-1, self.shift_index, shift.expand(*y.shape[:-1], shift.shape[-1]))
+        return y

@@ -1,0 +1,12 @@
+"""Backends: translate real modules into backend-free layer specs.
+
+Importing this package registers the built-in backends.  The e3nn ones are duck typed and
+import nothing from e3nn, so they also recognise the e3nn copies bundled in
+``torch.package`` archives (NequIP ``.nequip.zip`` files).
+"""
+
+from peft_equi.backends import torch_linear
+from peft_equi.backends.base import Backend
+from peft_equi.backends.e3nn import fc, linear, tensor_product
+
+__all__ = ["Backend", "fc", "linear", "tensor_product", "torch_linear"]

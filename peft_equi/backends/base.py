@@ -1,0 +1,84 @@
+"""The backend interface: translate one kind of real module into a :class:`LayerSpec`.
+
+A backend knows one layer type of one library (``e3nn.linear``, ``torch.linear``, ...).
+It recognises modules by duck typing, describes them backend-free, and runs them with an
+*effective* weight and bias supplied by peft-equi, so that weight-space adapters reach the
+layer's own (possibly fused) kernel instead of running a second op beside it.
+
+Weights and biases cross this interface in the canonical layout of :mod:`peft_equi.spec`:
+the flat concatenation of the path blocks, and the bias concatenated over
+``spec.bias_blocks``.  Register a new backend with
+:func:`peft_equi.registry.register_backend`.
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from typing import Any, ClassVar
+
+import torch
+from torch import nn
+
+from peft_equi.spec import LayerSpec
+
+
+class Backend(ABC):
+    """Adapter-facing view of one layer type.  Subclasses are stateless."""
+
+    name: ClassVar[str]
+    priority: ClassVar[int] = 0
+
+    @abstractmethod
+    def matches(self, module: nn.Module) -> bool:
+        """Whether ``module`` is a layer of this type that can be adapted (duck typed)."""
+
+    @abstractmethod
+    def describe(self, module: nn.Module) -> LayerSpec:
+        """The backend-free description of ``module``."""
+
+    @abstractmethod
+    def weight(self, module: nn.Module) -> torch.Tensor:
+        """The module's weight in canonical flat layout (a differentiable view if possible)."""
+
+    def bias(self, module: nn.Module) -> torch.Tensor | None:
+        """The module's own bias over ``spec.bias_blocks``, or ``None``."""
+        return None
+
+    def bias_parameter_names(self, module: nn.Module) -> list[str]:
+        """Names (relative to the module) of the parameters that hold its bias."""
+        return []
+
+    @abstractmethod
+    def operands(self, args: tuple[Any, ...], kwargs: dict[str, Any]) -> tuple[torch.Tensor, ...]:
+        """The feature operands of a call, in ``spec.irreps_in`` order."""
+
+    @abstractmethod
+    def forward(
+        self,
+        module: nn.Module,
+        args: tuple[Any, ...],
+        kwargs: dict[str, Any],
+        weight: torch.Tensor | None,
+        bias: torch.Tensor | None,
+    ) -> torch.Tensor:
+        """Run the layer's linear part with ``weight``/``bias`` (canonical) instead of its own.
+
+        ``weight=None`` means the layer's own weight and bias (the fast path).
+
+        For layers with an output nonlinearity the result is the pre-activation; see
+        :meth:`finish`.
+        """
+
+    def finish(self, module: nn.Module, y: torch.Tensor) -> torch.Tensor:
+        """Whatever the layer does after its linear part (activation, rescaling)."""
+        return y
+
+    @abstractmethod
+    def write(self, module: nn.Module, weight: torch.Tensor, bias: torch.Tensor | None) -> None:
+        """Store canonical ``weight`` (and ``bias``) into the module in place (merging)."""
+
+
+def copy_into(target: torch.Tensor, value: torch.Tensor) -> None:
+    """Overwrite ``target`` in place without recording autograd history."""
+    with torch.no_grad():
+        target.copy_(value.reshape(target.shape).to(target.dtype))

@@ -1,0 +1,82 @@
+"""Backend for e3nn ``o3.Linear`` with internal, shared weights."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+from torch import nn
+
+from peft_equi.backends.base import Backend, copy_into
+from peft_equi.irreps import Irreps
+from peft_equi.registry import register_backend
+from peft_equi.spec import LayerKind, LayerSpec, WeightPath
+
+
+def has_internal_flat_weight(module: nn.Module) -> bool:
+    """True when ``module.weight`` is a 1-D Parameter owned by the module (e3nn internal weights)."""
+    weight = getattr(module, "weight", None)
+    return (
+        bool(getattr(module, "internal_weights", False))
+        and bool(getattr(module, "shared_weights", True))
+        and isinstance(weight, nn.Parameter)
+        and weight.dim() == 1
+        and weight.numel() > 0
+    )
+
+
+@register_backend
+class E3nnLinear(Backend):
+    """``e3nn.o3.Linear``: flat weight of row-major ``(mul_in, mul_out)`` blocks, one per instruction.
+
+    Bias instructions (``i_in == -1``) carry the 0e biases, stored in ``module.bias``.
+    """
+
+    name = "e3nn.linear"
+
+    def matches(self, module: nn.Module) -> bool:
+        instructions = getattr(module, "instructions", None)
+        return (
+            hasattr(module, "irreps_in")
+            and hasattr(module, "irreps_out")
+            and not hasattr(module, "irreps_in1")
+            and isinstance(instructions, list)
+            and all(hasattr(ins, "i_in") and hasattr(ins, "path_shape") for ins in instructions)
+            and has_internal_flat_weight(module)
+        )
+
+    def describe(self, module: nn.Module) -> LayerSpec:
+        irreps_in, irreps_out = Irreps(module.irreps_in), Irreps(module.irreps_out)
+        paths, offset = [], 0
+        for ins in module.instructions:
+            if ins.i_in == -1:
+                continue
+            shape = tuple(int(s) for s in ins.path_shape)
+            paths.append(WeightPath((ins.i_in,), ins.i_out, shape, offset, float(ins.path_weight)))
+            offset += paths[-1].numel
+        bias_blocks = tuple(ins.i_out for ins in module.instructions if ins.i_in == -1)
+        if not isinstance(getattr(module, "bias", None), nn.Parameter):
+            bias_blocks = ()
+        return LayerSpec(LayerKind.LINEAR, (irreps_in,), irreps_out, tuple(paths), bias_blocks=bias_blocks)
+
+    def weight(self, module: nn.Module) -> torch.Tensor:
+        return module.weight
+
+    def bias(self, module: nn.Module) -> torch.Tensor | None:
+        bias = getattr(module, "bias", None)
+        return bias if isinstance(bias, nn.Parameter) and bias.numel() > 0 else None
+
+    def bias_parameter_names(self, module: nn.Module) -> list[str]:
+        return ["bias"] if self.bias(module) is not None else []
+
+    def operands(self, args: tuple[Any, ...], kwargs: dict[str, Any]) -> tuple[torch.Tensor, ...]:
+        return (args[0] if args else kwargs["features"],)
+
+    def forward(self, module, args, kwargs, weight, bias):
+        (features,) = self.operands(args, kwargs)
+        return module(features) if weight is None else module(features, weight, bias)
+
+    def write(self, module, weight, bias):
+        copy_into(module.weight, weight)
+        if bias is not None:
+            copy_into(module.bias, bias)

@@ -1,0 +1,35 @@
+"""Exceptions raised for bad user input; each message names the problem."""
+
+from __future__ import annotations
+
+
+class PeftEquiError(ValueError):
+    """Base class of peft-equi's user-facing errors."""
+
+
+class UnknownNameError(PeftEquiError, KeyError):
+    """An adapter, backend or preset name that is not registered."""
+
+    def __init__(self, what: str, name: str, known: list[str]) -> None:
+        self.name = name
+        self.known = known
+        super().__init__(f"unknown {what} {name!r}; known {what}s: {', '.join(known) or '(none)'}")
+
+    def __str__(self) -> str:  # KeyError would quote the message
+        return self.args[0]
+
+
+class RuleMatchError(PeftEquiError):
+    """A rule of a PeftConfig that matched no layer (or no tensor)."""
+
+
+class UnsupportedLayerError(PeftEquiError):
+    """An adapter asked to act on a layer it cannot adapt."""
+
+
+class NotMergeableError(PeftEquiError):
+    """Merging was asked for an adapter whose update depends on the input."""
+
+
+class AdapterLoadError(PeftEquiError):
+    """A saved adapter that does not fit the model it is loaded into."""

@@ -1,0 +1,65 @@
+"""``inspect_model``: every discoverable layer, its irreps and what a config does to it."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from torch import nn
+
+from peft_equi.config import PeftConfig
+from peft_equi.plan import assign, discover
+from peft_equi.presets import resolve_config
+
+
+@dataclass(frozen=True)
+class LayerReport:
+    """One row of :func:`inspect_model`."""
+
+    path: str
+    backend: str
+    kind: str
+    irreps_in: str
+    irreps_out: str
+    rule: str | None
+    adapter: str | None
+    trainable: int
+    note: str
+
+
+def inspect_model(model: nn.Module, config: PeftConfig | str | None = None, **options) -> list[LayerReport]:
+    """Describe the adaptable layers of ``model`` and, given a config, which rule takes each.
+
+    Nothing is attached; rules that match nothing are reported in the notes, not raised.
+    """
+    layers = discover(model)
+    resolved = resolve_config(config, **options) if config is not None else PeftConfig()
+    reports = []
+    for entry in assign(layers, resolved, strict=False):
+        layer = entry.layer
+        reports.append(
+            LayerReport(
+                path=layer.path or "<root>",
+                backend=layer.backend.name,
+                kind=layer.spec.kind.value,
+                irreps_in=" x ".join(str(i) for i in layer.spec.irreps_in),
+                irreps_out=str(layer.spec.irreps_out),
+                rule=entry.rule.label if entry.rule else None,
+                adapter=entry.adapter.name if entry.adapter else None,
+                trainable=sum(p.numel() for p in entry.adapter.parameters()) if entry.adapter else 0,
+                note="; ".join(entry.notes),
+            )
+        )
+    return reports
+
+
+def format_inspection(reports: list[LayerReport]) -> str:
+    """A plain-text table of :func:`inspect_model` rows."""
+    header = ("layer", "backend", "irreps in -> out", "adapter", "params", "note")
+    rows = [
+        (r.path, r.backend, f"{r.irreps_in} -> {r.irreps_out}", r.adapter or "-", f"{r.trainable:,}", r.note)
+        for r in reports
+    ]
+    widths = [max(len(str(x)) for x in column) for column in zip(header, *rows)]
+    lines = ["  ".join(str(x).ljust(w) for x, w in zip(row, widths)).rstrip() for row in [header, *rows]]
+    lines.insert(1, "  ".join("-" * w for w in widths))
+    return "\n".join(lines)

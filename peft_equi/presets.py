@@ -1,0 +1,60 @@
+"""Named configurations ("presets") and how a name plus options becomes a :class:`PeftConfig`.
+
+Every adapter name is also a preset: ``get_peft_model(model, "elora", rank=8)`` puts ELoRA
+on every layer it can adapt.  Besides the adapter options, such presets accept ``target``,
+``exclude``, ``kinds``, ``train`` and ``train_buffers``.  ``full`` trains every parameter;
+``readout-only`` trains the parameters matching ``patterns`` (default ``*readout*``).
+Register more with :func:`peft_equi.registry.register_preset`.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from peft_equi.config import PeftConfig, Rule
+from peft_equi.errors import UnknownNameError
+from peft_equi.registry import ADAPTERS, PRESETS, register_preset
+
+_RULE_KEYS = ("target", "exclude", "kinds")
+_CONFIG_KEYS = ("train", "train_buffers")
+
+
+def adapter_everywhere(adapter: str, **options: Any) -> PeftConfig:
+    """``adapter`` on every layer it supports (layers it cannot adapt are left alone)."""
+    rule_fields = {k: options.pop(k) for k in _RULE_KEYS if k in options}
+    config_fields = {k: options.pop(k) for k in _CONFIG_KEYS if k in options}
+    rule = Rule(adapter=adapter, options=options, on_unsupported="skip", **rule_fields)
+    return PeftConfig(rules=[rule], preset=adapter, **config_fields)
+
+
+@register_preset("full")
+def full(train_buffers: list[str] | None = None) -> PeftConfig:
+    """Full fine-tuning: every parameter trainable, no adapter."""
+    return PeftConfig(train=["*"], train_buffers=train_buffers or [], preset="full")
+
+
+@register_preset("readout-only")
+def readout_only(patterns: list[str] | None = None) -> PeftConfig:
+    """Train only the parameters whose names match ``patterns`` (default ``['*readout*']``)."""
+    return PeftConfig(train=patterns or ["*readout*"], preset="readout-only")
+
+
+def preset_names() -> list[str]:
+    """Registered presets plus every adapter name."""
+    return sorted(set(PRESETS.names()) | set(ADAPTERS.names()))
+
+
+def resolve_config(config: PeftConfig | str, **options: Any) -> PeftConfig:
+    """A config from a :class:`PeftConfig` (no options allowed) or a preset/adapter name."""
+    if isinstance(config, PeftConfig):
+        if options:
+            raise TypeError(f"options {sorted(options)} are only accepted with a preset or adapter name")
+        return config
+    if config in PRESETS:
+        try:
+            return PRESETS.get(config)(**options)
+        except TypeError as exc:
+            raise TypeError(f"preset {config!r}: {exc}") from None
+    if config in ADAPTERS:
+        return adapter_everywhere(config, **options)
+    raise UnknownNameError("preset or adapter", config, preset_names())
