@@ -43,6 +43,7 @@ class PeftModel(nn.Module):
         super().__init__()
         self.peft_config = config
         self._original_requires_grad = {n: p.requires_grad for n, p in base_model.named_parameters()}
+        trained = trained_tensor_names(base_model, config, assignments)
         self._trained_buffers: dict[str, bool] = {}  # name -> was persistent
         for name in select_tensors(base_model, config.train_buffers, buffers=True):
             owner, attr = _owner(base_model, name)
@@ -50,7 +51,6 @@ class PeftModel(nn.Module):
             value = getattr(owner, attr)
             delattr(owner, attr)
             owner.register_parameter(attr, nn.Parameter(value.detach().clone()))
-        trained = trained_tensor_names(base_model, config, assignments)
         for param in base_model.parameters():
             param.requires_grad_(False)
         self._layers: dict[str, AdaptedLayer] = {}

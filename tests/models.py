@@ -21,7 +21,11 @@ def layer_cases() -> dict[str, tuple[torch.nn.Module, list[str | None], str]]:
     return {
         "o3.Linear+bias": (o3.Linear(LINEAR_IN, LINEAR_OUT, biases=True), [LINEAR_IN], LINEAR_OUT),
         "o3.Linear": (o3.Linear(LINEAR_IN, LINEAR_OUT), [LINEAR_IN], LINEAR_OUT),
-        "FullyConnectedTensorProduct": (o3.FullyConnectedTensorProduct(TP_IN1, TP_IN2, TP_OUT), [TP_IN1, TP_IN2], TP_OUT),
+        "FullyConnectedTensorProduct": (
+            o3.FullyConnectedTensorProduct(TP_IN1, TP_IN2, TP_OUT),
+            [TP_IN1, TP_IN2],
+            TP_OUT,
+        ),
         "FullyConnectedNet.layer": (enn.FullyConnectedNet([6, 9], torch.tanh).layer0, ["6x0e"], "9x0e"),
         "FullyConnectedNet.last": (enn.FullyConnectedNet([6, 9, 4]).layer1, ["9x0e"], "4x0e"),
         "nn.Linear": (torch.nn.Linear(6, 5), ["6x0e"], "5x0e"),

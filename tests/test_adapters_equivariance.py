@@ -92,7 +92,7 @@ def test_dynamic_adapters_refuse_to_merge_and_static_ones_merge():
 
 
 def test_bitfit_needs_a_layer_bias_to_merge():
-    layer, irreps_in, _ = layer_cases()["o3.Linear"]  # no biases
+    layer, _, _ = layer_cases()["o3.Linear"]  # no biases
     model = _adapt(layer, "bitfit", {})
     assert model.num_trainable_parameters() == 9  # 6x0e + 3x0e outputs get new biases
     with pytest.raises(peft_equi.NotMergeableError, match="stores no bias"):

@@ -19,6 +19,8 @@ the input, so MMEA cannot be merged into the layer.
 
 from __future__ import annotations
 
+import warnings
+
 import torch
 from torch import nn
 
@@ -55,7 +57,9 @@ def _head(width: int, rank: int) -> nn.Linear:
     """The gate ``W_h x0 + b_h``; without invariant inputs (``width == 0``) a learned constant."""
     if width > 0:
         return nn.Linear(width, rank)
-    head = nn.utils.skip_init(nn.Linear, 0, rank)
+    with warnings.catch_warnings():  # torch warns that initialising the empty weight is a no-op
+        warnings.simplefilter("ignore", UserWarning)
+        head = nn.Linear(0, rank)
     nn.init.uniform_(head.bias, -1.0, 1.0)
     return head
 

@@ -1,0 +1,159 @@
+"""Library authors add adapters, backends and presets without touching the core."""
+
+from importlib.metadata import EntryPoint
+
+import pytest
+import torch
+from pydantic import Field
+from torch import nn
+
+import peft_equi
+from peft_equi import registry
+from peft_equi.adapters.base import Adapter, AdapterConfig
+from peft_equi.backends.base import Backend
+from peft_equi.spec import dense_spec
+from peft_equi.testing import assert_equivariant, randomize_adapters
+
+
+class ScaleConfig(AdapterConfig):
+    init: float = Field(0.0, description="initial log-gain")
+
+
+class ScaleAdapter(Adapter):
+    """One static gain per output channel (a third-party adapter)."""
+
+    name = "test-scale"
+    config_class = ScaleConfig
+
+    def __init__(self, spec, config):
+        super().__init__(spec, config)
+        self.log_gain = nn.Parameter(torch.full((spec.num_channels_out,), config.init))
+
+    def output_affine(self):
+        return torch.exp(self.log_gain), None
+
+
+class Doubler(nn.Module):
+    """A third-party invariant layer: y = 2 x W (weight (in, out))."""
+
+    def __init__(self, n_in, n_out):
+        super().__init__()
+        self.kernel = nn.Parameter(torch.randn(n_in, n_out))
+
+    def forward(self, x):
+        return 2 * x @ self.kernel
+
+
+class DoublerBackend(Backend):
+    name = "test.doubler"
+
+    def matches(self, module):
+        return isinstance(module, Doubler)
+
+    def describe(self, module):
+        return dense_spec(*module.kernel.shape, 2.0)
+
+    def weight(self, module):
+        return module.kernel.reshape(-1)
+
+    def operands(self, args, kwargs):
+        return (args[0],)
+
+    def forward(self, module, args, kwargs, weight, bias):
+        weight = module.kernel if weight is None else weight.reshape(module.kernel.shape)
+        return 2 * args[0] @ weight
+
+    def write(self, module, weight, bias):
+        with torch.no_grad():
+            module.kernel.copy_(weight.reshape(module.kernel.shape))
+
+
+@pytest.fixture
+def clean_registries():
+    saved = {r: dict(r._items) for r in (registry.ADAPTERS, registry.BACKENDS, registry.PRESETS)}
+    yield
+    for r, items in saved.items():
+        r._items = items
+
+
+def test_register_adapter_and_backend_by_decorator(clean_registries):
+    peft_equi.register_adapter(ScaleAdapter)
+    peft_equi.register_backend(DoublerBackend)
+    assert "test-scale" in peft_equi.list_adapters() and "test.doubler" in peft_equi.list_backends()
+    net = nn.Sequential(Doubler(4, 3))
+    x = torch.randn(5, 4)
+    expected = net(x)
+    model = peft_equi.get_peft_model(net, "test-scale")
+    assert torch.equal(model(x), expected)
+    randomize_adapters(model)
+    adapted = model(x)
+    torch.testing.assert_close(model.merge_and_unload()(x), adapted)
+
+    # third-party adapters work on built-in backends too
+    from e3nn import o3
+
+    model = peft_equi.get_peft_model(o3.Linear("4x0e+2x1o", "3x0e+2x1o"), "test-scale")
+    randomize_adapters(model)
+    assert_equivariant(model, ["4x0e+2x1o"], "3x0e+2x1o")
+
+
+def test_duplicate_names_are_refused(clean_registries):
+    peft_equi.register_adapter(ScaleAdapter)
+
+    class Other(ScaleAdapter):
+        pass
+
+    with pytest.raises(ValueError, match="already registered"):
+        peft_equi.register_adapter(Other)
+
+
+def test_entry_points_are_discovered(monkeypatch, clean_registries):
+    fake = EntryPoint(name="test-scale", value="tests_extending_target:ScaleAdapter", group="peft_equi.adapters")
+    import sys
+    import types
+
+    module = types.ModuleType("tests_extending_target")
+    module.ScaleAdapter = ScaleAdapter
+    monkeypatch.setitem(sys.modules, "tests_extending_target", module)
+    monkeypatch.setattr(registry, "entry_points", lambda group: [fake] if group == "peft_equi.adapters" else [])
+    monkeypatch.setattr(registry.ADAPTERS, "_loaded", False)
+    assert "test-scale" in peft_equi.list_adapters()
+
+
+def test_register_preset(clean_registries):
+    @peft_equi.register_preset("test-linears-only")
+    def linears_only(rank: int = 2):
+        return peft_equi.PeftConfig(rules=[peft_equi.Rule(adapter="lora", kinds=["linear"], options={"rank": rank})])
+
+    from e3nn import o3
+
+    net = nn.Sequential(o3.Linear("2x0e", "2x0e"), nn.Linear(2, 2))
+    model = peft_equi.get_peft_model(net, "test-linears-only", rank=1)
+    assert list(model.adapted_layers) == ["0"]
+    with pytest.raises(TypeError, match="test-linears-only"):
+        peft_equi.get_peft_model(net, "test-linears-only", bogus=1)
+
+
+def test_duck_typed_discovery_of_foreign_e3nn_copies():
+    """Modules that are not instances of the installed e3nn classes (torch.package copies) are found."""
+    from e3nn import o3
+
+    class PackagedLinear(nn.Module):  # same attributes as e3nn's Linear, different class
+        def __init__(self):
+            super().__init__()
+            self._inner = o3.Linear("3x0e+2x1o", "2x0e+2x1o")
+            self.weight = self._inner.weight
+            self.bias = self._inner.bias
+            for attr in ("irreps_in", "irreps_out", "instructions", "internal_weights", "shared_weights"):
+                setattr(self, attr, getattr(self._inner, attr))
+
+        def forward(self, features, weight=None, bias=None):
+            return self._inner(features, weight, bias)
+
+    layer = PackagedLinear()
+    assert not isinstance(layer, o3.Linear)
+    (found,) = peft_equi.discover(layer)
+    assert found.backend.name == "e3nn.linear"
+    model = peft_equi.get_peft_model(layer, "elora", rank=2)
+    randomize_adapters(model)
+    assert_equivariant(model, ["3x0e+2x1o"], "2x0e+2x1o")
