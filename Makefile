@@ -7,11 +7,12 @@ STAMP := $(VENV)/.peft-equi-installed
 
 .PHONY: demo test lint clean-venv
 
-$(STAMP): requirements/ci.txt pyproject.toml
+$(STAMP): requirements/ci.txt requirements/no-deps.txt pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	# torch first and alone, pinned: the CPU wheel on local disk (an open range pulls a CUDA build)
 	$(PY) -m pip install --quiet torch==2.13.0
 	$(PY) -m pip install --quiet -r requirements/ci.txt
+	$(PY) -m pip install --quiet --no-deps -r requirements/no-deps.txt
 	$(PY) -m pip install --quiet --no-deps -e .
 	touch $(STAMP)
 

@@ -95,7 +95,9 @@ class PeftConfig(BaseModel):
     exclude: list[str] = Field([], description="module paths no rule may adapt")
     train: list[str] = Field([], description="patterns of parameters trained fully (not adapted)")
     train_buffers: list[str] = Field(
-        [], description="patterns of floating-point buffers made trainable parameters (e.g. '*bessel_weights')"
+        [],
+        description="patterns of floating-point buffers made trainable parameters (e.g. '*bessel_weights'); "
+        "a matching parameter is simply trained",
     )
     preset: str | None = Field(None, description="the preset this config came from, if any")
 

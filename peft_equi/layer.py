@@ -103,7 +103,7 @@ class AdaptedLayer(nn.Module):
         if extra is not None:
             y = y + extra
         if self.adapter.dynamic:
-            y = self.adapter.modulate(y, self.backend.operands(args, kwargs))
+            y = self.adapter.modulate(y, self.backend.operands(self.base_layer, args, kwargs))
         return self.backend.finish(self.base_layer, y)
 
     def merge_blocker(self) -> str | None:

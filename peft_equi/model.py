@@ -45,7 +45,10 @@ class PeftModel(nn.Module):
         self._original_requires_grad = {n: p.requires_grad for n, p in base_model.named_parameters()}
         trained = trained_tensor_names(base_model, config, assignments)
         self._trained_buffers: dict[str, bool] = {}  # name -> was persistent
+        buffer_names = {n for n, _ in base_model.named_buffers()}
         for name in select_tensors(base_model, config.train_buffers, buffers=True):
+            if name not in buffer_names:
+                continue  # already a parameter: just trained
             owner, attr = _owner(base_model, name)
             self._trained_buffers[name] = attr not in owner._non_persistent_buffers_set
             value = getattr(owner, attr)

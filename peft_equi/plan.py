@@ -107,16 +107,19 @@ def _build(cls: type[Adapter], layer: Layer, options) -> Adapter:
 
 
 def select_tensors(model: nn.Module, patterns: list[str], *, buffers: bool) -> list[str]:
-    """Names of parameters (or floating-point buffers) matching ``patterns``; each must match one."""
+    """Names of parameters (and, with ``buffers``, floating-point buffers) matching ``patterns``.
+
+    Each pattern must match something.  A buffer pattern may also match a parameter (a
+    model where that tensor is already a parameter): it is then simply trained.
+    """
+    names = [n for n, _ in model.named_parameters()]
     if buffers:
-        names = [n for n, b in model.named_buffers() if torch.is_floating_point(b)]
-    else:
-        names = [n for n, _ in model.named_parameters()]
+        names += [n for n, b in model.named_buffers() if torch.is_floating_point(b)]
     selected: list[str] = []
     for pattern in patterns:
         hits = [n for n in names if pattern_matches(pattern, n)]
         if not hits:
-            what = "floating-point buffer" if buffers else "parameter"
+            what = "parameter or floating-point buffer" if buffers else "parameter"
             raise RuleMatchError(f"train pattern {pattern!r} matches no {what} of the model")
         selected += [n for n in hits if n not in selected]
     return selected

@@ -13,6 +13,7 @@ object to register.  Entry points are loaded on first lookup.
 
 from __future__ import annotations
 
+import importlib
 import inspect
 import warnings
 from collections.abc import Callable, Iterator
@@ -27,7 +28,7 @@ T = TypeVar("T")
 class Registry(Generic[T]):
     """A name -> object table with entry-point discovery and helpful errors."""
 
-    def __init__(self, what: str, group: str, builtins: str) -> None:
+    def __init__(self, what: str, group: str, builtins: tuple[str, ...]) -> None:
         self.what = what
         self.group = group
         self._builtins = builtins
@@ -65,7 +66,8 @@ class Registry(Generic[T]):
         if self._loaded:
             return
         self._loaded = True
-        __import__(self._builtins)
+        for module in self._builtins:
+            importlib.import_module(module)
         for ep in entry_points(group=self.group):
             try:
                 obj = ep.load()
@@ -76,9 +78,11 @@ class Registry(Generic[T]):
                 self.register(ep.name, obj)
 
 
-ADAPTERS: Registry = Registry("adapter", "peft_equi.adapters", "peft_equi.adapters")
-BACKENDS: Registry = Registry("backend", "peft_equi.backends", "peft_equi.backends")
-PRESETS: Registry = Registry("preset", "peft_equi.presets", "peft_equi.presets")
+ADAPTERS: Registry = Registry("adapter", "peft_equi.adapters", ("peft_equi.adapters",))
+BACKENDS: Registry = Registry("backend", "peft_equi.backends", ("peft_equi.backends",))
+PRESETS: Registry = Registry(
+    "preset", "peft_equi.presets", ("peft_equi.presets", "peft_equi.integrations.mace.presets")
+)
 
 
 def register_adapter(cls: type[T]) -> type[T]:

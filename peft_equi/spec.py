@@ -19,6 +19,12 @@ keeps the layer equivariant.  This is the contract adapters are written against:
   ``uvw`` paths (e3nn ``FullyConnectedTensorProduct``).
 * ``dense``: invariant features only, ``in x 0e -> out x 0e``, one path ``(in, out)``
   (``torch.nn.Linear``, e3nn ``FullyConnectedNet`` layers).
+* ``contraction``: MACE's symmetric contraction; operands are node features and the
+  one-hot element ``z``; one path per weight tensor ``(n_elements, n_coupling_paths,
+  channels)`` (``weights_max`` and the lower-order ``weights.*`` of each output irrep).
+
+Paths have a ``name`` (``"0->1"``, ``"weight"``, ``"contractions.0.weights_max"``) that
+adapter options can select paths by.
 
 Biases exist only on ``0e`` output blocks; ``bias_blocks`` lists the output blocks for
 which the layer itself stores a bias (concatenated in that order).
@@ -41,6 +47,7 @@ class LayerKind(str, Enum):
     LINEAR = "linear"
     TENSOR_PRODUCT = "tensor_product"
     DENSE = "dense"
+    CONTRACTION = "contraction"
 
 
 @dataclass(frozen=True)
@@ -52,6 +59,7 @@ class WeightPath:
     shape: tuple[int, ...]
     offset: int
     path_weight: float = 1.0
+    name: str = ""
 
     @property
     def numel(self) -> int:
@@ -175,7 +183,7 @@ def dense_spec(h_in: int, h_out: int, path_weight: float, *, bias: bool = False)
         LayerKind.DENSE,
         (Irreps([MulIrrep(h_in, scalar)]),),
         Irreps([MulIrrep(h_out, scalar)]),
-        (WeightPath((0,), 0, (h_in, h_out), 0, path_weight),),
+        (WeightPath((0,), 0, (h_in, h_out), 0, path_weight, name="weight"),),
         bias_blocks=(0,) if bias else (),
     )
 

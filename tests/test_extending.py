@@ -56,7 +56,7 @@ class DoublerBackend(Backend):
     def weight(self, module):
         return module.kernel.reshape(-1)
 
-    def operands(self, args, kwargs):
+    def operands(self, module, args, kwargs):
         return (args[0],)
 
     def forward(self, module, args, kwargs, weight, bias):

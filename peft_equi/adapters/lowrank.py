@@ -2,8 +2,12 @@
 
 from __future__ import annotations
 
+import fnmatch
+
 import torch
 from torch import nn
+
+from peft_equi.spec import LayerSpec
 
 
 def down_factor(fan_in: int, rank: int, init_std: float) -> nn.Parameter:
@@ -19,3 +23,23 @@ def up_factor(rank: int, fan_out: int) -> nn.Parameter:
 def scaling(rank: int, alpha: float | None) -> float:
     """LoRA scaling ``alpha / rank`` (``alpha`` defaults to ``rank``: scaling 1)."""
     return 1.0 if alpha is None else alpha / rank
+
+
+def selected_paths(spec: LayerSpec, patterns: list[str] | None) -> list[bool]:
+    """For each path of ``spec``: whether its name matches one of the glob ``patterns`` (``None``: all)."""
+    if patterns is None:
+        return [True] * len(spec.paths)
+    return [any(fnmatch.fnmatchcase(path.name, p) for p in patterns) for path in spec.paths]
+
+
+def unselected_reason(spec: LayerSpec, patterns: list[str] | None) -> str | None:
+    """The message for a ``paths`` option that selects none of the layer's paths, or ``None``."""
+    if any(selected_paths(spec, patterns)):
+        return None
+    return f"no path matches {patterns} (paths: {', '.join(p.name for p in spec.paths)})"
+
+
+def assemble(spec: LayerSpec, blocks: dict[int, torch.Tensor], like: torch.Tensor) -> torch.Tensor:
+    """The flat canonical weight update from per-path ``(fan_in, mul_out)`` blocks; absent paths are 0."""
+    parts = [blocks[i].reshape(-1) if i in blocks else like.new_zeros(path.numel) for i, path in enumerate(spec.paths)]
+    return torch.cat(parts)

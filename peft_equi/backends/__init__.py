@@ -8,5 +8,6 @@ import nothing from e3nn, so they also recognise the e3nn copies bundled in
 from peft_equi.backends import torch_linear
 from peft_equi.backends.base import Backend
 from peft_equi.backends.e3nn import fc, linear, tensor_product
+from peft_equi.backends.mace import symmetric_contraction
 
-__all__ = ["Backend", "fc", "linear", "tensor_product", "torch_linear"]
+__all__ = ["Backend", "fc", "linear", "symmetric_contraction", "tensor_product", "torch_linear"]

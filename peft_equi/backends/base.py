@@ -49,8 +49,8 @@ class Backend(ABC):
         return []
 
     @abstractmethod
-    def operands(self, args: tuple[Any, ...], kwargs: dict[str, Any]) -> tuple[torch.Tensor, ...]:
-        """The feature operands of a call, in ``spec.irreps_in`` order."""
+    def operands(self, module: nn.Module, args: tuple[Any, ...], kwargs: dict[str, Any]) -> tuple[torch.Tensor, ...]:
+        """The feature operands of a call, flat in ``spec.irreps_in`` order and ``spec.layout``."""
 
     @abstractmethod
     def forward(

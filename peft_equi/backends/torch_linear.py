@@ -34,11 +34,11 @@ class TorchLinear(Backend):
     def bias_parameter_names(self, module: nn.Module) -> list[str]:
         return ["bias"] if module.bias is not None else []
 
-    def operands(self, args: tuple[Any, ...], kwargs: dict[str, Any]) -> tuple[torch.Tensor, ...]:
+    def operands(self, module: nn.Module, args: tuple[Any, ...], kwargs: dict[str, Any]) -> tuple[torch.Tensor, ...]:
         return (args[0] if args else kwargs["input"],)
 
     def forward(self, module, args, kwargs, weight, bias):
-        (x,) = self.operands(args, kwargs)
+        (x,) = self.operands(module, args, kwargs)
         if weight is None:
             return F.linear(x, module.weight, module.bias)
         return F.linear(x, weight.reshape(module.in_features, module.out_features).t(), bias)

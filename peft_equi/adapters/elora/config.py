@@ -8,8 +8,16 @@ from peft_equi.adapters.base import AdapterConfig
 
 
 class EloraConfig(AdapterConfig):
-    """Rank of each path's update and its scaling ``alpha / rank``."""
+    """Rank of each path's update, its scaling ``alpha / rank``, and which paths get one."""
 
     rank: PositiveInt = Field(16, description="rank of every path's update (not capped by the multiplicities)")
     alpha: PositiveFloat | None = Field(None, description="scaling numerator; default: rank (scaling 1)")
     init_std: float = Field(1.0, ge=0, description="std of the normal init of A (B starts at 0)")
+    paths: list[str] | None = Field(
+        None, description="glob patterns of path names to adapt, e.g. ['*weights_max'] (default: all paths)"
+    )
+    simplify_inputs: bool = Field(
+        False,
+        description="linear layers: treat consecutive input blocks of one irrep as one block (e3nn's "
+        "Irreps.simplify()), so their paths into an output share one update, as in the papers' MACE version",
+    )

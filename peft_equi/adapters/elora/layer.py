@@ -2,13 +2,20 @@
 
 For every weighted path ``k`` with weight block ``W_k`` seen as a matrix
 ``(fan_in, mul_out)`` (``(mul_in, mul_out)`` for linears, ``(mul_1 mul_2, mul_out)`` for
-``uvw`` tensor-product paths, ``(in, out)`` for dense layers):
+``uvw`` tensor-product paths, ``(in, out)`` for dense layers, ``(n_elements n_paths,
+channels)`` for MACE's symmetric contractions):
 
 .. math:: W_k \\leftarrow W_k + \\frac{\\alpha}{r} A_k B_k, \\qquad A_k \\in \\mathbb{R}^{fan_{in} \\times r},
    \\; B_k \\in \\mathbb{R}^{r \\times mul_{out}}
 
 added to the raw weight, before the layer's path normalisation.  Each path's output is
 equivariant for any value of its weight block, so the update is equivariant.
+
+With ``simplify_inputs`` the paths of a linear layer from consecutive input blocks of the
+same irrep into one output block (``128x0e+128x0e -> 128x0e``) share one update: their
+blocks, stacked, form the single path of the simplified layer (``256x0e -> 128x0e``), and
+``A`` has ``sum fan_in`` rows.  Path weights are equal within such a group (they depend on
+the output block only), so this is exactly ELoRA on the simplified layer.
 """
 
 from __future__ import annotations
@@ -18,26 +25,52 @@ from torch import nn
 
 from peft_equi.adapters.base import Adapter
 from peft_equi.adapters.elora.config import EloraConfig
-from peft_equi.adapters.lowrank import down_factor, scaling, up_factor
+from peft_equi.adapters.lowrank import assemble, down_factor, scaling, selected_paths, unselected_reason, up_factor
 from peft_equi.registry import register_adapter
-from peft_equi.spec import LayerSpec
+from peft_equi.spec import LayerKind, LayerSpec
+
+
+def _groups(spec: LayerSpec, selected: list[bool], simplify: bool) -> list[list[int]]:
+    """Path indices that share one low-rank update (singletons unless ``simplify``)."""
+    if not (simplify and spec.kind is LayerKind.LINEAR):
+        return [[i] for i, keep in enumerate(selected) if keep]
+    run, runs = -1, []
+    for i, block in spec.irreps_in[0].blocks():
+        if i == 0 or block.ir != spec.irreps_in[0][i - 1].ir:
+            run += 1
+        runs.append(run)
+    groups: dict[tuple[int, int], list[int]] = {}
+    for i, path in enumerate(spec.paths):
+        if selected[i]:
+            groups.setdefault((path.output, runs[path.inputs[0]]), []).append(i)
+    return list(groups.values())
 
 
 @register_adapter
 class EloraAdapter(Adapter):
-    """Per-path LoRA.  Parameters ``elora_A.{k}`` ``(fan_in, r)``, ``elora_B.{k}`` ``(r, mul_out)``."""
+    """Per-path LoRA.  Parameters ``elora_A.{g}`` ``(fan_in, r)``, ``elora_B.{g}`` ``(r, mul_out)`` per group."""
 
     name = "elora"
     config_class = EloraConfig
 
+    @classmethod
+    def unsupported_reason(cls, spec: LayerSpec, config: EloraConfig) -> str | None:
+        return unselected_reason(spec, config.paths) or super().unsupported_reason(spec, config)
+
     def __init__(self, spec: LayerSpec, config: EloraConfig) -> None:
         super().__init__(spec, config)
         self.scaling = scaling(config.rank, config.alpha)
+        self.groups = _groups(spec, selected_paths(spec, config.paths), config.simplify_inputs)
         self.elora_A = nn.ParameterList()
         self.elora_B = nn.ParameterList()
-        for path in spec.paths:
-            self.elora_A.append(down_factor(path.fan_in, config.rank, config.init_std))
-            self.elora_B.append(up_factor(config.rank, path.mul_out))
+        for group in self.groups:
+            fan_in = sum(spec.paths[i].fan_in for i in group)
+            self.elora_A.append(down_factor(fan_in, config.rank, config.init_std))
+            self.elora_B.append(up_factor(config.rank, spec.paths[group[0]].mul_out))
 
     def delta_weight(self) -> torch.Tensor:
-        return self.scaling * torch.cat([(a @ b).reshape(-1) for a, b in zip(self.elora_A, self.elora_B)])
+        blocks = {}
+        for group, a, b in zip(self.groups, self.elora_A, self.elora_B):
+            rows = torch.split(self.scaling * (a @ b), [self.spec.paths[i].fan_in for i in group])
+            blocks.update(zip(group, rows))
+        return assemble(self.spec, blocks, self.elora_A[0])

@@ -25,13 +25,18 @@ from torch import nn
 
 from peft_equi.adapters.base import Adapter
 from peft_equi.adapters.lora.config import LoraConfig
-from peft_equi.adapters.lowrank import down_factor, scaling, up_factor
+from peft_equi.adapters.lowrank import assemble, down_factor, scaling, selected_paths, unselected_reason, up_factor
 from peft_equi.registry import register_adapter
 from peft_equi.spec import LayerKind, LayerSpec, WeightPath
 
 
-def _a_key(spec: LayerSpec, path: WeightPath) -> str:
-    return "_".join(str(i) for i in path.inputs) + f"_{spec.irreps_out[path.output].ir}"
+def _a_key(spec: LayerSpec, index: int) -> str:
+    """Paths of linears and tensor products share ``A`` when they leave the same input blocks
+    towards the same irrep (the bottleneck has one block per irrep); other paths have their own."""
+    path = spec.paths[index]
+    if spec.kind in (LayerKind.LINEAR, LayerKind.TENSOR_PRODUCT):
+        return "_".join(str(i) for i in path.inputs) + f"_{spec.irreps_out[path.output].ir}"
+    return f"p{index}"
 
 
 @register_adapter
@@ -46,13 +51,15 @@ class LoraAdapter(Adapter):
         self.scaling = scaling(config.rank, config.alpha)
         self.lora_A = nn.ParameterDict()
         self.lora_B = nn.ParameterDict()
-        for path in spec.paths:
-            key_a, key_b = _a_key(spec, path), str(path.output)
+        self.selected = [i for i, keep in enumerate(selected_paths(spec, config.paths)) if keep]
+        for i in self.selected:
+            path = spec.paths[i]
+            key_a, key_b = _a_key(spec, i), str(path.output)
             if key_a not in self.lora_A:
                 self.lora_A[key_a] = down_factor(path.fan_in, config.rank, config.init_std)
             if key_b not in self.lora_B:
                 self.lora_B[key_b] = up_factor(config.rank, path.mul_out)
-        self.path_factors = [self.scaling * self._normalisation(spec, path) for path in spec.paths]
+        self.path_factors = {i: self.scaling * self._normalisation(spec, spec.paths[i]) for i in self.selected}
 
     def _normalisation(self, spec: LayerSpec, path: WeightPath) -> float:
         if spec.kind is not LayerKind.LINEAR:
@@ -62,9 +69,13 @@ class LoraAdapter(Adapter):
         fan_a = sum(block.mul for block in irreps_in if block.ir == ir)
         return 1.0 / math.sqrt(fan_a) / math.sqrt(self.config.rank) / path.path_weight
 
+    @classmethod
+    def unsupported_reason(cls, spec: LayerSpec, config: LoraConfig) -> str | None:
+        return unselected_reason(spec, config.paths) or super().unsupported_reason(spec, config)
+
     def delta_weight(self) -> torch.Tensor:
-        blocks = [
-            (factor * self.lora_A[_a_key(self.spec, path)] @ self.lora_B[str(path.output)]).reshape(-1)
-            for factor, path in zip(self.path_factors, self.spec.paths)
-        ]
-        return torch.cat(blocks)
+        blocks = {
+            i: factor * self.lora_A[_a_key(self.spec, i)] @ self.lora_B[str(self.spec.paths[i].output)]
+            for i, factor in self.path_factors.items()
+        }
+        return assemble(self.spec, blocks, next(iter(self.lora_B.values())))

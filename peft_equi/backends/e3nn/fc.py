@@ -44,11 +44,11 @@ class E3nnFullyConnectedLayer(Backend):
     def weight(self, module: nn.Module) -> torch.Tensor:
         return module.weight.reshape(-1)
 
-    def operands(self, args: tuple[Any, ...], kwargs: dict[str, Any]) -> tuple[torch.Tensor, ...]:
+    def operands(self, module: nn.Module, args: tuple[Any, ...], kwargs: dict[str, Any]) -> tuple[torch.Tensor, ...]:
         return (args[0] if args else kwargs["x"],)
 
     def forward(self, module, args, kwargs, weight, bias):
-        (x,) = self.operands(args, kwargs)
+        (x,) = self.operands(module, args, kwargs)
         weight = module.weight if weight is None else weight
         return x @ (weight.reshape(module.h_in, module.h_out) / _divisor(module))
 

@@ -52,7 +52,8 @@ class E3nnLinear(Backend):
             if ins.i_in == -1:
                 continue
             shape = tuple(int(s) for s in ins.path_shape)
-            paths.append(WeightPath((ins.i_in,), ins.i_out, shape, offset, float(ins.path_weight)))
+            name = f"{ins.i_in}->{ins.i_out}"
+            paths.append(WeightPath((ins.i_in,), ins.i_out, shape, offset, float(ins.path_weight), name))
             offset += paths[-1].numel
         bias_blocks = tuple(ins.i_out for ins in module.instructions if ins.i_in == -1)
         if not isinstance(getattr(module, "bias", None), nn.Parameter):
@@ -69,11 +70,11 @@ class E3nnLinear(Backend):
     def bias_parameter_names(self, module: nn.Module) -> list[str]:
         return ["bias"] if self.bias(module) is not None else []
 
-    def operands(self, args: tuple[Any, ...], kwargs: dict[str, Any]) -> tuple[torch.Tensor, ...]:
+    def operands(self, module: nn.Module, args: tuple[Any, ...], kwargs: dict[str, Any]) -> tuple[torch.Tensor, ...]:
         return (args[0] if args else kwargs["features"],)
 
     def forward(self, module, args, kwargs, weight, bias):
-        (features,) = self.operands(args, kwargs)
+        (features,) = self.operands(module, args, kwargs)
         return module(features) if weight is None else module(features, weight, bias)
 
     def write(self, module, weight, bias):

@@ -44,7 +44,8 @@ class E3nnTensorProduct(Backend):
             if not ins.has_weight:
                 continue
             shape = tuple(int(s) for s in ins.path_shape)
-            paths.append(WeightPath((ins.i_in1, ins.i_in2), ins.i_out, shape, offset, float(ins.path_weight)))
+            name = f"{ins.i_in1},{ins.i_in2}->{ins.i_out}"
+            paths.append(WeightPath((ins.i_in1, ins.i_in2), ins.i_out, shape, offset, float(ins.path_weight), name))
             offset += paths[-1].numel
         return LayerSpec(
             LayerKind.TENSOR_PRODUCT,
@@ -56,12 +57,12 @@ class E3nnTensorProduct(Backend):
     def weight(self, module: nn.Module) -> torch.Tensor:
         return module.weight
 
-    def operands(self, args: tuple[Any, ...], kwargs: dict[str, Any]) -> tuple[torch.Tensor, ...]:
+    def operands(self, module: nn.Module, args: tuple[Any, ...], kwargs: dict[str, Any]) -> tuple[torch.Tensor, ...]:
         names = ("x", "y")
         return tuple(args[i] if i < len(args) else kwargs[name] for i, name in enumerate(names))
 
     def forward(self, module, args, kwargs, weight, bias):
-        x, y = self.operands(args, kwargs)
+        x, y = self.operands(module, args, kwargs)
         return module(x, y, weight)  # weight=None: the layer's own
 
     def write(self, module, weight, bias):

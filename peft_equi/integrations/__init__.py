@@ -1,0 +1,1 @@
+"""Model-specific integrations (MACE, ...): presets, loading, calculators."""
