@@ -118,6 +118,30 @@ def assert_equivariant(
     return error
 
 
+def energy_forces_equivariance_error(
+    fn: Callable[[torch.Tensor], tuple[torch.Tensor, torch.Tensor]],
+    positions: torch.Tensor,
+    *,
+    trials: int = 2,
+    generator: torch.Generator | None = None,
+) -> float:
+    """For an interatomic potential ``fn(positions) -> (energy, forces)``: the largest of
+    ``|E(x R^T) - E(x)|`` and ``|F(x R^T) - F(x) R^T|`` over ``trials`` rotations and
+    ``trials`` improper rotations (rotation times inversion)."""
+    energy, forces = fn(positions)
+    worst = 0.0
+    for inversion in (False, True):
+        for _ in range(trials):
+            rotation = random_orthogonal(inversion=inversion, generator=generator, dtype=positions.dtype)
+            energy_rot, forces_rot = fn(positions @ rotation.t())
+            worst = max(
+                worst,
+                (energy_rot - energy).abs().max().item(),
+                (forces_rot - forces @ rotation.t()).abs().max().item(),
+            )
+    return worst
+
+
 def randomize_adapters(model: nn.Module, std: float = 0.1, generator: torch.Generator | None = None) -> None:
     """Give every trainable parameter of the adapters random values (adapters start as the identity)."""
     from peft_equi.layer import AdaptedLayer

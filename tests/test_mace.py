@@ -1,0 +1,218 @@
+"""MACE: every adapter and preset, paper parameter counts, merging back to plain MACE, MACE's own LoRA."""
+
+from __future__ import annotations
+
+import copy
+import json
+import subprocess
+import sys
+
+import pytest
+import torch
+from mace_models import batch_of, build_mace, molecules
+
+import peft_equi
+from peft_equi.integrations.mace.calculator import mace_calculator
+from peft_equi.integrations.mace.lora_import import import_mace_lora
+from peft_equi.testing import energy_forces_equivariance_error, randomize_adapters
+
+ADAPTERS = ["lora", "elora", "mmea", "bitfit", "film"]
+PRESETS = [("mmea-paper", {}), ("elora-paper", {}), ("mace-lora", {}), ("full", {}), ("readout-only", {})]
+MERGEABLE = {"lora", "elora", "elora-paper", "mace-lora", "full", "readout-only"}
+
+
+@pytest.fixture(scope="module")
+def small_mace():
+    previous = torch.get_default_dtype()
+    torch.set_default_dtype(torch.float64)
+    try:
+        yield build_mace("small")
+    finally:
+        torch.set_default_dtype(previous)
+
+
+@pytest.fixture(scope="module")
+def batch():
+    previous = torch.get_default_dtype()
+    torch.set_default_dtype(torch.float64)
+    try:
+        yield batch_of(molecules(2))
+    finally:
+        torch.set_default_dtype(previous)
+
+
+def energy_forces(model, batch, positions=None):
+    data = dict(batch)
+    if positions is not None:
+        data["positions"] = positions
+    out = model(data, training=False, compute_force=True)
+    return out["energy"], out["forces"]
+
+
+def test_discovery_reaches_every_mace_weight(small_mace):
+    found = {layer.path: layer.backend.name for layer in peft_equi.discover(small_mace)}
+    linears = [p for p, b in found.items() if b == "e3nn.linear"]
+    assert len(linears) == 10 and "interactions.1.linear" in linears and "readouts.1.linear_2" in linears
+    assert found["interactions.0.skip_tp"] == "e3nn.tensor_product"
+    assert found["interactions.1.conv_tp_weights.layer0"] == "e3nn.fc"
+    assert found["products.0.symmetric_contractions"] == "mace.symmetric_contraction"
+    assert "interactions.0.conv_tp" not in found  # external weights: fed by the radial MLP
+    spec = dict((layer.path, layer.spec) for layer in peft_equi.discover(small_mace))[
+        "products.0.symmetric_contractions"
+    ]
+    assert [p.name for p in spec.paths] == [
+        "contractions.0.weights_max",
+        "contractions.0.weights.0",
+        "contractions.1.weights_max",
+        "contractions.1.weights.0",
+    ]
+
+
+@pytest.mark.parametrize(("name", "options"), [(a, {}) for a in ADAPTERS] + PRESETS, ids=lambda v: str(v or ""))
+def test_adapted_mace_is_identity_at_init_equivariant_and_merges(small_mace, batch, name, options):
+    model = peft_equi.get_peft_model(copy.deepcopy(small_mace), name, **options)
+    energy0, forces0 = energy_forces(small_mace, batch)
+    energy, forces = energy_forces(model, batch)
+    torch.testing.assert_close(energy, energy0, atol=1e-12, rtol=0)
+    torch.testing.assert_close(forces, forces0, atol=1e-12, rtol=0)
+
+    randomize_adapters(model, std=0.05)
+    with torch.no_grad():  # and move fully trained tensors away from their base values
+        for _, (owner, attr) in model._trained.items():
+            getattr(owner, attr).mul_(1.1)
+    energy, forces = energy_forces(model, batch)
+    if model.num_trainable_parameters() and name != "full":
+        assert (energy - energy0).abs().max() > 1e-6
+    error = energy_forces_equivariance_error(lambda x: energy_forces(model, batch, x), batch["positions"])
+    assert error < 1e-9
+
+    if name in MERGEABLE:
+        merged = model.merge_and_unload()
+        assert type(merged) is type(small_mace)
+        assert not any("peft_equi" in type(m).__module__ for m in merged.modules())
+        energy_m, forces_m = energy_forces(merged, batch)
+        torch.testing.assert_close(energy_m, energy, atol=1e-10, rtol=0)
+        torch.testing.assert_close(forces_m, forces, atol=1e-10, rtol=0)
+    else:
+        with pytest.raises(peft_equi.NotMergeableError):
+            model.merge_and_unload()
+
+
+def _formula_counts(model, rank: int, hybrid: int) -> dict[str, int]:
+    """The recipes' parameter counts, computed from the e3nn/MACE modules without peft_equi."""
+    counts = {"mmea": 0, "elora_linear": 0, "skip_tp": 0, "weights_max": 0, "radial": 0, "lower": 0}
+    for name, module in model.named_modules():
+        kind = type(module).__name__
+        if kind == "Linear" and hasattr(module, "instructions"):
+            m0_in = sum(mul for mul, ir in module.irreps_in if ir.l == 0 and ir.p == 1)
+            counts["mmea"] += (m0_in + 1) * rank + (rank + 1) * module.irreps_out.num_irreps
+            simplified = module.irreps_in.simplify()
+            counts["elora_linear"] += hybrid * sum(
+                mul_in + mul_out
+                for mul_in, ir_in in simplified
+                for mul_out, ir_out in module.irreps_out
+                if ir_in == ir_out
+            )
+        elif name.endswith("skip_tp"):
+            counts["skip_tp"] += hybrid * sum(
+                module.irreps_in1[i.i_in1].mul * module.irreps_in2[i.i_in2].mul + module.irreps_out[i.i_out].mul
+                for i in module.instructions
+            )
+        elif kind == "Contraction":
+            n_elements, n_paths, channels = module.weights_max.shape
+            counts["weights_max"] += hybrid * (n_elements * n_paths + channels)
+            counts["lower"] += sum(w.numel() for w in module.weights)
+        elif kind == "_Layer":
+            counts["radial"] += hybrid * (module.h_in + module.h_out)
+    return counts
+
+
+@pytest.mark.parametrize("rank", [4, 16])
+def test_paper_preset_counts_follow_the_formulas(small_mace, rank):
+    c = _formula_counts(small_mace, rank, 16)
+    common = c["skip_tp"] + c["weights_max"] + c["radial"] + c["lower"] + 8  # + Bessel weights
+    mmea = peft_equi.get_peft_model(copy.deepcopy(small_mace), "mmea-paper", rank=rank)
+    assert mmea.num_trainable_parameters() == c["mmea"] + common
+    elora = peft_equi.get_peft_model(copy.deepcopy(small_mace), "elora-paper")
+    assert elora.num_trainable_parameters() == c["elora_linear"] + common
+
+
+def test_paper_table_on_mace_off23_medium():
+    """The published trainable-parameter counts on the MACE-OFF23-medium architecture (H, C, O)."""
+    from mace.modules.lora import inject_lora
+
+    torch.set_default_dtype(torch.float64)
+    medium = build_mace("medium")
+    table = {
+        ("full", ()): 751_896,
+        ("mmea-paper", (("rank", 16),)): 151_354,
+        ("mmea-paper", (("rank", 32),)): 201_258,
+        ("elora-paper", (("rank", 16),)): 175_880,
+        ("mace-lora", (("rank", 4), ("alpha", 1.0))): 29_396,
+    }
+    for (name, options), expected in table.items():
+        options = dict(options) | ({"train_buffers": ["*bessel_weights"]} if name == "full" else {})
+        model = peft_equi.get_peft_model(copy.deepcopy(medium), name, **options)
+        assert model.num_trainable_parameters() == expected, name
+    inject_lora(medium, rank=4, alpha=1.0)
+    assert sum(p.numel() for p in medium.parameters() if p.requires_grad) == 29_396
+
+
+def test_mace_lora_matches_mace_inject_lora(small_mace, batch):
+    """Same A/B values -> same outputs and the same merged weights as mace.modules.lora."""
+    from mace.modules.lora import inject_lora, merge_lora_weights
+
+    theirs = copy.deepcopy(small_mace)
+    inject_lora(theirs, rank=4, alpha=2.0)
+    with torch.no_grad():
+        for name, p in theirs.named_parameters():
+            if "lora_" in name:
+                p.copy_(torch.randn_like(p) * 0.05)
+    expected = energy_forces(theirs, batch)
+    ours = import_mace_lora(copy.deepcopy(theirs))
+    assert ours.peft_config.preset == "mace-lora"
+    assert ours.num_trainable_parameters() == sum(p.numel() for p in theirs.parameters() if p.requires_grad)
+    for got, want in zip(energy_forces(ours, batch), expected):
+        torch.testing.assert_close(got, want, atol=1e-10, rtol=0)
+    merged_ours = ours.merge_and_unload().state_dict()
+    merged_theirs = merge_lora_weights(theirs).state_dict()
+    for key, value in merged_theirs.items():
+        if "_compiled_main" not in key:
+            torch.testing.assert_close(merged_ours[key], value, atol=1e-12, rtol=0, msg=key)
+
+
+def test_merged_model_runs_with_mace_alone(small_mace, batch, tmp_path):
+    model = peft_equi.get_peft_model(copy.deepcopy(small_mace), "elora-paper")
+    randomize_adapters(model, std=0.05)
+    merged = model.merge_and_unload()
+    assert not isinstance(merged.radial_embedding.bessel_fn.bessel_weights, torch.nn.Parameter)
+    atoms = molecules(1)[0]
+    calc = mace_calculator(merged)
+    expected = calc.get_potential_energy(atoms)
+    path = tmp_path / "merged.model"
+    torch.save(merged, path)
+    script = f"""
+import json, sys, torch
+from ase.io import read
+from mace.calculators import MACECalculator
+atoms = read({str(tmp_path / "atoms.xyz")!r})
+atoms.calc = MACECalculator(model_paths={str(path)!r}, device="cpu", default_dtype="float64")
+print(json.dumps({{"energy": atoms.get_potential_energy(), "peft_equi_loaded": "peft_equi" in sys.modules}}))
+"""
+    atoms.write(tmp_path / "atoms.xyz")
+    run = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, check=True)
+    result = json.loads(run.stdout.strip().splitlines()[-1])
+    assert result["peft_equi_loaded"] is False
+    assert abs(result["energy"] - expected) < 1e-9
+
+
+def test_ase_calculator_for_unmerged_adapted_model(small_mace, batch):
+    model = peft_equi.get_peft_model(copy.deepcopy(small_mace), "mmea-paper", rank=4)
+    randomize_adapters(model, std=0.05)
+    atoms = molecules(1)[0]
+    calc = mace_calculator(model)
+    energy, forces = energy_forces(model, batch_of([atoms]))
+    atoms.calc = calc
+    assert abs(atoms.get_potential_energy() - energy.item()) < 1e-9
+    assert abs(atoms.get_forces() - forces.detach().numpy()).max() < 1e-9
+    assert any(p.requires_grad for p in model.parameters())  # the calculator froze a copy, not the model
