@@ -1,0 +1,47 @@
+"""Trainable parameters of the paper presets on MACE-OFF23-medium, as a markdown table.
+
+Usage: python benchmarks/param_counts.py
+
+Builds the MACE-OFF23-medium architecture for H, C, O with random weights (the counts do
+not depend on the values) and counts the trainable parameters of each preset, next to the
+numbers published by the MMEA and ELoRA papers and by ``mace.modules.lora.inject_lora``.
+"""
+
+from __future__ import annotations
+
+import copy
+
+import torch
+
+import peft_equi
+from peft_equi.integrations.mace.architectures import HCO, build_mace
+
+ROWS = [
+    ("full", {"train_buffers": ["*bessel_weights"]}, 751_896, "all weights + Bessel weights"),
+    ("mmea-paper", {"rank": 16}, 151_354, "MMEA paper, r=16"),
+    ("mmea-paper", {"rank": 32}, 201_258, "MMEA paper, r=32"),
+    ("elora-paper", {"rank": 16}, 175_880, "ELoRA paper, r=16"),
+    ("mace-lora", {"rank": 4, "alpha": 1.0}, 29_396, "mace.modules.lora.inject_lora(rank=4)"),
+]
+
+
+def main() -> None:
+    torch.set_default_dtype(torch.float64)
+    base = build_mace("mace_off23_medium", HCO)
+    print("MACE-OFF23-medium architecture (H, C, O), Bessel weights trainable\n")
+    print("| preset | options | trainable parameters | reference | matches |")
+    print("|---|---|---:|---:|---|")
+    mismatches = 0
+    for name, options, reference, source in ROWS:
+        count = peft_equi.get_peft_model(copy.deepcopy(base), name, **options).num_trainable_parameters()
+        shown = ", ".join(f"{k}={v}" for k, v in options.items() if k != "train_buffers") or "-"
+        mismatches += count != reference
+        print(
+            f"| `{name}` | {shown} | {count:,} | {reference:,} ({source}) | {'yes' if count == reference else 'NO'} |"
+        )
+    if mismatches:
+        raise SystemExit(f"{mismatches} preset(s) differ from the published counts")
+
+
+if __name__ == "__main__":
+    main()
