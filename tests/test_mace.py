@@ -216,3 +216,22 @@ def test_ase_calculator_for_unmerged_adapted_model(small_mace, batch):
     assert abs(atoms.get_potential_energy() - energy.item()) < 1e-9
     assert abs(atoms.get_forces() - forces.detach().numpy()).max() < 1e-9
     assert any(p.requires_grad for p in model.parameters())  # the calculator froze a copy, not the model
+
+
+def test_saving_adapted_models_records_what_is_needed(small_mace, batch, tmp_path):
+    from peft_equi.integrations.mace.export import save_adapted_mace
+
+    merged = peft_equi.get_peft_model(copy.deepcopy(small_mace), "elora")
+    randomize_adapters(merged, std=0.05)
+    assert save_adapted_mace(merged, tmp_path / "elora.model") is True
+    assert type(torch.load(tmp_path / "elora.model", weights_only=False)) is type(small_mace)
+    assert merged.adapted_layers  # the model itself is left adapted
+
+    gated = peft_equi.get_peft_model(copy.deepcopy(small_mace), "mmea", rank=4)
+    randomize_adapters(gated, std=0.05)
+    assert save_adapted_mace(gated, tmp_path / "mmea.model") is False
+    note = json.loads((tmp_path / "mmea.model.peft_equi.json").read_text())
+    assert note["requires"] == "peft_equi" and "mmea" in note["why"]
+    loaded = torch.load(tmp_path / "mmea.model", weights_only=False)
+    assert "peft_equi" in loaded.peft_equi_required
+    torch.testing.assert_close(energy_forces(loaded, batch)[0], energy_forces(gated, batch)[0], atol=1e-12, rtol=0)
