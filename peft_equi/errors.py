@@ -13,7 +13,7 @@ class UnknownNameError(PeftEquiError, KeyError):
     def __init__(self, what: str, name: str, known: list[str]) -> None:
         self.name = name
         self.known = known
-        super().__init__(f"unknown {what} {name!r}; known {what}s: {', '.join(known) or '(none)'}")
+        super().__init__(f"unknown {what} {name!r}; known: {', '.join(known) or '(none)'}")
 
     def __str__(self) -> str:  # KeyError would quote the message
         return self.args[0]

@@ -45,11 +45,22 @@ def inspect_model(model: nn.Module, config: PeftConfig | str | None = None, **op
                 irreps_out=str(layer.spec.irreps_out),
                 rule=entry.rule.label if entry.rule else None,
                 adapter=entry.adapter.name if entry.adapter else None,
-                trainable=sum(p.numel() for p in entry.adapter.parameters()) if entry.adapter else 0,
+                trainable=_trainable(entry),
                 note="; ".join(entry.notes),
             )
         )
     return reports
+
+
+def _trainable(entry) -> int:
+    """Adapter parameters, plus the layer's own biases when the adapter trains them (BitFit)."""
+    if entry.adapter is None:
+        return 0
+    count = sum(p.numel() for p in entry.adapter.parameters())
+    if entry.adapter.trains_layer_bias:
+        layer = entry.layer
+        count += sum(layer.module.get_parameter(n).numel() for n in layer.backend.bias_parameter_names(layer.module))
+    return count
 
 
 def format_inspection(reports: list[LayerReport]) -> str:

@@ -42,6 +42,7 @@ class PeftModel(nn.Module):
     def __init__(self, base_model: nn.Module, config: PeftConfig, assignments: list[Assignment]) -> None:
         super().__init__()
         self.peft_config = config
+        self._unloaded = False
         self._original_requires_grad = {n: p.requires_grad for n, p in base_model.named_parameters()}
         trained = trained_tensor_names(base_model, config, assignments)
         self._trained_buffers: dict[str, bool] = {}  # name -> was persistent
@@ -77,6 +78,8 @@ class PeftModel(nn.Module):
     # -- calling and attribute access --
 
     def forward(self, *args: Any, **kwargs: Any) -> Any:
+        if self._unloaded:
+            raise RuntimeError("this PeftModel was merged or unloaded: use the model that call returned")
         return self.base_model(*args, **kwargs)
 
     def __getattr__(self, name: str) -> Any:
@@ -117,7 +120,8 @@ class PeftModel(nn.Module):
         """Print the totals (peft style) and a breakdown per adapter and per layer."""
         trainable = self.num_trainable_parameters()
         total = sum(p.numel() for p in self.parameters())
-        print(f"trainable params: {trainable:,} || all params: {total:,} || trainable%: {100 * trainable / total:.4f}")
+        share = 100 * trainable / total if total else 0.0
+        print(f"trainable params: {trainable:,} || all params: {total:,} || trainable%: {share:.4f}")
         rows = self.trainable_parameter_breakdown()
         groups: dict[str, int] = {}
         for group, _, count in rows:
@@ -194,6 +198,7 @@ class PeftModel(nn.Module):
         for name, param in root.named_parameters():
             param.requires_grad_(self._original_requires_grad.get(name, True))
         self._layers = {}
+        self._unloaded = True
         return root
 
 

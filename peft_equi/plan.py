@@ -6,6 +6,7 @@ config that does not fit raises with nothing half-applied.
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 
@@ -101,6 +102,12 @@ def assign(layers: list[Layer], config: PeftConfig, *, strict: bool = True) -> l
 
 
 def _build(cls: type[Adapter], layer: Layer, options) -> Adapter:
+    if not cls.equivariant:
+        warnings.warn(
+            f"the {cls.name!r} adapter is NOT equivariant (layer {layer.path!r}): use it only for ablations",
+            UserWarning,
+            stacklevel=4,
+        )
     adapter = cls(layer.spec, options)
     weight = layer.backend.weight(layer.module)
     return adapter.to(device=weight.device, dtype=weight.dtype)

@@ -28,10 +28,13 @@ T = TypeVar("T")
 class Registry(Generic[T]):
     """A name -> object table with entry-point discovery and helpful errors."""
 
-    def __init__(self, what: str, group: str, builtins: tuple[str, ...]) -> None:
+    def __init__(
+        self, what: str, group: str, builtins: tuple[str, ...], make: Callable[[object], T] | None = None
+    ) -> None:
         self.what = what
         self.group = group
         self._builtins = builtins
+        self._make = make
         self._items: dict[str, T] = {}
         self._loaded = False
 
@@ -74,12 +77,15 @@ class Registry(Generic[T]):
             except Exception as exc:  # a broken plugin must not break the library
                 warnings.warn(f"could not load {self.what} entry point {ep.name!r}: {exc}", stacklevel=2)
                 continue
-            if not inspect.ismodule(obj) and obj not in self._items.values():
-                self.register(ep.name, obj)
+            if inspect.ismodule(obj) or ep.name in self._items:  # a module, or a decorated class
+                continue
+            self.register(ep.name, self._make(obj) if self._make else obj)
 
 
 ADAPTERS: Registry = Registry("adapter", "peft_equi.adapters", ("peft_equi.adapters",))
-BACKENDS: Registry = Registry("backend", "peft_equi.backends", ("peft_equi.backends",))
+BACKENDS: Registry = Registry(
+    "backend", "peft_equi.backends", ("peft_equi.backends",), make=lambda obj: obj() if inspect.isclass(obj) else obj
+)
 PRESETS: Registry = Registry(
     "preset", "peft_equi.presets", ("peft_equi.presets", "peft_equi.integrations.mace.presets")
 )

@@ -68,7 +68,15 @@ def read_adapter(directory: str | Path) -> tuple[dict, dict[str, torch.Tensor]]:
     for name in (CONFIG_NAME, WEIGHTS_NAME):
         if not (directory / name).is_file():
             raise AdapterLoadError(f"{directory / name} not found: not a saved peft_equi adapter directory")
-    meta = json.loads((directory / CONFIG_NAME).read_text())
+    try:
+        meta = json.loads((directory / CONFIG_NAME).read_text())
+    except json.JSONDecodeError as exc:
+        raise AdapterLoadError(f"{directory / CONFIG_NAME} is not valid JSON: {exc}") from None
+    if meta.get("format") != FORMAT_VERSION or "config" not in meta:
+        raise AdapterLoadError(
+            f"{directory / CONFIG_NAME}: not a peft_equi adapter of format {FORMAT_VERSION} "
+            f"(format {meta.get('format')!r}, keys {sorted(meta)})"
+        )
     with safe_open(directory / WEIGHTS_NAME, framework="pt") as f:
         tensors = {key: f.get_tensor(key) for key in f.keys()}  # noqa: SIM118 - safe_open has no __iter__
     return meta, tensors

@@ -98,7 +98,14 @@ class LayerSpec:
         for i in self.bias_blocks:
             if not self.irreps_out[i].ir.is_invariant:
                 raise ValueError(f"bias on output block {i} ({self.irreps_out[i]}): biases exist only on 0e")
+        offset = 0
         for path in self.paths:
+            if path.offset != offset:
+                raise ValueError(
+                    f"path {path.name or path} starts at {path.offset}, expected {offset}: paths must tile "
+                    "the flat weight in order"
+                )
+            offset += path.numel
             if path.mul_out != self.irreps_out[path.output].mul:
                 raise ValueError(f"path {path} does not end in output block {path.output}'s channels")
 

@@ -163,7 +163,11 @@ def _assert_unchanged(net, snapshot):
 @pytest.mark.parametrize(
     ("call", "error", "message"),
     [
-        (lambda net: peft_equi.get_peft_model(net, "loraa"), peft_equi.UnknownNameError, "known presets? .*lora"),
+        (
+            lambda net: peft_equi.get_peft_model(net, "loraa"),
+            peft_equi.UnknownNameError,
+            "unknown preset or adapter 'loraa'; known: .*lora",
+        ),
         (lambda net: peft_equi.get_peft_model(net, "mmea", rank=0), ValidationError, "rank"),
         (lambda net: peft_equi.get_peft_model(net, "elora", rnak=4), ValidationError, "rnak"),
         (lambda net: peft_equi.get_peft_model(net, "lora", target="nothing.*"), peft_equi.RuleMatchError, "nothing"),
@@ -230,3 +234,18 @@ def test_attributes_of_the_base_model_stay_reachable():
     net.r_max = 5.0
     model = peft_equi.get_peft_model(net, "lora")
     assert model.r_max == 5.0 and model.embedding is net.embedding
+
+
+def test_merged_peft_model_refuses_further_calls():
+    model = peft_equi.get_peft_model(MixedNet(), "lora", rank=2)
+    plain = model.merge_and_unload()
+    x, attrs = net_inputs()
+    plain(x, attrs)
+    with pytest.raises(RuntimeError, match="merged or unloaded"):
+        model(x, attrs)
+
+
+def test_inspect_counts_bitfit_layer_biases():
+    rows = {r.path: r for r in peft_equi.inspect_model(MixedNet(), "bitfit")}
+    assert rows["embedding"].trainable == 6  # its own 6x0e bias, unfrozen
+    assert rows["dense"].trainable == 5

@@ -157,3 +157,18 @@ def test_duck_typed_discovery_of_foreign_e3nn_copies():
     model = peft_equi.get_peft_model(layer, "elora", rank=2)
     randomize_adapters(model)
     assert_equivariant(model, ["3x0e+2x1o"], "2x0e+2x1o")
+
+
+def test_backend_entry_point_naming_a_class(monkeypatch, clean_registries):
+    import sys
+    import types
+
+    module = types.ModuleType("tests_extending_backend")
+    module.DoublerBackend = DoublerBackend
+    monkeypatch.setitem(sys.modules, "tests_extending_backend", module)
+    fake = EntryPoint(name="test.doubler", value="tests_extending_backend:DoublerBackend", group="peft_equi.backends")
+    monkeypatch.setattr(registry, "entry_points", lambda group: [fake] if group == "peft_equi.backends" else [])
+    monkeypatch.setattr(registry.BACKENDS, "_loaded", False)
+    assert isinstance(registry.BACKENDS.get("test.doubler"), DoublerBackend)
+    model = peft_equi.get_peft_model(nn.Sequential(Doubler(3, 2)), "elora", rank=1)
+    assert list(model.adapted_layers) == ["0"]

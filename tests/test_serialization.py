@@ -87,3 +87,15 @@ def test_save_overwrites_atomically(tmp_path):
     model.save_adapter(tmp_path)
     model.save_adapter(tmp_path)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["adapter_config.json", "adapter_model.safetensors"]
+
+
+def test_unknown_format_or_broken_config_is_refused(tmp_path):
+    model = peft_equi.get_peft_model(MixedNet(), "lora", rank=2)
+    model.save_adapter(tmp_path)
+    meta = json.loads((tmp_path / "adapter_config.json").read_text())
+    (tmp_path / "adapter_config.json").write_text(json.dumps(meta | {"format": 99}))
+    with pytest.raises(peft_equi.AdapterLoadError, match="format 99"):
+        peft_equi.load_adapter(MixedNet(), tmp_path)
+    (tmp_path / "adapter_config.json").write_text("{not json")
+    with pytest.raises(peft_equi.AdapterLoadError, match="not valid JSON"):
+        peft_equi.load_adapter(MixedNet(), tmp_path)

@@ -41,6 +41,8 @@ class BitfitAdapter(Adapter):
     def unsupported_reason(cls, spec: LayerSpec, config: BitfitConfig) -> str | None:
         if spec.num_scalar_out() == 0:
             return f"bitfit needs 0e outputs to hold biases; outputs are {spec.irreps_out}"
+        if not config.train_existing and len(_free_scalar_positions(spec)) == 0:
+            return "bitfit with train_existing=False has nothing to train: the layer has a bias on every 0e output"
         return super().unsupported_reason(spec, config)
 
     def __init__(self, spec: LayerSpec, config: BitfitConfig) -> None:

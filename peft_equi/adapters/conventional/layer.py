@@ -2,15 +2,14 @@
 
 ``y <- y + (alpha/r) (x A) B`` with ``A (dim_in, r)``, ``B (r, dim_out)`` acting on the
 flattened components of the first operand, mixing components of different ``l``.  This
-is the ablation "a conventional adapter breaks equivariance"; ``equivariant = False`` and
-building it warns.  ``B`` starts at zero, so the model is unchanged (and still equivariant)
+is the ablation "a conventional adapter breaks equivariance"; ``equivariant = False``, so
+attaching it warns.  ``B`` starts at zero, so the model is unchanged (and still equivariant)
 until it is trained.
 """
 
 from __future__ import annotations
 
 import math
-import warnings
 
 import torch
 
@@ -31,12 +30,6 @@ class ConventionalAdapter(Adapter):
 
     def __init__(self, spec: LayerSpec, config: ConventionalConfig) -> None:
         super().__init__(spec, config)
-        warnings.warn(
-            "the 'conventional' adapter is NOT equivariant: it mixes components of different l "
-            "(use it only for the ablation)",
-            UserWarning,
-            stacklevel=2,
-        )
         self.dynamic = True
         dim_in = spec.irreps_in[0].dim
         self.scaling = scaling(config.rank, config.alpha)
