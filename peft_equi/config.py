@@ -50,6 +50,7 @@ class Rule(BaseModel):
     on_unsupported: Literal["error", "skip"] = Field(
         "error", description="a matched layer the adapter cannot adapt: raise, or leave it to later rules"
     )
+    required: bool = Field(True, description="raise when the rule adapts no layer")
     name: str | None = Field(None, description="label used in messages (default: adapter@targets)")
 
     @field_validator("target", "exclude", mode="before")

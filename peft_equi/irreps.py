@@ -97,19 +97,11 @@ class Irreps(tuple):
 
     def offsets(self) -> list[int]:
         """Start index of each block in a flat feature vector (same in both layouts)."""
-        starts, total = [], 0
-        for block in self:
-            starts.append(total)
-            total += block.dim
-        return starts
+        return _starts(block.dim for block in self)
 
     def channel_offsets(self) -> list[int]:
         """Start index of each block in the flat list of channels."""
-        starts, total = [], 0
-        for block in self:
-            starts.append(total)
-            total += block.mul
-        return starts
+        return _starts(block.mul for block in self)
 
     def blocks(self) -> Iterator[tuple[int, MulIrrep]]:
         """Enumerate ``(index, block)``."""
@@ -123,6 +115,14 @@ class Irreps(tuple):
 
     def __repr__(self) -> str:
         return f"Irreps('{self}')"
+
+
+def _starts(sizes: Iterable[int]) -> list[int]:
+    starts, total = [], 0
+    for size in sizes:
+        starts.append(total)
+        total += size
+    return starts
 
 
 def _parse(text: str) -> Iterable[MulIrrep]:

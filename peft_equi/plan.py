@@ -95,7 +95,7 @@ def assign(layers: list[Layer], config: PeftConfig, *, strict: bool = True) -> l
             break
     if strict:
         for i, rule in enumerate(config.rules):
-            if adapted[i] == 0:
+            if adapted[i] == 0 and rule.required:
                 why = "; ".join(refusals[i][:3]) if refusals[i] else "no layer path/kind matches it"
                 raise RuleMatchError(f"rule {rule.label!r} adapts no layer: {why}")
     return result

@@ -235,3 +235,18 @@ def test_saving_adapted_models_records_what_is_needed(small_mace, batch, tmp_pat
     loaded = torch.load(tmp_path / "mmea.model", weights_only=False)
     assert "peft_equi" in loaded.peft_equi_required
     torch.testing.assert_close(energy_forces(loaded, batch)[0], energy_forces(gated, batch)[0], atol=1e-12, rtol=0)
+
+
+@pytest.mark.parametrize("name", ["mmea-paper", "elora-paper", "mace-lora"])
+def test_presets_on_blocks_with_nn_linear_radial_mlp(batch, name):
+    from peft_equi.integrations.mace.architectures import HCO
+    from peft_equi.integrations.mace.architectures import build_mace as build
+
+    torch.set_default_dtype(torch.float64)
+    base = build("small_nonlinear", HCO)
+    model = peft_equi.get_peft_model(copy.deepcopy(base), name)
+    radial = [p for p, layer in model.adapted_layers.items() if "conv_tp_weights" in p]
+    assert radial and all(model.adapted_layers[p].backend.name == "torch.linear" for p in radial)
+    randomize_adapters(model, std=0.05)
+    error = energy_forces_equivariance_error(lambda x: energy_forces(model, batch, x), batch["positions"])
+    assert error < 1e-9

@@ -4,7 +4,9 @@
 ``128x0e+128x1o``, 2 interactions (``RealAgnosticInteractionBlock`` then
 ``RealAgnosticResidualInteractionBlock``), max_ell 3, correlation 3, r_max 5, 8 Bessel
 functions, polynomial cutoff 5, radial MLP [64, 64, 64], readout MLP ``16x0e``.
-``small`` keeps max_ell and correlation at 2 so it builds in well under a second.
+``small`` keeps max_ell and correlation at 2 so it builds in well under a second;
+``small_nonlinear`` uses ``RealAgnosticResidualNonLinearInteractionBlock`` (radial MLP of
+``nn.Linear`` layers, ``o3.Linear`` skip connection).
 """
 
 from __future__ import annotations
@@ -47,10 +49,13 @@ def build_mace(
         atomic_inter_scale=1.0,
         atomic_inter_shift=0.0,
     )
-    if size == "small":
+    if size in ("small", "small_nonlinear"):
         sizes = dict(max_ell=2, correlation=2, hidden_irreps=o3.Irreps("16x0e+16x1o"), radial_MLP=[16, 16])
+        if size == "small_nonlinear":  # interaction blocks with an nn.Linear radial MLP and o3.Linear skip
+            block = modules.interaction_classes["RealAgnosticResidualNonLinearInteractionBlock"]
+            sizes |= dict(interaction_cls=block, interaction_cls_first=block)
     elif size == "mace_off23_medium":
         sizes = dict(max_ell=3, correlation=3, hidden_irreps=o3.Irreps("128x0e+128x1o"), radial_MLP=[64, 64, 64])
     else:
-        raise ValueError(f"unknown MACE size {size!r}; known: 'small', 'mace_off23_medium'")
-    return modules.ScaleShiftMACE(**common, **sizes)
+        raise ValueError(f"unknown MACE size {size!r}; known: 'small', 'small_nonlinear', 'mace_off23_medium'")
+    return modules.ScaleShiftMACE(**(common | sizes))

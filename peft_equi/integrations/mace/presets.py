@@ -31,7 +31,14 @@ def _hybrid_rules(rank: int) -> list[Rule]:
     """The parts of the published recipes that are the same for MMEA and ELoRA."""
     elora = {"rank": rank, "alpha": rank}
     return [
-        Rule(adapter="elora", target=SKIP_TP, kinds=["tensor_product"], options=elora, name="elora on skip_tp"),
+        Rule(
+            adapter="elora",
+            target=SKIP_TP,
+            kinds=["tensor_product"],
+            options=elora,
+            required=False,  # some interaction blocks use an o3.Linear skip connection instead
+            name="elora on skip_tp",
+        ),
         Rule(
             adapter="elora",
             kinds=["contraction"],
