@@ -173,9 +173,16 @@ class PeftModel(nn.Module):
         Raises :class:`NotMergeableError` (naming every blocking layer) before changing
         anything when an adapter depends on the input (MMEA, FiLM with conditioning).
         """
-        blockers = [f"{path or '<root>'}: {r}" for path, layer in self._layers.items() if (r := layer.merge_blocker())]
-        if blockers:
-            raise NotMergeableError("cannot merge: " + "; ".join(blockers))
+        by_reason: dict[str, list[str]] = {}
+        for path, layer in self._layers.items():
+            if (reason := layer.merge_blocker()) is not None:
+                by_reason.setdefault(reason, []).append(path or "<root>")
+        if by_reason:
+            parts = [
+                f"{reason} ({', '.join(paths[:4])}{f', +{len(paths) - 4} more' if len(paths) > 4 else ''})"
+                for reason, paths in by_reason.items()
+            ]
+            raise NotMergeableError("cannot merge: " + "; ".join(parts))
         return self._unload(merge=True)
 
     def unload(self) -> nn.Module:

@@ -7,7 +7,7 @@ import torch
 
 from peft_equi.integrations.mace.architectures import HCO
 from peft_equi.integrations.mace.architectures import build_mace as _build
-from peft_equi.integrations.mace.data import mace_batch
+from peft_equi.potentials.mace import mace_batch
 
 
 def build_mace(size: str = "small", seed: int = 0) -> torch.nn.Module:

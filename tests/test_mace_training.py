@@ -26,12 +26,12 @@ def ethanol():
     previous = torch.get_default_dtype()
     torch.set_default_dtype(torch.float64)
     try:
-        atoms = read_rmd17(ETHANOL, indices=[0, 250, 500, 750])
+        data = read_rmd17(ETHANOL, indices=[0, 250, 500, 750])
         e0 = read_isolated_atom_energies(E0S)
         model = build_mace("small", HCO, [e0[z] for z in HCO])
-        batch = batch_of(atoms)
-        batch["energy"] = torch.tensor([a.get_potential_energy() for a in atoms])
-        batch["forces"] = torch.tensor(np.concatenate([a.get_forces() for a in atoms]))
+        batch = batch_of(data.atoms)
+        batch["energy"] = torch.tensor(data.energies)
+        batch["forces"] = torch.tensor(np.concatenate(data.forces))
         yield model, batch
     finally:
         torch.set_default_dtype(previous)

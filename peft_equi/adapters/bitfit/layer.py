@@ -32,7 +32,7 @@ def _free_scalar_positions(spec: LayerSpec) -> torch.Tensor:
 
 @register_adapter
 class BitfitAdapter(Adapter):
-    """Trainable biases on ``0e`` outputs.  Parameter ``bias`` covers the blocks without a bias."""
+    """BitFit: trainable biases on 0e outputs only (the layer's own, plus new ones where it has none)."""
 
     name = "bitfit"
     config_class = BitfitConfig

@@ -22,7 +22,7 @@ from peft_equi.spec import LayerSpec
 
 @register_adapter
 class ConventionalAdapter(Adapter):
-    """Dense bottleneck on all components; not equivariant, not mergeable."""
+    """A dense bottleneck over all components: breaks equivariance (ablations only; not mergeable)."""
 
     name = "conventional"
     config_class = ConventionalConfig

@@ -48,7 +48,10 @@ def _groups(spec: LayerSpec, selected: list[bool], simplify: bool) -> list[list[
 
 @register_adapter
 class EloraAdapter(Adapter):
-    """Per-path LoRA.  Parameters ``elora_A.{g}`` ``(fan_in, r)``, ``elora_B.{g}`` ``(r, mul_out)`` per group."""
+    """ELoRA: an independent low-rank update of every weighted path (mergeable).
+
+    Parameters ``elora_A.{g}`` ``(fan_in, r)`` and ``elora_B.{g}`` ``(r, mul_out)`` per group of paths.
+    """
 
     name = "elora"
     config_class = EloraConfig

@@ -32,7 +32,7 @@ def _zero_linear(n_in: int, n_out: int) -> nn.Linear:
 
 @register_adapter
 class FilmAdapter(Adapter):
-    """Feature-wise affine modulation (see the module docstring)."""
+    """FiLM: per-channel gamma and 0e beta, from the invariant inputs or static (static: mergeable)."""
 
     name = "film"
     config_class = FilmConfig

@@ -41,7 +41,7 @@ def _a_key(spec: LayerSpec, index: int) -> str:
 
 @register_adapter
 class LoraAdapter(Adapter):
-    """Equivariant LoRA (see the module docstring).  Parameters ``lora_A.*``, ``lora_B.*``."""
+    """Equivariant LoRA: a rank-r bottleneck of each shared irrep, as a weight update (mergeable)."""
 
     name = "lora"
     config_class = LoraConfig

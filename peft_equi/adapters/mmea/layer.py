@@ -66,7 +66,7 @@ def _head(width: int, rank: int) -> nn.Linear:
 
 @register_adapter
 class MmeaAdapter(Adapter):
-    """Magnitude-modulated equivariant adapter (see the module docstring)."""
+    """MMEA: per-channel gains and 0e shifts computed from an invariant gate (not mergeable)."""
 
     name = "mmea"
     config_class = MmeaConfig

@@ -1,0 +1,218 @@
+"""The ``peft-equi`` command line: ``finetune``, ``evaluate``, ``merge``, ``inspect``, ``adapters``.
+
+``finetune`` takes every option of :class:`~peft_equi.training.config.FinetuneConfig` as a
+flag (``--n-train 50``) and/or from ``--config run.yaml``; flags win.  Invalid values are
+reported by validation, one line per problem, without a traceback.
+"""
+
+from __future__ import annotations
+
+import inspect
+import json
+import sys
+import types
+import typing
+from pathlib import Path
+from typing import Annotated, Any, Optional
+
+import typer
+import yaml
+from pydantic import ValidationError
+
+from peft_equi.errors import PeftEquiError
+from peft_equi.training.config import FinetuneConfig
+
+app = typer.Typer(help="Parameter-efficient fine-tuning of equivariant interatomic potentials.", add_completion=False)
+
+ModelOption = Annotated[str, typer.Option("--model", help="model name (7net-0) or path (MACE .model file)")]
+TrustOption = Annotated[
+    bool, typer.Option("--trust-pickle", help="allow loading whole pickled models (executes code from the file)")
+]
+
+
+def _fail(message: str) -> typer.Exit:
+    typer.secho(f"error: {message}", fg=typer.colors.RED, err=True)
+    return typer.Exit(code=2)
+
+
+def _validation_message(exc: ValidationError) -> str:
+    return "; ".join(f"{'.'.join(str(p) for p in e['loc']) or 'config'}: {e['msg']}" for e in exc.errors())
+
+
+def _cli_type(annotation: Any) -> Any:
+    """The flag type for a config field: optional scalars stay, mappings and literals become strings."""
+    args = [a for a in typing.get_args(annotation) if a is not type(None)]
+    if typing.get_origin(annotation) in (typing.Union, types.UnionType) and len(args) == 1:
+        annotation = args[0]
+    if typing.get_origin(annotation) is typing.Literal or typing.get_origin(annotation) is dict:
+        return str
+    return annotation if annotation in (str, int, float, bool, Path) else str
+
+
+def _finetune(config: Optional[Path] = None, **flags: Any) -> None:  # noqa: UP045 - typer reads the annotation
+    given = {k: v for k, v in flags.items() if v is not None}
+    if isinstance(given.get("adapter_options"), str):
+        given["adapter_options"] = yaml.safe_load(given["adapter_options"]) or {}
+    for key in ("ema_decay", "clip_grad", "n_train", "n_test", "valid", "test"):
+        if given.get(key) in ("none", "None"):
+            given[key] = None
+    try:
+        run_config = FinetuneConfig.from_file(config, **given) if config else FinetuneConfig(**given)
+    except ValidationError as exc:
+        raise _fail(_validation_message(exc)) from None
+    except (FileNotFoundError, ValueError) as exc:
+        raise _fail(str(exc)) from None
+    from peft_equi.training.engine import Finetuner, format_results
+
+    try:
+        result = Finetuner(run_config).run()
+    except (PeftEquiError, FileNotFoundError, KeyError) as exc:
+        raise _fail(str(exc).strip("'\"")) from None
+    typer.echo(f"\n{result['trainable_parameters']:,} trainable parameters ({run_config.adapter})\n")
+    typer.echo(format_results(result))
+    typer.echo(f"\noutputs in {run_config.output}/")
+
+
+def _build_finetune_command() -> None:
+    """Register ``finetune`` with one flag per config field (help texts from the pydantic model)."""
+    parameters = [
+        inspect.Parameter(
+            "config",
+            inspect.Parameter.KEYWORD_ONLY,
+            default=typer.Option(None, "--config", help="YAML or JSON file with any of the options below"),
+            annotation=Optional[Path],  # noqa: UP045
+        )
+    ]
+    for name, field in FinetuneConfig.model_fields.items():
+        flag = "--" + name.replace("_", "-")
+        kind = _cli_type(field.annotation)
+        decls = [f"{flag}/--no-{flag[2:]}"] if kind is bool else [flag]
+        parameters.append(
+            inspect.Parameter(
+                name,
+                inspect.Parameter.KEYWORD_ONLY,
+                default=typer.Option(None, *decls, help=f"{field.description} [default: {field.default}]"),
+                annotation=Optional[kind],  # noqa: UP045
+            )
+        )
+
+    def finetune(**kwargs: Any) -> None:
+        _finetune(**kwargs)
+
+    finetune.__signature__ = inspect.Signature(parameters)  # type: ignore[attr-defined]
+    finetune.__doc__ = "Fine-tune a model with an adapter on energies and forces; prints a before/after table."
+    app.command("finetune")(finetune)
+
+
+_build_finetune_command()
+
+
+@app.command("adapters")
+def adapters() -> None:
+    """List the registered adapters and presets."""
+    import peft_equi
+    from peft_equi.registry import ADAPTERS, PRESETS
+
+    typer.echo("adapters:")
+    for name in peft_equi.list_adapters():
+        cls = ADAPTERS.get(name)
+        doc = (cls.__doc__ or "").strip().splitlines()[0]
+        flag = "" if cls.equivariant else "  [NOT equivariant]"
+        typer.echo(f"  {name:<14} {doc}{flag}")
+    typer.echo("presets (every adapter name is also a preset):")
+    for name in PRESETS.names():
+        doc = (PRESETS.get(name).__doc__ or "").strip().splitlines()[0]
+        typer.echo(f"  {name:<14} {doc}")
+
+
+@app.command("inspect")
+def inspect_command(
+    model: ModelOption,
+    adapter: Annotated[Optional[str], typer.Option(help="adapter or preset to plan (nothing is trained)")] = None,  # noqa: UP045
+    options: Annotated[str, typer.Option("--options", help="adapter/preset options as YAML, e.g. '{rank: 16}'")] = "{}",
+    trust_pickle: TrustOption = False,
+) -> None:
+    """Show the discoverable layers of a model and, for an adapter, what it would train."""
+    import peft_equi
+    from peft_equi.potentials.base import load_potential
+
+    try:
+        potential = load_potential(model, trust_pickle=trust_pickle)
+        parsed = yaml.safe_load(options) or {}
+        reports = peft_equi.inspect_model(potential.model, adapter, **parsed)
+        typer.echo(peft_equi.format_inspection(reports))
+        if adapter:
+            planned = peft_equi.get_peft_model(potential.model, adapter, **parsed)
+            typer.echo(f"\n{adapter}: {planned.num_trainable_parameters():,} trainable parameters")
+    except (PeftEquiError, FileNotFoundError, ValidationError, TypeError) as exc:
+        raise _fail(str(exc)) from None
+
+
+def _adapted(model: str, run: Path, trust_pickle: bool):
+    import numpy as np
+
+    import peft_equi
+    from peft_equi.potentials.base import load_potential
+
+    potential = load_potential(model, trust_pickle=trust_pickle)
+    peft_model = peft_equi.load_adapter(potential.model, run / "adapter")
+    correction = json.loads((run / "energy_correction.json").read_text())
+    if correction["atomic_numbers"] != potential.atomic_numbers:
+        raise PeftEquiError(f"{run}: energy correction is for elements {correction['atomic_numbers']}")
+    return potential, peft_model, np.asarray(correction["delta_eV"])
+
+
+@app.command("evaluate")
+def evaluate(
+    model: ModelOption,
+    data: Annotated[Path, typer.Option(help="extxyz or rMD17 .npz file to evaluate on")],
+    run: Annotated[Optional[Path], typer.Option(help="finetune output directory (adapter + energy correction)")] = None,  # noqa: UP045
+    energy_key: Annotated[str, typer.Option(help="extxyz info key of the reference energy")] = "energy",
+    forces_key: Annotated[str, typer.Option(help="extxyz array key of the reference forces")] = "forces",
+    batch_size: Annotated[int, typer.Option(help="structures per batch")] = 10,
+    trust_pickle: TrustOption = False,
+) -> None:
+    """Energy and force errors of a model (with a fine-tuned adapter from --run) on a data file."""
+    import numpy as np
+
+    from peft_equi.data import read_dataset
+    from peft_equi.training.engine import Finetuner
+
+    try:
+        config = FinetuneConfig(model=model, train=data, trust_pickle=trust_pickle, eval_batch_size=batch_size)
+        finetuner = Finetuner(config)
+        network = finetuner.potential.model
+        if run is not None:
+            finetuner.potential, network, finetuner.delta = _adapted(model, run, trust_pickle)
+        dataset = read_dataset(data, energy_key, forces_key)
+        finetuner.potential.check_elements(dataset.atomic_numbers, str(data))
+        errors = finetuner.evaluate(network, finetuner._prepare(dataset))
+    except (PeftEquiError, FileNotFoundError, KeyError, ValidationError) as exc:
+        raise _fail(str(exc)) from None
+    typer.echo(json.dumps({"structures": len(dataset), **errors.summary()}, indent=2))
+    del np
+
+
+@app.command("merge")
+def merge(
+    model: ModelOption,
+    run: Annotated[Path, typer.Option(help="finetune output directory (adapter + energy correction)")],
+    output: Annotated[Path, typer.Option(help="where to write the merged model")],
+    trust_pickle: TrustOption = False,
+) -> None:
+    """Fold a mergeable adapter into the model and save it in the model family's own format."""
+    try:
+        potential, peft_model, _ = _adapted(model, run, trust_pickle)
+        path = potential.save(peft_model.merge_and_unload(), output)
+    except (PeftEquiError, FileNotFoundError) as exc:
+        raise _fail(str(exc)) from None
+    typer.echo(f"merged model written to {path} (per-element energy correction: {run / 'energy_correction.json'})")
+
+
+def main() -> None:
+    """Console entry point."""
+    app()
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,87 @@
+"""The fine-tuning configuration (pydantic): every option of ``peft-equi finetune`` with its help text.
+
+Defaults follow the MMEA/ELoRA papers' rMD17 protocol: energy weight 1, forces weight
+1000, Adam with amsgrad, lr 0.005, batch 5, ReduceLROnPlateau (patience 5, factor 0.8),
+EMA 0.995, gradient clipping at 100, float64.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, PositiveFloat, PositiveInt, field_validator
+
+
+class FinetuneConfig(BaseModel):
+    """Everything a fine-tuning run needs; read from flags, YAML or JSON."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    model: str = Field(description="model name (7net-0) or path (MACE .model file)")
+    trust_pickle: bool = Field(False, description="allow loading whole pickled models (executes code from the file)")
+    adapter: str = Field("mmea", description="adapter or preset name (see `peft-equi adapters`)")
+    adapter_options: dict[str, Any] = Field({}, description="options of the adapter or preset, e.g. {rank: 16}")
+
+    train: Path = Field(description="training data: extxyz or rMD17 .npz")
+    valid: Path | None = Field(None, description="validation data (default: split off the training file)")
+    test: Path | None = Field(None, description="test data, evaluated whole before and after fine-tuning")
+    energy_key: str = Field("energy", description="extxyz info key of the reference energy (eV)")
+    forces_key: str = Field("forces", description="extxyz array key of the reference forces (eV/A)")
+    n_train: PositiveInt | None = Field(
+        None, description="structures drawn (by seed) from the training file before the validation split"
+    )
+    valid_fraction: float = Field(0.5, ge=0, lt=1, description="share of the drawn structures used for validation")
+    n_test: PositiveInt | None = Field(None, description="evaluate only the first n test structures")
+    e0s: str = Field(
+        "fit",
+        description="per-element reference energies: 'fit' (least squares on training residuals), "
+        "a path to an isolated-atoms extxyz file, or 'none'",
+    )
+
+    epochs: PositiveInt = Field(100, description="training epochs")
+    batch_size: PositiveInt = Field(5, description="structures per optimisation step (over all processes)")
+    eval_batch_size: PositiveInt = Field(10, description="structures per evaluation batch")
+    lr: PositiveFloat = Field(5e-3, description="learning rate")
+    weight_decay: float = Field(1e-8, ge=0, description="Adam weight decay")
+    amsgrad: bool = Field(True, description="Adam with amsgrad")
+    energy_weight: float = Field(1.0, ge=0, description="weight of the per-atom energy MSE")
+    forces_weight: float = Field(1000.0, ge=0, description="weight of the force-component MSE")
+    ema_decay: float | None = Field(0.995, gt=0, lt=1, description="EMA of the trained weights (None: off)")
+    clip_grad: PositiveFloat | None = Field(100.0, description="gradient-norm clipping (None: off)")
+    scheduler_patience: PositiveInt = Field(5, description="ReduceLROnPlateau patience (epochs)")
+    scheduler_factor: float = Field(0.8, gt=0, lt=1, description="ReduceLROnPlateau factor")
+    dtype: Literal["float64", "float32"] = Field("float64", description="floating-point precision")
+    device: str = Field("cpu", description="torch device")
+    seed: int = Field(0, description="seed of data selection, adapter init and shuffling")
+
+    output: Path = Field(Path("runs/finetune"), description="output directory")
+    checkpoint_every: PositiveInt = Field(1, description="write a resumable checkpoint every n epochs")
+    resume: bool = Field(False, description="continue from output/checkpoint.pt")
+    plots: bool = Field(True, description="write learning-curve and force-parity PNGs")
+    progress: bool = Field(True, description="show progress bars")
+
+    @field_validator("e0s")
+    @classmethod
+    def _e0s(cls, value: str) -> str:
+        if value not in ("fit", "none") and not Path(value).is_file():
+            raise ValueError(f"e0s must be 'fit', 'none' or an existing isolated-atoms file, got {value!r}")
+        return value
+
+    @classmethod
+    def from_file(cls, path: str | Path, **overrides: Any) -> FinetuneConfig:
+        """Read YAML or JSON, with ``overrides`` (e.g. from command-line flags) taking precedence."""
+        path = Path(path)
+        if not path.is_file():
+            raise FileNotFoundError(f"config file not found: {path}")
+        data = yaml.safe_load(path.read_text()) or {}
+        if not isinstance(data, dict):
+            raise ValueError(f"{path}: expected a mapping of options, got {type(data).__name__}")
+        return cls.model_validate(data | overrides)
+
+    def torch_dtype(self):
+        """The ``torch.dtype`` of :attr:`dtype`."""
+        import torch
+
+        return getattr(torch, self.dtype)

@@ -1,0 +1,387 @@
+"""The fine-tuning loop: adapters on a pretrained potential, trained on energies and forces.
+
+One :class:`Finetuner` run: load data and model, correct per-element reference energies
+(foundation models were trained on another level of theory), evaluate the base model,
+attach adapters, train (Adam/amsgrad, ReduceLROnPlateau, EMA, clipping), evaluate again,
+and write the adapter (peft format), the merged model when mergeable, logs and plots.
+
+Data parallelism uses ``torch.distributed`` (``DistributedDataParallel``), launched by
+``torchrun``: every process takes an equal share of each batch and DDP averages gradients,
+so ``torchrun --nproc_per_node 2`` follows the same trajectory as one process.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from collections.abc import Iterator, Sequence
+from contextlib import nullcontext
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+import peft_equi
+from peft_equi.data import (
+    Dataset,
+    composition_matrix,
+    fit_reference_energies,
+    read_dataset,
+    read_isolated_atom_energies,
+)
+from peft_equi.data import select_and_split as split_data
+from peft_equi.errors import NotMergeableError, PeftEquiError
+from peft_equi.potentials.base import Potential, load_potential
+from peft_equi.training.checkpoint import atomic_save, load_checkpoint
+from peft_equi.training.config import FinetuneConfig
+from peft_equi.training.logs import MetricsLog, plot_force_parity, plot_learning_curves
+from peft_equi.training.metrics import Errors, weighted_loss
+
+
+class TrainingDivergedError(PeftEquiError):
+    """The loss became NaN or infinite; the last good checkpoint is kept."""
+
+
+@dataclass
+class Prepared:
+    """A dataset turned into model inputs, with the per-structure energy correction."""
+
+    data: Dataset
+    graphs: list[Any]
+    shifts: np.ndarray  # sum_z n_z delta_z per structure (eV)
+
+
+def _world() -> tuple[int, int]:
+    return int(os.environ.get("RANK", 0)), int(os.environ.get("WORLD_SIZE", 1))
+
+
+class Finetuner:
+    """Runs :class:`FinetuneConfig`; ``potential`` may be given to skip loading by name."""
+
+    def __init__(self, config: FinetuneConfig, potential: Potential | None = None) -> None:
+        self.config = config
+        self.rank, self.world = _world()
+        self.device = torch.device(config.device)
+        self.dtype = config.torch_dtype()
+        self.output = Path(config.output)
+        self.potential = potential or load_potential(config.model, dtype=self.dtype, trust_pickle=config.trust_pickle)
+        self.potential.model.to(device=self.device, dtype=self.dtype)
+        self.elements = self.potential.atomic_numbers
+        self.delta = np.zeros(len(self.elements))
+
+    # -- data --
+
+    def _load_data(self) -> tuple[Dataset, Dataset, Dataset | None]:
+        c = self.config
+        full = read_dataset(c.train, c.energy_key, c.forces_key)
+        if c.valid is None:
+            train, valid = split_data(full, c.n_train, c.valid_fraction, c.seed)
+        else:
+            train, _ = split_data(full, c.n_train, 0.0, c.seed)
+            valid = read_dataset(c.valid, c.energy_key, c.forces_key)
+        test = read_dataset(c.test, c.energy_key, c.forces_key) if c.test else None
+        if test is not None and c.n_test is not None:
+            test = test.subset(range(min(c.n_test, len(test))))
+        for name, data in (("training data", train), ("validation data", valid), ("test data", test)):
+            if data is not None:
+                self.potential.check_elements(data.atomic_numbers, f"the {name}")
+        if len(train) < c.batch_size or len(valid) == 0:
+            raise PeftEquiError(
+                f"{len(train)} training / {len(valid)} validation structures: need at least one batch "
+                f"({c.batch_size}) for training and one structure for validation"
+            )
+        return train, valid, test
+
+    def _prepare(self, data: Dataset) -> Prepared:
+        return Prepared(data, self.potential.graphs(data.atoms), composition_matrix(data, self.elements) @ self.delta)
+
+    def _batches(self, prepared: Prepared, indices: Sequence[int], size: int) -> Iterator[tuple[Any, ...]]:
+        for start in range(0, len(indices), size):
+            chosen = list(indices[start : start + size])
+            yield self._batch(prepared, chosen)
+
+    def _batch(self, prepared: Prepared, chosen: Sequence[int]) -> tuple[Any, ...]:
+        batch = self.potential.collate([prepared.graphs[i] for i in chosen], self.device, self.dtype)
+        tensor = lambda a: torch.as_tensor(np.asarray(a), dtype=self.dtype, device=self.device)  # noqa: E731
+        energy = tensor(prepared.data.energies[chosen])
+        forces = tensor(np.concatenate([prepared.data.forces[i] for i in chosen]))
+        shift = tensor(prepared.shifts[chosen])
+        n_atoms = tensor([len(prepared.data.atoms[i]) for i in chosen])
+        return batch, energy, forces, shift, n_atoms
+
+    # -- evaluation --
+
+    def evaluate(self, model: nn.Module, prepared: Prepared) -> Errors:
+        """Errors of ``model`` (+ the energy correction) on ``prepared``."""
+        energies, forces = [], []
+        for batch, _, _, shift, _ in self._batches(prepared, range(len(prepared.data)), self.config.eval_batch_size):
+            energy, force = self.potential.energy_forces(model, batch, training=False)
+            energies.append((energy + shift).detach().cpu().numpy())
+            forces.append(force.detach().cpu().numpy())
+        return Errors.of(
+            np.concatenate(energies),
+            prepared.data.energies,
+            np.concatenate(forces),
+            np.concatenate(prepared.data.forces),
+        )
+
+    def _loss(
+        self, model: nn.Module, batch: tuple[Any, ...], training: bool, totals: tuple[int, int] | None = None
+    ) -> torch.Tensor:
+        inputs, ref_energy, ref_forces, shift, n_atoms = batch
+        energy, forces = self.potential.energy_forces(model, inputs, training=training)
+        c = self.config
+        return weighted_loss(
+            energy + shift, forces, ref_energy, ref_forces, n_atoms, c.energy_weight, c.forces_weight, totals
+        )
+
+    def validation_loss(self, model: nn.Module, prepared: Prepared) -> float:
+        """Mean loss over validation batches."""
+        losses = [
+            self._loss(model, batch, training=False).item()
+            for batch in self._batches(prepared, range(len(prepared.data)), self.config.eval_batch_size)
+        ]
+        return float(np.mean(losses))
+
+    # -- reference energies --
+
+    def _fit_energy_correction(self, train: Dataset) -> None:
+        """``delta_z`` added per atom of element ``z`` to the model's energy (fixed during training)."""
+        mode = self.config.e0s
+        if mode == "none":
+            return
+        if mode == "fit":
+            predicted = self.evaluate_energies(self._prepare(train))
+            fitted = fit_reference_energies(train, train.energies - predicted)
+            self.delta = np.array([fitted.get(z, 0.0) for z in self.elements])
+            return
+        isolated = read_isolated_atom_energies(mode)
+        missing = sorted(set(train.atomic_numbers) - set(isolated))
+        if missing:
+            raise PeftEquiError(f"{mode} has no isolated-atom energy for atomic numbers {missing}")
+        from ase import Atoms
+
+        atoms = [Atoms(numbers=[z], positions=[[0.0, 0.0, 0.0]]) for z in self.elements if z in isolated]
+        single = Dataset(atoms, np.zeros(len(atoms)), [np.zeros((1, 3))] * len(atoms))
+        model_e0 = dict(zip([int(a.numbers[0]) for a in atoms], self.evaluate_energies(self._prepare(single))))
+        self.delta = np.array([isolated[z] - model_e0[z] if z in isolated else 0.0 for z in self.elements])
+
+    def evaluate_energies(self, prepared: Prepared) -> np.ndarray:
+        """The base model's energies (without correction) on ``prepared``."""
+        out = []
+        for batch, *_ in self._batches(prepared, range(len(prepared.data)), self.config.eval_batch_size):
+            energy, _ = self.potential.energy_forces(self.potential.model, batch, training=False)
+            out.append(energy.detach().cpu().numpy())
+        return np.concatenate(out)
+
+    # -- training --
+
+    def run(self) -> dict[str, Any]:
+        """Fine-tune; returns the before/after errors (and writes everything under ``output``)."""
+        c = self.config
+        torch.manual_seed(c.seed)
+        self.output.mkdir(parents=True, exist_ok=True)
+        train, valid, test = self._load_data()
+        checkpoint = load_checkpoint(self.output / "checkpoint.pt") if c.resume else None
+        if checkpoint is not None:
+            self.delta = np.asarray(checkpoint["delta"])
+        else:
+            self._fit_energy_correction(train)
+        train_p, valid_p = self._prepare(train), self._prepare(valid)
+        test_p = self._prepare(test) if test is not None else None
+        before = {"valid": self.evaluate(self.potential.model, valid_p)}
+        if test_p is not None:
+            before["test"] = self.evaluate(self.potential.model, test_p)
+
+        torch.manual_seed(c.seed)
+        model = peft_equi.get_peft_model(self.potential.model, c.adapter, **c.adapter_options)
+        params = [p for p in model.parameters() if p.requires_grad]
+        optimizer = torch.optim.Adam(params, lr=c.lr, amsgrad=c.amsgrad, weight_decay=c.weight_decay)
+        scheduler = torch.optim.lr_scheduler.ReduceLROnPlateau(
+            optimizer, mode="min", factor=c.scheduler_factor, patience=c.scheduler_patience
+        )
+        ema = _ema(params, c.ema_decay)
+        start_epoch = 0
+        if checkpoint is not None:
+            start_epoch = self._restore(checkpoint, model, optimizer, scheduler, ema)
+        trained = self._distributed(model)
+        log = MetricsLog(self.output, resume=checkpoint is not None) if self.rank == 0 else None
+        for epoch in range(start_epoch, c.epochs):
+            started = time.perf_counter()
+            train_loss = self._train_epoch(trained, optimizer, ema, params, train_p, epoch)
+            with _averaged(ema):
+                valid_loss = self.validation_loss(model, valid_p)
+                errors = self.evaluate(model, valid_p)
+            scheduler.step(valid_loss)
+            if log is not None:
+                row = {
+                    "epoch": epoch + 1,
+                    "lr": optimizer.param_groups[0]["lr"],
+                    "train_loss": train_loss,
+                    "valid_loss": valid_loss,
+                    "time_s": time.perf_counter() - started,
+                }
+                log.append(row | {f"valid_{k}": v for k, v in errors.summary().items()})
+                if (epoch + 1) % c.checkpoint_every == 0 or epoch + 1 == c.epochs:
+                    self._save_checkpoint(epoch + 1, model, optimizer, scheduler, ema)
+        if ema is not None:
+            ema.copy_to(params)
+        after = {"valid": self.evaluate(model, valid_p)}
+        if test_p is not None:
+            after["test"] = self.evaluate(model, test_p)
+        result = {"before": before, "after": after, "trainable_parameters": model.num_trainable_parameters()}
+        if self.rank == 0:
+            self._write_outputs(model, result, log)
+        _barrier()
+        return result
+
+    def _train_epoch(self, trained, optimizer, ema, params, train_p: Prepared, epoch: int) -> float:
+        c = self.config
+        order = np.random.default_rng(c.seed + 1000 * (epoch + 1)).permutation(len(train_p.data))
+        n_batches = len(order) // c.batch_size  # drop the incomplete last batch
+        losses = []
+        progress = _progress(range(n_batches), c.progress and self.rank == 0, f"epoch {epoch + 1}/{c.epochs}")
+        for b in progress:
+            chosen = order[b * c.batch_size : (b + 1) * c.batch_size]
+            share = np.array_split(chosen, self.world)[self.rank]
+            totals = (len(chosen), sum(len(train_p.data.atoms[i]) for i in chosen))
+            optimizer.zero_grad(set_to_none=True)
+            # DDP averages gradients over processes: scale so that they add up to the whole batch's
+            loss = self._loss(trained, self._batch(train_p, share), training=True, totals=totals) * self.world
+            batch_loss = _all_reduce_sum(loss.detach() / self.world)
+            if not torch.isfinite(batch_loss):
+                raise TrainingDivergedError(
+                    f"loss became {batch_loss.item()} at epoch {epoch + 1}, batch {b + 1}: stopping. The last good "
+                    f"checkpoint is {self.output / 'checkpoint.pt'} (try a lower lr or float64)"
+                )
+            loss.backward()
+            if c.clip_grad is not None:
+                torch.nn.utils.clip_grad_norm_(params, c.clip_grad)
+            optimizer.step()
+            if ema is not None:
+                ema.update(params)
+            losses.append(batch_loss.item())
+        return float(np.mean(losses))
+
+    def _distributed(self, model: nn.Module) -> nn.Module:
+        if self.world == 1:
+            return model
+        import torch.distributed as dist
+
+        if not dist.is_initialized():
+            dist.init_process_group("gloo" if self.device.type == "cpu" else "nccl")
+        if self.config.batch_size % self.world:
+            raise PeftEquiError(f"batch_size {self.config.batch_size} is not divisible by {self.world} processes")
+        return nn.parallel.DistributedDataParallel(model)
+
+    # -- checkpoints and outputs --
+
+    def _save_checkpoint(self, epoch, model, optimizer, scheduler, ema) -> None:
+        state = {
+            "epoch": epoch,
+            "adapter": model.adapter_state_dict(),
+            "optimizer": optimizer.state_dict(),
+            "scheduler": scheduler.state_dict(),
+            "ema": ema.state_dict() if ema is not None else None,
+            "delta": torch.as_tensor(self.delta),
+            "config": self.config.model_dump_json(exclude={"resume", "epochs", "progress"}),
+        }
+        atomic_save(state, self.output / "checkpoint.pt")
+
+    def _restore(self, checkpoint, model, optimizer, scheduler, ema) -> int:
+        saved = json.loads(checkpoint["config"])
+        current = json.loads(self.config.model_dump_json(exclude={"resume", "epochs", "progress"}))
+        changed = sorted(k for k in current if saved.get(k) != current[k])
+        if changed:
+            raise PeftEquiError(f"cannot resume: options changed since the checkpoint: {', '.join(changed)}")
+        current_state = model.adapter_state_dict()
+        with torch.no_grad():
+            for key, value in checkpoint["adapter"].items():
+                current_state[key].copy_(value)
+        optimizer.load_state_dict(checkpoint["optimizer"])
+        scheduler.load_state_dict(checkpoint["scheduler"])
+        if ema is not None:
+            ema.load_state_dict(checkpoint["ema"])
+        return int(checkpoint["epoch"])
+
+    def _write_outputs(self, model, result: dict[str, Any], log: MetricsLog | None) -> None:
+        model.save_adapter(self.output / "adapter")
+        (self.output / "energy_correction.json").write_text(
+            json.dumps({"atomic_numbers": self.elements, "delta_eV": self.delta.tolist()}, indent=2)
+        )
+        try:
+            merged_path = self.potential.save(model.merge_and_unload(), self.output / "merged")
+            result["merged_model"] = str(merged_path)
+        except NotMergeableError as exc:
+            result["merged_model"] = None
+            result["not_merged_because"] = str(exc)
+        summary = {
+            phase: {split: errors.summary() for split, errors in splits.items()}
+            for phase, splits in (("before", result["before"]), ("after", result["after"]))
+        }
+        (self.output / "results.json").write_text(
+            json.dumps(summary | {k: v for k, v in result.items() if k not in ("before", "after")}, indent=2)
+        )
+        if self.config.plots and log is not None and log.rows:
+            plot_learning_curves(log.rows, self.output / "learning_curves.png")
+            split = "test" if "test" in result["after"] else "valid"
+            curves = {
+                phase: (result[phase][split].predicted_forces, result[phase][split].reference_forces)
+                for phase in ("before", "after")
+            }
+            plot_force_parity(curves, self.output / "force_parity.png")
+
+
+def _ema(params: list[nn.Parameter], decay: float | None):
+    if decay is None:
+        return None
+    from torch_ema import ExponentialMovingAverage
+
+    return ExponentialMovingAverage(params, decay=decay)
+
+
+def _averaged(ema):
+    return ema.average_parameters() if ema is not None else nullcontext()
+
+
+def _progress(iterable, enabled: bool, description: str):
+    if not enabled:
+        return iterable
+    from tqdm import tqdm
+
+    return tqdm(iterable, desc=description, leave=False)
+
+
+def _all_reduce_sum(value: torch.Tensor) -> torch.Tensor:
+    import torch.distributed as dist
+
+    if dist.is_available() and dist.is_initialized():
+        dist.all_reduce(value)
+    return value
+
+
+def _barrier() -> None:
+    import torch.distributed as dist
+
+    if dist.is_available() and dist.is_initialized():
+        dist.barrier()
+
+
+def format_results(result: dict[str, Any]) -> str:
+    """A before/after markdown table of energy and force errors."""
+    lines = [
+        "| split | phase | energy MAE (meV) | energy RMSE (meV) | force MAE (meV/A) | force RMSE (meV/A) |",
+        "|---|---|---:|---:|---:|---:|",
+    ]
+    for split in result["after"]:
+        for phase in ("before", "after"):
+            e = result[phase][split]
+            lines.append(
+                f"| {split} | {phase} | {e.energy_mae:.1f} | {e.energy_rmse:.1f} | {e.forces_mae:.1f} | "
+                f"{e.forces_rmse:.1f} |"
+            )
+    return "\n".join(lines)

@@ -1,0 +1,84 @@
+"""Run logs: a CSV of per-epoch metrics (and TensorBoard when installed), and PNG plots."""
+
+from __future__ import annotations
+
+import csv
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+
+class MetricsLog:
+    """Appends one row per epoch to ``metrics.csv``; mirrors scalars to TensorBoard if available."""
+
+    def __init__(self, directory: Path, resume: bool) -> None:
+        self.path = directory / "metrics.csv"
+        self.rows: list[dict[str, Any]] = []
+        if resume and self.path.is_file():
+            with self.path.open() as f:
+                self.rows = [{k: float(v) for k, v in row.items()} for row in csv.DictReader(f)]
+        self.writer = None
+        try:
+            from torch.utils.tensorboard import SummaryWriter
+
+            self.writer = SummaryWriter(str(directory / "tensorboard"))
+        except ImportError:  # tensorboard is optional
+            pass
+
+    def append(self, row: dict[str, Any]) -> None:
+        """Add a row and rewrite the CSV (small files; always consistent on disk)."""
+        self.rows.append(row)
+        with self.path.open("w", newline="") as f:
+            writer = csv.DictWriter(f, fieldnames=list(row))
+            writer.writeheader()
+            writer.writerows(self.rows)
+        if self.writer is not None:
+            for key, value in row.items():
+                if key != "epoch":
+                    self.writer.add_scalar(key, value, int(row["epoch"]))
+            self.writer.flush()
+
+
+def plot_learning_curves(rows: list[dict[str, Any]], path: Path) -> Path:
+    """Training and validation loss, and validation errors, against epoch."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    epochs = [r["epoch"] for r in rows]
+    fig, (ax_loss, ax_err) = plt.subplots(1, 2, figsize=(10, 4))
+    ax_loss.semilogy(epochs, [r["train_loss"] for r in rows], label="train")
+    ax_loss.semilogy(epochs, [r["valid_loss"] for r in rows], label="validation")
+    ax_loss.set(xlabel="epoch", ylabel="loss", title="loss")
+    ax_loss.legend()
+    ax_err.plot(epochs, [r["valid_energy_mae_meV"] for r in rows], label="energy MAE (meV)")
+    ax_err.plot(epochs, [r["valid_forces_mae_meV_per_A"] for r in rows], label="force MAE (meV/A)")
+    ax_err.set(xlabel="epoch", title="validation errors")
+    ax_err.legend()
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return path
+
+
+def plot_force_parity(curves: dict[str, tuple[np.ndarray, np.ndarray]], path: Path) -> Path:
+    """Predicted vs reference force components, one series per label (e.g. before / after)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(5, 5))
+    low, high = np.inf, -np.inf
+    for label, (predicted, reference) in curves.items():
+        ax.scatter(reference.ravel(), predicted.ravel(), s=3, alpha=0.5, label=label)
+        low, high = min(low, reference.min(), predicted.min()), max(high, reference.max(), predicted.max())
+    ax.plot([low, high], [low, high], "k--", linewidth=0.8)
+    ax.set(xlabel="reference force (eV/A)", ylabel="predicted force (eV/A)", title="force parity (test)")
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return path

@@ -1,0 +1,65 @@
+"""Loss and error metrics: energy per structure (meV), forces per component (meV/A)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+
+def weighted_loss(
+    energy: torch.Tensor,
+    forces: torch.Tensor,
+    ref_energy: torch.Tensor,
+    ref_forces: torch.Tensor,
+    n_atoms: torch.Tensor,
+    energy_weight: float,
+    forces_weight: float,
+    totals: tuple[int, int] | None = None,
+) -> torch.Tensor:
+    """``w_E mean(((E - E_ref) / N)^2) + w_F mean((F - F_ref)^2)`` (MACE's weighted energy-forces loss).
+
+    ``totals = (structures, atoms)`` of the whole batch when this call sees only a share of
+    it (data parallelism): the sums are divided by the batch totals instead, so that the
+    shares' losses add up to the loss of the whole batch.
+    """
+    n_structures, n_total_atoms = totals if totals is not None else (len(energy), len(forces))
+    energy_term = (((energy - ref_energy) / n_atoms) ** 2).sum() / n_structures
+    forces_term = ((forces - ref_forces) ** 2).sum() / (3 * n_total_atoms)
+    return energy_weight * energy_term + forces_weight * forces_term
+
+
+@dataclass
+class Errors:
+    """Errors of predictions against references, and the values themselves (for parity plots)."""
+
+    energy_mae: float  # meV per structure
+    energy_rmse: float
+    forces_mae: float  # meV/A per component
+    forces_rmse: float
+    predicted_forces: np.ndarray
+    reference_forces: np.ndarray
+
+    @classmethod
+    def of(cls, energy, ref_energy, forces, ref_forces) -> Errors:
+        """Errors from eV / eV/A arrays."""
+        de = (np.asarray(energy) - np.asarray(ref_energy)) * 1000.0
+        df = (np.asarray(forces) - np.asarray(ref_forces)) * 1000.0
+        return cls(
+            energy_mae=float(np.abs(de).mean()),
+            energy_rmse=float(np.sqrt((de**2).mean())),
+            forces_mae=float(np.abs(df).mean()),
+            forces_rmse=float(np.sqrt((df**2).mean())),
+            predicted_forces=np.asarray(forces),
+            reference_forces=np.asarray(ref_forces),
+        )
+
+    def summary(self) -> dict[str, float]:
+        """The four numbers, for logs."""
+        return {
+            "energy_mae_meV": self.energy_mae,
+            "energy_rmse_meV": self.energy_rmse,
+            "forces_mae_meV_per_A": self.forces_mae,
+            "forces_rmse_meV_per_A": self.forces_rmse,
+        }
