@@ -117,21 +117,22 @@ def shuffled_indices(n: int, seed: int) -> np.ndarray:
 
 def select_and_split(
     dataset: Dataset, n_train: int | None, valid_fraction: float, seed: int
-) -> tuple[Dataset, Dataset]:
+) -> tuple[Dataset, Dataset, Dataset]:
     """Draw ``n_train`` structures by ``seed`` (all if ``None``), then split off ``valid_fraction`` for validation.
 
-    With the papers' protocol (``n_train=100``, ``valid_fraction=0.5``) this gives 50 training and
-    50 validation structures drawn from the training file.
+    Returns ``(train, valid, rest)``, ``rest`` being the structures not drawn.  With the
+    papers' protocol (``n_train=100``, ``valid_fraction=0.5``) this gives 50 training and 50
+    validation structures drawn from the training file.
     """
     if not 0 <= valid_fraction < 1:
         raise ValueError(f"valid_fraction must be in [0, 1), got {valid_fraction}")
     order = shuffled_indices(len(dataset), seed)
-    if n_train is not None:
-        if n_train > len(dataset):
-            raise ValueError(f"asked for {n_train} structures but the file has {len(dataset)}")
-        order = order[:n_train]
-    n_valid = round(len(order) * valid_fraction)
-    return dataset.subset(order[n_valid:]), dataset.subset(order[:n_valid])
+    n_drawn = len(dataset) if n_train is None else n_train
+    if n_drawn > len(dataset):
+        raise ValueError(f"asked for {n_drawn} structures but the file has {len(dataset)}")
+    drawn, rest = order[:n_drawn], sorted(order[n_drawn:])
+    n_valid = round(n_drawn * valid_fraction)
+    return dataset.subset(drawn[n_valid:]), dataset.subset(drawn[:n_valid]), dataset.subset(rest)
 
 
 def composition_matrix(dataset: Dataset, elements: Sequence[int]) -> np.ndarray:

@@ -27,6 +27,9 @@ class FinetuneConfig(BaseModel):
     train: Path = Field(description="training data: extxyz or rMD17 .npz")
     valid: Path | None = Field(None, description="validation data (default: split off the training file)")
     test: Path | None = Field(None, description="test data, evaluated whole before and after fine-tuning")
+    test_on_rest: bool = Field(
+        False, description="test on the structures of the training file not drawn for training or validation"
+    )
     energy_key: str = Field("energy", description="extxyz info key of the reference energy (eV)")
     forces_key: str = Field("forces", description="extxyz array key of the reference forces (eV/A)")
     n_train: PositiveInt | None = Field(

@@ -78,12 +78,16 @@ class Finetuner:
     def _load_data(self) -> tuple[Dataset, Dataset, Dataset | None]:
         c = self.config
         full = read_dataset(c.train, c.energy_key, c.forces_key)
+        if c.test is not None and c.test_on_rest:
+            raise PeftEquiError("give either a test file or test_on_rest, not both")
         if c.valid is None:
-            train, valid = split_data(full, c.n_train, c.valid_fraction, c.seed)
+            train, valid, rest = split_data(full, c.n_train, c.valid_fraction, c.seed)
         else:
-            train, _ = split_data(full, c.n_train, 0.0, c.seed)
+            train, _, rest = split_data(full, c.n_train, 0.0, c.seed)
             valid = read_dataset(c.valid, c.energy_key, c.forces_key)
-        test = read_dataset(c.test, c.energy_key, c.forces_key) if c.test else None
+        test = read_dataset(c.test, c.energy_key, c.forces_key) if c.test else (rest if c.test_on_rest else None)
+        if test is not None and len(test) == 0:
+            raise PeftEquiError("the test set is empty (test_on_rest with every structure drawn?)")
         if test is not None and c.n_test is not None:
             test = test.subset(range(min(c.n_test, len(test))))
         for name, data in (("training data", train), ("validation data", valid), ("test data", test)):
