@@ -17,7 +17,7 @@ $(STAMP): requirements/ci.txt requirements/no-deps.txt pyproject.toml
 	touch $(STAMP)
 
 demo: $(STAMP)
-	$(PY) examples/demo.py
+	$(PY) -m peft_equi.cli finetune --config examples/demo.yaml
 
 test: $(STAMP)
 	$(PY) -m ruff check .

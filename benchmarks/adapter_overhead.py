@@ -22,7 +22,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "examples"))
 import contextlib
 
-from demo import IRREPS_IN, SmallEquivariantNet
+from quickstart import IRREPS_IN, SmallEquivariantNet
 
 import peft_equi
 from peft_equi.testing import randomize_adapters

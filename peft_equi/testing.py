@@ -123,16 +123,18 @@ def energy_forces_equivariance_error(
     positions: torch.Tensor,
     *,
     trials: int = 2,
+    inversion: bool = True,
     generator: torch.Generator | None = None,
 ) -> float:
     """For an interatomic potential ``fn(positions) -> (energy, forces)``: the largest of
-    ``|E(x R^T) - E(x)|`` and ``|F(x R^T) - F(x) R^T|`` over ``trials`` rotations and
-    ``trials`` improper rotations (rotation times inversion)."""
+    ``|E(x R^T) - E(x)|`` and ``|F(x R^T) - F(x) R^T|`` over ``trials`` rotations and, with
+    ``inversion``, ``trials`` improper rotations (rotation times inversion; leave it off for
+    models that are only SO(3)-equivariant, such as SevenNet-0)."""
     energy, forces = fn(positions)
     worst = 0.0
-    for inversion in (False, True):
+    for improper in (False, True) if inversion else (False,):
         for _ in range(trials):
-            rotation = random_orthogonal(inversion=inversion, generator=generator, dtype=positions.dtype)
+            rotation = random_orthogonal(inversion=improper, generator=generator, dtype=positions.dtype)
             energy_rot, forces_rot = fn(positions @ rotation.t())
             worst = max(
                 worst,

@@ -74,7 +74,8 @@ def register_potential(family: str, recognises: Callable[[str], bool]) -> Callab
 
 def load_potential(spec: str, *, dtype: torch.dtype = torch.float64, trust_pickle: bool = False) -> Potential:
     """A potential from a model name (``7net-0``) or a file path (MACE ``.model``, state files)."""
-    import peft_equi.potentials.mace  # noqa: F401  (register the built-in families)
+    import peft_equi.potentials.mace
+    import peft_equi.potentials.sevenn  # noqa: F401  (register the built-in families)
 
     for _, recognises, loader in _LOADERS:
         if recognises(spec):

@@ -1,4 +1,4 @@
-"""Demo: attach each adapter by name to a small equivariant network, train a few steps, merge.
+"""Quick start: attach each adapter by name to a small equivariant network, train a few steps, merge.
 
 The "pretrained" network is a random e3nn model (o3.Linear, a tensor product, an MLP and an
 nn.Linear); the fine-tuning target is a perturbed copy of it, so there is something to learn.
