@@ -212,3 +212,14 @@ def test_two_processes_match_one(files, tmp_path):
     for key, value in results[1].items():
         torch.testing.assert_close(results[2][key], value, atol=1e-10, rtol=1e-8, msg=key)
     assert any(v.abs().sum() > 0 for k, v in results[1].items() if "lora_B" in k)  # it did train
+
+
+def test_held_out_rest_of_the_training_file(files, tmp_path):
+    result = Finetuner(_config(files, tmp_path / "rest", epochs=1, test=None, test_on_rest=True, n_train=12)).run()
+    from peft_equi.data import read_dataset, select_and_split
+
+    _, _, rest = select_and_split(read_dataset(files / "data.xyz"), 12, 0.25, 0)
+    assert len(rest) == 4
+    assert np.array_equal(result["after"]["test"].reference_forces, np.concatenate(rest.forces))
+    with pytest.raises(PeftEquiError, match="either a test file or test_on_rest"):
+        Finetuner(_config(files, tmp_path / "rest2", test_on_rest=True)).run()
