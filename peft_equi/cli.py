@@ -173,8 +173,6 @@ def evaluate(
     trust_pickle: TrustOption = False,
 ) -> None:
     """Energy and force errors of a model (with a fine-tuned adapter from --run) on a data file."""
-    import numpy as np
-
     from peft_equi.data import read_dataset
     from peft_equi.training.engine import Finetuner
 
@@ -186,11 +184,10 @@ def evaluate(
             finetuner.potential, network, finetuner.delta = _adapted(model, run, trust_pickle)
         dataset = read_dataset(data, energy_key, forces_key)
         finetuner.potential.check_elements(dataset.atomic_numbers, str(data))
-        errors = finetuner.evaluate(network, finetuner._prepare(dataset))
+        errors = finetuner.evaluate(network, finetuner.prepare(dataset))
     except (PeftEquiError, FileNotFoundError, KeyError, ValidationError) as exc:
         raise _fail(str(exc)) from None
     typer.echo(json.dumps({"structures": len(dataset), **errors.summary()}, indent=2))
-    del np
 
 
 @app.command("merge")

@@ -12,6 +12,7 @@ so ``torchrun --nproc_per_node 2`` follows the same trajectory as one process.
 
 from __future__ import annotations
 
+import copy
 import json
 import os
 import time
@@ -72,6 +73,7 @@ class Finetuner:
         self.potential.model.to(device=self.device, dtype=self.dtype)
         self.elements = self.potential.atomic_numbers
         self.delta = np.zeros(len(self.elements))
+        self.model: nn.Module | None = None  # the PeftModel, after run()
 
     # -- data --
 
@@ -100,7 +102,8 @@ class Finetuner:
             )
         return train, valid, test
 
-    def _prepare(self, data: Dataset) -> Prepared:
+    def prepare(self, data: Dataset) -> Prepared:
+        """Model inputs for ``data`` with the current energy correction."""
         return Prepared(data, self.potential.graphs(data.atoms), composition_matrix(data, self.elements) @ self.delta)
 
     def _batches(self, prepared: Prepared, indices: Sequence[int], size: int) -> Iterator[tuple[Any, ...]]:
@@ -159,7 +162,7 @@ class Finetuner:
         if mode == "none":
             return
         if mode == "fit":
-            predicted = self.evaluate_energies(self._prepare(train))
+            predicted = self.evaluate_energies(self.prepare(train))
             fitted = fit_reference_energies(train, train.energies - predicted)
             self.delta = np.array([fitted.get(z, 0.0) for z in self.elements])
             return
@@ -171,7 +174,7 @@ class Finetuner:
 
         atoms = [Atoms(numbers=[z], positions=[[0.0, 0.0, 0.0]]) for z in self.elements if z in isolated]
         single = Dataset(atoms, np.zeros(len(atoms)), [np.zeros((1, 3))] * len(atoms))
-        model_e0 = dict(zip([int(a.numbers[0]) for a in atoms], self.evaluate_energies(self._prepare(single))))
+        model_e0 = dict(zip([int(a.numbers[0]) for a in atoms], self.evaluate_energies(self.prepare(single))))
         self.delta = np.array([isolated[z] - model_e0[z] if z in isolated else 0.0 for z in self.elements])
 
     def evaluate_energies(self, prepared: Prepared) -> np.ndarray:
@@ -195,8 +198,8 @@ class Finetuner:
             self.delta = np.asarray(checkpoint["delta"])
         else:
             self._fit_energy_correction(train)
-        train_p, valid_p = self._prepare(train), self._prepare(valid)
-        test_p = self._prepare(test) if test is not None else None
+        train_p, valid_p = self.prepare(train), self.prepare(valid)
+        test_p = self.prepare(test) if test is not None else None
         before = {"valid": self.evaluate(self.potential.model, valid_p)}
         if test_p is not None:
             before["test"] = self.evaluate(self.potential.model, test_p)
@@ -238,6 +241,7 @@ class Finetuner:
         if test_p is not None:
             after["test"] = self.evaluate(model, test_p)
         result = {"before": before, "after": after, "trainable_parameters": model.num_trainable_parameters()}
+        self.model = model  # the trained PeftModel stays usable after the run
         if self.rank == 0:
             self._write_outputs(model, result, log)
         _barrier()
@@ -318,7 +322,7 @@ class Finetuner:
             json.dumps({"atomic_numbers": self.elements, "delta_eV": self.delta.tolist()}, indent=2)
         )
         try:
-            merged_path = self.potential.save(model.merge_and_unload(), self.output / "merged")
+            merged_path = self.potential.save(copy.deepcopy(model).merge_and_unload(), self.output / "merged")
             result["merged_model"] = str(merged_path)
         except NotMergeableError as exc:
             result["merged_model"] = None
