@@ -25,6 +25,7 @@ from peft_equi.errors import (
     UnsupportedLayerError,
 )
 from peft_equi.inspection import LayerReport, format_inspection, inspect_model
+from peft_equi.integrations.mace.cueq import to_cueq, to_e3nn
 from peft_equi.irreps import Irrep, Irreps, Layout, MulIrrep
 from peft_equi.layer import AdaptedLayer
 from peft_equi.model import PeftModel, get_peft_model
@@ -81,4 +82,6 @@ __all__ = [
     "register_adapter",
     "register_backend",
     "register_preset",
+    "to_cueq",
+    "to_e3nn",
 ]

@@ -7,7 +7,20 @@ import nothing from e3nn, so they also recognise the e3nn copies bundled in
 
 from peft_equi.backends import torch_linear
 from peft_equi.backends.base import Backend
+from peft_equi.backends.cueq import linear as cueq_linear
+from peft_equi.backends.cueq import symmetric_contraction as cueq_symmetric_contraction
+from peft_equi.backends.cueq import tensor_product as cueq_tensor_product
 from peft_equi.backends.e3nn import fc, linear, tensor_product
 from peft_equi.backends.mace import symmetric_contraction
 
-__all__ = ["Backend", "fc", "linear", "symmetric_contraction", "tensor_product", "torch_linear"]
+__all__ = [
+    "Backend",
+    "cueq_linear",
+    "cueq_symmetric_contraction",
+    "cueq_tensor_product",
+    "fc",
+    "linear",
+    "symmetric_contraction",
+    "tensor_product",
+    "torch_linear",
+]

@@ -16,6 +16,11 @@ class EloraConfig(AdapterConfig):
     paths: list[str] | None = Field(
         None, description="glob patterns of path names to adapt, e.g. ['*weights_max'] (default: all paths)"
     )
+    full_paths: list[str] | None = Field(
+        None,
+        description="glob patterns of paths given a full-rank (dense, zero-initialised) update instead, "
+        "e.g. ['*weights.*'] to train lower-order contraction weights fully",
+    )
     simplify_inputs: bool = Field(
         False,
         description="linear layers: treat consecutive input blocks of one irrep as one block (e3nn's "

@@ -11,6 +11,10 @@ channels)`` for MACE's symmetric contractions):
 added to the raw weight, before the layer's path normalisation.  Each path's output is
 equivariant for any value of its weight block, so the update is equivariant.
 
+Paths selected by ``full_paths`` get a full-rank update ``W_k + D_k`` (``D_k`` zero at
+initialisation) instead: the same as training those weights fully, but expressed as a
+mergeable update that carries over between backends.
+
 With ``simplify_inputs`` the paths of a linear layer from consecutive input blocks of the
 same irrep into one output block (``128x0e+128x0e -> 128x0e``) share one update: their
 blocks, stacked, form the single path of the simplified layer (``256x0e -> 128x0e``), and
@@ -63,7 +67,13 @@ class EloraAdapter(Adapter):
     def __init__(self, spec: LayerSpec, config: EloraConfig) -> None:
         super().__init__(spec, config)
         self.scaling = scaling(config.rank, config.alpha)
-        self.groups = _groups(spec, selected_paths(spec, config.paths), config.simplify_inputs)
+        full = selected_paths(spec, config.full_paths) if config.full_paths is not None else [False] * len(spec.paths)
+        lowrank = [keep and not dense for keep, dense in zip(selected_paths(spec, config.paths), full)]
+        # full-rank updates of whole path blocks (zero at init): "train these weights fully", as a mergeable delta
+        self.elora_full = nn.ParameterDict(
+            {str(i): nn.Parameter(torch.zeros(p.fan_in, p.mul_out)) for i, p in enumerate(spec.paths) if full[i]}
+        )
+        self.groups = _groups(spec, lowrank, config.simplify_inputs)
         self.elora_A = nn.ParameterList()
         self.elora_B = nn.ParameterList()
         for group in self.groups:
@@ -72,8 +82,8 @@ class EloraAdapter(Adapter):
             self.elora_B.append(up_factor(config.rank, spec.paths[group[0]].mul_out))
 
     def delta_weight(self) -> torch.Tensor:
-        blocks = {}
+        blocks = {int(i): block for i, block in self.elora_full.items()}
         for group, a, b in zip(self.groups, self.elora_A, self.elora_B):
             rows = torch.split(self.scaling * (a @ b), [self.spec.paths[i].fan_in for i in group])
             blocks.update(zip(group, rows))
-        return assemble(self.spec, blocks, self.elora_A[0])
+        return assemble(self.spec, blocks, next(iter(self.parameters())))

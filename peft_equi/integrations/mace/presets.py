@@ -3,7 +3,9 @@
 * ``mmea-paper`` (MMEA, AAAI 2026): MMEA of rank ``rank`` on every ``o3.Linear``; ELoRA
   (r = alpha = 16) on ``skip_tp`` and on the symmetric contractions' ``weights_max``; LoRA
   (r = 16) on the radial-MLP layers; lower-order contraction weights and the Bessel
-  weights trained fully.  Only the MMEA gates grow with ``rank``.
+  weights trained fully (the contraction weights as a full-rank ELoRA update, so that the
+  recipe is mergeable and carries over to cuequivariance).  Only the MMEA gates grow with
+  ``rank``.
 * ``elora-paper`` (ELoRA, ICML 2025): the same with ELoRA (r = alpha = 16) on the
   ``o3.Linear`` layers too, with consecutive repeated input blocks treated as one
   (``simplify_inputs``), as the papers' MACE version simplified those irreps.
@@ -23,7 +25,6 @@ from peft_equi.registry import register_preset
 
 RADIAL_MLP = "*conv_tp_weights*"
 SKIP_TP = "*skip_tp"
-LOWER_ORDER_CONTRACTION_WEIGHTS = "*symmetric_contractions.contractions.*.weights.*"
 BESSEL_WEIGHTS = "*bessel_weights"
 
 
@@ -42,20 +43,16 @@ def _hybrid_rules(rank: int) -> list[Rule]:
         Rule(
             adapter="elora",
             kinds=["contraction"],
-            options={**elora, "paths": ["*weights_max"]},
-            name="elora on contraction weights_max",
+            # low rank on weights_max; the lower-order weights (weights.*) are trained fully
+            options={**elora, "paths": ["*weights_max"], "full_paths": ["*weights.*"]},
+            name="elora on contraction weights_max, full lower-order weights",
         ),
         Rule(adapter="lora", target=RADIAL_MLP, kinds=["dense"], options={"rank": rank}, name="lora on radial MLP"),
     ]
 
 
 def _paper_config(first: Rule, preset: str, hybrid_rank: int) -> PeftConfig:
-    return PeftConfig(
-        rules=[first, *_hybrid_rules(hybrid_rank)],
-        train=[LOWER_ORDER_CONTRACTION_WEIGHTS],
-        train_buffers=[BESSEL_WEIGHTS],
-        preset=preset,
-    )
+    return PeftConfig(rules=[first, *_hybrid_rules(hybrid_rank)], train_buffers=[BESSEL_WEIGHTS], preset=preset)
 
 
 @register_preset("mmea-paper")

@@ -1,0 +1,66 @@
+"""Moving adapted MACE models between e3nn and cuequivariance, adapters included.
+
+mace-torch's converters (``mace.cli.convert_e3nn_cueq``, ``convert_cueq_e3nn``) rebuild the
+model and copy weights by state-dict key; wrapped layers would not match and keep random
+weights silently (MACE issue 1540).  So: detach the adapters (keyed by module path), convert
+the plain model, attach the same config on the other backend, and load the adapter values.
+The cuequivariance backends describe each layer with the same paths, in the same order and
+under the same names as e3nn, so the values carry over unchanged.
+"""
+
+from __future__ import annotations
+
+import copy
+
+import torch
+from torch import nn
+
+from peft_equi.errors import PeftEquiError
+from peft_equi.model import PeftModel, get_peft_model
+
+
+def _convert(model: nn.Module, convert) -> nn.Module:
+    previous = torch.get_default_dtype()
+    try:
+        return convert(model)
+    finally:
+        torch.set_default_dtype(previous)  # the converters set the default dtype process-wide
+
+
+def _reattach(converted: nn.Module, config, state: dict[str, torch.Tensor]) -> PeftModel:
+    model = get_peft_model(converted, config)
+    current = model.adapter_state_dict()
+    missing, unexpected = sorted(set(current) - set(state)), sorted(set(state) - set(current))
+    if missing or unexpected:
+        raise PeftEquiError(
+            f"the adapters do not map onto the converted model: missing {missing[:5]}, unexpected {unexpected[:5]}"
+        )
+    with torch.no_grad():
+        for key, value in state.items():
+            if current[key].shape != value.shape:
+                raise PeftEquiError(f"{key}: shape {tuple(value.shape)} becomes {tuple(current[key].shape)}")
+            current[key].copy_(value)
+    return model
+
+
+def _switch(model: nn.Module | PeftModel, convert) -> nn.Module | PeftModel:
+    if not isinstance(model, PeftModel):
+        return _convert(model, convert)
+    work = copy.deepcopy(model)
+    config, state = work.peft_config, work.adapter_state_dict()
+    state = {k: v.detach().clone() for k, v in state.items()}
+    return _reattach(_convert(work.unload(), convert), config, state)
+
+
+def to_cueq(model: nn.Module | PeftModel, layout: str = "ir_mul", device: str = "cpu") -> nn.Module | PeftModel:
+    """The model on cuequivariance (``layout`` ``ir_mul`` or ``mul_ir``); a ``PeftModel`` keeps its adapters."""
+    from mace.cli.convert_e3nn_cueq import run
+
+    return _switch(model, lambda m: run(m, device=device, return_model=True, layout=layout))
+
+
+def to_e3nn(model: nn.Module | PeftModel, device: str = "cpu") -> nn.Module | PeftModel:
+    """The model back on e3nn; a ``PeftModel`` keeps its adapters."""
+    from mace.cli.convert_cueq_e3nn import run
+
+    return _switch(model, lambda m: run(m, device=device, return_model=True))
