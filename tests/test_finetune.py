@@ -223,3 +223,11 @@ def test_held_out_rest_of_the_training_file(files, tmp_path):
     assert np.array_equal(result["after"]["test"].reference_forces, np.concatenate(rest.forces))
     with pytest.raises(PeftEquiError, match="either a test file or test_on_rest"):
         Finetuner(_config(files, tmp_path / "rest2", test_on_rest=True)).run()
+
+
+def test_cueq_backend_option(files, tmp_path, capsys):
+    result = Finetuner(
+        _config(files, tmp_path / "cueq", epochs=1, backend="cueq", adapter="mmea-paper", adapter_options={"rank": 4})
+    ).run()
+    assert "naive" in capsys.readouterr().out  # no GPU kernels here, and the run says so
+    assert np.isfinite(result["after"]["test"].forces_mae)

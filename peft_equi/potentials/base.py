@@ -49,6 +49,10 @@ class Potential(ABC):
     def save(self, model: nn.Module, path: Path) -> Path:
         """Save a plain (merged) model of this family in its own format; return the path written."""
 
+    def to_cueq(self, device: str) -> str:
+        """Move the model to cuequivariance layers; returns a line saying which kernels run."""
+        raise PeftEquiError(f"the {self.family} model family has no cuequivariance conversion here")
+
     def check_elements(self, atomic_numbers: Sequence[int], where: str) -> None:
         """Raise a clear error naming the elements of ``where`` the model does not know."""
         unknown = sorted(set(int(z) for z in atomic_numbers) - set(self.atomic_numbers))

@@ -62,6 +62,12 @@ class MacePotential(Potential):
         out = model(dict(batch), training=training, compute_force=True)
         return out["energy"], out["forces"]
 
+    def to_cueq(self, device: str) -> str:
+        from peft_equi.integrations.mace.cueq import kernel_report, to_cueq
+
+        self.model = to_cueq(self.model, layout="ir_mul", device=device)
+        return kernel_report(device)
+
     def save(self, model: nn.Module, path: Path) -> Path:
         path = Path(path).with_suffix(".model")
         torch.save(model, path)

@@ -57,6 +57,9 @@ class FinetuneConfig(BaseModel):
     scheduler_factor: float = Field(0.8, gt=0, lt=1, description="ReduceLROnPlateau factor")
     dtype: Literal["float64", "float32"] = Field("float64", description="floating-point precision")
     device: str = Field("cpu", description="torch device")
+    backend: Literal["e3nn", "cueq"] = Field(
+        "e3nn", description="run the model on e3nn or on cuequivariance (MACE; layout ir_mul), adapters included"
+    )
     seed: int = Field(0, description="seed of data selection, adapter init and shuffling")
 
     output: Path = Field(Path("runs/finetune"), description="output directory")

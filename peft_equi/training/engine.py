@@ -71,6 +71,10 @@ class Finetuner:
         self.output = Path(config.output)
         self.potential = potential or load_potential(config.model, dtype=self.dtype, trust_pickle=config.trust_pickle)
         self.potential.model.to(device=self.device, dtype=self.dtype)
+        if config.backend == "cueq":
+            report = self.potential.to_cueq(config.device)
+            if self.rank == 0:
+                print(report)
         self.elements = self.potential.atomic_numbers
         self.delta = np.zeros(len(self.elements))
         self.model: nn.Module | None = None  # the PeftModel, after run()

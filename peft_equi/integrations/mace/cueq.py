@@ -52,6 +52,17 @@ def _switch(model: nn.Module | PeftModel, convert) -> nn.Module | PeftModel:
     return _reattach(_convert(work.unload(), convert), config, state)
 
 
+def kernel_report(device: str) -> str:
+    """Which cuequivariance kernels run: the fused CUDA ones need ``cuequivariance_ops_torch`` and a GPU."""
+    try:
+        import cuequivariance_ops_torch  # noqa: F401
+    except ImportError:
+        return "cuequivariance: cuequivariance_ops_torch is not installed, so its naive (slow) PyTorch path runs"
+    if not str(device).startswith("cuda"):
+        return f"cuequivariance: device {device} has no fused kernels, so the naive PyTorch path runs"
+    return "cuequivariance: fused CUDA kernels (cuequivariance_ops_torch)"
+
+
 def to_cueq(model: nn.Module | PeftModel, layout: str = "ir_mul", device: str = "cpu") -> nn.Module | PeftModel:
     """The model on cuequivariance (``layout`` ``ir_mul`` or ``mul_ir``); a ``PeftModel`` keeps its adapters."""
     from mace.cli.convert_e3nn_cueq import run
