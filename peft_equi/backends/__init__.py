@@ -12,6 +12,7 @@ from peft_equi.backends.cueq import symmetric_contraction as cueq_symmetric_cont
 from peft_equi.backends.cueq import tensor_product as cueq_tensor_product
 from peft_equi.backends.e3nn import fc, linear, tensor_product
 from peft_equi.backends.mace import symmetric_contraction
+from peft_equi.backends.nequip import scalar_linear
 
 __all__ = [
     "Backend",
@@ -20,6 +21,7 @@ __all__ = [
     "cueq_tensor_product",
     "fc",
     "linear",
+    "scalar_linear",
     "symmetric_contraction",
     "tensor_product",
     "torch_linear",

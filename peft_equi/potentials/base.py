@@ -77,8 +77,9 @@ def register_potential(family: str, recognises: Callable[[str], bool]) -> Callab
 
 
 def load_potential(spec: str, *, dtype: torch.dtype = torch.float64, trust_pickle: bool = False) -> Potential:
-    """A potential from a model name (``7net-0``) or a file path (MACE ``.model``, state files)."""
+    """A potential from a model name (``7net-0``) or a file path (MACE ``.model``, NequIP ``.nequip.zip``)."""
     import peft_equi.potentials.mace
+    import peft_equi.potentials.nequip
     import peft_equi.potentials.sevenn  # noqa: F401  (register the built-in families)
 
     for _, recognises, loader in _LOADERS:

@@ -76,7 +76,7 @@ class MacePotential(Potential):
 
 def _is_mace_file(spec: str) -> bool:
     path = Path(spec)
-    return path.suffix in (".model", ".pt", ".pth") and path.is_file()
+    return path.suffix in (".model", ".pt") and path.is_file()
 
 
 @register_potential("mace", _is_mace_file)

@@ -1,0 +1,65 @@
+"""Backend for NequIP's ``ScalarLinearLayer`` (radial and readout MLPs).
+
+It computes ``x @ (W * alpha) (+ b)`` with ``W`` stored ``(in, out)`` and ``alpha`` a scalar
+buffer (``gain / sqrt(in)``): a dense layer whose path weight is ``alpha``; the bias is
+added after the scaling.  Nonlinearities are separate modules, so nothing runs after it.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+from torch import nn
+
+from peft_equi.backends.base import Backend, copy_into
+from peft_equi.registry import register_backend
+from peft_equi.spec import LayerSpec, dense_spec
+
+
+@register_backend
+class NequipScalarLinear(Backend):
+    """``nequip.nn.mlp.ScalarLinearLayer`` (plain ``weight`` Parameter, not a parametrization)."""
+
+    name = "nequip.scalar_linear"
+
+    def matches(self, module: nn.Module) -> bool:
+        weight, alpha = getattr(module, "weight", None), getattr(module, "alpha", None)
+        return (
+            isinstance(weight, nn.Parameter)
+            and isinstance(alpha, torch.Tensor)
+            and alpha.dim() == 0
+            and hasattr(module, "in_features")
+            and hasattr(module, "out_features")
+            and tuple(weight.shape) == (module.in_features, module.out_features)
+            and "bias" in module._parameters
+        )
+
+    def describe(self, module: nn.Module) -> LayerSpec:
+        return dense_spec(
+            int(module.in_features), int(module.out_features), float(module.alpha), bias=module.bias is not None
+        )
+
+    def weight(self, module: nn.Module) -> torch.Tensor:
+        return module.weight.reshape(-1)
+
+    def bias(self, module: nn.Module) -> torch.Tensor | None:
+        return module.bias
+
+    def bias_parameter_names(self, module: nn.Module) -> list[str]:
+        return ["bias"] if module.bias is not None else []
+
+    def operands(self, module: nn.Module, args: tuple[Any, ...], kwargs: dict[str, Any]) -> tuple[torch.Tensor, ...]:
+        return (args[0] if args else kwargs["input"],)
+
+    def forward(self, module, args, kwargs, weight, bias):
+        (x,) = self.operands(module, args, kwargs)
+        if weight is None:
+            return module(x)
+        scaled = weight.reshape(module.in_features, module.out_features) * module.alpha  # nequip's op order
+        return torch.mm(x, scaled) if bias is None else torch.addmm(bias, x, scaled)
+
+    def write(self, module, weight, bias):
+        copy_into(module.weight, weight)
+        if bias is not None:
+            copy_into(module.bias, bias)

@@ -1,0 +1,110 @@
+"""NequIP 0.19: discovery (e3nn layers, self-connection TP, ScalarLinearLayer MLPs), adapters, fine-tuning."""
+
+from __future__ import annotations
+
+import copy
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+import peft_equi
+from peft_equi.data import read_dataset
+from peft_equi.potentials.nequip import NequipPotential, set_nequip_global_state
+from peft_equi.testing import energy_forces_equivariance_error, randomize_adapters
+from peft_equi.training import FinetuneConfig, Finetuner
+
+ACETAMIDE = Path(__file__).resolve().parents[1] / "examples" / "data" / "acetamide_gfn2xtb_md.extxyz"
+TYPES = ["H", "C", "N", "O"]
+CPU = torch.device("cpu")
+
+
+@pytest.fixture(scope="module")
+def nequip_model():
+    previous = torch.get_default_dtype()
+    set_nequip_global_state()
+    torch.set_default_dtype(torch.float64)
+    try:
+        from nequip.model import NequIPGNNModel
+
+        model = NequIPGNNModel(
+            seed=0,
+            model_dtype="float64",
+            type_names=TYPES,
+            r_max=4.0,
+            l_max=2,
+            num_layers=2,
+            num_features=8,
+            radial_mlp_depth=1,
+            radial_mlp_width=8,
+            avg_num_neighbors=5.0,
+            per_type_energy_scales={t: 1.0 for t in TYPES},
+            per_type_energy_shifts={"H": -10.7, "C": -48.8, "N": -70.9, "O": -102.5},
+        )
+        yield NequipPotential(model, "nequip-small")
+    finally:
+        torch.set_default_dtype(previous)
+
+
+@pytest.fixture(scope="module")
+def acetamide():
+    return read_dataset(ACETAMIDE)
+
+
+def _energy_forces(potential, model, atoms_list):
+    batch = potential.collate(potential.graphs(atoms_list), CPU, torch.float64)
+    energy, forces = potential.energy_forces(model, batch, training=False)
+    return energy.detach(), forces.detach()
+
+
+def test_discovery_finds_nequip_layers(nequip_model):
+    found = {layer.path: layer.backend.name for layer in peft_equi.discover(nequip_model.model)}
+    assert "model.func.layer1_convnet.conv.sc" in found  # self-connection FullyConnectedTensorProduct
+    assert sum(b == "e3nn.linear" for b in found.values()) == 4
+    assert sum(b == "nequip.scalar_linear" for b in found.values()) == 5  # radial MLPs and the readout
+    assert not any(p.endswith("tp_scatter.tp") for p in found)  # external weights
+
+
+@pytest.mark.parametrize("name", ["lora", "elora", "mmea", "bitfit", "film"])
+def test_adapters_on_nequip(nequip_model, acetamide, name):
+    potential = nequip_model
+    model = peft_equi.get_peft_model(copy.deepcopy(potential.model), name)
+    atoms = acetamide.atoms[:2]
+    energy0, forces0 = _energy_forces(potential, potential.model, atoms)
+    energy, forces = _energy_forces(potential, model, atoms)
+    assert torch.equal(energy, energy0) and torch.equal(forces, forces0)
+    randomize_adapters(model, std=0.05)
+    energy, forces = _energy_forces(potential, model, atoms)
+    assert (energy - energy0).abs().max() > 1e-6
+    one = atoms[0]
+
+    def fn(positions):
+        moved = one.copy()
+        moved.positions = positions.numpy()
+        return _energy_forces(potential, model, [moved])
+
+    assert energy_forces_equivariance_error(fn, torch.tensor(one.positions)) < 1e-9  # rotations and inversion
+    if name in ("lora", "elora"):
+        merged = model.merge_and_unload()
+        torch.testing.assert_close(_energy_forces(potential, merged, atoms)[0], energy, atol=1e-10, rtol=0)
+
+
+def test_finetune_nequip_end_to_end(nequip_model, tmp_path):
+    potential = NequipPotential(copy.deepcopy(nequip_model.model), "nequip-small")
+    config = FinetuneConfig(
+        model="nequip-small",
+        train=ACETAMIDE,
+        n_train=12,
+        valid_fraction=0.34,
+        epochs=2,
+        batch_size=4,
+        output=tmp_path,
+        progress=False,
+        plots=False,
+        adapter="mmea",
+        adapter_options={"rank": 4},
+    )
+    result = Finetuner(config, potential).run()
+    assert np.isfinite(result["after"]["valid"].forces_mae)
+    assert result["after"]["valid"].forces_mae < result["before"]["valid"].forces_mae
