@@ -108,3 +108,111 @@ def test_finetune_nequip_end_to_end(nequip_model, tmp_path):
     result = Finetuner(config, potential).run()
     assert np.isfinite(result["after"]["valid"].forces_mae)
     assert result["after"]["valid"].forces_mae < result["before"]["valid"].forces_mae
+
+
+NEQUIP_TRAIN_CONFIG = """
+run: [train]
+seed: 1
+cutoff_radius: 4.0
+model_type_names: [H, C, N, O]
+data:
+  _target_: nequip.data.datamodule.NequIPDataModule
+  seed: ${{seed}}
+  split_dataset:
+    dataset:
+      _target_: nequip.data.dataset.ASEDataset
+      file_path: {data}
+      ase_args: {{format: extxyz}}
+      transforms:
+        - _target_: nequip.data.transforms.ChemicalSpeciesToAtomTypeMapper
+          model_type_names: ${{model_type_names}}
+        - _target_: nequip.data.transforms.NeighborListTransform
+          r_max: ${{cutoff_radius}}
+    train: 8
+    val: 4
+  train_dataloader: {{_target_: torch.utils.data.DataLoader, batch_size: 4, shuffle: true}}
+  val_dataloader: {{_target_: torch.utils.data.DataLoader, batch_size: 4}}
+  stats_manager:
+    _target_: nequip.data.CommonDataStatisticsManager
+    type_names: ${{model_type_names}}
+trainer:
+  _target_: lightning.Trainer
+  accelerator: cpu
+  max_epochs: 1
+  enable_progress_bar: false
+  logger: false
+  callbacks:
+    - _target_: lightning.pytorch.callbacks.ModelCheckpoint
+      dirpath: "${{hydra:runtime.output_dir}}"
+      save_last: true
+training_module:
+  _target_: nequip.train.NequIPLightningModule
+  loss: {{_target_: nequip.train.EnergyForceLoss, per_atom_energy: true, coeffs: {{total_energy: 1.0, forces: 1.0}}}}
+  val_metrics: {{_target_: nequip.train.EnergyForceMetrics, coeffs: {{total_energy_mae: 1.0, forces_mae: 1.0}}}}
+  optimizer: {{_target_: torch.optim.Adam, lr: 0.01}}
+  model:
+    _target_: nequip.model.NequIPGNNModel
+    seed: ${{seed}}
+    model_dtype: float64
+    type_names: ${{model_type_names}}
+    r_max: ${{cutoff_radius}}
+    l_max: 1
+    num_layers: 2
+    num_features: 8
+    radial_mlp_width: 8
+    avg_num_neighbors: ${{training_data_stats:num_neighbors_mean}}
+    per_type_energy_shifts: ${{training_data_stats:per_atom_energy_mean}}
+    per_type_energy_scales: ${{training_data_stats:forces_rms}}
+"""
+
+
+def test_packaged_nequip_model_by_path(acetamide, tmp_path):
+    """nequip-train (a couple of steps) -> nequip-package -> `.nequip.zip` loaded by path and fine-tuned."""
+    import subprocess
+    import sys
+
+    from ase.io import write
+
+    from peft_equi.errors import PeftEquiError
+    from peft_equi.potentials.base import load_potential
+
+    write(tmp_path / "data.xyz", acetamide.atoms[:12])
+    (tmp_path / "train.yaml").write_text(NEQUIP_TRAIN_CONFIG.format(data=tmp_path / "data.xyz"))
+    bin_dir = Path(sys.executable).parent
+    subprocess.run(
+        [bin_dir / "nequip-train", "-cp", str(tmp_path), "-cn", "train.yaml", f"hydra.run.dir={tmp_path / 'run'}"],
+        check=True,
+        capture_output=True,
+        timeout=600,
+    )
+    package = tmp_path / "model.nequip.zip"
+    subprocess.run(
+        [bin_dir / "nequip-package", "build", str(tmp_path / "run" / "last.ckpt"), str(package)],
+        check=True,
+        capture_output=True,
+        timeout=600,
+    )
+    with pytest.raises(PeftEquiError, match="trust_pickle=True"):
+        load_potential(str(package))
+    potential = load_potential(str(package), trust_pickle=True)
+    from nequip.nn import GraphModel
+
+    assert not isinstance(potential.model, GraphModel)  # the package's own copy of the classes
+    layers = peft_equi.discover(potential.model)
+    backends = {layer.backend.name for layer in layers}
+    assert {"e3nn.linear", "e3nn.tensor_product", "nequip.scalar_linear"} <= backends
+    config = FinetuneConfig(
+        model=str(package),
+        trust_pickle=True,
+        train=tmp_path / "data.xyz",
+        n_train=8,
+        valid_fraction=0.25,
+        epochs=1,
+        batch_size=3,
+        output=tmp_path / "ft",
+        progress=False,
+        plots=False,
+        adapter="elora",
+    )
+    result = Finetuner(config).run()
+    assert np.isfinite(result["after"]["valid"].forces_mae)
