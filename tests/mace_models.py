@@ -32,6 +32,15 @@ def molecules(n: int = 2, seed: int = 0):
     return out
 
 
+def energy_forces(model, batch, positions=None) -> tuple[torch.Tensor, torch.Tensor]:
+    """Detached energies and forces of a MACE-like model for ``batch`` (optionally at other ``positions``)."""
+    data = dict(batch)
+    if positions is not None:
+        data["positions"] = positions
+    out = model(data, training=False, compute_force=True)
+    return out["energy"].detach(), out["forces"].detach()
+
+
 def batch_of(atoms_list) -> dict[str, torch.Tensor]:
     """A MACE input dict for ``atoms_list``."""
     return mace_batch(atoms_list, HCO, 5.0)

@@ -8,7 +8,7 @@ import cuequivariance as cue
 import cuequivariance_torch as cuet
 import pytest
 import torch
-from mace_models import batch_of, build_mace, molecules
+from mace_models import batch_of, build_mace, energy_forces, molecules
 
 import peft_equi
 from peft_equi.integrations.mace.cueq import to_cueq, to_e3nn
@@ -73,31 +73,23 @@ def mace_pair():
         torch.set_default_dtype(previous)
 
 
-def _energy_forces(model, batch, positions=None):
-    data = dict(batch)
-    if positions is not None:
-        data["positions"] = positions
-    out = model(data, training=False, compute_force=True)
-    return out["energy"].detach(), out["forces"].detach()
-
-
 @pytest.mark.parametrize("name", ["elora", "mmea-paper", "lora"])
 @pytest.mark.parametrize("layout", ["ir_mul", "mul_ir"])
 def test_mace_to_cueq_and_back_keeps_adapters(mace_pair, name, layout):
     base, batch = mace_pair
     model = peft_equi.get_peft_model(copy.deepcopy(base), name)
     randomize_adapters(model, std=0.05)
-    energy, forces = _energy_forces(model, batch)
+    energy, forces = energy_forces(model, batch)
     cueq = to_cueq(model, layout=layout)
     backends = {layer.backend.name for layer in cueq.adapted_layers.values()}
     assert {"cueq.linear", "cueq.tensor_product", "cueq.symmetric_contraction"} <= backends
-    energy_c, forces_c = _energy_forces(cueq, batch)
+    energy_c, forces_c = energy_forces(cueq, batch)
     torch.testing.assert_close(energy_c, energy, atol=1e-10, rtol=0)
     torch.testing.assert_close(forces_c, forces, atol=1e-10, rtol=0)
-    error = energy_forces_equivariance_error(lambda x: _energy_forces(cueq, batch, x), batch["positions"], trials=1)
+    error = energy_forces_equivariance_error(lambda x: energy_forces(cueq, batch, x), batch["positions"], trials=1)
     assert error < 1e-9
     back = to_e3nn(cueq)
-    torch.testing.assert_close(_energy_forces(back, batch)[0], energy, atol=1e-10, rtol=0)
+    torch.testing.assert_close(energy_forces(back, batch)[0], energy, atol=1e-10, rtol=0)
     assert model.adapted_layers  # the source model is left as it was
 
 

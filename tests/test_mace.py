@@ -9,7 +9,7 @@ import sys
 
 import pytest
 import torch
-from mace_models import batch_of, build_mace, molecules
+from mace_models import batch_of, build_mace, energy_forces, molecules
 
 import peft_equi
 from peft_equi.integrations.mace.calculator import mace_calculator
@@ -39,14 +39,6 @@ def batch():
         yield batch_of(molecules(2))
     finally:
         torch.set_default_dtype(previous)
-
-
-def energy_forces(model, batch, positions=None):
-    data = dict(batch)
-    if positions is not None:
-        data["positions"] = positions
-    out = model(data, training=False, compute_force=True)
-    return out["energy"], out["forces"]
 
 
 def test_discovery_reaches_every_mace_weight(small_mace):

@@ -11,7 +11,7 @@ import torch
 
 import peft_equi
 from peft_equi.data import read_dataset
-from peft_equi.potentials.nequip import NequipPotential, set_nequip_global_state
+from peft_equi.potentials.nequip import NequipPotential, preserved_global_state, set_nequip_global_state
 from peft_equi.testing import energy_forces_equivariance_error, randomize_adapters
 from peft_equi.training import FinetuneConfig, Finetuner
 
@@ -22,10 +22,9 @@ CPU = torch.device("cpu")
 
 @pytest.fixture(scope="module")
 def nequip_model():
-    previous = torch.get_default_dtype()
     set_nequip_global_state()
-    torch.set_default_dtype(torch.float64)
-    try:
+    with preserved_global_state():
+        torch.set_default_dtype(torch.float64)
         from nequip.model import NequIPGNNModel
 
         model = NequIPGNNModel(
@@ -42,9 +41,7 @@ def nequip_model():
             per_type_energy_scales={t: 1.0 for t in TYPES},
             per_type_energy_shifts={"H": -10.7, "C": -48.8, "N": -70.9, "O": -102.5},
         )
-        yield NequipPotential(model, "nequip-small")
-    finally:
-        torch.set_default_dtype(previous)
+    return NequipPotential(model, "nequip-small")
 
 
 @pytest.fixture(scope="module")

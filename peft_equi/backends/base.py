@@ -78,6 +78,20 @@ class Backend(ABC):
         """Store canonical ``weight`` (and ``bias``) into the module in place (merging)."""
 
 
+class DenseBackend(Backend):
+    """Shared parts of dense layers on invariant features with an optional ``bias`` Parameter,
+    called as ``layer(input)``."""
+
+    def bias(self, module: nn.Module) -> torch.Tensor | None:
+        return module.bias
+
+    def bias_parameter_names(self, module: nn.Module) -> list[str]:
+        return ["bias"] if module.bias is not None else []
+
+    def operands(self, module: nn.Module, args: tuple[Any, ...], kwargs: dict[str, Any]) -> tuple[torch.Tensor, ...]:
+        return (args[0] if args else kwargs["input"],)
+
+
 def copy_into(target: torch.Tensor, value: torch.Tensor) -> None:
     """Overwrite ``target`` in place without recording autograd history."""
     with torch.no_grad():

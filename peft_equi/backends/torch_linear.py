@@ -2,19 +2,17 @@
 
 from __future__ import annotations
 
-from typing import Any
-
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from peft_equi.backends.base import Backend, copy_into
+from peft_equi.backends.base import DenseBackend, copy_into
 from peft_equi.registry import register_backend
 from peft_equi.spec import LayerSpec, dense_spec
 
 
 @register_backend
-class TorchLinear(Backend):
+class TorchLinear(DenseBackend):
     """``torch.nn.Linear``: ``y = x W^T + b``; canonical weight is ``W^T`` flattened ``(in, out)``."""
 
     name = "torch.linear"
@@ -27,15 +25,6 @@ class TorchLinear(Backend):
 
     def weight(self, module: nn.Module) -> torch.Tensor:
         return module.weight.t().reshape(-1)
-
-    def bias(self, module: nn.Module) -> torch.Tensor | None:
-        return module.bias
-
-    def bias_parameter_names(self, module: nn.Module) -> list[str]:
-        return ["bias"] if module.bias is not None else []
-
-    def operands(self, module: nn.Module, args: tuple[Any, ...], kwargs: dict[str, Any]) -> tuple[torch.Tensor, ...]:
-        return (args[0] if args else kwargs["input"],)
 
     def forward(self, module, args, kwargs, weight, bias):
         (x,) = self.operands(module, args, kwargs)

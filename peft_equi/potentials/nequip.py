@@ -8,7 +8,8 @@ their own copies of the e3nn and nequip classes, which duck-typed discovery stil
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import contextlib
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -18,13 +19,34 @@ from torch import nn
 from peft_equi.potentials.base import Potential, register_potential
 
 
+@contextlib.contextmanager
+def preserved_global_state() -> Iterator[None]:
+    """Undo what NequIP changes process-wide: default dtype, random states and e3nn's optimisation
+    defaults (building a NequIP model switches e3nn's ``jit_mode`` to ``script``, after which
+    other e3nn models - MACE, SevenNet - built in the process can no longer be deep-copied)."""
+    import random
+
+    import e3nn
+    import numpy as np
+
+    saved = (torch.get_default_dtype(), torch.get_rng_state(), np.random.get_state(), random.getstate())
+    e3nn_defaults = e3nn.get_optimization_defaults()
+    try:
+        yield
+    finally:
+        torch.set_default_dtype(saved[0])
+        torch.set_rng_state(saved[1])
+        np.random.set_state(saved[2])
+        random.setstate(saved[3])
+        e3nn.set_optimization_defaults(**e3nn_defaults)
+
+
 def set_nequip_global_state() -> None:
-    """NequIP's required global set-up, keeping the caller's default dtype."""
+    """NequIP's required global set-up (``set_global_state``), keeping the caller's global state."""
     from nequip.utils.global_state import set_global_state
 
-    previous = torch.get_default_dtype()
-    set_global_state()
-    torch.set_default_dtype(previous)
+    with preserved_global_state():
+        set_global_state()
 
 
 class NequipPotential(Potential):
@@ -88,7 +110,8 @@ def load_nequip_package(spec: str, *, dtype: torch.dtype, trust_pickle: bool) ->
     set_nequip_global_state()
     from nequip.model import ModelFromPackage
 
-    models = ModelFromPackage(package_path=spec, compile_mode="eager")
+    with preserved_global_state():
+        models = ModelFromPackage(package_path=spec, compile_mode="eager")
     if len(models) != 1:
         raise PeftEquiError(f"{spec} holds several models ({', '.join(models)}); fine-tune one of them")
     (model,) = models.values()

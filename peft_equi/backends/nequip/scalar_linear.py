@@ -7,18 +7,16 @@ added after the scaling.  Nonlinearities are separate modules, so nothing runs a
 
 from __future__ import annotations
 
-from typing import Any
-
 import torch
 from torch import nn
 
-from peft_equi.backends.base import Backend, copy_into
+from peft_equi.backends.base import DenseBackend, copy_into
 from peft_equi.registry import register_backend
 from peft_equi.spec import LayerSpec, dense_spec
 
 
 @register_backend
-class NequipScalarLinear(Backend):
+class NequipScalarLinear(DenseBackend):
     """``nequip.nn.mlp.ScalarLinearLayer`` (plain ``weight`` Parameter, not a parametrization)."""
 
     name = "nequip.scalar_linear"
@@ -42,15 +40,6 @@ class NequipScalarLinear(Backend):
 
     def weight(self, module: nn.Module) -> torch.Tensor:
         return module.weight.reshape(-1)
-
-    def bias(self, module: nn.Module) -> torch.Tensor | None:
-        return module.bias
-
-    def bias_parameter_names(self, module: nn.Module) -> list[str]:
-        return ["bias"] if module.bias is not None else []
-
-    def operands(self, module: nn.Module, args: tuple[Any, ...], kwargs: dict[str, Any]) -> tuple[torch.Tensor, ...]:
-        return (args[0] if args else kwargs["input"],)
 
     def forward(self, module, args, kwargs, weight, bias):
         (x,) = self.operands(module, args, kwargs)
