@@ -213,3 +213,37 @@ def test_packaged_nequip_model_by_path(acetamide, tmp_path):
     )
     result = Finetuner(config).run()
     assert np.isfinite(result["after"]["valid"].forces_mae)
+
+
+def test_nequip_train_with_adapters_from_a_package(acetamide, tmp_path):
+    """A nequip-train config whose model is a `.nequip.zip` wrapped by peft_equi's `_target_` trains."""
+    import subprocess
+    import sys
+
+    from ase.io import write
+
+    write(tmp_path / "data.xyz", acetamide.atoms[:12])
+    base = NEQUIP_TRAIN_CONFIG.format(data=tmp_path / "data.xyz")
+    (tmp_path / "train.yaml").write_text(base)
+    bin_dir = Path(sys.executable).parent
+    run = lambda *args: subprocess.run([str(a) for a in args], check=True, capture_output=True, text=True, timeout=600)  # noqa: E731
+    run(bin_dir / "nequip-train", "-cp", tmp_path, "-cn", "train.yaml", f"hydra.run.dir={tmp_path / 'base'}")
+    run(bin_dir / "nequip-package", "build", tmp_path / "base" / "last.ckpt", tmp_path / "base.nequip.zip")
+    start = base.index("  model:\n    _target_: nequip.model.NequIPGNNModel")
+    adapted = (
+        base[:start]
+        + f"""  model:
+    _target_: peft_equi.integrations.nequip.config.peft_model
+    adapter: mmea
+    options: {{rank: 4}}
+    model:
+      _target_: nequip.model.ModelFromPackage
+      package_path: {tmp_path / "base.nequip.zip"}
+"""
+    )
+    (tmp_path / "finetune.yaml").write_text(adapted)
+    result = run(bin_dir / "nequip-train", "-cp", tmp_path, "-cn", "finetune.yaml", f"hydra.run.dir={tmp_path / 'ft'}")
+    assert (tmp_path / "ft" / "last.ckpt").is_file()
+    checkpoint = torch.load(tmp_path / "ft" / "last.ckpt", map_location="cpu", weights_only=False)
+    keys = checkpoint["state_dict"].keys()
+    assert any(".adapter.heads.0.weight" in k for k in keys), result.stdout[-500:]
