@@ -11,18 +11,17 @@ model where the adapter is mergeable.  Prints a markdown table.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import copy
-import statistics
 import sys
-import time
 from pathlib import Path
 
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "examples"))
-import contextlib
 
 from quickstart import IRREPS_IN, SmallEquivariantNet
+from timing import interleaved_medians
 
 import peft_equi
 from peft_equi.testing import randomize_adapters
@@ -38,19 +37,6 @@ def _timers(model, x, attrs):
         model(x, attrs).square().sum().backward()
 
     return forward, step
-
-
-def _interleaved_medians(fns: dict[str, object], repeats: int) -> dict[str, float]:
-    """Median time of each function, calling them in turn so that machine drift hits all alike."""
-    samples: dict[str, list[float]] = {key: [] for key in fns}
-    for fn in fns.values():
-        fn()  # warm-up
-    for _ in range(repeats):
-        for key, fn in fns.items():
-            start = time.perf_counter()
-            fn()
-            samples[key].append(time.perf_counter() - start)
-    return {key: statistics.median(values) for key, values in samples.items()}
 
 
 def main() -> None:
@@ -77,7 +63,7 @@ def main() -> None:
         fns[(key, "forward")] = forward
         if "merged" not in key:
             fns[(key, "step")] = step
-    t = _interleaved_medians(fns, args.repeats)
+    t = interleaved_medians(fns, args.repeats)
     print(
         f"base: forward {1e3 * t['base', 'forward']:.2f} ms, forward+backward {1e3 * t['base', 'step']:.2f} ms "
         f"({args.nodes} nodes, {torch.get_default_dtype()}, {torch.get_num_threads()} threads, "

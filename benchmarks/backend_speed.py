@@ -15,11 +15,10 @@ from __future__ import annotations
 import argparse
 import contextlib
 import copy
-import statistics
-import time
 
 import torch
 from ase.build import molecule
+from timing import interleaved_medians  # benchmarks/ is on sys.path when the script runs
 
 import peft_equi
 from peft_equi.integrations.mace.architectures import HCO, build_mace
@@ -64,18 +63,10 @@ def main() -> None:
         for backend in ("e3nn", "cueq"):
             with contextlib.suppress(peft_equi.NotMergeableError):
                 variants[(backend, f"{name} merged")] = copy.deepcopy(variants[(backend, name)]).merge_and_unload()
-    timers = {key: _timers(model, batch) for key, model in variants.items()}
-    samples: dict[tuple, list[float]] = {(*key, kind): [] for key in timers for kind in ("inference", "step")}
-    for fns in timers.values():
-        for fn in fns:
-            fn()  # warm-up
-    for _ in range(args.repeats):
-        for key, (inference, step) in timers.items():
-            for kind, fn in (("inference", inference), ("step", step)):
-                start = time.perf_counter()
-                fn()
-                samples[(*key, kind)].append(time.perf_counter() - start)
-    median = {key: statistics.median(values) for key, values in samples.items()}
+    fns = {}
+    for key, model in variants.items():
+        fns[(*key, "inference")], fns[(*key, "step")] = _timers(model, batch)
+    median = interleaved_medians(fns, args.repeats)
     print(f"MACE {args.size}, {len(batch['ptr']) - 1} molecules, {args.device}, float64, median of {args.repeats}")
     print(kernel_report(args.device))
     print(
@@ -84,7 +75,7 @@ def main() -> None:
     )
     print("| backend | model | inference / e3nn base | training step / e3nn base |")
     print("|---|---|---:|---:|")
-    for backend, name in timers:
+    for backend, name in variants:
         inference = median[backend, name, "inference"] / median["e3nn", "base", "inference"]
         step = median[backend, name, "step"] / median["e3nn", "base", "step"]
         print(f"| {backend} | {name} | {inference:.2f} | {step:.2f} |")

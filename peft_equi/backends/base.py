@@ -78,6 +78,16 @@ class Backend(ABC):
         """Store canonical ``weight`` (and ``bias``) into the module in place (merging)."""
 
 
+class FlatWeightBackend(Backend):
+    """Layers whose ``weight`` Parameter, flattened row-major, is already the canonical flat weight."""
+
+    def weight(self, module: nn.Module) -> torch.Tensor:
+        return module.weight.reshape(-1)
+
+    def write(self, module: nn.Module, weight: torch.Tensor, bias: torch.Tensor | None) -> None:
+        copy_into(module.weight, weight)
+
+
 class DenseBackend(Backend):
     """Shared parts of dense layers on invariant features with an optional ``bias`` Parameter,
     called as ``layer(input)``."""

@@ -7,7 +7,7 @@ import math
 import numpy as np
 from torch import nn
 
-from peft_equi.backends.base import Backend, copy_into
+from peft_equi.backends.base import FlatWeightBackend
 from peft_equi.backends.cueq.common import (
     convert_layout,
     has_internal_weight,
@@ -22,7 +22,7 @@ from peft_equi.spec import LayerKind, LayerSpec, WeightPath
 
 
 @register_backend
-class CueLinear(Backend):
+class CueLinear(FlatWeightBackend):
     """``cuet.Linear`` with internal weights; the effective weight goes through the layer's own ``f``."""
 
     name = "cueq.linear"
@@ -48,9 +48,6 @@ class CueLinear(Backend):
         layout = layout_of(module.transpose_out.target)
         return LayerSpec(LayerKind.LINEAR, (Irreps(module.irreps_in),), Irreps(module.irreps_out), tuple(paths), layout)
 
-    def weight(self, module):
-        return module.weight.reshape(-1)
-
     def operands(self, module, args, kwargs):
         x = operand(args, kwargs, 0, "x")
         source, target = layout_of(module.transpose_in.source), layout_of(module.transpose_out.target)
@@ -61,6 +58,3 @@ class CueLinear(Backend):
         if weight is None:
             return module(x)
         return module.transpose_out(module.f([weight.reshape(1, -1), module.transpose_in(x)])[0])
-
-    def write(self, module, weight, bias):
-        copy_into(module.weight, weight)

@@ -7,7 +7,7 @@ import math
 import numpy as np
 from torch import nn
 
-from peft_equi.backends.base import Backend, copy_into
+from peft_equi.backends.base import FlatWeightBackend
 from peft_equi.backends.cueq.common import (
     convert_layout,
     has_internal_weight,
@@ -22,7 +22,7 @@ from peft_equi.spec import LayerKind, LayerSpec, WeightPath
 
 
 @register_backend
-class CueFullyConnectedTensorProduct(Backend):
+class CueFullyConnectedTensorProduct(FlatWeightBackend):
     """``cuet.FullyConnectedTensorProduct`` with internal weights.
 
     A path's coefficient tensor has the Clebsch-Gordan coefficients times the path
@@ -56,9 +56,6 @@ class CueFullyConnectedTensorProduct(Backend):
             layout_of(module.transpose_out.target),
         )
 
-    def weight(self, module):
-        return module.weight.reshape(-1)
-
     def operands(self, module, args, kwargs):
         target = layout_of(module.transpose_out.target)
         x1, x2 = operand(args, kwargs, 0, "x1"), operand(args, kwargs, 1, "x2")
@@ -73,6 +70,3 @@ class CueFullyConnectedTensorProduct(Backend):
             return module(x1, x2)
         inputs = [weight.reshape(1, -1), module.transpose_in1(x1), module.transpose_in2(x2)]
         return module.transpose_out(module.f(inputs)[0])
-
-    def write(self, module, weight, bias):
-        copy_into(module.weight, weight)

@@ -7,7 +7,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from peft_equi.backends.base import Backend, copy_into
+from peft_equi.backends.base import FlatWeightBackend
 from peft_equi.registry import register_backend
 from peft_equi.spec import LayerSpec, dense_spec
 
@@ -20,7 +20,7 @@ def _divisor(module: nn.Module) -> float:
 
 
 @register_backend
-class E3nnFullyConnectedLayer(Backend):
+class E3nnFullyConnectedLayer(FlatWeightBackend):
     """One layer of ``e3nn.nn.FullyConnectedNet``.
 
     It computes ``act(x @ W / sqrt(h_in var_in)) * sqrt(var_out)`` (or, without activation,
@@ -41,9 +41,6 @@ class E3nnFullyConnectedLayer(Backend):
     def describe(self, module: nn.Module) -> LayerSpec:
         return dense_spec(int(module.h_in), int(module.h_out), 1.0 / _divisor(module))
 
-    def weight(self, module: nn.Module) -> torch.Tensor:
-        return module.weight.reshape(-1)
-
     def operands(self, module: nn.Module, args: tuple[Any, ...], kwargs: dict[str, Any]) -> tuple[torch.Tensor, ...]:
         return (args[0] if args else kwargs["x"],)
 
@@ -56,6 +53,3 @@ class E3nnFullyConnectedLayer(Backend):
         if module.act is None:
             return y
         return module.act(y) * module.var_out**0.5
-
-    def write(self, module, weight, bias):
-        copy_into(module.weight, weight)

@@ -7,7 +7,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from peft_equi.backends.base import Backend, copy_into
+from peft_equi.backends.base import FlatWeightBackend
 from peft_equi.backends.e3nn.linear import has_internal_flat_weight
 from peft_equi.irreps import Irreps
 from peft_equi.registry import register_backend
@@ -18,7 +18,7 @@ _OUTPUT_LAST = {"uvw", "uuw", "uvv", "uuu"}
 
 
 @register_backend
-class E3nnTensorProduct(Backend):
+class E3nnTensorProduct(FlatWeightBackend):
     """``e3nn.o3.TensorProduct``: weights of paths with ``has_weight``, blocks of ``path_shape``.
 
     Supported connection modes: ``uvw`` (fully connected, blocks ``(mul1, mul2, mul_out)``),
@@ -64,6 +64,3 @@ class E3nnTensorProduct(Backend):
     def forward(self, module, args, kwargs, weight, bias):
         x, y = self.operands(module, args, kwargs)
         return module(x, y, weight)  # weight=None: the layer's own
-
-    def write(self, module, weight, bias):
-        copy_into(module.weight, weight)
