@@ -28,7 +28,7 @@ from peft_equi.inspection import LayerReport, format_inspection, inspect_model
 from peft_equi.integrations.mace.cueq import to_cueq, to_e3nn
 from peft_equi.irreps import Irrep, Irreps, Layout, MulIrrep
 from peft_equi.layer import AdaptedLayer
-from peft_equi.model import PeftModel, get_peft_model
+from peft_equi.model import PeftModel, get_peft_model, merge_adapters
 from peft_equi.plan import discover
 from peft_equi.presets import preset_names as list_presets
 from peft_equi.registry import ADAPTERS, BACKENDS, PRESETS, register_adapter, register_backend, register_preset
@@ -79,6 +79,7 @@ __all__ = [
     "list_backends",
     "list_presets",
     "load_adapter",
+    "merge_adapters",
     "register_adapter",
     "register_backend",
     "register_preset",

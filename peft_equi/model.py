@@ -173,16 +173,7 @@ class PeftModel(nn.Module):
         Raises :class:`NotMergeableError` (naming every blocking layer) before changing
         anything when an adapter depends on the input (MMEA, FiLM with conditioning).
         """
-        by_reason: dict[str, list[str]] = {}
-        for path, layer in self._layers.items():
-            if (reason := layer.merge_blocker()) is not None:
-                by_reason.setdefault(reason, []).append(path or "<root>")
-        if by_reason:
-            parts = [
-                f"{reason} ({', '.join(paths[:4])}{f', +{len(paths) - 4} more' if len(paths) > 4 else ''})"
-                for reason, paths in by_reason.items()
-            ]
-            raise NotMergeableError("cannot merge: " + "; ".join(parts))
+        check_mergeable(self._layers)
         return self._unload(merge=True)
 
     def unload(self) -> nn.Module:
@@ -207,6 +198,38 @@ class PeftModel(nn.Module):
         self._layers = {}
         self._unloaded = True
         return root
+
+
+def check_mergeable(layers: dict[str, AdaptedLayer]) -> None:
+    """Raise :class:`NotMergeableError` naming every layer (by path) whose adapter cannot be folded in."""
+    by_reason: dict[str, list[str]] = {}
+    for path, layer in layers.items():
+        if (reason := layer.merge_blocker()) is not None:
+            by_reason.setdefault(reason, []).append(path or "<root>")
+    if by_reason:
+        parts = [
+            f"{reason} ({', '.join(paths[:4])}{f', +{len(paths) - 4} more' if len(paths) > 4 else ''})"
+            for reason, paths in by_reason.items()
+        ]
+        raise NotMergeableError("cannot merge: " + "; ".join(parts))
+
+
+def merge_adapters(model: nn.Module) -> nn.Module:
+    """Fold the adapters of every :class:`AdaptedLayer` inside ``model`` into its layer, in place.
+
+    For models adapted in place whose :class:`PeftModel` wrapper is gone, e.g. a NequIP
+    model built by a ``nequip-train`` config or loaded from its checkpoint.  Checks every
+    layer first: a non-mergeable adapter raises :class:`NotMergeableError` and leaves
+    ``model`` unchanged.  Parameters keep their ``requires_grad``.  Returns ``model``
+    (or the merged layer when ``model`` itself is an :class:`AdaptedLayer`).
+    """
+    layers = {path: m for path, m in model.named_modules() if isinstance(m, AdaptedLayer)}
+    check_mergeable(layers)
+    for path, layer in layers.items():
+        if path == "":
+            return layer.merge(path)
+        _replace(model, path, layer.merge(path))
+    return model
 
 
 def _join(path: str, name: str) -> str:

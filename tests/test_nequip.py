@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import copy
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -163,35 +165,39 @@ training_module:
 """
 
 
-def test_packaged_nequip_model_by_path(acetamide, tmp_path):
-    """nequip-train (a couple of steps) -> nequip-package -> `.nequip.zip` loaded by path and fine-tuned."""
-    import subprocess
-    import sys
+BIN = Path(sys.executable).parent
+EXAMPLE = Path(__file__).resolve().parents[1] / "examples" / "nequip" / "finetune-package.yaml"
+COMPILE_FIELDS = ["pos", "edge_index", "atom_types", "cell", "edge_cell_shift"]
 
+
+def _run(*args) -> subprocess.CompletedProcess:
+    result = subprocess.run([str(a) for a in args], capture_output=True, text=True, timeout=900)
+    assert result.returncode == 0, f"{args[0]} failed:\n{result.stdout[-2000:]}\n{result.stderr[-3000:]}"
+    return result
+
+
+@pytest.fixture(scope="module")
+def package(acetamide, tmp_path_factory):
+    """A `.nequip.zip` made by nequip-train (one epoch) + nequip-package, and its 12-structure dataset."""
     from ase.io import write
 
+    folder = tmp_path_factory.mktemp("nequip-package")
+    write(folder / "data.xyz", acetamide.atoms[:12])
+    (folder / "train.yaml").write_text(NEQUIP_TRAIN_CONFIG.format(data=folder / "data.xyz"))
+    _run(BIN / "nequip-train", "-cp", folder, "-cn", "train.yaml", f"hydra.run.dir={folder / 'run'}")
+    _run(BIN / "nequip-package", "build", folder / "run" / "last.ckpt", folder / "base.nequip.zip")
+    return folder / "base.nequip.zip", folder / "data.xyz"
+
+
+def test_packaged_nequip_model_by_path(package, tmp_path):
+    """A `.nequip.zip` loaded by path: the package's own classes are discovered and fine-tuned."""
     from peft_equi.errors import PeftEquiError
     from peft_equi.potentials.base import load_potential
 
-    write(tmp_path / "data.xyz", acetamide.atoms[:12])
-    (tmp_path / "train.yaml").write_text(NEQUIP_TRAIN_CONFIG.format(data=tmp_path / "data.xyz"))
-    bin_dir = Path(sys.executable).parent
-    subprocess.run(
-        [bin_dir / "nequip-train", "-cp", str(tmp_path), "-cn", "train.yaml", f"hydra.run.dir={tmp_path / 'run'}"],
-        check=True,
-        capture_output=True,
-        timeout=600,
-    )
-    package = tmp_path / "model.nequip.zip"
-    subprocess.run(
-        [bin_dir / "nequip-package", "build", str(tmp_path / "run" / "last.ckpt"), str(package)],
-        check=True,
-        capture_output=True,
-        timeout=600,
-    )
+    package_path, data = package
     with pytest.raises(PeftEquiError, match="trust_pickle=True"):
-        load_potential(str(package))
-    potential = load_potential(str(package), trust_pickle=True)
+        load_potential(str(package_path))
+    potential = load_potential(str(package_path), trust_pickle=True)
     from nequip.nn import GraphModel
 
     assert not isinstance(potential.model, GraphModel)  # the package's own copy of the classes
@@ -199,9 +205,9 @@ def test_packaged_nequip_model_by_path(acetamide, tmp_path):
     backends = {layer.backend.name for layer in layers}
     assert {"e3nn.linear", "e3nn.tensor_product", "nequip.scalar_linear"} <= backends
     config = FinetuneConfig(
-        model=str(package),
+        model=str(package_path),
         trust_pickle=True,
-        train=tmp_path / "data.xyz",
+        train=data,
         n_train=8,
         valid_fraction=0.25,
         epochs=1,
@@ -215,20 +221,153 @@ def test_packaged_nequip_model_by_path(acetamide, tmp_path):
     assert np.isfinite(result["after"]["valid"].forces_mae)
 
 
-def test_nequip_train_with_adapters_from_a_package(acetamide, tmp_path):
-    """A nequip-train config whose model is a `.nequip.zip` wrapped by peft_equi's `_target_` trains."""
-    import subprocess
-    import sys
+def _model_from_checkpoint(path: Path):
+    set_nequip_global_state()
+    from nequip.model import ModelFromCheckpoint
 
-    from ase.io import write
+    with preserved_global_state():
+        return ModelFromCheckpoint(str(path))["sole_model"]
 
-    write(tmp_path / "data.xyz", acetamide.atoms[:12])
-    base = NEQUIP_TRAIN_CONFIG.format(data=tmp_path / "data.xyz")
-    (tmp_path / "train.yaml").write_text(base)
-    bin_dir = Path(sys.executable).parent
-    run = lambda *args: subprocess.run([str(a) for a in args], check=True, capture_output=True, text=True, timeout=600)  # noqa: E731
-    run(bin_dir / "nequip-train", "-cp", tmp_path, "-cn", "train.yaml", f"hydra.run.dir={tmp_path / 'base'}")
-    run(bin_dir / "nequip-package", "build", tmp_path / "base" / "last.ckpt", tmp_path / "base.nequip.zip")
+
+@pytest.mark.parametrize("adapter", ["mmea", "elora"])
+def test_nequip_train_example_config_on_a_package(package, acetamide, tmp_path, adapter):
+    """examples/nequip/finetune-package.yaml trains an adapter on a `.nequip.zip` through nequip-train;
+    merged ELoRA compiles (nequip-compile --modifiers merge_peft_adapters), MMEA refuses to merge."""
+    from nequip.model import modify
+
+    from peft_equi.potentials.base import load_potential
+
+    package_path, data = package
+    _run(
+        BIN / "nequip-train",
+        "-cp",
+        EXAMPLE.parent,
+        "-cn",
+        EXAMPLE.name,
+        f"package_path={package_path}",
+        f"data_path={data}",
+        f"adapter={adapter}",
+        "++adapter_options={rank: 4}",
+        f"hydra.run.dir={tmp_path / 'ft'}",
+    )
+    checkpoint = tmp_path / "ft" / "last.ckpt"
+    trained = _model_from_checkpoint(checkpoint)  # rebuilt from the config: package + adapter + trained weights
+    adapted = [m for m in trained.modules() if isinstance(m, peft_equi.AdaptedLayer)]
+    assert adapted and all(m.adapter.name == adapter for m in adapted)
+    base = load_potential(str(package_path), trust_pickle=True)
+    potential = NequipPotential(trained, "finetuned")
+    atoms = acetamide.atoms[:3]
+    energy = _energy_forces(potential, trained, atoms)[0]
+    assert (energy - _energy_forces(base, base.model, atoms)[0]).abs().max() > 1e-6  # training moved the adapter
+    if adapter == "mmea":
+        with pytest.raises(peft_equi.NotMergeableError, match="depends on the layer's input"):
+            modify(trained, [{"modifier": "merge_peft_adapters"}])
+        assert len([m for m in trained.modules() if isinstance(m, peft_equi.AdaptedLayer)]) == len(adapted)
+        return
+    compiled_path = tmp_path / "merged.nequip.pt2"
+    _run(
+        BIN / "nequip-compile",
+        checkpoint,
+        compiled_path,
+        "--mode",
+        "aotinductor",
+        "--device",
+        "cpu",
+        "--modifiers",
+        "merge_peft_adapters",
+        "--num-frames",
+        "static",
+        "--input-fields",
+        *COMPILE_FIELDS,
+        "--output-fields",
+        "atomic_energy",
+        "total_energy",
+        "forces",
+    )
+    from nequip.model.inference_models.compiled import load_compiled_model
+
+    compiled, _ = load_compiled_model(str(compiled_path), "cpu")  # fields from its metadata
+    for i, one in enumerate(atoms):
+        batch = potential.collate(potential.graphs([one]), CPU, torch.float64)
+        out = compiled({k: batch[k] for k in COMPILE_FIELDS})
+        torch.testing.assert_close(out["total_energy"].reshape(-1), energy[i : i + 1], atol=1e-9, rtol=0)
+        torch.testing.assert_close(out["forces"], _energy_forces(potential, trained, [one])[1], atol=1e-9, rtol=0)
+
+    # packaging: the adapted checkpoint packages (peft_equi external), and merges into a plain package
+    _run(BIN / "nequip-package", "build", checkpoint, tmp_path / "adapted.nequip.zip")
+    merged_package = tmp_path / "merged.nequip.zip"
+    _run(
+        BIN / "nequip-package",
+        "modify",
+        tmp_path / "adapted.nequip.zip",
+        merged_package,
+        "--modifier",
+        "merge_peft_adapters",
+    )
+    merged = load_potential(str(merged_package), trust_pickle=True)
+    assert not any(type(m).__module__.startswith("peft_equi") for m in merged.model.modules())
+    torch.testing.assert_close(_energy_forces(merged, merged.model, atoms)[0], energy, atol=1e-9, rtol=0)
+
+
+def test_merge_adapters_in_place_on_a_nequip_model(nequip_model, acetamide):
+    """peft_equi.merge_adapters folds adapters attached in place (no PeftModel) and leaves MMEA models intact."""
+    potential = nequip_model
+    atoms = acetamide.atoms[:2]
+    model = copy.deepcopy(potential.model)
+    randomize_adapters(peft_equi.get_peft_model(model, "elora", rank=2), std=0.05)
+    energy, forces = _energy_forces(potential, model, atoms)
+    merged = peft_equi.merge_adapters(model)
+    assert merged is model and not any(isinstance(m, peft_equi.AdaptedLayer) for m in model.modules())
+    merged_energy, merged_forces = _energy_forces(potential, model, atoms)
+    torch.testing.assert_close(merged_energy, energy, atol=1e-10, rtol=0)
+    torch.testing.assert_close(merged_forces, forces, atol=1e-10, rtol=0)
+
+    model = copy.deepcopy(potential.model)
+    peft_equi.get_peft_model(model, "mmea", rank=2)
+    before = copy.deepcopy(model.state_dict())
+    with pytest.raises(peft_equi.NotMergeableError, match=r"mmea is not mergeable.*layer0_convnet"):
+        peft_equi.merge_adapters(model)
+    assert sum(isinstance(m, peft_equi.AdaptedLayer) for m in model.modules()) > 0
+    assert all(torch.equal(v, model.state_dict()[k]) for k, v in before.items())
+
+
+@pytest.mark.parametrize("adapter", ["mmea", "elora"])
+def test_adapters_with_nequip_cuequivariance_modifier(nequip_model, acetamide, adapter):
+    """NequIP's enable_CuEquivariance (cuequivariance's CPU fallback here) composes with adapters in either order."""
+    from nequip.model import modify
+
+    potential = nequip_model
+    atoms = acetamide.atoms[:2]
+    reference = copy.deepcopy(potential.model)
+    torch.manual_seed(0)
+    randomize_adapters(peft_equi.get_peft_model(reference, adapter, rank=2), std=0.05)
+    energy, forces = _energy_forces(potential, reference, atoms)
+
+    after = copy.deepcopy(reference)  # adapters first, then the modifier
+    modify(after, [{"modifier": "enable_CuEquivariance"}])
+    before = modify(copy.deepcopy(potential.model), [{"modifier": "enable_CuEquivariance"}])  # modifier first
+    peft_equi.get_peft_model(before, adapter, rank=2)
+    missing, unexpected = before.load_state_dict(reference.state_dict(), strict=False)
+    assert not unexpected and all(".tp_scatter.tp_conv." in k for k in missing)  # cuequivariance's own constants
+    for model in (after, before):
+        assert any("CuEquivariance" in type(m).__name__ for m in model.modules())
+        got_energy, got_forces = _energy_forces(potential, model, atoms)
+        torch.testing.assert_close(got_energy, energy, atol=1e-9, rtol=0)
+        torch.testing.assert_close(got_forces, forces, atol=1e-9, rtol=0)
+    one = atoms[0]
+
+    def fn(positions):
+        moved = one.copy()
+        moved.positions = positions.numpy()
+        return _energy_forces(potential, after, [moved])
+
+    assert energy_forces_equivariance_error(fn, torch.tensor(one.positions)) < 1e-9
+
+
+def test_nequip_train_with_adapters_from_a_package(package, tmp_path):
+    """A nequip-train config (the test template) whose model is a `.nequip.zip` wrapped by peft_equi's `_target_`."""
+    package_path, data = package
+    base = NEQUIP_TRAIN_CONFIG.format(data=data)
     start = base.index("  model:\n    _target_: nequip.model.NequIPGNNModel")
     adapted = (
         base[:start]
@@ -238,11 +377,11 @@ def test_nequip_train_with_adapters_from_a_package(acetamide, tmp_path):
     options: {{rank: 4}}
     model:
       _target_: nequip.model.ModelFromPackage
-      package_path: {tmp_path / "base.nequip.zip"}
+      package_path: {package_path}
 """
     )
     (tmp_path / "finetune.yaml").write_text(adapted)
-    result = run(bin_dir / "nequip-train", "-cp", tmp_path, "-cn", "finetune.yaml", f"hydra.run.dir={tmp_path / 'ft'}")
+    result = _run(BIN / "nequip-train", "-cp", tmp_path, "-cn", "finetune.yaml", f"hydra.run.dir={tmp_path / 'ft'}")
     assert (tmp_path / "ft" / "last.ckpt").is_file()
     checkpoint = torch.load(tmp_path / "ft" / "last.ckpt", map_location="cpu", weights_only=False)
     keys = checkpoint["state_dict"].keys()
