@@ -40,15 +40,18 @@ def _cpu_model() -> str:
     return platform.processor()
 
 
-def run_record(started: datetime.datetime | None = None) -> dict[str, Any]:
-    """Command line, git commit (and whether the tree had changes), package versions and machine facts."""
+def run_record() -> dict[str, Any]:
+    """Command line, git commit (and whether the tree had changes), package versions and machine facts.
+
+    Take it when the run starts (the code that runs is the code of that commit); add
+    ``finished`` with :func:`finished` when writing results.
+    """
     import torch
 
     status = _git("status", "--porcelain", "--untracked-files=no")
     return {
         "command": " ".join([Path(sys.executable).name, *sys.argv]),
-        "started": (started or datetime.datetime.now(datetime.UTC)).isoformat(timespec="seconds"),
-        "finished": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
+        "started": _now(),
         "git_commit": _git("rev-parse", "HEAD"),
         "git_dirty": bool(status) if status is not None else None,
         "python": platform.python_version(),
@@ -61,6 +64,15 @@ def run_record(started: datetime.datetime | None = None) -> dict[str, Any]:
             "cuda": torch.cuda.is_available(),
         },
     }
+
+
+def _now() -> str:
+    return datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds")
+
+
+def finished(record: dict[str, Any]) -> dict[str, Any]:
+    """``record`` with the current time as ``finished``."""
+    return record | {"finished": _now()}
 
 
 def write_json(path: Path, data: Any) -> None:

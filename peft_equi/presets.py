@@ -3,7 +3,8 @@
 Every adapter name is also a preset: ``get_peft_model(model, "elora", rank=8)`` puts ELoRA
 on every layer it can adapt.  Besides the adapter options, such presets accept ``target``,
 ``exclude``, ``kinds``, ``train`` and ``train_buffers``.  ``full`` trains every parameter;
-``readout-only`` trains the parameters matching ``patterns`` (default ``*readout*``).
+``readout-only`` trains the parameters matching ``patterns`` (default: the readouts of MACE,
+NequIP and SevenNet, :data:`READOUT_PATTERN`).
 Register more with :func:`peft_equi.registry.register_preset`.
 """
 
@@ -33,10 +34,15 @@ def full(train_buffers: list[str] | None = None) -> PeftConfig:
     return PeftConfig(train=["*"], train_buffers=train_buffers or [], preset="full")
 
 
+#: Readout parameters: MACE ``readouts.*``, NequIP ``*readout*``, SevenNet ``reduce_input_to_hidden`` and
+#: ``reduce_hidden_to_energy``.
+READOUT_PATTERN = r"re:(.*readout.*|(.*\.)?reduce_(input_to_hidden|hidden_to_energy)\..*)"
+
+
 @register_preset("readout-only")
 def readout_only(patterns: list[str] | None = None) -> PeftConfig:
-    """Train only the parameters whose names match ``patterns`` (default ``['*readout*']``)."""
-    return PeftConfig(train=patterns or ["*readout*"], preset="readout-only")
+    """Train only the parameters whose names match ``patterns`` (default :data:`READOUT_PATTERN`)."""
+    return PeftConfig(train=patterns or [READOUT_PATTERN], preset="readout-only")
 
 
 def preset_names() -> list[str]:

@@ -46,6 +46,12 @@ def test_sevennet0_loads_offline_and_is_discovered(sevennet):
     assert {1, 6, 7, 8} <= set(sevennet.atomic_numbers)
 
 
+def test_readout_only_preset_finds_the_sevennet_readout(sevennet):
+    model = peft_equi.get_peft_model(copy.deepcopy(sevennet.model), "readout-only")
+    trained = {n for n, p in model.base_model.named_parameters() if p.requires_grad}
+    assert trained == {"reduce_input_to_hidden.linear.weight", "reduce_hidden_to_energy.linear.weight"}
+
+
 @pytest.mark.parametrize("name", ["lora", "elora", "mmea", "bitfit", "film"])
 def test_adapters_on_sevennet0_identity_then_rotation_equivariant(sevennet, acetamide, name):
     model = peft_equi.get_peft_model(copy.deepcopy(sevennet.model), name)

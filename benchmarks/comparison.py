@@ -1,0 +1,187 @@
+"""Methods side by side through the fine-tuning engine: shared by rmd17.py and bpa3.py.
+
+Each method fine-tunes a copy of one pretrained model with the same data and settings
+(``peft-equi finetune``'s engine); its numbers are kept in ``runs/<method>/method.json`` so an
+interrupted comparison continues where it stopped.  The comparison writes ``results.md``,
+``results.json`` (numbers, settings, notes and the run record), ``validation_loss.png`` and
+``test_errors.png`` after every method.
+"""
+
+from __future__ import annotations
+
+import copy
+import csv
+import json
+import re
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from record import finished, write_json
+
+from peft_equi.training.config import FinetuneConfig
+from peft_equi.training.engine import Finetuner
+
+Methods = dict[str, tuple[str, dict[str, Any]]]
+
+#: label -> (adapter or preset, options); applies to every model.
+METHODS: Methods = {
+    "full": ("full", {}),
+    "readout-only": ("readout-only", {}),
+    "lora": ("lora", {"rank": 8}),
+    "elora": ("elora", {"rank": 8}),
+    "mmea": ("mmea", {"rank": 16}),
+    "bitfit": ("bitfit", {}),
+    "film": ("film", {}),
+}
+#: The papers' recipes, which name MACE's modules: used when the model is a MACE model.
+MACE_PRESETS: Methods = {
+    "mmea-paper": ("mmea-paper", {"rank": 16}),
+    "elora-paper": ("elora-paper", {"rank": 16}),
+    "mace-lora": ("mace-lora", {"rank": 4}),
+}
+#: The MMEA paper's ablation table.
+ABLATIONS: Methods = {
+    "mmea": ("mmea", {"rank": 16}),
+    "mmea, no activation": ("mmea", {"rank": 16, "activation": "identity"}),
+    "mmea, no input-head reuse": ("mmea", {"rank": 16, "heads": "separate"}),
+    "mmea, no scalar modulation": ("mmea", {"rank": 16, "scalar_modulation": False}),
+    "mmea, no higher-order modulation": ("mmea", {"rank": 16, "higher_order_modulation": False}),
+    "mmea, shared higher-order gains": ("mmea", {"rank": 16, "gain_sharing": "irrep"}),
+    "readout only": ("readout-only", {}),
+    "conventional adapter (not equivariant)": ("conventional", {}),
+}
+
+
+def select_methods(selected: list[str] | None, ablations: bool, is_mace: bool) -> Methods:
+    """The methods to compare, in table order; unknown labels end the program with the available ones."""
+    available = dict(ABLATIONS) if ablations else METHODS | (MACE_PRESETS if is_mace else {})
+    if not selected:
+        return available
+    unknown = [m for m in selected if m not in available]
+    if unknown:
+        sys.exit(f"unknown method(s) {unknown}; available here: {list(available)}")
+    return {m: available[m] for m in selected}
+
+
+def _read_metrics(path: Path) -> list[dict[str, float]]:
+    with path.open() as f:
+        return [{k: float(v) for k, v in row.items()} for row in csv.DictReader(f)]
+
+
+def run_method(label: str, adapter: str, options: dict, potential, config: dict, folder: Path) -> dict[str, Any]:
+    """Fine-tune a copy of ``potential`` with one method (or reuse its finished run); its numbers."""
+    done = folder / "method.json"
+    if done.is_file():
+        return json.loads(done.read_text())
+    started = time.perf_counter()
+    finetuner = Finetuner(
+        FinetuneConfig(adapter=adapter, adapter_options=options, output=folder, **config),
+        potential=copy.deepcopy(potential),
+    )
+    result = finetuner.run()
+    rows = _read_metrics(folder / "metrics.csv")
+    numbers = {
+        "label": label,
+        "adapter": adapter,
+        "options": options,
+        "trainable_parameters": result["trainable_parameters"],
+        "base_parameters": sum(p.numel() for p in potential.model.parameters()),
+        "before": {split: e.summary() for split, e in result["before"].items()},
+        "after": {split: e.summary() for split, e in result["after"].items()},
+        "mergeable": result.get("merged_model") is not None,
+        "epoch_time_s": sorted(r["time_s"] for r in rows)[len(rows) // 2],
+        "wall_time_s": time.perf_counter() - started,
+        "curve": [{k: r[k] for k in ("epoch", "train_loss", "valid_loss", "lr")} for r in rows],
+    }
+    write_json(done, numbers)
+    return numbers
+
+
+def epochs_to_reach(curve: list[dict[str, float]], target: float) -> int | None:
+    """First epoch whose validation loss is at most ``target``."""
+    return next((int(r["epoch"]) for r in curve if r["valid_loss"] <= target), None)
+
+
+def results_table(results: list[dict[str, Any]]) -> list[str]:
+    """Markdown lines: one row per method, test errors after and before, cost and convergence."""
+    best = min(r["curve"][-1]["valid_loss"] for r in results)
+    target = 2 * best
+    lines = [
+        "| method | trainable | % of model | test E MAE (meV) | test F MAE (meV/A) | before: E / F | "
+        f"epochs to valid loss <= {target:.3g} | s/epoch | mergeable |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|---|",
+    ]
+    for r in results:
+        after, before = r["after"]["test"], r["before"]["test"]
+        reached = epochs_to_reach(r["curve"], target)
+        lines.append(
+            f"| {r['label']} | {r['trainable_parameters']:,} | "
+            f"{100 * r['trainable_parameters'] / r['base_parameters']:.1f} | {after['energy_mae_meV']:.1f} | "
+            f"{after['forces_mae_meV_per_A']:.1f} | {before['energy_mae_meV']:.1f} / "
+            f"{before['forces_mae_meV_per_A']:.1f} | {reached if reached is not None else 'not reached'} | "
+            f"{r['epoch_time_s']:.1f} | {'yes' if r['mergeable'] else 'no'} |"
+        )
+    return [
+        *lines,
+        "",
+        "'before' is the pretrained model with the per-element energy shifts fitted on the training "
+        "structures, before any training. The convergence target is twice the best final validation "
+        f"loss of this run ({best:.3g}); s/epoch is the median wall time of an epoch (training + validation).",
+    ]
+
+
+def plot(results: list[dict[str, Any]], folder: Path, title: str) -> None:
+    """Validation loss against epoch per method, and test errors per method."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(7, 4.5))
+    for r in results:
+        ax.semilogy([c["epoch"] for c in r["curve"]], [c["valid_loss"] for c in r["curve"]], label=r["label"])
+    ax.set(xlabel="epoch", ylabel="validation loss (EMA weights)", title=title)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(folder / "validation_loss.png", dpi=120)
+    plt.close(fig)
+
+    labels = [r["label"] for r in results]
+    fig, axes = plt.subplots(1, 2, figsize=(11, 4.5))
+    for ax, key, unit in zip(
+        axes, ("energy_mae_meV", "forces_mae_meV_per_A"), ("energy MAE (meV)", "force MAE (meV/A)")
+    ):
+        ax.barh(labels, [r["after"]["test"][key] for r in results])
+        ax.invert_yaxis()
+        ax.set(xlabel=f"test {unit}", title=title)
+    fig.tight_layout()
+    fig.savefig(folder / "test_errors.png", dpi=120)
+    plt.close(fig)
+
+
+def run_comparison(
+    methods: Methods,
+    potential,
+    config: dict[str, Any],
+    folder: Path,
+    title: str,
+    describe: Callable[[list[dict[str, Any]]], str],
+    extra: dict[str, Any],
+    record: dict[str, Any],
+) -> list[dict[str, Any]]:
+    """Run every method in turn, rewriting results.md (``describe(results)``), results.json and plots after each."""
+    results = []
+    for label, (adapter, options) in methods.items():
+        print(f"[{label}] {adapter} {options}", flush=True)
+        slug = re.sub(r"[^a-z0-9-]+", "_", label.lower()).strip("_")
+        results.append(run_method(label, adapter, options, potential, config, folder / "runs" / slug))
+        after = results[-1]["after"]["test"]
+        print(f"[{label}] test E {after['energy_mae_meV']:.1f} meV, F {after['forces_mae_meV_per_A']:.1f} meV/A")
+        (folder / "results.md").write_text(describe(results))
+        plot(results, folder, title)
+        write_json(folder / "results.json", extra | {"methods": results, "record": finished(record)})
+    print((folder / "results.md").read_text())
+    return results
