@@ -1,0 +1,170 @@
+"""Cost of each method on a real potential: trainable parameters, step times and optimizer memory, as ratios.
+
+Usage: python benchmarks/cost.py [--model 7net-0] [--repeats 5] [--batch 5]
+
+On one batch of rMD17 aspirin structures (``../shared/data``) or, without it, of the bundled
+acetamide data, for every method of the rMD17 comparison:
+
+- **forward + forces** (evaluation) time, relative to the unadapted model;
+- **training step** (forward, forces with their graph, E/F loss, backward, Adam step) time,
+  relative to full fine-tuning of the same model;
+- the **merged** model's forward + forces time, where the adapter merges;
+- **optimizer state** bytes after one Adam (amsgrad) step, relative to full fine-tuning.
+
+Times are medians over ``--repeats`` rounds in which every variant runs in turn, so drift of
+the (shared) machine hits all alike; only the ratios within one run are meaningful.  Writes
+``results.md``, ``results.json`` (with the run record) and ``cost.png`` under
+``benchmarks/results/cost/<model>/``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import copy
+from pathlib import Path
+
+import torch
+from comparison import METHODS
+from record import ROOT, finished, run_record, write_json
+from timing import interleaved_medians
+
+import peft_equi
+from peft_equi.data import read_dataset
+from peft_equi.potentials import load_potential
+from peft_equi.testing import randomize_adapters
+
+ASPIRIN = ROOT.parent / "shared" / "data" / "rmd17" / "rmd17_aspirin_train_01.npz"
+ACETAMIDE = ROOT / "examples" / "data" / "acetamide_gfn2xtb_md.extxyz"
+CPU = torch.device("cpu")
+
+
+def _state_bytes(optimizer: torch.optim.Optimizer) -> int:
+    return sum(t.numel() * t.element_size() for s in optimizer.state.values() for t in s.values() if t.dim() > 0)
+
+
+def main(argv: list[str] | None = None) -> None:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--model", default="7net-0")
+    p.add_argument("--repeats", type=int, default=5)
+    p.add_argument("--batch", type=int, default=5, help="structures per batch")
+    p.add_argument("--dtype", choices=("float32", "float64"), default="float32")
+    p.add_argument("--output", type=Path)
+    args = p.parse_args(argv)
+    record = run_record()
+    dtype = getattr(torch, args.dtype)
+    potential = load_potential(args.model, dtype=dtype)
+    data_path = ASPIRIN if ASPIRIN.is_file() else ACETAMIDE
+    data = read_dataset(data_path).subset(range(args.batch))
+    batch = potential.collate(potential.graphs(data.atoms), CPU, dtype)
+    reference_forces = torch.cat([torch.as_tensor(f) for f in data.forces]).to(dtype)
+    reference_energy = torch.as_tensor(data.energies, dtype=dtype)
+
+    models, optimizers, counts = {"base": potential.model}, {}, {}
+    for label, (adapter, options) in METHODS.items():
+        torch.manual_seed(0)
+        model = peft_equi.get_peft_model(copy.deepcopy(potential.model), adapter, **options)
+        randomize_adapters(model)
+        models[label] = model
+        counts[label] = model.num_trainable_parameters()
+        params = [q for q in model.parameters() if q.requires_grad]
+        optimizers[label] = torch.optim.Adam(params, lr=1e-9, amsgrad=True)
+        with contextlib.suppress(peft_equi.NotMergeableError):
+            models[f"{label} merged"] = copy.deepcopy(model).merge_and_unload()
+
+    def evaluate(model):
+        def run():
+            energy, forces = potential.energy_forces(model, batch, training=False)
+            return energy.detach(), forces.detach()
+
+        return run
+
+    def train_step(model, optimizer):
+        def run():
+            optimizer.zero_grad(set_to_none=True)
+            energy, forces = potential.energy_forces(model, batch, training=True)
+            loss = (energy - reference_energy).square().mean() + 1000 * (forces - reference_forces).square().mean()
+            loss.backward()
+            optimizer.step()
+
+        return run
+
+    fns = {(key, "forward"): evaluate(model) for key, model in models.items()}
+    fns |= {(label, "step"): train_step(models[label], optimizers[label]) for label in METHODS}
+    times = interleaved_medians(fns, args.repeats)
+    state = {label: _state_bytes(optimizers[label]) for label in METHODS}
+
+    rows = []
+    for label in METHODS:
+        merged = times.get((f"{label} merged", "forward"))
+        rows.append(
+            {
+                "method": label,
+                "trainable_parameters": counts[label],
+                "forward_forces_vs_base": times[label, "forward"] / times["base", "forward"],
+                "train_step_vs_full": times[label, "step"] / times["full", "step"],
+                "merged_forward_forces_vs_base": None if merged is None else merged / times["base", "forward"],
+                "optimizer_state_bytes": state[label],
+                "optimizer_state_vs_full": state[label] / state["full"],
+            }
+        )
+    model_name = Path(args.model).stem if Path(args.model).is_file() else args.model
+    folder = args.output or ROOT / "benchmarks" / "results" / "cost" / model_name
+    folder.mkdir(parents=True, exist_ok=True)
+    header = (
+        f"# Cost per method: {model_name}\n\n"
+        f"One batch of {args.batch} structures from `{data_path.name}`, {args.dtype}, "
+        f"{torch.get_num_threads()} threads; medians of {args.repeats} interleaved rounds. "
+        f"Base model: forward + forces {1e3 * times['base', 'forward']:.0f} ms; "
+        f"full fine-tuning step {1e3 * times['full', 'step']:.0f} ms.\n"
+    )
+    lines = [
+        header,
+        "| method | trainable | fwd+forces / base | train step / full | merged fwd+forces / base | "
+        "optimizer state (MB) | optimizer state / full |",
+        "|---|---:|---:|---:|---:|---:|---:|",
+    ]
+    for r in rows:
+        merged = r["merged_forward_forces_vs_base"]
+        lines.append(
+            f"| {r['method']} | {r['trainable_parameters']:,} | {r['forward_forces_vs_base']:.2f} | "
+            f"{r['train_step_vs_full']:.2f} | {'not mergeable' if merged is None else f'{merged:.2f}'} | "
+            f"{r['optimizer_state_bytes'] / 2**20:.2f} | {r['optimizer_state_vs_full']:.3f} |"
+        )
+    lines.append(
+        "\nOptimizer state: Adam with amsgrad keeps three tensors per trained parameter (exp_avg, exp_avg_sq, "
+        "max_exp_avg_sq), counted after one step."
+    )
+    (folder / "results.md").write_text("\n".join(lines) + "\n")
+    write_json(
+        folder / "results.json",
+        {"rows": rows, "times_s": {f"{k[0]}|{k[1]}": v for k, v in times.items()}, "record": finished(record)},
+    )
+    _plot(rows, folder / "cost.png", model_name)
+    print("\n".join(lines))
+
+
+def _plot(rows: list[dict], path: Path, title: str) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    labels = [r["method"] for r in rows]
+    fig, axes = plt.subplots(1, 3, figsize=(13, 4))
+    for ax, key, name in zip(
+        axes,
+        ("forward_forces_vs_base", "train_step_vs_full", "optimizer_state_vs_full"),
+        ("forward + forces / base", "training step / full", "optimizer state / full"),
+    ):
+        ax.barh(labels, [r[key] for r in rows])
+        ax.axvline(1.0, color="k", lw=0.8)
+        ax.invert_yaxis()
+        ax.set(xlabel=name, title=title)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+if __name__ == "__main__":
+    main()
