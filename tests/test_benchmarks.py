@@ -1,0 +1,69 @@
+"""The benchmark scripts' logic: method selection, convergence, the 3BPA hot test set, an end-to-end mini run."""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "benchmarks"))
+
+import bpa3  # noqa: E402
+import comparison  # noqa: E402
+import rmd17  # noqa: E402
+
+SHARED = ROOT.parent / "shared" / "data"
+
+
+def test_method_selection():
+    assert list(comparison.select_methods(None, False, is_mace=False)) == list(comparison.METHODS)
+    with_presets = comparison.select_methods(None, False, is_mace=True)
+    assert {"mmea-paper", "elora-paper", "mace-lora"} <= set(with_presets)
+    assert "conventional adapter (not equivariant)" in comparison.select_methods(None, True, is_mace=False)
+    assert list(comparison.select_methods(["mmea", "full"], False, is_mace=False)) == ["mmea", "full"]
+    with pytest.raises(SystemExit, match="mmea-paper"):
+        comparison.select_methods(["mmea-paper"], False, is_mace=False)  # a MACE preset on a non-MACE model
+
+
+def test_epochs_to_reach():
+    curve = [{"epoch": e, "valid_loss": v} for e, v in [(1, 5.0), (2, 3.0), (3, 1.0), (4, 2.0)]]
+    assert comparison.epochs_to_reach(curve, 3.0) == 2
+    assert comparison.epochs_to_reach(curve, 0.5) is None
+
+
+@pytest.mark.skipif(not (SHARED / "3bpa").is_dir(), reason="needs ../shared/data/3bpa")
+def test_bpa3_hot_test_set_is_hotter_than_every_300k_configuration(tmp_path):
+    from peft_equi.data import read_dataset
+
+    path, rule = bpa3.hot_test_set(
+        SHARED / "3bpa" / "train_300K.xyz", SHARED / "3bpa" / "train_mixedT.xyz", tmp_path / "t.xyz"
+    )
+    cold, hot = read_dataset(SHARED / "3bpa" / "train_300K.xyz"), read_dataset(path)
+    assert len(hot) == rule["test_configurations"] > 100
+    assert (hot.energies - cold.energies.min()).min() > cold.energies.max() - cold.energies.min()
+    assert not set(np.round(hot.energies, 6)) & set(np.round(cold.energies, 6))
+    assert all(f.shape == (27, 3) for f in hot.forces)
+
+
+@pytest.mark.skipif(not (SHARED / "rmd17").is_dir(), reason="needs ../shared/data/rmd17")
+def test_rmd17_script_end_to_end_on_a_small_mace(tmp_path):
+    """One epoch of two methods on a small MACE file: tables, plots and the run record are written."""
+    from peft_equi.integrations.mace.architectures import build_mace
+
+    torch.save(build_mace("small"), tmp_path / "small.model")
+    out = tmp_path / "out"
+    model_args = ["--model", str(tmp_path / "small.model"), "--trust-pickle"]
+    run_args = ["--methods", "mmea-paper", "bitfit", "--epochs", "1", "--n-test", "4", "--output", str(out)]
+    rmd17.main(["--quick", "--molecule", "ethanol", *model_args, *run_args])
+    results = json.loads((out / "results.json").read_text())
+    assert [m["label"] for m in results["methods"]] == ["mmea-paper", "bitfit"]
+    assert all(np.isfinite(m["after"]["test"]["forces_mae_meV_per_A"]) for m in results["methods"])
+    assert results["record"]["git_commit"] and results["record"]["packages"]["torch"]
+    table = (out / "results.md").read_text()
+    assert "| mmea-paper |" in table and "Differences from the papers" in table
+    assert (out / "validation_loss.png").stat().st_size > 0 and (out / "test_errors.png").stat().st_size > 0
