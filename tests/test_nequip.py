@@ -89,6 +89,63 @@ def test_adapters_on_nequip(nequip_model, acetamide, name):
         torch.testing.assert_close(_energy_forces(potential, merged, atoms)[0], energy, atol=1e-10, rtol=0)
 
 
+@pytest.fixture(scope="module")
+def allegro_model():
+    set_nequip_global_state()
+    with preserved_global_state():
+        torch.set_default_dtype(torch.float64)
+        from allegro.model import AllegroModel
+
+        model = AllegroModel(
+            l_max=2,
+            seed=0,
+            model_dtype="float64",
+            type_names=TYPES,
+            r_max=4.0,
+            radial_chemical_embed={"_target_": "allegro.nn.TwoBodyBesselScalarEmbed", "num_bessels": 8},
+            radial_chemical_embed_dim=8,
+            num_layers=2,
+            num_scalar_features=8,
+            num_tensor_features=4,
+            allegro_mlp_hidden_layers_width=8,
+            readout_mlp_hidden_layers_width=8,
+            avg_num_neighbors=5.0,
+            per_type_energy_scales={t: 1.0 for t in TYPES},
+            per_type_energy_shifts={"H": -10.7, "C": -48.8, "N": -70.9, "O": -102.5},
+        )
+    return NequipPotential(model, "allegro-small")
+
+
+@pytest.mark.parametrize("name", ["lora", "elora", "mmea", "bitfit", "film"])
+def test_adapters_on_allegro(allegro_model, acetamide, name):
+    """Allegro (nequip-allegro): its scalar-track MLPs are adapted; identity at init, O(3)-equivariant, merges."""
+    potential = allegro_model
+    found = {layer.path: layer.backend.name for layer in peft_equi.discover(potential.model)}
+    assert "model.func.allegro.latents.0.mlp.0" in found and "model.func.edge_readout.mlp_module.mlp.2" in found
+    assert not any(".tps." in p for p in found)  # the tensor-track Contracter has no backend (see docs/nequip.md)
+    model = peft_equi.get_peft_model(copy.deepcopy(potential.model), name)
+    atoms = acetamide.atoms[:2]
+    energy0, forces0 = _energy_forces(potential, potential.model, atoms)
+    energy, forces = _energy_forces(potential, model, atoms)
+    assert torch.equal(energy, energy0) and torch.equal(forces, forces0)
+    randomize_adapters(model, std=0.05)
+    energy, _ = _energy_forces(potential, model, atoms)
+    assert (energy - energy0).abs().max() > 1e-6
+    one = atoms[0]
+
+    def fn(positions):
+        moved = one.copy()
+        moved.positions = positions.numpy()
+        return _energy_forces(potential, model, [moved])
+
+    # random FiLM gains compound through Allegro's MLP stacks (outputs up to ~1e4 eV/A): relative to the output scale
+    scale = max(1.0, *(t.abs().max().item() for t in fn(torch.tensor(one.positions))))
+    assert energy_forces_equivariance_error(fn, torch.tensor(one.positions)) < 1e-12 * scale
+    if name in ("lora", "elora"):
+        merged = model.merge_and_unload()
+        torch.testing.assert_close(_energy_forces(potential, merged, atoms)[0], energy, atol=1e-10, rtol=0)
+
+
 def test_finetune_nequip_end_to_end(nequip_model, tmp_path):
     potential = NequipPotential(copy.deepcopy(nequip_model.model), "nequip-small")
     config = FinetuneConfig(
