@@ -27,12 +27,19 @@ from typing import Any
 
 import numpy as np
 import torch
-from comparison import results_table, run_comparison, select_methods
-from record import ROOT, run_record
+from comparison import (
+    add_common_arguments,
+    engine_options,
+    optimisation_settings,
+    results_table,
+    run_comparison,
+    select_methods,
+    start,
+)
+from record import ROOT
 
 from peft_equi.data import read_dataset
 from peft_equi.potentials import load_potential
-from peft_equi.training.config import FinetuneConfig
 
 SHARED_3BPA = ROOT.parent / "shared" / "data" / "3bpa"
 QUICK = {"epochs": 10, "dtype": "float32", "n_train": 100}
@@ -42,16 +49,8 @@ FULL = {"epochs": 500, "dtype": "float64", "n_train": 500}
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     """Command-line options (see the module docstring)."""
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawTextHelpFormatter)
-    p.add_argument("--quick", action="store_true", help="50 + 50 structures, 10 epochs, float32")
-    p.add_argument("--model", default="7net-0", help="7net-0, or a model file with H, C, N, O")
-    p.add_argument("--trust-pickle", action="store_true", help="allow a pickled model file")
-    p.add_argument("--methods", nargs="+", help="subset of method labels (default: all that apply)")
     p.add_argument("--data-dir", type=Path, default=SHARED_3BPA, help="folder with train_300K.xyz, train_mixedT.xyz")
-    p.add_argument("--epochs", type=int, help="override the mode's epochs")
-    p.add_argument("--dtype", choices=("float32", "float64"), help="override the mode's dtype")
-    p.add_argument("--threads", type=int, help="torch threads (default: torch's choice)")
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--output", type=Path, help="results folder (default: benchmarks/results/3bpa/...)")
+    add_common_arguments(p)
     return p.parse_args(argv)
 
 
@@ -83,11 +82,7 @@ def hot_test_set(train_300k: Path, mixed: Path, output: Path) -> tuple[Path, dic
 
 def main(argv: list[str] | None = None) -> None:
     args = parse_args(argv)
-    record = run_record()
-    if args.threads:
-        torch.set_num_threads(args.threads)
-    mode = QUICK if args.quick else FULL
-    epochs, dtype = args.epochs or mode["epochs"], args.dtype or mode["dtype"]
+    record, epochs, dtype = start(args, QUICK, FULL)
     train, mixed = args.data_dir / "train_300K.xyz", args.data_dir / "train_mixedT.xyz"
     for path in (train, mixed):
         if not path.is_file():
@@ -100,25 +95,11 @@ def main(argv: list[str] | None = None) -> None:
     potential = load_potential(args.model, dtype=getattr(torch, dtype), trust_pickle=args.trust_pickle)
     is_mace = type(potential).__name__.lower().startswith("mace")
     methods = select_methods(args.methods, False, is_mace)
-    n_train = mode["n_train"]
-    config = {
-        "model": args.model,
-        "trust_pickle": args.trust_pickle,
-        "train": train,
-        "test": test,
-        "n_train": n_train,
-        "valid_fraction": 50 / n_train,
-        "epochs": epochs,
-        "dtype": dtype,
-        "seed": args.seed,
-        "eval_batch_size": 25,
-        "progress": False,
-        "plots": False,
-    }
-    defaults = FinetuneConfig(model=args.model, train=train)
+    n_train = (QUICK if args.quick else FULL)["n_train"]
+    config = engine_options(args, train, test, n_train, 50 / n_train, epochs, dtype)
     settings = {"model": model_name, "mode": mode_name, "n_train": n_train - 50, "n_valid": 50} | rule
     settings |= {"epochs": epochs, "dtype": dtype, "seed": args.seed}
-    settings |= {k: getattr(defaults, k) for k in ("lr", "batch_size", "ema_decay", "forces_weight", "energy_weight")}
+    settings |= optimisation_settings(config)
     notes = [
         "The official 3BPA test sets (test_300K, test_600K, test_1200K, dihedral scans) are not available here. "
         f"The test set is the {rule['test_configurations']} configurations of train_mixedT (300/600/1200 K MD) "

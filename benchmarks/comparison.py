@@ -19,7 +19,8 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from record import finished, write_json
+import torch
+from record import finished, run_record, write_json
 
 from peft_equi.training.config import FinetuneConfig
 from peft_equi.training.engine import Finetuner
@@ -53,6 +54,53 @@ ABLATIONS: Methods = {
     "readout only": ("readout-only", {}),
     "conventional adapter (not equivariant)": ("conventional", {}),
 }
+
+
+def add_common_arguments(parser) -> None:
+    """The flags every comparison script takes (model, methods, epochs, precision, threads, seed, output)."""
+    parser.add_argument("--quick", action="store_true", help="short smoke-test mode (see the script's docstring)")
+    parser.add_argument("--model", default="7net-0", help="7net-0, or a model file (e.g. from pretrain_mace.py)")
+    parser.add_argument("--trust-pickle", action="store_true", help="allow a pickled model file (runs its code)")
+    parser.add_argument("--methods", nargs="+", help="subset of method labels (default: all that apply)")
+    parser.add_argument("--epochs", type=int, help="override the mode's epochs")
+    parser.add_argument("--dtype", choices=("float32", "float64"), help="override the mode's dtype")
+    parser.add_argument("--threads", type=int, help="torch threads (default: torch's choice)")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--output", type=Path, help="results folder (default: under benchmarks/results/)")
+
+
+def start(args, quick: dict, full: dict) -> tuple[dict, int, str]:
+    """The run record (taken now), and the epochs and dtype of the chosen mode after overrides; sets threads."""
+    record = run_record()
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    mode = quick if args.quick else full
+    return record, args.epochs or mode["epochs"], args.dtype or mode["dtype"]
+
+
+def engine_options(args, train: Path, test: Path, n_train: int, valid_fraction: float, epochs: int, dtype: str) -> dict:
+    """The :class:`FinetuneConfig` options every method of a comparison shares (``args``: the script's flags)."""
+    return {
+        "model": args.model,
+        "trust_pickle": args.trust_pickle,
+        "train": train,
+        "test": test,
+        "n_train": n_train,
+        "valid_fraction": valid_fraction,
+        "n_test": getattr(args, "n_test", None),
+        "epochs": epochs,
+        "dtype": dtype,
+        "seed": args.seed,
+        "eval_batch_size": 25,
+        "progress": False,
+        "plots": False,
+    }
+
+
+def optimisation_settings(options: dict) -> dict:
+    """The engine's optimisation defaults (the papers' settings) that a results table reports."""
+    defaults = FinetuneConfig(model=options["model"], train=options["train"])
+    return {k: getattr(defaults, k) for k in ("lr", "batch_size", "ema_decay", "forces_weight", "energy_weight")}
 
 
 def select_methods(selected: list[str] | None, ablations: bool, is_mace: bool) -> Methods:

@@ -43,6 +43,7 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--epochs", type=int, default=60)
     p.add_argument("--lr", type=float, default=0.01)
     p.add_argument("--batch-size", type=int, default=10)
+    p.add_argument("--forces-weight", type=float, default=10.0, help="loss weight of forces (energy: 1 per atom)")
     p.add_argument("--dtype", choices=("float32", "float64"), default="float32")
     p.add_argument("--data-dir", type=Path, default=SHARED)
     p.add_argument("--threads", type=int)
@@ -91,6 +92,7 @@ def main(argv: list[str] | None = None) -> None:
         epochs=args.epochs,
         lr=args.lr,
         batch_size=args.batch_size,
+        forces_weight=args.forces_weight,
         eval_batch_size=25,
         dtype=args.dtype,
         seed=args.seed,
@@ -103,7 +105,8 @@ def main(argv: list[str] | None = None) -> None:
         f"# MACE ({args.size}) pretrained on rMD17 without {args.exclude}",
         "",
         f"{len(structures)} configurations ({args.per_molecule} from each of {', '.join(molecules)}), "
-        f"90/10 train/validation split, {args.epochs} epochs, lr {args.lr}, batch {args.batch_size}, {args.dtype}; "
+        f"90/10 train/validation split, {args.epochs} epochs, lr {args.lr}, batch {args.batch_size}, "
+        f"forces weight {args.forces_weight}, {args.dtype}; "
         f"E0s: isolated atoms at PBE/def2-SVP. {result['trainable_parameters']:,} parameters.",
         "",
         f"Validation (held-out pretraining configurations): energy MAE {valid['energy_mae_meV']:.1f} meV, "

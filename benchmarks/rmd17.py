@@ -29,11 +29,18 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from comparison import results_table, run_comparison, select_methods
-from record import ROOT, run_record
+from comparison import (
+    add_common_arguments,
+    engine_options,
+    optimisation_settings,
+    results_table,
+    run_comparison,
+    select_methods,
+    start,
+)
+from record import ROOT
 
 from peft_equi.potentials import load_potential
-from peft_equi.training.config import FinetuneConfig
 
 SHARED_DATA = ROOT.parent / "shared" / "data"
 MOLECULES = ("aspirin", "benzene", "ethanol", "malonaldehyde", "naphthalene", "salicylic", "toluene", "uracil")
@@ -49,18 +56,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     """Command-line options (see the module docstring)."""
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawTextHelpFormatter)
     p.add_argument("--molecule", default="aspirin", choices=MOLECULES)
-    p.add_argument("--quick", action="store_true", help="10 epochs in float32 (default: full mode, 500 epochs)")
-    p.add_argument("--model", default="7net-0", help="7net-0, or a MACE model file (e.g. from pretrain_mace.py)")
-    p.add_argument("--trust-pickle", action="store_true", help="allow a pickled MACE .model file")
-    p.add_argument("--methods", nargs="+", help="subset of method labels (default: all that apply)")
     p.add_argument("--ablations", action="store_true", help="run the MMEA ablations instead of the methods")
     p.add_argument("--data-dir", type=Path, default=SHARED_DATA / "rmd17", help="folder with rmd17_*_01.npz")
-    p.add_argument("--epochs", type=int, help="override the mode's epochs")
-    p.add_argument("--dtype", choices=("float32", "float64"), help="override the mode's dtype")
     p.add_argument("--n-test", type=int, help="evaluate only the first n test configurations")
-    p.add_argument("--threads", type=int, help="torch threads (default: torch's choice)")
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--output", type=Path, help="results folder (default: benchmarks/results/rmd17/...)")
+    add_common_arguments(p)
     return p.parse_args(argv)
 
 
@@ -91,11 +90,7 @@ def describe(results: list[dict[str, Any]], settings: dict[str, Any], notes: lis
 
 def main(argv: list[str] | None = None) -> None:
     args = parse_args(argv)
-    record = run_record()
-    if args.threads:
-        torch.set_num_threads(args.threads)
-    mode = QUICK if args.quick else FULL
-    epochs, dtype = args.epochs or mode["epochs"], args.dtype or mode["dtype"]
+    record, epochs, dtype = start(args, QUICK, FULL)
     train = args.data_dir / f"rmd17_{args.molecule}_train_01.npz"
     test = args.data_dir / f"rmd17_{args.molecule}_test_01.npz"
     for path in (train, test):
@@ -109,22 +104,7 @@ def main(argv: list[str] | None = None) -> None:
     potential = load_potential(args.model, dtype=getattr(torch, dtype), trust_pickle=args.trust_pickle)
     is_mace = type(potential).__name__.lower().startswith("mace")
     methods = select_methods(args.methods, args.ablations, is_mace)
-    config = {
-        "model": args.model,
-        "trust_pickle": args.trust_pickle,
-        "train": train,
-        "test": test,
-        "n_train": 100,
-        "valid_fraction": 0.5,
-        "n_test": args.n_test,
-        "epochs": epochs,
-        "dtype": dtype,
-        "seed": args.seed,
-        "eval_batch_size": 25,
-        "progress": False,
-        "plots": False,
-    }
-    defaults = FinetuneConfig(model=args.model, train=train)
+    config = engine_options(args, train, test, 100, 0.5, epochs, dtype)
     settings = {
         "molecule": args.molecule,
         "model": model_name,
@@ -135,7 +115,7 @@ def main(argv: list[str] | None = None) -> None:
         "epochs": epochs,
         "dtype": dtype,
         "seed": args.seed,
-    } | {k: getattr(defaults, k) for k in ("lr", "batch_size", "ema_decay", "forces_weight", "energy_weight")}
+    } | optimisation_settings(config)
     notes = [
         "Our rMD17 copy is split 01 of the rMD17 release; the papers average over splits or use split 01.",
         f"{dtype} throughout" + (" (the papers train in float64)." if dtype == "float32" else "."),
