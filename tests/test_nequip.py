@@ -341,6 +341,20 @@ def test_nequip_train_example_config_on_a_package(package, acetamide, tmp_path, 
     torch.testing.assert_close(_energy_forces(merged, merged.model, atoms)[0], energy, atol=1e-9, rtol=0)
 
 
+def test_peft_model_target_takes_hydra_options(nequip_model):
+    """The nequip-train `_target_` accepts OmegaConf options (lists included) and adapts the model in place."""
+    from omegaconf import OmegaConf
+
+    from peft_equi.integrations.nequip.config import peft_model
+
+    model = copy.deepcopy(nequip_model.model)
+    returned = peft_model(model, "lora", OmegaConf.create({"rank": 2, "paths": ["*"]}))
+    assert returned is model
+    adapted = [m for m in model.modules() if isinstance(m, peft_equi.AdaptedLayer)]
+    assert adapted and all(m.adapter.name == "lora" for m in adapted)
+    assert all(p.requires_grad == (".adapter." in n) for n, p in model.named_parameters())
+
+
 def test_merge_adapters_in_place_on_a_nequip_model(nequip_model, acetamide):
     """peft_equi.merge_adapters folds adapters attached in place (no PeftModel) and leaves MMEA models intact."""
     potential = nequip_model

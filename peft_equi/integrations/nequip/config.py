@@ -39,9 +39,18 @@ def _build(config: Any) -> nn.Module:
     return get_method(config.pop("_target_"))(**config)
 
 
+def _plain(options: Any) -> dict[str, Any]:
+    """Options as plain Python containers (hydra may pass OmegaConf ones, which pydantic rejects)."""
+    from omegaconf import OmegaConf
+
+    if OmegaConf.is_config(options):
+        return OmegaConf.to_container(options, resolve=True)
+    return dict(options or {})
+
+
 def peft_model(model: Any, adapter: str, options: dict[str, Any] | None = None) -> nn.Module:
     """Build ``model`` (a config with ``_target_``, or a module) and attach ``adapter`` to every graph model in it."""
     built = _build(model)
     for graph_model in built.values() if isinstance(built, nn.ModuleDict) else [built]:
-        peft_equi.get_peft_model(graph_model, adapter, **dict(options or {}))
+        peft_equi.get_peft_model(graph_model, adapter, **_plain(options))
     return built
