@@ -23,7 +23,7 @@ import torch
 from record import finished, run_record, write_json
 
 from peft_equi.training.config import FinetuneConfig
-from peft_equi.training.engine import Finetuner
+from peft_equi.training.engine import Finetuner, TrainingDivergedError
 
 Methods = dict[str, tuple[str, dict[str, Any]]]
 
@@ -120,7 +120,11 @@ def _read_metrics(path: Path) -> list[dict[str, float]]:
 
 
 def run_method(label: str, adapter: str, options: dict, potential, config: dict, folder: Path) -> dict[str, Any]:
-    """Fine-tune a copy of ``potential`` with one method (or reuse its finished run); its numbers."""
+    """Fine-tune a copy of ``potential`` with one method (or reuse its finished run); its numbers.
+
+    A run whose loss becomes non-finite is recorded as ``diverged`` (with the engine's
+    message) and the comparison goes on.
+    """
     done = folder / "method.json"
     if done.is_file():
         return json.loads(done.read_text())
@@ -129,7 +133,12 @@ def run_method(label: str, adapter: str, options: dict, potential, config: dict,
         FinetuneConfig(adapter=adapter, adapter_options=options, output=folder, **config),
         potential=copy.deepcopy(potential),
     )
-    result = finetuner.run()
+    try:
+        result = finetuner.run()
+    except TrainingDivergedError as exc:
+        numbers = {"label": label, "adapter": adapter, "options": options, "diverged": str(exc)}
+        write_json(done, numbers | {"wall_time_s": time.perf_counter() - started})
+        return numbers
     rows = _read_metrics(folder / "metrics.csv")
     numbers = {
         "label": label,
@@ -155,7 +164,8 @@ def epochs_to_reach(curve: list[dict[str, float]], target: float) -> int | None:
 
 def results_table(results: list[dict[str, Any]]) -> list[str]:
     """Markdown lines: one row per method, test errors after and before, cost and convergence."""
-    best = min(r["curve"][-1]["valid_loss"] for r in results)
+    finished_runs = [r for r in results if "diverged" not in r]
+    best = min((r["curve"][-1]["valid_loss"] for r in finished_runs), default=float("nan"))
     target = 2 * best
     lines = [
         "| method | trainable | % of model | test E MAE (meV) | test F MAE (meV/A) | before: E / F | "
@@ -163,6 +173,9 @@ def results_table(results: list[dict[str, Any]]) -> list[str]:
         "|---|---:|---:|---:|---:|---:|---:|---:|---|",
     ]
     for r in results:
+        if "diverged" in r:
+            lines.append(f"| {r['label']} | | | diverged | | | | | |")
+            continue
         after, before = r["after"]["test"], r["before"]["test"]
         reached = epochs_to_reach(r["curve"], target)
         lines.append(
@@ -172,9 +185,11 @@ def results_table(results: list[dict[str, Any]]) -> list[str]:
             f"{before['forces_mae_meV_per_A']:.1f} | {reached if reached is not None else 'not reached'} | "
             f"{r['epoch_time_s']:.1f} | {'yes' if r['mergeable'] else 'no'} |"
         )
+    diverged = [f"- {r['label']}: {r['diverged'].split(': stopping')[0]}." for r in results if "diverged" in r]
     return [
         *lines,
         "",
+        *([*diverged, ""] if diverged else []),
         "'before' is the pretrained model with the per-element energy shifts fitted on the training "
         "structures, before any training. The convergence target is twice the best final validation "
         f"loss of this run ({best:.3g}); s/epoch is the median wall time of an epoch (training + validation).",
@@ -188,6 +203,9 @@ def plot(results: list[dict[str, Any]], folder: Path, title: str) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
+    results = [r for r in results if "diverged" not in r]
+    if not results:
+        return
     fig, ax = plt.subplots(figsize=(7, 4.5))
     for r in results:
         ax.semilogy([c["epoch"] for c in r["curve"]], [c["valid_loss"] for c in r["curve"]], label=r["label"])
@@ -226,8 +244,11 @@ def run_comparison(
         print(f"[{label}] {adapter} {options}", flush=True)
         slug = re.sub(r"[^a-z0-9-]+", "_", label.lower()).strip("_")
         results.append(run_method(label, adapter, options, potential, config, folder / "runs" / slug))
-        after = results[-1]["after"]["test"]
-        print(f"[{label}] test E {after['energy_mae_meV']:.1f} meV, F {after['forces_mae_meV_per_A']:.1f} meV/A")
+        if "diverged" in results[-1]:
+            print(f"[{label}] diverged: {results[-1]['diverged']}")
+        else:
+            after = results[-1]["after"]["test"]
+            print(f"[{label}] test E {after['energy_mae_meV']:.1f} meV, F {after['forces_mae_meV_per_A']:.1f} meV/A")
         (folder / "results.md").write_text(describe(results))
         plot(results, folder, title)
         write_json(folder / "results.json", extra | {"methods": results, "record": finished(record)})

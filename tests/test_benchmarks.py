@@ -67,3 +67,21 @@ def test_rmd17_script_end_to_end_on_a_small_mace(tmp_path):
     table = (out / "results.md").read_text()
     assert "| mmea-paper |" in table and "Differences from the papers" in table
     assert (out / "validation_loss.png").stat().st_size > 0 and (out / "test_errors.png").stat().st_size > 0
+
+
+def test_results_table_reports_a_diverged_method():
+    errors = {"energy_mae_meV": 10.0, "forces_mae_meV_per_A": 20.0}
+    done = {
+        "label": "mmea",
+        "trainable_parameters": 10,
+        "base_parameters": 100,
+        "before": {"test": errors},
+        "after": {"test": errors},
+        "mergeable": False,
+        "epoch_time_s": 1.0,
+        "curve": [{"epoch": 1, "valid_loss": 2.0}],
+    }
+    diverged = {"label": "film", "diverged": "loss became inf at epoch 1, batch 4: stopping. The last good ..."}
+    table = "\n".join(comparison.results_table([done, diverged]))
+    assert "| mmea | 10 | 10.0 | 10.0 | 20.0 |" in table
+    assert "| film | | | diverged |" in table and "- film: loss became inf at epoch 1, batch 4." in table
