@@ -137,7 +137,8 @@ def run_method(label: str, adapter: str, options: dict, potential, config: dict,
         result = finetuner.run()
     except TrainingDivergedError as exc:
         numbers = {"label": label, "adapter": adapter, "options": options, "diverged": str(exc)}
-        write_json(done, numbers | {"wall_time_s": time.perf_counter() - started})
+        numbers["wall_time_s"] = time.perf_counter() - started
+        write_json(done, numbers)
         return numbers
     rows = _read_metrics(folder / "metrics.csv")
     numbers = {
