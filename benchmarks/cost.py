@@ -49,9 +49,12 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--repeats", type=int, default=5)
     p.add_argument("--batch", type=int, default=5, help="structures per batch")
     p.add_argument("--dtype", choices=("float32", "float64"), default="float32")
+    p.add_argument("--threads", type=int, help="torch threads (default: torch's choice)")
     p.add_argument("--output", type=Path)
     args = p.parse_args(argv)
     record = run_record()
+    if args.threads:
+        torch.set_num_threads(args.threads)
     dtype = getattr(torch, args.dtype)
     potential = load_potential(args.model, dtype=dtype)
     data_path = ASPIRIN if ASPIRIN.is_file() else ACETAMIDE
