@@ -4,7 +4,7 @@ Usage::
 
     python benchmarks/pretrain_mace.py --exclude aspirin            # -> benchmarks/results/pretrain/...
     python benchmarks/rmd17.py --quick --molecule aspirin \\
-        --model benchmarks/results/pretrain/mace-small-no-aspirin/runs/merged.model --trust-pickle
+        --model benchmarks/results/pretrain/mace-small-no-aspirin/runs/mace-small-no-aspirin.model --trust-pickle
 
 MACE-OFF23 cannot be downloaded here.  The seed papers fine-tune an organic foundation model
 on an organic molecule it has not seen; this script makes the same situation on a small
@@ -13,7 +13,7 @@ trained from random weights on ``--per-molecule`` configurations of each rMD17 t
 except the target's, with the isolated-atom energies of rMD17's level of theory (PBE/def2-SVP)
 as E0s and MACE's scale/shift (RMS force, mean interaction energy per atom).  The training
 runs through the fine-tuning engine (preset ``full``); the model file
-is ``runs/merged.model`` (a pickled MACE module, load with ``--trust-pickle``).
+is ``runs/<folder name>.model`` (a pickled MACE module, load with ``--trust-pickle``).
 """
 
 from __future__ import annotations
@@ -100,6 +100,8 @@ def main(argv: list[str] | None = None) -> None:
         progress=False,
     )
     result = Finetuner(config, MacePotential(model, f"mace-{args.size}")).run()
+    model_file = folder / "runs" / f"{folder.name}.model"  # named for what it is: results of rmd17.py carry the name
+    Path(result["merged_model"]).replace(model_file)
     valid = result["after"]["valid"].summary()
     lines = [
         f"# MACE ({args.size}) pretrained on rMD17 without {args.exclude}",
@@ -112,13 +114,13 @@ def main(argv: list[str] | None = None) -> None:
         f"Validation (held-out pretraining configurations): energy MAE {valid['energy_mae_meV']:.1f} meV, "
         f"force MAE {valid['forces_mae_meV_per_A']:.1f} meV/A.",
         "",
-        f"Model file: `{result['merged_model']}` (not committed).",
+        f"Model file: `{model_file}` (not committed).",
         "",
     ]
     (folder / "results.md").write_text("\n".join(lines))
     write_json(
         folder / "results.json",
-        {"valid": valid, "molecules": molecules, "args": vars(args), "model_file": result["merged_model"]}
+        {"valid": valid, "molecules": molecules, "args": vars(args), "model_file": str(model_file)}
         | {"record": finished(record)},
     )
     print("\n".join(lines))
