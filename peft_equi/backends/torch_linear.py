@@ -1,4 +1,10 @@
-"""Backend for ``torch.nn.Linear`` on invariant features (weight stored ``(out, in)``)."""
+"""Backend for ``torch.nn.Linear`` on invariant features (weight stored ``(out, in)``).
+
+The canonical weight is ``(in, out)``; the effective weight is handed to ``F.linear`` back
+in the module's own contiguous ``(out, in)`` layout.  A transposed view would be numerically
+the same matrix, but BLAS libraries pick another kernel for it (MKL: results differ in the
+last bit), so an adapter whose update is zero would not reproduce the base layer exactly.
+"""
 
 from __future__ import annotations
 
@@ -30,9 +36,14 @@ class TorchLinear(DenseBackend):
         (x,) = self.operands(module, args, kwargs)
         if weight is None:
             return F.linear(x, module.weight, module.bias)
-        return F.linear(x, weight.reshape(module.in_features, module.out_features).t(), bias)
+        return F.linear(x, _module_layout(module, weight), bias)
 
     def write(self, module, weight, bias):
-        copy_into(module.weight, weight.reshape(module.in_features, module.out_features).t())
+        copy_into(module.weight, _module_layout(module, weight))
         if bias is not None:
             copy_into(module.bias, bias)
+
+
+def _module_layout(module: nn.Module, weight: torch.Tensor) -> torch.Tensor:
+    """The flat canonical ``(in, out)`` weight as the module stores it: contiguous ``(out, in)``."""
+    return weight.reshape(module.in_features, module.out_features).t().contiguous()
