@@ -7,12 +7,17 @@ import fnmatch
 import torch
 from torch import nn
 
-from peft_equi.spec import LayerSpec
+from peft_equi.spec import LayerKind, LayerSpec, WeightPath
 
 
 def down_factor(fan_in: int, rank: int, init_std: float) -> nn.Parameter:
     """``A ~ N(0, init_std^2)`` of shape ``(fan_in, rank)``."""
     return nn.Parameter(torch.randn(fan_in, rank) * init_std)
+
+
+def coupling_paths(spec: LayerSpec, path: WeightPath) -> int | None:
+    """Number of coupling paths ``P`` of a MACE contraction path ``(n_elements, P, channels)``; else ``None``."""
+    return path.shape[1] if spec.kind is LayerKind.CONTRACTION and len(path.shape) == 3 else None
 
 
 def up_factor(rank: int, fan_out: int) -> nn.Parameter:

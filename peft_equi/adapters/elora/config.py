@@ -13,6 +13,12 @@ class EloraConfig(AdapterConfig):
     rank: PositiveInt = Field(16, description="rank of every path's update (not capped by the multiplicities)")
     alpha: PositiveFloat | None = Field(None, description="scaling numerator; default: rank (scaling 1)")
     init_std: float = Field(1.0, ge=0, description="std of the normal init of A (B starts at 0)")
+    init_per_coupling_path: bool = Field(
+        False,
+        description="MACE symmetric contractions: draw A of a path (n_elements, P, channels) with std init_std / P "
+        "(P coupling paths), as the ELoRA and MMEA reference code inits weights_max (randn(E, P, r) / P); "
+        "no effect on other layer kinds",
+    )
     paths: list[str] | None = Field(
         None, description="glob patterns of path names to adapt, e.g. ['*weights_max'] (default: all paths)"
     )

@@ -11,6 +11,11 @@ channels)`` for MACE's symmetric contractions):
 added to the raw weight, before the layer's path normalisation.  Each path's output is
 equivariant for any value of its weight block, so the update is equivariant.
 
+``A`` starts ``N(0, init_std^2)`` and ``B`` at zero (the update is zero at initialisation).
+With ``init_per_coupling_path`` the ``A`` of a MACE contraction path ``(n_elements, P,
+channels)`` starts with std ``init_std / P`` instead, as the reference code of the ELoRA and
+MMEA papers inits ``weights_max`` (``randn(E, P, r) / P``).
+
 Paths selected by ``full_paths`` get a full-rank update ``W_k + D_k`` (``D_k`` zero at
 initialisation) instead: the same as training those weights fully, but expressed as a
 mergeable update that carries over between backends.
@@ -29,7 +34,15 @@ from torch import nn
 
 from peft_equi.adapters.base import Adapter
 from peft_equi.adapters.elora.config import EloraConfig
-from peft_equi.adapters.lowrank import assemble, down_factor, scaling, selected_paths, unselected_reason, up_factor
+from peft_equi.adapters.lowrank import (
+    assemble,
+    coupling_paths,
+    down_factor,
+    scaling,
+    selected_paths,
+    unselected_reason,
+    up_factor,
+)
 from peft_equi.registry import register_adapter
 from peft_equi.spec import LayerKind, LayerSpec
 
@@ -78,8 +91,13 @@ class EloraAdapter(Adapter):
         self.elora_B = nn.ParameterList()
         for group in self.groups:
             fan_in = sum(spec.paths[i].fan_in for i in group)
-            self.elora_A.append(down_factor(fan_in, config.rank, config.init_std))
+            self.elora_A.append(down_factor(fan_in, config.rank, self._init_std(spec, group)))
             self.elora_B.append(up_factor(config.rank, spec.paths[group[0]].mul_out))
+
+    def _init_std(self, spec: LayerSpec, group: list[int]) -> float:
+        """Std of ``A``: ``init_std``, divided by the coupling paths ``P`` of a contraction path if asked."""
+        n_paths = coupling_paths(spec, spec.paths[group[0]]) if self.config.init_per_coupling_path else None
+        return self.config.init_std / n_paths if n_paths else self.config.init_std
 
     def delta_weight(self) -> torch.Tensor:
         blocks = {int(i): block for i, block in self.elora_full.items()}

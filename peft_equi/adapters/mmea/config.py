@@ -27,8 +27,16 @@ class MmeaConfig(AdapterConfig):
     )
     init: Literal["identity", "reference"] = Field(
         "identity",
-        description="'identity': all output maps start at zero; 'reference': the shift branch keeps "
-        "PyTorch's default init as in the reference code (not the identity at step 0)",
+        description="both: gate weight PyTorch's default nn.Linear init, gate bias 0, scale map (weight and bias) 0; "
+        "'identity': the shift map starts at zero too, so the layer is unchanged at initialisation; "
+        "'reference': as the MMEA reference code, shift bias 0 and shift weight PyTorch's default init "
+        "(or N(0, shift_init_std^2)): not the identity at step 0",
+    )
+    shift_init_std: float | None = Field(
+        None,
+        ge=0,
+        description="with init='reference': draw the shift weight from N(0, shift_init_std^2) instead of "
+        "PyTorch's default (the reference 3BPA runs use 1e-3, MMEA_STD=0.001); None: PyTorch's default",
     )
     on_missing_invariants: Literal["error", "constant"] = Field(
         "error",
@@ -39,4 +47,8 @@ class MmeaConfig(AdapterConfig):
     def _something_to_modulate(self) -> MmeaConfig:
         if not (self.scalar_modulation or self.higher_order_modulation):
             raise ValueError("MMEA with neither scalar_modulation nor higher_order_modulation does nothing")
+        if self.shift_init_std is not None and self.init != "reference":
+            raise ValueError(
+                "shift_init_std draws the shift weight, which init='identity' starts at zero: set init='reference'"
+            )
         return self

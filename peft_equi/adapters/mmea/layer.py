@@ -12,9 +12,13 @@ For a layer with output ``y`` and invariant (``0e``) input channels ``x0`` (``m0
 with ``sigma`` = SiLU and ``phi`` = exp (or ``1 + x``).  ``gamma`` is invariant and shared
 by the ``2l+1`` components of a channel, so ``phi(gamma) D(g) y = D(g) phi(gamma) y``; the
 shift touches only ``0e`` channels (never ``0o``, which flips sign under inversion).  With
-one shared head the parameter count is ``(m0 + 1) r + (r + 1) sum(mul_out)``.  ``W_s, b_s,
-W_a, b_a`` start at zero, so the layer is unchanged at initialisation.  The gains depend on
-the input, so MMEA cannot be merged into the layer.
+one shared head the parameter count is ``(m0 + 1) r + (r + 1) sum(mul_out)``.
+
+Initialisation (as the reference code, except where ``init="identity"`` says otherwise):
+``W_h`` PyTorch's default ``nn.Linear`` init, ``b_h = 0``; ``W_s = 0, b_s = 0``; ``b_a = 0``
+and ``W_a = 0`` (``init="identity"``: the layer is unchanged at initialisation) or PyTorch's
+default / ``N(0, shift_init_std^2)`` (``init="reference"``: the shift is not zero at step
+0).  The gains depend on the input, so MMEA cannot be merged into the layer.
 """
 
 from __future__ import annotations
@@ -54,9 +58,11 @@ def _is_scalar_key(spec: LayerSpec, key) -> bool:
 
 
 def _head(width: int, rank: int) -> nn.Linear:
-    """The gate ``W_h x0 + b_h``; without invariant inputs (``width == 0``) a learned constant."""
+    """The gate ``W_h x0 + b_h`` (``b_h = 0``); without invariant inputs (``width == 0``) a learned constant."""
     if width > 0:
-        return nn.Linear(width, rank)
+        head = nn.Linear(width, rank)
+        nn.init.zeros_(head.bias)
+        return head
     with warnings.catch_warnings():  # torch warns that initialising the empty weight is a no-op
         warnings.simplefilter("ignore", UserWarning)
         head = nn.Linear(0, rank)
@@ -97,9 +103,11 @@ class MmeaAdapter(Adapter):
         self.shift = None
         if config.scalar_modulation and spec.num_scalar_out() > 0:
             self.shift = nn.Linear(config.rank, spec.num_scalar_out())
+            nn.init.zeros_(self.shift.bias)
             if config.init == "identity":
                 nn.init.zeros_(self.shift.weight)
-                nn.init.zeros_(self.shift.bias)
+            elif config.shift_init_std is not None:
+                nn.init.normal_(self.shift.weight, std=config.shift_init_std)
             self.register_buffer("shift_index", spec.scalar_component_index(), persistent=False)
         both = self.scale is not None and self.shift is not None
         n_heads = 2 if config.heads == "separate" and both else 1
