@@ -24,7 +24,9 @@ def test_method_selection():
     assert list(comparison.select_methods(None, False, is_mace=False)) == list(comparison.METHODS)
     with_presets = comparison.select_methods(None, False, is_mace=True)
     assert {"mmea-paper", "elora-paper", "mace-lora"} <= set(with_presets)
-    assert "conventional adapter (not equivariant)" in comparison.select_methods(None, True, is_mace=False)
+    assert "conventional adapter (not equivariant)" in comparison.select_methods(None, True, is_mace=True)
+    with pytest.raises(SystemExit, match="MACE recipe"):
+        comparison.select_methods(None, True, is_mace=False)  # the ablations vary mmea-paper
     assert list(comparison.select_methods(["mmea", "full"], False, is_mace=False)) == ["mmea", "full"]
     with pytest.raises(SystemExit, match="mmea-paper"):
         comparison.select_methods(["mmea-paper"], False, is_mace=False)  # a MACE preset on a non-MACE model
@@ -85,3 +87,5 @@ def test_results_table_reports_a_diverged_method():
     table = "\n".join(comparison.results_table([done, diverged]))
     assert "| mmea | 10 | 10.0 | 10.0 | 20.0 |" in table
     assert "| film | | | diverged |" in table and "- film: loss became inf at epoch 1, batch 4." in table
+    counted = "\n".join(comparison.results_table([done, diverged | {"trainable_parameters": 1234}]))
+    assert "| film | 1,234 | | diverged |" in counted  # a diverged row still shows what it trained
