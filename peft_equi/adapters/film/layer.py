@@ -1,23 +1,11 @@
-"""FiLM for equivariant features: ``y_{l,c} <- gamma_{l,c} y_{l,c} (+ beta_c on 0e)``.
-
-``gamma`` has one entry per output ``(l, channel)``, shared by the ``2l+1`` components;
-``beta`` exists on ``0e`` channels only.  Both are either a linear function of the
-conditioning vector ``z`` - the layer's ``0e`` input channels, which are invariant:
-
-.. math:: \\gamma = 1 + W_\\gamma z + b_\\gamma, \\qquad \\beta = W_\\beta z + b_\\beta
-
-or learned constants (``conditioning='static'``: ``gamma = 1 + g``, ``beta = b``), which
-fold into the layer's weight and bias and are therefore mergeable.  Everything starts at
-zero, so the layer is unchanged at initialisation.  Invariant gains and ``0e`` shifts
-commute with the Wigner matrices: equivariant.
-"""
+"""FiLM for equivariant features: bounded invariant gains per ``(l, channel)``, shifts on ``0e``."""
 
 from __future__ import annotations
 
 import torch
 from torch import nn
 
-from peft_equi.adapters.base import Adapter, InvariantReader, no_invariant_input_reason
+from peft_equi.adapters.base import Adapter
 from peft_equi.adapters.film.config import FilmConfig
 from peft_equi.registry import register_adapter
 from peft_equi.spec import LayerSpec
@@ -30,9 +18,67 @@ def _zero_linear(n_in: int, n_out: int) -> nn.Linear:
     return layer
 
 
+def _selected_operands(spec: LayerSpec, config: FilmConfig) -> tuple[int, ...]:
+    return tuple(range(len(spec.irreps_in))) if config.operands is None else tuple(sorted(config.operands))
+
+
+class _OperandInvariants(nn.Module):
+    """``z``: the ``0e`` channels of the selected operands, concatenated in operand order.
+
+    Like :class:`~peft_equi.adapters.base.InvariantReader` (which reads every operand), but
+    restricted to ``operands``; leading dimensions are broadcast.
+    """
+
+    def __init__(self, spec: LayerSpec, operands: tuple[int, ...]) -> None:
+        super().__init__()
+        self.operands = operands
+        self.width = 0
+        for i in operands:
+            index = spec.invariant_input_index(i)
+            self.register_buffer(f"index{i}", index, persistent=False)
+            self.width += len(index)
+
+    def forward(self, operands: tuple[torch.Tensor, ...]) -> torch.Tensor:
+        parts = [operands[i].index_select(-1, getattr(self, f"index{i}")) for i in self.operands]
+        if len(parts) == 1:
+            return parts[0]
+        leading = torch.broadcast_shapes(*(p.shape[:-1] for p in parts))
+        return torch.cat([p.expand(*leading, p.shape[-1]) for p in parts], dim=-1)
+
+
 @register_adapter
 class FilmAdapter(Adapter):
-    """FiLM: per-channel gamma and 0e beta, from the invariant inputs or static (static: mergeable)."""
+    """FiLM: bounded per-channel gains and ``0e`` shifts from a low-rank invariant bottleneck.
+
+    For a layer with ``N`` output channels (``N_0e`` of them ``0e``) and conditioning vector
+    ``z`` (the ``m`` ``0e`` channels of the layer's operands, or of the operands listed in
+    ``operands``), ``conditioning='input'`` computes
+
+    .. math::
+        h = \\mathrm{SiLU}(W_h z + b_h) \\in \\mathbb{R}^r, \\qquad
+        u = W_\\gamma h + b_\\gamma \\in \\mathbb{R}^N, \\qquad
+        \\beta = W_\\beta h + b_\\beta \\in \\mathbb{R}^{N_{0e}}
+
+        y_{c,\\mu} \\leftarrow \\varphi(u_c)\\, y_{c,\\mu} \\;(\\text{every channel}), \\qquad
+        y_c \\leftarrow y_c + \\beta_c \\;(c \\in 0e)
+
+    with the bounded gain ``phi(u) = exp(s tanh u)`` (``gain='exp'``, ``s = ln max_gain``,
+    so ``phi`` lies in ``[1/max_gain, max_gain]``) or ``phi(u) = 1 + s tanh u``
+    (``gain='one_plus'``, ``s = max_gain - 1``, ``phi`` in ``[2 - max_gain, max_gain]``).
+    Parameters: ``(m + 1) r + (r + 1)(N + N_0e)`` (``N_0e`` only with ``shift``).  Bounded
+    gains cannot blow up however far training pushes ``u``, which keeps deep stacks of
+    adapted layers stable; the bottleneck keeps the count near MMEA's.
+
+    ``conditioning='static'``: ``phi(g)`` and ``beta`` are learned constants (``N + N_0e``
+    parameters), applied through :meth:`output_affine`, i.e. folded into the layer's weight
+    and bias: mergeable.
+
+    ``W_gamma, b_gamma, W_beta, b_beta`` (static: ``g, beta``) start at zero, so
+    ``phi = 1`` and ``beta = 0`` exactly: the layer is unchanged at initialisation.
+    Equivariance: ``z`` holds ``0e`` channels only (``0o`` flips sign under inversion), so
+    ``h``, ``phi`` and ``beta`` are invariant; each gain is shared by the ``2l + 1``
+    components of a channel and commutes with the Wigner matrices; shifts touch ``0e`` only.
+    """
 
     name = "film"
     config_class = FilmConfig
@@ -40,33 +86,52 @@ class FilmAdapter(Adapter):
     @classmethod
     def unsupported_reason(cls, spec: LayerSpec, config: FilmConfig) -> str | None:
         reason = super().unsupported_reason(spec, config)
-        if reason is None and config.conditioning == "input":
-            reason = no_invariant_input_reason(cls.name, spec, "conditioning='static'")
-        return reason
+        if reason is not None or config.conditioning != "input":
+            return reason
+        n_operands = len(spec.irreps_in)
+        missing = [i for i in config.operands or () if i >= n_operands]
+        if missing:
+            return f"film: operands {missing} do not exist (the layer has {n_operands} operand(s))"
+        operands = _selected_operands(spec, config)
+        if sum(len(spec.invariant_input_index(i)) for i in operands) == 0:
+            inputs = " x ".join(str(spec.irreps_in[i]) for i in operands)
+            return (
+                f"film reads the 0e channels of the layer's operand(s) {list(operands)}, but they have none "
+                f"({inputs}); exclude the layer, choose other operands or set conditioning='static'"
+            )
+        return None
 
     def __init__(self, spec: LayerSpec, config: FilmConfig) -> None:
         super().__init__(spec, config)
         n_gamma, n_beta = spec.num_channels_out, spec.num_scalar_out() if config.shift else 0
+        self.gain_scale = config.gain_scale
         self.dynamic = config.conditioning == "input"
         if self.dynamic:
-            self.invariants = InvariantReader(spec)
-            self.gamma = _zero_linear(self.invariants.width, n_gamma)
-            self.beta = _zero_linear(self.invariants.width, n_beta) if n_beta else None
+            self.invariants = _OperandInvariants(spec, _selected_operands(spec, config))
+            self.head = nn.Linear(self.invariants.width, config.rank)  # PyTorch's default init
+            self.act = nn.SiLU()
+            self.gamma = _zero_linear(config.rank, n_gamma)
+            self.beta = _zero_linear(config.rank, n_beta) if n_beta else None
             self.register_buffer("gamma_index", spec.component_channel_index(), persistent=False)
             self.register_buffer("beta_index", spec.scalar_component_index(), persistent=False)
         else:
             self.gamma = nn.Parameter(torch.zeros(n_gamma))
             self.beta = nn.Parameter(torch.zeros(n_beta)) if n_beta else None
 
+    def _phi(self, u: torch.Tensor) -> torch.Tensor:
+        """The bounded gain; exactly 1 at ``u = 0``."""
+        t = torch.tanh(u) * self.gain_scale
+        return torch.exp(t) if self.config.gain == "exp" else 1.0 + t
+
     def output_affine(self) -> tuple[torch.Tensor | None, torch.Tensor | None]:
         if self.dynamic:
             return None, None
-        return 1.0 + self.gamma, self.beta
+        return self._phi(self.gamma), self.beta
 
     def modulate(self, y: torch.Tensor, operands: tuple[torch.Tensor, ...]) -> torch.Tensor:
-        z = self.invariants(operands)
-        y = y * (1.0 + self.gamma(z)).index_select(-1, self.gamma_index)
+        h = self.act(self.head(self.invariants(operands)))
+        y = y * self._phi(self.gamma(h)).index_select(-1, self.gamma_index)
         if self.beta is not None:
-            beta = self.beta(z)
+            beta = self.beta(h)
             y = y.index_add(-1, self.beta_index, beta.expand(*y.shape[:-1], beta.shape[-1]))
         return y
