@@ -149,11 +149,17 @@ def test_paper_table_on_mace_off23_medium():
         ("mmea-paper", (("rank", 32),)): 201_258,
         ("elora-paper", (("rank", 16),)): 175_880,
         ("mace-lora", (("rank", 4), ("alpha", 1.0))): 29_396,
+        # the MMEA ablations (benchmarks/rmd17.py --ablations, docs/adapters.md): not published
+        ("mmea-paper", (("heads", "separate"),)): 161_658,
+        ("mmea-paper", (("scalar_modulation", False),)): 127_224,
+        ("mmea-paper", (("higher_order_modulation", False),)): 133_946,
+        ("mmea-paper", (("gain_sharing", "irrep"),)): 134_082,
+        ("mmea-paper", (("linear_adapter", "conventional"),)): 333_576,
     }
     for (name, options), expected in table.items():
         options = dict(options) | ({"train_buffers": ["*bessel_weights"]} if name == "full" else {})
         model = peft_equi.get_peft_model(copy.deepcopy(medium), name, **options)
-        assert model.num_trainable_parameters() == expected, name
+        assert model.num_trainable_parameters() == expected, (name, options)
     inject_lora(medium, rank=4, alpha=1.0)
     assert sum(p.numel() for p in medium.parameters() if p.requires_grad) == 29_396
 
