@@ -155,10 +155,13 @@ def _adapted(model: str, run: Path, trust_pickle: bool):
     from peft_equi.potentials.base import load_potential
 
     potential = load_potential(model, trust_pickle=trust_pickle)
-    peft_model = peft_equi.load_adapter(potential.model, run / "adapter")
     correction = json.loads((run / "energy_correction.json").read_text())
-    if correction["atomic_numbers"] != potential.atomic_numbers:
-        raise PeftEquiError(f"{run}: energy correction is for elements {correction['atomic_numbers']}")
+    elements = correction["atomic_numbers"]
+    if set(elements) < set(potential.atomic_numbers):  # the run cut the model (subset_elements): cut it again
+        potential.subset_elements(elements)
+    if elements != potential.atomic_numbers:
+        raise PeftEquiError(f"{run}: energy correction is for elements {elements}")
+    peft_model = peft_equi.load_adapter(potential.model, run / "adapter")
     return potential, peft_model, np.asarray(correction["delta_eV"])
 
 
@@ -182,6 +185,7 @@ def evaluate(
         network = finetuner.potential.model
         if run is not None:
             finetuner.potential, network, finetuner.delta = _adapted(model, run, trust_pickle)
+            finetuner.elements = finetuner.potential.atomic_numbers  # cut when the run cut the model
         dataset = read_dataset(data, energy_key, forces_key)
         finetuner.potential.check_elements(dataset.atomic_numbers, str(data))
         errors = finetuner.evaluate(network, finetuner.prepare(dataset))

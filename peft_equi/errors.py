@@ -33,3 +33,7 @@ class NotMergeableError(PeftEquiError):
 
 class AdapterLoadError(PeftEquiError):
     """A saved adapter that does not fit the model it is loaded into."""
+
+
+class UnknownElementError(PeftEquiError):
+    """Elements (atomic numbers) that a model does not know."""

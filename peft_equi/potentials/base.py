@@ -10,7 +10,7 @@ from typing import Any, ClassVar
 import torch
 from torch import nn
 
-from peft_equi.errors import PeftEquiError
+from peft_equi.errors import PeftEquiError, UnknownElementError
 
 
 class Potential(ABC):
@@ -53,6 +53,10 @@ class Potential(ABC):
         """Move the model to cuequivariance layers; returns a line saying which kernels run."""
         raise PeftEquiError(f"the {self.family} model family has no cuequivariance conversion here")
 
+    def subset_elements(self, atomic_numbers: Sequence[int]) -> bool:
+        """Cut the model to ``atomic_numbers`` (known to it); False when the family cannot (model kept whole)."""
+        return False
+
     def check_elements(self, atomic_numbers: Sequence[int], where: str) -> None:
         """Raise a clear error naming the elements of ``where`` the model does not know."""
         unknown = sorted(set(int(z) for z in atomic_numbers) - set(self.atomic_numbers))
@@ -60,7 +64,7 @@ class Potential(ABC):
             from ase.data import chemical_symbols
 
             names = ", ".join(f"{chemical_symbols[z]} (Z={z})" for z in unknown)
-            raise PeftEquiError(f"{where} contains elements the model {self.name} does not know: {names}")
+            raise UnknownElementError(f"{where} contains elements the model {self.name} does not know: {names}")
 
 
 _LOADERS: list[tuple[str, Callable[[str], bool], Callable[..., Potential]]] = []

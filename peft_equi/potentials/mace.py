@@ -62,6 +62,13 @@ class MacePotential(Potential):
         out = model(dict(batch), training=training, compute_force=True)
         return out["energy"], out["forces"]
 
+    def subset_elements(self, atomic_numbers: Sequence[int]) -> bool:
+        """Cut the model to ``atomic_numbers`` (:func:`peft_equi.integrations.mace.subset_elements`)."""
+        from peft_equi.integrations.mace.subset import subset_elements
+
+        self.model = subset_elements(self.model, atomic_numbers)
+        return True
+
     def to_cueq(self, device: str) -> str:
         from peft_equi.integrations.mace.cueq import kernel_report, to_cueq
 

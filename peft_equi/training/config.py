@@ -23,6 +23,12 @@ class FinetuneConfig(BaseModel):
     trust_pickle: bool = Field(False, description="allow loading whole pickled models (executes code from the file)")
     adapter: str = Field("mmea", description="adapter or preset name (see `peft-equi adapters`)")
     adapter_options: dict[str, Any] = Field({}, description="options of the adapter or preset, e.g. {rank: 16}")
+    subset_elements: bool = Field(
+        True,
+        description="cut the model to the elements of the data (training, validation, test) when it knows more, "
+        "before adapters are attached (MACE; as mace's load_foundations): fewer trainable parameters, "
+        "smaller saved models, the same energies",
+    )
 
     train: Path = Field(description="training data: extxyz or rMD17 .npz")
     valid: Path | None = Field(None, description="validation data (default: split off the training file)")

@@ -71,10 +71,6 @@ class Finetuner:
         self.output = Path(config.output)
         self.potential = potential or load_potential(config.model, dtype=self.dtype, trust_pickle=config.trust_pickle)
         self.potential.model.to(device=self.device, dtype=self.dtype)
-        if config.backend == "cueq":
-            report = self.potential.to_cueq(config.device)
-            if self.rank == 0:
-                print(report)
         self.elements = self.potential.atomic_numbers
         self.delta = np.zeros(len(self.elements))
         self.model: nn.Module | None = None  # the PeftModel, after run()
@@ -105,6 +101,33 @@ class Finetuner:
                 f"({c.batch_size}) for training and one structure for validation"
             )
         return train, valid, test
+
+    def _prepare_model(self, datasets: Sequence[Dataset | None]) -> None:
+        """Cut the model to the data's elements (``subset_elements``), then move it to cuequivariance (``backend``).
+
+        The cut comes first (it works on e3nn models) and before the energy correction and
+        the adapters, which are then sized for the cut model.
+        """
+        c = self.config
+        used = sorted({z for data in datasets if data is not None for z in data.atomic_numbers})
+        if c.subset_elements and set(used) < set(self.elements) and self._subset(used):
+            if self.rank == 0:
+                from ase.data import chemical_symbols
+
+                names = ", ".join(chemical_symbols[z] for z in self.potential.atomic_numbers)
+                print(f"subset_elements: model cut from {len(self.elements)} to the data's elements ({names})")
+            self.elements = self.potential.atomic_numbers
+            self.delta = np.zeros(len(self.elements))
+        if c.backend == "cueq":
+            report = self.potential.to_cueq(c.device)
+            if self.rank == 0:
+                print(report)
+
+    def _subset(self, elements: list[int]) -> bool:
+        try:
+            return self.potential.subset_elements(elements)
+        except PeftEquiError as exc:
+            raise PeftEquiError(f"{exc} (subset_elements: false keeps all the model's elements)") from exc
 
     def prepare(self, data: Dataset) -> Prepared:
         """Model inputs for ``data`` with the current energy correction."""
@@ -197,6 +220,7 @@ class Finetuner:
         torch.manual_seed(c.seed)
         self.output.mkdir(parents=True, exist_ok=True)
         train, valid, test = self._load_data()
+        self._prepare_model([train, valid, test])
         checkpoint = load_checkpoint(self.output / "checkpoint.pt") if c.resume else None
         if checkpoint is not None:
             self.delta = np.asarray(checkpoint["delta"])

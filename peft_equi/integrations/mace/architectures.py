@@ -17,6 +17,7 @@ import numpy as np
 import torch
 
 HCO = (1, 6, 8)
+MACE_OFF23_ELEMENTS = (1, 6, 7, 8, 9, 15, 16, 17, 35, 53)  # H, C, N, O, F, P, S, Cl, Br, I
 
 
 def build_mace(

@@ -102,18 +102,23 @@ def _decode(value: Any) -> Any:
     return {k: _decode(v) for k, v in value.items()}
 
 
-def _build(model_class: type, config: dict, state_dict: dict[str, torch.Tensor]) -> nn.Module:
-    """``model_class(**config)`` in the weights' dtype, with ``state_dict`` loaded (codegen keys aside)."""
+def instantiate(model_class: type, config: dict, dtype: torch.dtype) -> nn.Module:
+    """``model_class(**config)`` built in ``dtype`` (random weights), the default dtype left as it was."""
     config = dict(config)
     if isinstance(config.get("atomic_numbers"), torch.Tensor):
         config["atomic_numbers"] = [int(z) for z in config["atomic_numbers"].tolist()]
-    dtype = next((t.dtype for t in state_dict.values() if torch.is_floating_point(t)), torch.get_default_dtype())
     previous = torch.get_default_dtype()
     torch.set_default_dtype(dtype)  # MACE's buffers (U matrices, Bessel weights) take the default dtype
     try:
-        model = model_class(**config).to(dtype)
+        return model_class(**config).to(dtype)
     finally:
         torch.set_default_dtype(previous)
+
+
+def _build(model_class: type, config: dict, state_dict: dict[str, torch.Tensor]) -> nn.Module:
+    """``model_class(**config)`` in the weights' dtype, with ``state_dict`` loaded (codegen keys aside)."""
+    dtype = next((t.dtype for t in state_dict.values() if torch.is_floating_point(t)), torch.get_default_dtype())
+    model = instantiate(model_class, config, dtype)
     source = {k: v for k, v in state_dict.items() if _CODEGEN_MARK not in k}
     target = {k for k in model.state_dict() if _CODEGEN_MARK not in k}
     missing, unexpected = sorted(target - source.keys()), sorted(source.keys() - target)
