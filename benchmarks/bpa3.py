@@ -31,6 +31,7 @@ from comparison import (
     add_common_arguments,
     engine_options,
     optimisation_settings,
+    protocol,
     results_table,
     run_comparison,
     select_methods,
@@ -124,8 +125,7 @@ def main(argv: list[str] | None = None) -> None:
                 "",
                 f"{settings['n_train']} training + 50 validation configurations (seed {args.seed}) from train_300K; "
                 f"test on {rule['test_configurations']} hotter configurations of train_mixedT (see below); "
-                f"{epochs} epochs, {dtype}, lr {settings['lr']}, batch {settings['batch_size']}, "
-                f"EMA {settings['ema_decay']}, forces weight {settings['forces_weight']}.",
+                f"{epochs} epochs, {dtype}, {protocol(settings)}.",
                 "",
                 *results_table(results),
                 "",

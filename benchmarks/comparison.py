@@ -96,13 +96,35 @@ def engine_options(args, train: Path, test: Path, n_train: int, valid_fraction: 
         "eval_batch_size": 25,
         "progress": False,
         "plots": False,
-    }
+        "energy_loss": "total",  # the papers' mace --loss=ef
+    } | ({} if args.quick else stage_two(epochs))
+
+
+def stage_two(epochs: int) -> dict[str, Any]:
+    """The papers' second stage (mace ``--swa --start_swa=400`` of 500 epochs), scaled to ``epochs``."""
+    return {"swa": True, "start_swa": round(0.8 * epochs)} if epochs >= 5 else {}
 
 
 def optimisation_settings(options: dict) -> dict:
     """The engine's optimisation defaults (the papers' settings) that a results table reports."""
-    defaults = FinetuneConfig(model=options["model"], train=options["train"])
-    return {k: getattr(defaults, k) for k in ("lr", "batch_size", "ema_decay", "forces_weight", "energy_weight")}
+    config = FinetuneConfig(**options)
+    keys = ("lr", "batch_size", "ema_decay", "energy_loss", "forces_weight", "energy_weight", "swa", "keep")
+    stage_two_start = config.stage_two_start()
+    return {k: getattr(config, k) for k in keys} | {
+        "stage_two_from_epoch": None if stage_two_start is None else stage_two_start + 1
+    }
+
+
+def protocol(settings: dict[str, Any]) -> str:
+    """One sentence naming the optimisation settings of a comparison (from :func:`optimisation_settings`)."""
+    loss = "total-energy" if settings["energy_loss"] == "total" else "per-atom-energy"
+    text = (
+        f"lr {settings['lr']}, batch {settings['batch_size']}, EMA {settings['ema_decay']}, {loss} loss with "
+        f"weights E {settings['energy_weight']:g} / F {settings['forces_weight']:g}"
+    )
+    if settings["swa"]:
+        text += f", stage two (mace --swa) from epoch {settings['stage_two_from_epoch']}"
+    return text + f"; the {'best-validation' if settings['keep'] == 'best' else 'last'} model is tested"
 
 
 def select_methods(selected: list[str] | None, ablations: bool, is_mace: bool) -> Methods:
@@ -157,6 +179,7 @@ def run_method(label: str, adapter: str, options: dict, potential, config: dict,
         "before": {split: e.summary() for split, e in result["before"].items()},
         "after": {split: e.summary() for split, e in result["after"].items()},
         "mergeable": result.get("merged_model") is not None,
+        "kept_epoch": result["kept"]["epoch"],
         "epoch_time_s": sorted(r["time_s"] for r in rows)[len(rows) // 2],
         "wall_time_s": time.perf_counter() - started,
         "curve": [{k: r[k] for k in ("epoch", "train_loss", "valid_loss", "lr")} for r in rows],
@@ -177,13 +200,13 @@ def results_table(results: list[dict[str, Any]]) -> list[str]:
     target = 2 * best
     lines = [
         "| method | trainable | % of model | test E MAE (meV) | test F MAE (meV/A) | before: E / F | "
-        f"epochs to valid loss <= {target:.3g} | s/epoch | mergeable |",
-        "|---|---:|---:|---:|---:|---:|---:|---:|---|",
+        f"epochs to valid loss <= {target:.3g} | kept epoch | s/epoch | mergeable |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|---:|---|",
     ]
     for r in results:
         if "diverged" in r:
             trainable = f" {r['trainable_parameters']:,} " if "trainable_parameters" in r else " "
-            lines.append(f"| {r['label']} |{trainable}| | diverged | | | | | |")
+            lines.append(f"| {r['label']} |{trainable}| | diverged | | | | | | |")
             continue
         after, before = r["after"]["test"], r["before"]["test"]
         reached = epochs_to_reach(r["curve"], target)
@@ -192,7 +215,7 @@ def results_table(results: list[dict[str, Any]]) -> list[str]:
             f"{100 * r['trainable_parameters'] / r['base_parameters']:.1f} | {after['energy_mae_meV']:.1f} | "
             f"{after['forces_mae_meV_per_A']:.1f} | {before['energy_mae_meV']:.1f} / "
             f"{before['forces_mae_meV_per_A']:.1f} | {reached if reached is not None else 'not reached'} | "
-            f"{r['epoch_time_s']:.1f} | {'yes' if r['mergeable'] else 'no'} |"
+            f"{r.get('kept_epoch', 'last')} | {r['epoch_time_s']:.1f} | {'yes' if r['mergeable'] else 'no'} |"
         )
     diverged = [f"- {r['label']}: {r['diverged'].split(': stopping')[0]}." for r in results if "diverged" in r]
     return [

@@ -92,6 +92,7 @@ def main(argv: list[str] | None = None) -> None:
         epochs=args.epochs,
         lr=args.lr,
         batch_size=args.batch_size,
+        energy_loss="per_atom",  # molecules of different sizes: energies weighed per atom, as mace's default
         forces_weight=args.forces_weight,
         eval_batch_size=25,
         dtype=args.dtype,

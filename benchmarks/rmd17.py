@@ -33,6 +33,7 @@ from comparison import (
     add_common_arguments,
     engine_options,
     optimisation_settings,
+    protocol,
     results_table,
     run_comparison,
     select_methods,
@@ -76,8 +77,7 @@ def describe(results: list[dict[str, Any]], settings: dict[str, Any], notes: lis
             "",
             f"{settings['n_train']} training + {settings['n_valid']} validation configurations (seed "
             f"{settings['seed']}) from the train split, test on {settings['n_test']} test-split configurations; "
-            f"{settings['epochs']} epochs, {settings['dtype']}, lr {settings['lr']}, batch {settings['batch_size']}, "
-            f"EMA {settings['ema_decay']}, forces weight {settings['forces_weight']}.",
+            f"{settings['epochs']} epochs, {settings['dtype']}, {protocol(settings)}.",
             "",
             *results_table(results),
             "",

@@ -70,7 +70,9 @@ def _finetune(config: Optional[Path] = None, **flags: Any) -> None:  # noqa: UP0
         raise _fail(str(exc).strip("'\"")) from None
     typer.echo(f"\n{result['trainable_parameters']:,} trainable parameters ({run_config.adapter})\n")
     typer.echo(format_results(result))
-    typer.echo(f"\noutputs in {run_config.output}/")
+    kept = result["kept"]
+    typer.echo(f"\nkept: epoch {kept['epoch']} ({'lowest validation loss' if kept['keep'] == 'best' else 'last'})")
+    typer.echo(f"outputs in {run_config.output}/")
 
 
 def _build_finetune_command() -> None:

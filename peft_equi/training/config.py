@@ -1,8 +1,10 @@
 """The fine-tuning configuration (pydantic): every option of ``peft-equi finetune`` with its help text.
 
-Defaults follow the MMEA/ELoRA papers' rMD17 protocol: energy weight 1, forces weight
-1000, Adam with amsgrad, lr 0.005, batch 5, ReduceLROnPlateau (patience 5, factor 0.8),
-EMA 0.995, gradient clipping at 100, float64.
+Defaults follow the MMEA/ELoRA papers' rMD17 protocol (mace ``--loss=ef``): energy weight 1 on
+the total-energy MSE, forces weight 1000, Adam with amsgrad, lr 0.005, batch 5,
+ReduceLROnPlateau (patience 5, factor 0.8), EMA 0.995, gradient clipping at 100, float64,
+the best-validation model kept.  The papers' second stage (mace ``--swa --start_swa=400``)
+is ``swa=True`` with mace's option names; off by default, as in mace.
 """
 
 from __future__ import annotations
@@ -11,7 +13,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, PositiveFloat, PositiveInt, field_validator
+from pydantic import BaseModel, ConfigDict, Field, PositiveFloat, PositiveInt, field_validator, model_validator
 
 
 class FinetuneConfig(BaseModel):
@@ -55,8 +57,27 @@ class FinetuneConfig(BaseModel):
     lr: PositiveFloat = Field(5e-3, description="learning rate")
     weight_decay: float = Field(1e-8, ge=0, description="Adam weight decay")
     amsgrad: bool = Field(True, description="Adam with amsgrad")
-    energy_weight: float = Field(1.0, ge=0, description="weight of the per-atom energy MSE")
+    energy_loss: Literal["total", "per_atom"] = Field(
+        "total",
+        description="energy error on the total energy (the papers' and mace's 'ef' loss) or per atom "
+        "(mace's 'weighted' loss: N^2 times weaker at the same weight)",
+    )
+    energy_weight: float = Field(1.0, ge=0, description="weight of the energy MSE (see energy_loss)")
     forces_weight: float = Field(1000.0, ge=0, description="weight of the force-component MSE")
+    swa: bool = Field(
+        False,
+        description="mace's stage two ('--swa'): from epoch start_swa on, lr swa_lr and the swa loss weights; "
+        "the best model is then chosen among stage-two epochs",
+    )
+    start_swa: PositiveInt | None = Field(
+        None, description="stage two begins after this many epochs (mace's --start_swa); None: 3/4 of the epochs"
+    )
+    swa_lr: PositiveFloat = Field(1e-3, description="learning rate of stage two")
+    swa_energy_weight: float = Field(1000.0, ge=0, description="energy weight of stage two")
+    swa_forces_weight: float = Field(100.0, ge=0, description="forces weight of stage two")
+    keep: Literal["best", "last"] = Field(
+        "best", description="model kept and tested: lowest validation loss (as mace) or the last epoch"
+    )
     ema_decay: float | None = Field(0.995, gt=0, lt=1, description="EMA of the trained weights (None: off)")
     clip_grad: PositiveFloat | None = Field(100.0, description="gradient-norm clipping (None: off)")
     scheduler_patience: PositiveInt = Field(5, description="ReduceLROnPlateau patience (epochs)")
@@ -73,6 +94,18 @@ class FinetuneConfig(BaseModel):
     resume: bool = Field(False, description="continue from output/checkpoint.pt")
     plots: bool = Field(True, description="write learning-curve and force-parity PNGs")
     progress: bool = Field(True, description="show progress bars")
+
+    @model_validator(mode="after")
+    def _stage_two(self) -> FinetuneConfig:
+        if self.swa and self.start_swa is not None and self.start_swa >= self.epochs:
+            raise ValueError(f"start_swa ({self.start_swa}) must be less than epochs ({self.epochs})")
+        return self
+
+    def stage_two_start(self) -> int | None:
+        """Epochs of stage one when ``swa`` is on (mace's rule for ``start_swa=None``), else None."""
+        if not self.swa:
+            return None
+        return self.start_swa if self.start_swa is not None else max(1, self.epochs // 4 * 3)
 
     @field_validator("e0s")
     @classmethod

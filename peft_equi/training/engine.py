@@ -2,8 +2,15 @@
 
 One :class:`Finetuner` run: load data and model, correct per-element reference energies
 (foundation models were trained on another level of theory), evaluate the base model,
-attach adapters, train (Adam/amsgrad, ReduceLROnPlateau, EMA, clipping), evaluate again,
-and write the adapter (peft format), the merged model when mergeable, logs and plots.
+attach adapters, train (Adam/amsgrad, ReduceLROnPlateau, EMA, clipping, optionally mace's
+stage two), keep the best-validation (EMA) weights or the last, evaluate again, and write
+the adapter (peft format), the merged model when mergeable, logs and plots.
+
+Stage two (``swa``) follows ``mace_run_train --swa``: from epoch ``start_swa`` on, the
+learning rate is ``swa_lr`` (mace's ``SWALR`` with a one-epoch anneal reaches it in the first
+stage-two epoch), ReduceLROnPlateau stops, the loss takes the ``swa_*`` weights, and the
+best-model search starts anew (validation losses of the two stages are not comparable).
+mace also keeps an ``AveragedModel`` that it never evaluates or saves; we do not.
 
 Data parallelism uses ``torch.distributed`` (``DistributedDataParallel``), launched by
 ``torchrun``: every process takes an equal share of each batch and DDP averages gradients,
@@ -48,6 +55,33 @@ class TrainingDivergedError(PeftEquiError):
 
 
 @dataclass
+class Best:
+    """The kept model so far: the lowest validation loss, its epoch (1-based) and trainable tensors."""
+
+    loss: float = float("inf")
+    epoch: int = 0
+    state: dict[str, torch.Tensor] | None = None
+
+    def offer(self, loss: float, epoch: int, model: nn.Module) -> None:
+        """Keep ``model``'s current trainable tensors if ``loss`` is the lowest so far."""
+        if loss < self.loss:
+            self.loss, self.epoch = loss, epoch
+            self.state = {k: v.detach().clone() for k, v in model.adapter_state_dict().items()}
+
+    def reset(self) -> None:
+        """Forget the kept model (stage two starts a new search)."""
+        self.loss, self.epoch, self.state = float("inf"), 0, None
+
+    def as_dict(self) -> dict[str, Any]:
+        """For checkpoints (tensors and numbers only)."""
+        return {"loss": self.loss, "epoch": self.epoch, "state": self.state}
+
+    def load(self, saved: dict[str, Any]) -> None:
+        """Restore from :meth:`as_dict`."""
+        self.loss, self.epoch, self.state = float(saved["loss"]), int(saved["epoch"]), saved["state"]
+
+
+@dataclass
 class Prepared:
     """A dataset turned into model inputs, with the per-structure energy correction."""
 
@@ -73,6 +107,7 @@ class Finetuner:
         self.potential.model.to(device=self.device, dtype=self.dtype)
         self.elements = self.potential.atomic_numbers
         self.delta = np.zeros(len(self.elements))
+        self.weights = (config.energy_weight, config.forces_weight)  # the current stage's loss weights
         self.model: nn.Module | None = None  # the PeftModel, after run()
 
     # -- data --
@@ -168,9 +203,8 @@ class Finetuner:
     ) -> torch.Tensor:
         inputs, ref_energy, ref_forces, shift, n_atoms = batch
         energy, forces = self.potential.energy_forces(model, inputs, training=training)
-        c = self.config
         return weighted_loss(
-            energy + shift, forces, ref_energy, ref_forces, n_atoms, c.energy_weight, c.forces_weight, totals
+            energy + shift, forces, ref_energy, ref_forces, n_atoms, *self.weights, totals, self.config.energy_loss
         )
 
     def validation_loss(self, model: nn.Module, prepared: Prepared) -> float:
@@ -240,40 +274,75 @@ class Finetuner:
             optimizer, mode="min", factor=c.scheduler_factor, patience=c.scheduler_patience
         )
         ema = _ema(params, c.ema_decay)
+        best = Best()
         start_epoch = 0
         if checkpoint is not None:
-            start_epoch = self._restore(checkpoint, model, optimizer, scheduler, ema)
+            start_epoch = self._restore(checkpoint, model, optimizer, scheduler, ema, best)
         trained = self._distributed(model)
         log = MetricsLog(self.output, resume=checkpoint is not None) if self.rank == 0 else None
+        stage_two = c.stage_two_start()
         for epoch in range(start_epoch, c.epochs):
             started = time.perf_counter()
+            stage = self._set_stage(epoch, stage_two, optimizer, best)
             train_loss = self._train_epoch(trained, optimizer, ema, params, train_p, epoch)
             with _averaged(ema):
                 valid_loss = self.validation_loss(model, valid_p)
                 errors = self.evaluate(model, valid_p)
-            scheduler.step(valid_loss)
+                best.offer(valid_loss, epoch + 1, model)
+            if stage == 1:
+                scheduler.step(valid_loss)
             if log is not None:
                 row = {
                     "epoch": epoch + 1,
+                    "stage": stage,
                     "lr": optimizer.param_groups[0]["lr"],
                     "train_loss": train_loss,
                     "valid_loss": valid_loss,
                     "time_s": time.perf_counter() - started,
                 }
                 log.append(row | {f"valid_{k}": v for k, v in errors.summary().items()})
-                if (epoch + 1) % c.checkpoint_every == 0 or epoch + 1 == c.epochs:
-                    self._save_checkpoint(epoch + 1, model, optimizer, scheduler, ema)
-        if ema is not None:
-            ema.copy_to(params)
+            if (epoch + 1) % c.checkpoint_every == 0 or epoch + 1 == c.epochs:
+                self._save_checkpoint(epoch + 1, model, optimizer, scheduler, ema, best)
+        kept_epoch = self._keep(model, params, ema, best)
         after = {"valid": self.evaluate(model, valid_p)}
         if test_p is not None:
             after["test"] = self.evaluate(model, test_p)
-        result = {"before": before, "after": after, "trainable_parameters": model.num_trainable_parameters()}
+        result = {
+            "before": before,
+            "after": after,
+            "trainable_parameters": model.num_trainable_parameters(),
+            "kept": {"keep": c.keep, "epoch": kept_epoch, "stage_two_from_epoch": _one_based(stage_two)},
+        }
         self.model = model  # the trained PeftModel stays usable after the run
         if self.rank == 0:
             self._write_outputs(model, result, log)
         _barrier()
         return result
+
+    def _set_stage(self, epoch: int, stage_two: int | None, optimizer, best: Best) -> int:
+        """Loss weights and lr of ``epoch`` (0-based); entering stage two resets the best-model search."""
+        c = self.config
+        if stage_two is None or epoch < stage_two:
+            self.weights = (c.energy_weight, c.forces_weight)
+            return 1
+        self.weights = (c.swa_energy_weight, c.swa_forces_weight)
+        for group in optimizer.param_groups:
+            group["lr"] = c.swa_lr
+        if epoch == stage_two:
+            best.reset()
+        return 2
+
+    def _keep(self, model, params, ema, best: Best) -> int:
+        """Load the kept weights into ``model``: the best epoch's, or the last (EMA-averaged); its epoch."""
+        if self.config.keep == "best" and best.state is not None:
+            state = model.adapter_state_dict()
+            with torch.no_grad():
+                for key, value in best.state.items():
+                    state[key].copy_(value)
+            return best.epoch
+        if ema is not None:
+            ema.copy_to(params)
+        return self.config.epochs
 
     def _train_epoch(self, trained, optimizer, ema, params, train_p: Prepared, epoch: int) -> float:
         c = self.config
@@ -316,7 +385,9 @@ class Finetuner:
 
     # -- checkpoints and outputs --
 
-    def _save_checkpoint(self, epoch, model, optimizer, scheduler, ema) -> None:
+    def _save_checkpoint(self, epoch, model, optimizer, scheduler, ema, best: Best) -> None:
+        if self.rank != 0:
+            return
         state = {
             "epoch": epoch,
             "adapter": model.adapter_state_dict(),
@@ -324,11 +395,12 @@ class Finetuner:
             "scheduler": scheduler.state_dict(),
             "ema": ema.state_dict() if ema is not None else None,
             "delta": torch.as_tensor(self.delta),
+            "best": best.as_dict(),
             "config": self.config.model_dump_json(exclude={"resume", "epochs", "progress"}),
         }
         atomic_save(state, self.output / "checkpoint.pt")
 
-    def _restore(self, checkpoint, model, optimizer, scheduler, ema) -> int:
+    def _restore(self, checkpoint, model, optimizer, scheduler, ema, best: Best) -> int:
         saved = json.loads(checkpoint["config"])
         current = json.loads(self.config.model_dump_json(exclude={"resume", "epochs", "progress"}))
         changed = sorted(k for k in current if saved.get(k) != current[k])
@@ -342,6 +414,7 @@ class Finetuner:
         scheduler.load_state_dict(checkpoint["scheduler"])
         if ema is not None:
             ema.load_state_dict(checkpoint["ema"])
+        best.load(checkpoint["best"])
         return int(checkpoint["epoch"])
 
     def _write_outputs(self, model, result: dict[str, Any], log: MetricsLog | None) -> None:
@@ -370,6 +443,10 @@ class Finetuner:
                 for phase in ("before", "after")
             }
             plot_force_parity(curves, self.output / "force_parity.png")
+
+
+def _one_based(epochs_before: int | None) -> int | None:
+    return None if epochs_before is None else epochs_before + 1
 
 
 def _ema(params: list[nn.Parameter], decay: float | None):

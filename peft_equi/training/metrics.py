@@ -17,15 +17,31 @@ def weighted_loss(
     energy_weight: float,
     forces_weight: float,
     totals: tuple[int, int] | None = None,
+    energy_loss: str = "total",
 ) -> torch.Tensor:
-    """``w_E mean(((E - E_ref) / N)^2) + w_F mean((F - F_ref)^2)`` (MACE's weighted energy-forces loss).
+    """The energy-forces loss, with the energy error on the total or the per-atom energy.
+
+    ``energy_loss='total'`` (the MMEA/ELoRA papers' ``--loss=ef``, mace's ``EnergyForcesLoss``):
+
+    .. math::
+        L = w_E \\, \\mathrm{mean}_s (E_s - E^{ref}_s)^2
+          + w_F \\, \\mathrm{mean}_{i,\\alpha} (F_{i\\alpha} - F^{ref}_{i\\alpha})^2
+
+    ``energy_loss='per_atom'`` (mace's default ``weighted``, ``WeightedEnergyForcesLoss``) divides each
+    energy error by the structure's atom count ``N_s`` first: the same ``w_E`` then weighs energies
+    ``N_s^2`` times less (441 times for aspirin).
 
     ``totals = (structures, atoms)`` of the whole batch when this call sees only a share of
     it (data parallelism): the sums are divided by the batch totals instead, so that the
     shares' losses add up to the loss of the whole batch.
     """
     n_structures, n_total_atoms = totals if totals is not None else (len(energy), len(forces))
-    energy_term = (((energy - ref_energy) / n_atoms) ** 2).sum() / n_structures
+    energy_error = energy - ref_energy
+    if energy_loss == "per_atom":
+        energy_error = energy_error / n_atoms
+    elif energy_loss != "total":
+        raise ValueError(f"energy_loss must be 'total' or 'per_atom', got {energy_loss!r}")
+    energy_term = (energy_error**2).sum() / n_structures
     forces_term = ((forces - ref_forces) ** 2).sum() / (3 * n_total_atoms)
     return energy_weight * energy_term + forces_weight * forces_term
 

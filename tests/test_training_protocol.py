@@ -1,0 +1,125 @@
+"""The papers' training protocol in the engine: total-energy loss, mace's stage two, the best model kept."""
+
+from __future__ import annotations
+
+import csv
+
+import pytest
+import torch
+from test_finetune import _config, files  # noqa: F401 - the module-scoped data fixture
+
+from peft_equi.training import FinetuneConfig, Finetuner
+from peft_equi.training.checkpoint import load_checkpoint
+from peft_equi.training.metrics import weighted_loss
+
+
+def test_total_energy_loss_is_n_squared_stronger_than_per_atom():
+    energy, ref = torch.tensor([1.0, 2.0]), torch.tensor([0.5, 2.5])
+    forces, ref_forces = torch.zeros(7, 3), torch.ones(7, 3)
+    n_atoms = torch.tensor([3.0, 4.0])
+    args = (energy, forces, ref, ref_forces, n_atoms, 2.0, 10.0)
+    total = weighted_loss(*args, energy_loss="total")
+    per_atom = weighted_loss(*args, energy_loss="per_atom")
+    assert total == pytest.approx(2.0 * (0.25 + 0.25) / 2 + 10.0)
+    assert per_atom == pytest.approx(2.0 * (0.25 / 9 + 0.25 / 16) / 2 + 10.0)
+    with pytest.raises(ValueError, match="energy_loss"):
+        weighted_loss(*args, energy_loss="huber")
+
+
+def test_total_energy_loss_is_the_default_and_validated(files, tmp_path):  # noqa: F811
+    assert _config(files, tmp_path).energy_loss == "total"
+    with pytest.raises(ValueError, match="start_swa"):
+        _config(files, tmp_path, swa=True, start_swa=2, epochs=2)
+    assert _config(files, tmp_path, swa=True, epochs=8).stage_two_start() == 6  # mace: epochs // 4 * 3
+    assert _config(files, tmp_path, epochs=8).stage_two_start() is None
+
+
+def _rows(run) -> list[dict[str, str]]:
+    with (run / "metrics.csv").open() as handle:
+        return list(csv.DictReader(handle))
+
+
+def test_stage_two_switches_lr_and_weights_and_restarts_the_best_model_search(files, tmp_path):  # noqa: F811
+    config = _config(
+        files, tmp_path / "swa", epochs=4, swa=True, start_swa=2, swa_lr=1e-4, swa_energy_weight=7.0, lr=1e-3
+    )
+    finetuner = Finetuner(config)
+    seen = []
+    original = finetuner.validation_loss
+
+    def spy(model, prepared):
+        seen.append(finetuner.weights)
+        return original(model, prepared)
+
+    finetuner.validation_loss = spy
+    result = finetuner.run()
+    rows = _rows(tmp_path / "swa")
+    assert [r["stage"] for r in rows] == ["1", "1", "2", "2"]
+    assert [float(r["lr"]) for r in rows[2:]] == [1e-4, 1e-4]
+    assert seen == [(1.0, 1000.0)] * 2 + [(7.0, 100.0)] * 2
+    kept = result["kept"]
+    assert kept["stage_two_from_epoch"] == 3 and kept["epoch"] in (3, 4)  # chosen among stage-two epochs only
+    stage_two_losses = [float(r["valid_loss"]) for r in rows[2:]]
+    assert kept["epoch"] == 3 + stage_two_losses.index(min(stage_two_losses))
+
+
+def _scripted_validation(finetuner: Finetuner, losses: list[float]) -> None:
+    """Make the validation loss follow ``losses``, so that the best epoch is known in advance."""
+    remaining = iter(losses)
+    finetuner.validation_loss = lambda model, prepared: next(remaining)
+
+
+def test_best_model_is_kept_and_evaluated(files, tmp_path):  # noqa: F811
+    runs = {}
+    for keep in ("best", "last"):
+        finetuner = Finetuner(_config(files, tmp_path / keep, epochs=4, keep=keep))
+        _scripted_validation(finetuner, [3.0, 1.0, 2.0, 4.0])
+        runs[keep] = (finetuner, finetuner.run())
+    (best_tuner, best), (last_tuner, last) = runs["best"], runs["last"]
+    assert best["kept"]["epoch"] == 2 and last["kept"]["epoch"] == 4
+    checkpoint = load_checkpoint(tmp_path / "best" / "checkpoint.pt")
+    assert checkpoint["best"]["epoch"] == 2 and checkpoint["best"]["loss"] == 1.0
+    kept = best_tuner.model.adapter_state_dict()
+    assert all(torch.equal(kept[k], v) for k, v in checkpoint["best"]["state"].items())
+    final = last_tuner.model.adapter_state_dict()
+    assert any(not torch.equal(kept[k], final[k]) for k in kept)
+    # the reported errors are those of the kept weights
+    assert (
+        best["after"]["test"].forces_mae
+        == best_tuner.evaluate(best_tuner.model, best_tuner.prepare(best_tuner._load_data()[2])).forces_mae
+    )
+    assert best["after"]["test"].forces_mae != last["after"]["test"].forces_mae
+
+
+class _Interrupted(Exception):
+    pass
+
+
+def test_resume_across_the_stage_switch_equals_a_straight_run(files, tmp_path):  # noqa: F811
+    options = dict(epochs=4, swa=True, start_swa=2, swa_lr=1e-4, lr=1e-3)
+    straight = Finetuner(_config(files, tmp_path / "a", **options)).run()
+    interrupted = Finetuner(_config(files, tmp_path / "b", **options))
+    original = interrupted._train_epoch
+
+    def stop_at_stage_two(trained, optimizer, ema, params, train_p, epoch):
+        if epoch == 2:
+            raise _Interrupted
+        return original(trained, optimizer, ema, params, train_p, epoch)
+
+    interrupted._train_epoch = stop_at_stage_two
+    with pytest.raises(_Interrupted):
+        interrupted.run()
+    assert load_checkpoint(tmp_path / "b" / "checkpoint.pt")["epoch"] == 2
+    resumed = Finetuner(_config(files, tmp_path / "b", resume=True, **options)).run()
+    a = load_checkpoint(tmp_path / "a" / "checkpoint.pt")
+    b = load_checkpoint(tmp_path / "b" / "checkpoint.pt")
+    assert all(torch.equal(a["adapter"][k], b["adapter"][k]) for k in a["adapter"])
+    assert all(torch.equal(a["best"]["state"][k], b["best"]["state"][k]) for k in a["best"]["state"])
+    assert resumed["kept"] == straight["kept"]
+    assert resumed["after"]["test"].forces_mae == straight["after"]["test"].forces_mae
+
+
+def test_config_round_trips_the_new_options(tmp_path):
+    config = FinetuneConfig(model="m", train=tmp_path, swa=True, epochs=10, keep="last", energy_loss="per_atom")
+    again = FinetuneConfig.model_validate_json(config.model_dump_json())
+    assert again == config
