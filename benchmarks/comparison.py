@@ -40,8 +40,11 @@ METHODS: Methods = {
 #: The papers' recipes, which name MACE's modules: used when the model is a MACE model.
 MACE_PRESETS: Methods = {
     "mmea-paper": ("mmea-paper", {"rank": 16}),
+    "mmea-paper r32": ("mmea-paper", {"rank": 32}),
     "elora-paper": ("elora-paper", {"rank": 16}),
     "mace-lora": ("mace-lora", {"rank": 4}),
+    "freeze 1": ("freeze", {"level": 1}),  # mace --freeze 1: embedding frozen
+    "freeze 5": ("freeze", {"level": 5}),  # mace --freeze 5: products and readouts trained
 }
 #: The MMEA paper's ablation table: its MACE recipe (``mmea-paper``, reference inits) with one
 #: switch changed per row, and readout-only training as the baseline.  MACE models only.

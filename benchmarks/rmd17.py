@@ -44,7 +44,6 @@ from record import ROOT
 from peft_equi.potentials import load_potential
 
 SHARED_DATA = ROOT.parent / "shared" / "data"
-MOLECULES = ("aspirin", "benzene", "ethanol", "malonaldehyde", "naphthalene", "salicylic", "toluene", "uracil")
 
 #: Published MACE-OFF23-medium -> rMD17 aspirin test errors (energy meV, forces meV/A).
 PAPER_ASPIRIN = {"full": (9.7, 23.9), "elora": (8.0, 18.3), "mmea": (7.3, 16.4)}
@@ -56,14 +55,15 @@ FULL = {"epochs": 500, "dtype": "float64"}
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     """Command-line options (see the module docstring)."""
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawTextHelpFormatter)
-    p.add_argument("--molecule", default="aspirin", choices=MOLECULES)
+    p.add_argument("--molecule", default="aspirin", help="any molecule with rmd17_<molecule>_{train,test}_<split>.npz")
     p.add_argument(
         "--ablations",
         action="store_true",
         help="run the MMEA paper's ablations instead of the methods: its MACE recipe (mmea-paper) with one "
         "switch changed per row (MACE models only)",
     )
-    p.add_argument("--data-dir", type=Path, default=SHARED_DATA / "rmd17", help="folder with rmd17_*_01.npz")
+    p.add_argument("--data-dir", type=Path, default=SHARED_DATA / "rmd17", help="folder with rmd17_*.npz")
+    p.add_argument("--split", default="01", help="rMD17 split (01 to 05)")
     p.add_argument("--n-test", type=int, help="evaluate only the first n test configurations")
     add_common_arguments(p)
     return p.parse_args(argv)
@@ -96,13 +96,15 @@ def describe(results: list[dict[str, Any]], settings: dict[str, Any], notes: lis
 def main(argv: list[str] | None = None) -> None:
     args = parse_args(argv)
     record, epochs, dtype = start(args, QUICK, FULL)
-    train = args.data_dir / f"rmd17_{args.molecule}_train_01.npz"
-    test = args.data_dir / f"rmd17_{args.molecule}_test_01.npz"
+    train = args.data_dir / f"rmd17_{args.molecule}_train_{args.split}.npz"
+    test = args.data_dir / f"rmd17_{args.molecule}_test_{args.split}.npz"
     for path in (train, test):
         if not path.is_file():
-            sys.exit(f"rMD17 file not found: {path} (give --data-dir)")
+            available = sorted({f.name.split("_")[1] for f in args.data_dir.glob(f"rmd17_*_train_{args.split}.npz")})
+            sys.exit(f"rMD17 file not found: {path} (give --data-dir; molecules there: {', '.join(available)})")
     model_name = Path(args.model).stem if Path(args.model).is_file() else args.model
     mode_name = ("quick" if args.quick else "full") + ("-ablations" if args.ablations else "")
+    mode_name += (f"-split{args.split}" if args.split != "01" else "") + (f"-seed{args.seed}" if args.seed else "")
     folder = args.output or ROOT / "benchmarks" / "results" / "rmd17" / f"{model_name}-{args.molecule}-{mode_name}"
     folder.mkdir(parents=True, exist_ok=True)
 
@@ -122,7 +124,7 @@ def main(argv: list[str] | None = None) -> None:
         "seed": args.seed,
     } | optimisation_settings(config)
     notes = [
-        "Our rMD17 copy is split 01 of the rMD17 release; the papers average over splits or use split 01.",
+        f"Split {args.split} of the rMD17 release; the papers average over splits or use split 01.",
         f"{dtype} throughout" + (" (the papers train in float64)." if dtype == "float32" else "."),
     ]
     if not args.quick and epochs != FULL["epochs"]:

@@ -12,6 +12,7 @@
 * ``elora-paper`` (ELoRA, ICML 2025): the same with ELoRA (r = alpha = 16) on the
   ``o3.Linear`` layers too, with consecutive repeated input blocks treated as one
   (``simplify_inputs``), as the papers' MACE version simplified those irreps.
+* ``freeze``: mace's ``--freeze N`` (full fine-tuning of what level N leaves trainable).
 * ``mace-lora``: ``mace.modules.lora.inject_lora(rank, alpha)`` layer for layer: LoRA on
   every ``o3.Linear`` and every dense layer (``nn.Linear``, FC layers), nothing else.  The
   ``A`` init copies MACE's effective init: N(0, 1) on ``o3.Linear`` (MACE's 1e-3 only
@@ -154,3 +155,21 @@ def mace_lora(rank: int = 4, alpha: float = 1.0) -> PeftConfig:
         ],
         preset="mace-lora",
     )
+
+
+#: mace's ``--freeze N``: the MACE modules frozen from level N on (``scripts_utils.get_params_options``).
+FREEZE_LEVELS = ((1, "node_embedding"), (5, "interactions"), (6, "products"), (7, "readouts"))
+
+
+@register_preset("freeze")
+def freeze(level: int = 5) -> PeftConfig:
+    """mace's ``--freeze level`` as a preset: full fine-tuning of the MACE modules that level leaves trainable.
+
+    Level >= 1 freezes the embedding, >= 5 the interactions, >= 6 the products, >= 7 the readouts
+    (levels 2-4 freeze no more than 1; 7 freezes everything, so 1-6 are accepted).  Buffers stay
+    frozen, as in mace.
+    """
+    if not 1 <= level <= 6:
+        raise ValueError(f"freeze level must be 1-6 (mace's --freeze; 7 freezes every module), got {level}")
+    trained = [f"{module}.*" for threshold, module in FREEZE_LEVELS if level < threshold]
+    return PeftConfig(train=trained, preset="freeze")
