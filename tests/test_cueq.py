@@ -11,7 +11,8 @@ import torch
 from mace_models import batch_of, build_mace, energy_forces, molecules
 
 import peft_equi
-from peft_equi.integrations.mace.cueq import to_cueq, to_e3nn
+from peft_equi.integrations.mace.cueq import _compiled_modules, to_cueq, to_e3nn
+from peft_equi.spec import LayerKind
 from peft_equi.testing import assert_equivariant, energy_forces_equivariance_error, randomize_adapters
 
 IN, OUT = "8x0e+8x0e+4x1o+2x2e+3x0o+2x1e", "6x0e+4x1o+2x2e+2x0o+1x1e"
@@ -63,40 +64,128 @@ def test_cuet_linear_spec_matches_e3nn():
     )
 
 
-@pytest.fixture(scope="module")
-def mace_pair():
+SC_IN, SC_OUT = "4x0e+4x1o+4x2e", "4x0e+4x1o"
+
+
+@pytest.mark.parametrize("original_mace", [True, False], ids=["original_cg", "reduced_cg"])
+@pytest.mark.parametrize("name", ADAPTERS)
+def test_adapters_on_cuet_symmetric_contraction(original_mace, name):
+    from mace.tools.cg import O3_e3nn
+
+    module = cuet.SymmetricContraction(
+        cue.Irreps(O3_e3nn, SC_IN),
+        cue.Irreps(O3_e3nn, SC_OUT),
+        contraction_degree=2,
+        num_elements=3,
+        layout=cue.ir_mul,
+        original_mace=original_mace,
+        dtype=torch.float64,
+        method="naive",
+    )
+    (layer,) = peft_equi.discover(module)
+    assert layer.backend.name == "cueq.symmetric_contraction"
+    x, indices = torch.randn(6, peft_equi.Irreps(SC_IN).dim), torch.tensor([0, 1, 2, 2, 1, 0])
+    expected = module(x, indices)
+    model = peft_equi.get_peft_model(module, name)
+    assert torch.equal(model(x, indices), expected)  # the identity at initialisation, bit for bit
+    randomize_adapters(model, std=0.2)
+    adapted = model(x, indices)
+    assert not torch.allclose(adapted, expected)
+    assert_equivariant(lambda x: model(x, indices), [SC_IN], SC_OUT, args=[x], layout="ir_mul")
+    if name in MERGEABLE:
+        torch.testing.assert_close(model.merge_and_unload()(x, indices), adapted, atol=1e-10, rtol=0)
+
+
+CG_BASES = {"original_cg": False, "reduced_cg": True}
+
+
+def _mace(use_reduced_cg: bool) -> torch.nn.Module:
+    model = build_mace("small")
+    if use_reduced_cg:  # mace-torch's default CG basis (build_mace uses the papers' original one)
+        from mace.tools.scripts_utils import extract_config_mace_model
+
+        from peft_equi.integrations.mace.loading import instantiate
+
+        torch.manual_seed(0)
+        model = instantiate(type(model), extract_config_mace_model(model) | {"use_reduced_cg": True}, torch.float64)
+        with torch.no_grad():
+            model.scale_shift.scale.fill_(0.7)
+            model.scale_shift.shift.fill_(0.05)
+    assert model.use_reduced_cg is use_reduced_cg
+    return model
+
+
+@pytest.fixture(scope="module", params=list(CG_BASES))
+def mace_pair(request):
     previous = torch.get_default_dtype()
     torch.set_default_dtype(torch.float64)
     try:
-        yield build_mace("small"), batch_of(molecules(2))
+        yield _mace(CG_BASES[request.param]), batch_of(molecules(2))
     finally:
         torch.set_default_dtype(previous)
 
 
+def _copy(model):
+    """A deep copy sharing the compiled polynomials (deep-copying cuet's naive ones rebuilds them: seconds)."""
+    return copy.deepcopy(model, memo=_compiled_modules(model))
+
+
+@pytest.fixture(scope="module")
+def converted(mace_pair):
+    """``get(adapter, layout)``: an e3nn MACE with random adapters and its cueq conversion, made once per CG basis."""
+    base, _ = mace_pair
+    cache = {}
+
+    def get(name: str, layout: str):
+        if (name, layout) not in cache:
+            model = peft_equi.get_peft_model(copy.deepcopy(base), name)
+            randomize_adapters(model, std=0.05)
+            cache[name, layout] = model, to_cueq(model, layout=layout)
+        return cache[name, layout]
+
+    return get
+
+
 @pytest.mark.parametrize("name", ["elora", "mmea-paper", "lora"])
 @pytest.mark.parametrize("layout", ["ir_mul", "mul_ir"])
-def test_mace_to_cueq_and_back_keeps_adapters(mace_pair, name, layout):
-    base, batch = mace_pair
-    model = peft_equi.get_peft_model(copy.deepcopy(base), name)
-    randomize_adapters(model, std=0.05)
+def test_mace_to_cueq_and_back_keeps_adapters(mace_pair, converted, name, layout):
+    _, batch = mace_pair
+    model, cueq = converted(name, layout)
     energy, forces = energy_forces(model, batch)
-    cueq = to_cueq(model, layout=layout)
     backends = {layer.backend.name for layer in cueq.adapted_layers.values()}
     assert {"cueq.linear", "cueq.tensor_product", "cueq.symmetric_contraction"} <= backends
+    contractions = [p for p, layer in model.adapted_layers.items() if layer.spec.kind is LayerKind.CONTRACTION]
+    assert contractions
+    for path in contractions:  # the cueq contraction is described in the e3nn weight basis, whatever the CG basis
+        e3nn_layer, cueq_layer = model.adapted_layers[path], cueq.adapted_layers[path]
+        paths = lambda layer: [(p.name, p.shape, p.offset) for p in layer.spec.paths]  # noqa: E731
+        assert paths(cueq_layer) == paths(e3nn_layer)
+        torch.testing.assert_close(
+            cueq_layer.backend.weight(cueq_layer.base_layer),
+            e3nn_layer.backend.weight(e3nn_layer.base_layer),
+            atol=1e-12,
+            rtol=0,
+        )
     energy_c, forces_c = energy_forces(cueq, batch)
     torch.testing.assert_close(energy_c, energy, atol=1e-10, rtol=0)
     torch.testing.assert_close(forces_c, forces, atol=1e-10, rtol=0)
     error = energy_forces_equivariance_error(lambda x: energy_forces(cueq, batch, x), batch["positions"], trials=1)
     assert error < 1e-9
+    if name in MERGEABLE:  # merging writes the update into the stored (cueq-basis) weight
+        merged = energy_forces(_copy(cueq).merge_and_unload(), batch)
+        torch.testing.assert_close(merged[0], energy, atol=1e-10, rtol=0)
+        torch.testing.assert_close(merged[1], forces, atol=1e-10, rtol=0)
     back = to_e3nn(cueq)
-    torch.testing.assert_close(energy_forces(back, batch)[0], energy, atol=1e-10, rtol=0)
+    energy_b, forces_b = energy_forces(back, batch)
+    torch.testing.assert_close(energy_b, energy, atol=1e-10, rtol=0)
+    torch.testing.assert_close(forces_b, forces, atol=1e-10, rtol=0)
     assert model.adapted_layers  # the source model is left as it was
 
 
 @pytest.mark.parametrize("name", ["mmea-paper", "elora"])
-def test_adapted_cueq_mace_trains_a_step(mace_pair, name):
-    base, batch = mace_pair
-    cueq = to_cueq(peft_equi.get_peft_model(copy.deepcopy(base), name), layout="ir_mul")
+def test_adapted_cueq_mace_trains_a_step(mace_pair, converted, name):
+    _, batch = mace_pair
+    cueq = _copy(converted(name, "ir_mul")[1])
     params = [p for p in cueq.parameters() if p.requires_grad]
     before = [p.detach().clone() for p in params]
     out = cueq(dict(batch), training=True, compute_force=True)

@@ -1,15 +1,27 @@
 """Backend for ``cuet.SymmetricContraction`` (MACE's cueq symmetric contraction).
 
 The stored weight ``(n_elements, n_rows, channels)`` holds, along its row axis, the
-contraction weights of every output irrep and correlation order; with MACE's original
-coupling basis (``original_mace=True``) a fixed ``projection`` maps the stored rows to the
-kernel's.  Each group of rows (output block, correlation order) is one path of the spec,
-named and ordered like the e3nn contraction's weight tensors
-(``contractions.{k}.weights_max``, ``contractions.{k}.weights.{j}``), so adapters and their
-saved values carry over between the e3nn and cueq versions of a model.
+contraction weights of every output irrep and correlation order.  The spec describes them in
+the coupling basis of MACE's e3nn contraction, so adapters act on the same quantities, and
+their trained values carry over, on both backends:
+
+- ``original_mace=True`` (MACE built with ``use_reduced_cg=False``): the stored rows are
+  already the e3nn weights, and a fixed ``projection`` maps them to the kernel's rows;
+- ``original_mace=False`` (MACE's default ``use_reduced_cg=True``, and native cueq
+  training): the stored rows are the kernel's own, and MACE's converters map the e3nn
+  weights onto them by the matrix of ``mace.tools.cg_cueq_tools.symmetric_contraction_proj``
+  (a scaled permutation: entries 1, sqrt2, sqrt3, 2, ...).  The backend takes the same
+  matrix, so a weight update made in the e3nn basis reaches the kernel as mace's converter
+  would map it (without mace-torch installed, the stored rows themselves are the basis).
+
+Each group of basis rows (output block, correlation order) is one path of the spec, named
+and ordered like the e3nn contraction's weight tensors (``contractions.{k}.weights_max``,
+``contractions.{k}.weights.{j}``).
 """
 
 from __future__ import annotations
+
+import functools
 
 import numpy as np
 import torch
@@ -24,32 +36,61 @@ from peft_equi.spec import LayerKind, LayerSpec, WeightPath
 RowGroup = tuple[int, int, int, int]  # output block, correlation order, first row, rows
 
 
-def _row_labels(module: nn.Module) -> list[tuple[int, int] | None]:
-    """(output block, correlation order) of each stored weight row; ``None`` for rows the projection drops."""
+@functools.lru_cache(maxsize=32)
+def _reduced_cg_map(irrep_class: type, irreps_in: str, irreps_out: str, degree: int) -> np.ndarray | None:
+    """mace's e3nn (``use_reduced_cg=True``) -> cueq weight-row matrix, live e3nn rows only; ``None`` without mace."""
+    import cuequivariance as cue
+
+    try:
+        from mace.tools.cg_cueq_tools import symmetric_contraction_proj
+    except ImportError:
+        return None
+    _, matrix = symmetric_contraction_proj(
+        cue.Irreps(irrep_class, irreps_in), cue.Irreps(irrep_class, irreps_out), list(range(1, degree + 1))
+    )
+    return matrix[np.any(matrix != 0, axis=1)]  # rows of e3nn weights MACE zeroed (no coupling path) map to nothing
+
+
+def _basis_map(module: nn.Module) -> np.ndarray | None:
+    """The matrix from the e3nn basis rows to the kernel's weight rows; ``None``: the stored rows are the basis."""
+    if module.projection is not None:
+        return module.projection.detach().cpu().numpy()
+    single = lambda irreps: "+".join(str(ir) for _, ir in irreps)  # noqa: E731  (mul 1, as mace's converter)
+    irreps_in, irreps_out = module.irreps_in, module.irreps_out
+    matrix = _reduced_cg_map(irreps_in.irrep_class, single(irreps_in), single(irreps_out), module.contraction_degree)
+    if matrix is not None and matrix.shape != (module.weight.shape[1],) * 2:
+        raise ValueError(
+            f"mace's reduced-CG contraction map has shape {matrix.shape}, the weight {module.weight.shape[1]} rows"
+        )
+    return matrix
+
+
+def _row_labels(module: nn.Module, matrix: np.ndarray | None) -> list[tuple[int, int] | None]:
+    """(output block, correlation order) of each basis row; ``None`` for rows that reach no kernel row."""
     out_block = [k for k, (_, ir) in enumerate(module.irreps_out) for _ in range(ir.dim)]
     label = {}
     for _, stp in module.etp.polynomial.operations:
         degree = stp.num_operands - 2
         for path in stp.paths:
             label[path.indices[0]] = (out_block[path.indices[-1]], degree)
-    if module.projection is None:
+    if matrix is None:
         return [label[row] for row in range(module.weight.shape[1])]
-    projection = module.projection.detach().cpu().numpy()
     labels = []
-    for row in projection:
+    for row in matrix:
         found = {label[int(c)] for c in np.nonzero(np.abs(row) > 0)[0]}
         if len(found) > 1:
-            raise ValueError("a stored contraction weight row feeds several (irrep, order) groups")
+            raise ValueError("a contraction weight row feeds several (irrep, order) groups")
         labels.append(found.pop() if found else None)
     return labels
 
 
-def row_groups(module: nn.Module) -> list[RowGroup]:
-    """The contiguous row groups of the stored weight, in e3nn order (output block, then order descending)."""
-    cached = module.__dict__.get("_peft_equi_row_groups")
+def _layout(module: nn.Module) -> tuple[list[RowGroup], np.ndarray | None]:
+    """Row groups of the basis, in e3nn order (output block, then order descending), and :func:`_basis_map`."""
+    cached = module.__dict__.get("_peft_equi_contraction_basis")
     if cached is not None:
         return cached
-    labels = _row_labels(module)
+    matrix = _basis_map(module)
+    labels = _row_labels(module, matrix)
     for i, found in enumerate(labels):  # rows the projection drops belong to their neighbours' group
         if found is None:
             neighbours = [labels[j] for j in (*range(i - 1, -1, -1), *range(i + 1, len(labels))) if labels[j]]
@@ -63,8 +104,29 @@ def row_groups(module: nn.Module) -> list[RowGroup]:
         else:
             groups.append((block, degree, row, 1))
     groups.sort(key=lambda g: (g[0], -g[1]))
-    module.__dict__["_peft_equi_row_groups"] = groups
-    return groups
+    module.__dict__["_peft_equi_contraction_basis"] = (groups, matrix)
+    return groups, matrix
+
+
+def row_groups(module: nn.Module) -> list[RowGroup]:
+    """The contiguous row groups of the basis weight, in e3nn order (output block, then order descending)."""
+    return _layout(module)[0]
+
+
+def _reduced_maps(module: nn.Module, like: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor] | None:
+    """(e3nn -> stored, stored -> e3nn) row matrices of a reduced-CG module, as tensors like ``like``; else ``None``."""
+    if module.projection is not None:
+        return None
+    matrix = _layout(module)[1]
+    if matrix is None:
+        return None
+    cache = module.__dict__.setdefault("_peft_equi_reduced_maps", {})
+    key = (like.dtype, like.device)
+    if key not in cache:
+        to_stored = torch.tensor(matrix, dtype=like.dtype, device=like.device)
+        to_basis = torch.tensor(np.linalg.inv(matrix), dtype=like.dtype, device=like.device)
+        cache[key] = (to_stored, to_basis)
+    return cache[key]
 
 
 @register_backend
@@ -104,17 +166,33 @@ class CueSymmetricContraction(Backend):
             layout_of(module.transpose_out.target),
         )
 
-    def weight(self, module):
-        return torch.cat([module.weight[:, first : first + rows].reshape(-1) for *_, first, rows in row_groups(module)])
+    def _basis_weight(self, module: nn.Module) -> torch.Tensor:
+        """The weight ``(n_elements, basis rows, channels)`` in the e3nn basis."""
+        maps = _reduced_maps(module, module.weight)
+        return module.weight if maps is None else torch.einsum("zau,ab->zbu", module.weight, maps[1])
 
-    def _stored(self, module: nn.Module, weight: torch.Tensor) -> torch.Tensor:
-        """The canonical flat weight back in the stored ``(n_elements, rows, channels)`` order."""
+    def weight(self, module):
+        basis = self._basis_weight(module)
+        return torch.cat([basis[:, first : first + rows].reshape(-1) for *_, first, rows in row_groups(module)])
+
+    def _basis(self, module: nn.Module, weight: torch.Tensor) -> torch.Tensor:
+        """The canonical flat weight back in the basis ``(n_elements, rows, channels)`` row order."""
         n_elements, _, channels = module.weight.shape
         pieces, start = {}, 0
         for *_, first, rows in row_groups(module):
             pieces[first] = weight[start : start + n_elements * rows * channels].reshape(n_elements, rows, channels)
             start += n_elements * rows * channels
         return torch.cat([pieces[first] for first in sorted(pieces)], dim=1)
+
+    def _stored(self, module: nn.Module, weight: torch.Tensor) -> torch.Tensor:
+        """The canonical flat weight as the module would store it."""
+        basis = self._basis(module, weight)
+        maps = _reduced_maps(module, basis)
+        if maps is None:
+            return basis
+        # stored + map(weight - basis of stored): the same linear map, and exactly the stored weight when unchanged
+        change = basis - torch.einsum("zau,ab->zbu", module.weight, maps[1])
+        return module.weight + torch.einsum("zau,ab->zbu", change, maps[0])
 
     def operands(self, module, args, kwargs):
         x, indices = operand(args, kwargs, 0, "x"), operand(args, kwargs, 1, "indices")
@@ -133,4 +211,4 @@ class CueSymmetricContraction(Backend):
         return module.transpose_out(module.f(inputs, input_indices={0: indices})[0])
 
     def write(self, module, weight, bias):
-        copy_into(module.weight, self._stored(module, weight))
+        copy_into(module.weight, self._stored(module, weight).detach())

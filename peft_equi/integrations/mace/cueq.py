@@ -4,8 +4,10 @@ mace-torch's converters (``mace.cli.convert_e3nn_cueq``, ``convert_cueq_e3nn``) 
 model and copy weights by state-dict key; wrapped layers would not match and keep random
 weights silently (MACE issue 1540).  So: detach the adapters (keyed by module path), convert
 the plain model, attach the same config on the other backend, and load the adapter values.
-The cuequivariance backends describe each layer with the same paths, in the same order and
-under the same names as e3nn, so the values carry over unchanged.
+The cuequivariance backends describe each layer with the same paths, in the same order, under
+the same names and in the same weight basis as e3nn (the symmetric contraction's e3nn
+coupling basis in both Clebsch-Gordan conventions, ``use_reduced_cg`` or not), so the values
+carry over unchanged.
 """
 
 from __future__ import annotations
@@ -17,6 +19,8 @@ from torch import nn
 
 from peft_equi.errors import PeftEquiError
 from peft_equi.model import PeftModel, get_peft_model
+
+_CUET_POLYNOMIAL = "cuequivariance_torch.primitives.segmented_polynomial"
 
 
 def _convert(model: nn.Module, convert) -> nn.Module:
@@ -43,10 +47,24 @@ def _reattach(converted: nn.Module, config, state: dict[str, torch.Tensor]) -> P
     return model
 
 
+def _compiled_modules(model: nn.Module) -> dict[int, nn.Module]:
+    """Parameter-free compiled modules (``torch.fx`` graphs of e3nn's codegen, cuet's polynomials), by ``id``.
+
+    The copy :func:`_switch` makes is only read by the converter and then dropped, so it
+    shares them: deep-copying one recompiles it (most of the time of a conversion).
+    """
+    return {
+        id(m): m
+        for m in model.modules()
+        if (isinstance(m, torch.fx.GraphModule) or type(m).__module__.startswith(_CUET_POLYNOMIAL))
+        and next(m.parameters(), None) is None
+    }
+
+
 def _switch(model: nn.Module | PeftModel, convert) -> nn.Module | PeftModel:
     if not isinstance(model, PeftModel):
         return _convert(model, convert)
-    work = copy.deepcopy(model)
+    work = copy.deepcopy(model, memo=_compiled_modules(model))
     config, state = work.peft_config, work.adapter_state_dict()
     state = {k: v.detach().clone() for k, v in state.items()}
     return _reattach(_convert(work.unload(), convert), config, state)
