@@ -17,6 +17,7 @@ computed from invariants, shifts on ``0e`` only.  Adapters never import a backen
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Any, ClassVar
 
 import torch
@@ -82,21 +83,25 @@ class Adapter(nn.Module):
 
 
 class InvariantReader(nn.Module):
-    """Reads the ``0e`` channels of all operands of a layer: ``x0 = concat_i x_i[..., 0e]``.
+    """Reads the ``0e`` channels of a layer's operands: ``x0 = concat_i x_i[..., 0e]``.
 
     These invariant features are what gates and conditioning may depend on without
     breaking equivariance (``0o`` channels flip sign under inversion and are excluded).
+    ``operands``: which operands to read, in this order (default: all); leading dimensions
+    are broadcast.
     """
 
-    def __init__(self, spec: LayerSpec) -> None:
+    def __init__(self, spec: LayerSpec, operands: Sequence[int] | None = None) -> None:
         super().__init__()
-        self.num_operands = len(spec.irreps_in)
-        for i in range(self.num_operands):
-            self.register_buffer(f"index{i}", spec.invariant_input_index(i), persistent=False)
-        self.width = spec.num_invariant_in()
+        self.operands = tuple(range(len(spec.irreps_in))) if operands is None else tuple(operands)
+        self.width = 0
+        for i in self.operands:
+            index = spec.invariant_input_index(i)
+            self.register_buffer(f"index{i}", index, persistent=False)
+            self.width += len(index)
 
     def forward(self, operands: tuple[torch.Tensor, ...]) -> torch.Tensor:
-        parts = [x.index_select(-1, getattr(self, f"index{i}")) for i, x in enumerate(operands)]
+        parts = [operands[i].index_select(-1, getattr(self, f"index{i}")) for i in self.operands]
         if len(parts) == 1:
             return parts[0]
         leading = torch.broadcast_shapes(*(p.shape[:-1] for p in parts))

@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from peft_equi.adapters.base import Adapter
+from peft_equi.adapters.base import Adapter, InvariantReader
 from peft_equi.adapters.film.config import FilmConfig
 from peft_equi.registry import register_adapter
 from peft_equi.spec import LayerSpec
@@ -20,30 +20,6 @@ def _zero_linear(n_in: int, n_out: int) -> nn.Linear:
 
 def _selected_operands(spec: LayerSpec, config: FilmConfig) -> tuple[int, ...]:
     return tuple(range(len(spec.irreps_in))) if config.operands is None else tuple(sorted(config.operands))
-
-
-class _OperandInvariants(nn.Module):
-    """``z``: the ``0e`` channels of the selected operands, concatenated in operand order.
-
-    Like :class:`~peft_equi.adapters.base.InvariantReader` (which reads every operand), but
-    restricted to ``operands``; leading dimensions are broadcast.
-    """
-
-    def __init__(self, spec: LayerSpec, operands: tuple[int, ...]) -> None:
-        super().__init__()
-        self.operands = operands
-        self.width = 0
-        for i in operands:
-            index = spec.invariant_input_index(i)
-            self.register_buffer(f"index{i}", index, persistent=False)
-            self.width += len(index)
-
-    def forward(self, operands: tuple[torch.Tensor, ...]) -> torch.Tensor:
-        parts = [operands[i].index_select(-1, getattr(self, f"index{i}")) for i in self.operands]
-        if len(parts) == 1:
-            return parts[0]
-        leading = torch.broadcast_shapes(*(p.shape[:-1] for p in parts))
-        return torch.cat([p.expand(*leading, p.shape[-1]) for p in parts], dim=-1)
 
 
 @register_adapter
@@ -107,7 +83,7 @@ class FilmAdapter(Adapter):
         self.gain_scale = config.gain_scale
         self.dynamic = config.conditioning == "input"
         if self.dynamic:
-            self.invariants = _OperandInvariants(spec, _selected_operands(spec, config))
+            self.invariants = InvariantReader(spec, _selected_operands(spec, config))
             self.head = nn.Linear(self.invariants.width, config.rank)  # PyTorch's default init
             self.act = nn.SiLU()
             self.gamma = _zero_linear(config.rank, n_gamma)
