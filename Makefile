@@ -17,7 +17,7 @@ $(STAMP): requirements/ci.txt requirements/no-deps.txt pyproject.toml
 	touch $(STAMP)
 
 demo: $(STAMP)
-	$(PY) -m peft_equi.cli finetune --config examples/demo.yaml
+	$(PY) -m peft_equi.cli finetune --config examples/demo.yaml --overwrite  # replaces demo-output/ of an earlier demo
 
 test: $(STAMP)
 	$(PY) -m ruff check .

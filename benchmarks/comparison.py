@@ -159,7 +159,8 @@ def run_method(label: str, adapter: str, options: dict, potential, config: dict,
         return json.loads(done.read_text())
     started = time.perf_counter()
     finetuner = Finetuner(
-        FinetuneConfig(adapter=adapter, adapter_options=options, output=folder, **config),
+        # a folder without method.json holds an interrupted run: start it again (the engine refuses otherwise)
+        FinetuneConfig(adapter=adapter, adapter_options=options, output=folder, overwrite=True, **config),
         potential=copy.deepcopy(potential),
     )
     try:

@@ -97,7 +97,8 @@ def main(argv: list[str] | None = None) -> None:
         eval_batch_size=25,
         dtype=args.dtype,
         seed=args.seed,
-        output=folder / "runs",
+        output=folder / "runs" / "training",  # the engine's own folder (runs/ holds the data and the model)
+        overwrite=True,  # a second pretraining replaces the first
         progress=False,
     )
     result = Finetuner(config, MacePotential(model, f"mace-{args.size}")).run()

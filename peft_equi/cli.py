@@ -9,7 +9,10 @@ from __future__ import annotations
 
 import inspect
 import json
+import os
+import shutil
 import sys
+import tempfile
 import types
 import typing
 from pathlib import Path
@@ -31,19 +34,28 @@ TrustOption = Annotated[
 
 
 def _fail(message: str) -> typer.Exit:
-    typer.secho(f"error: {message}", fg=typer.colors.RED, err=True)
+    one_line = "; ".join(line.strip() for line in str(message).splitlines() if line.strip())
+    typer.secho(f"error: {one_line}", fg=typer.colors.RED, err=True)
     return typer.Exit(code=2)
 
 
-def _validation_message(exc: ValidationError) -> str:
-    return "; ".join(f"{'.'.join(str(p) for p in e['loc']) or 'config'}: {e['msg']}" for e in exc.errors())
+def _yaml_option(text: str, flag: str) -> Any:
+    """The value of a YAML-valued flag; invalid YAML is a one-line error naming the flag."""
+    try:
+        return yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f" at column {mark.column + 1}" if mark is not None and "\n" not in text else ""
+        problem = getattr(exc, "problem", None) or " ".join(str(exc).split())
+        raise _fail(f"{flag}: not valid YAML ({problem}{where}): {text!r}") from None
 
 
 def _cli_type(annotation: Any) -> Any:
-    """The flag type for a config field: optional scalars stay, mappings and literals become strings."""
+    """The flag type for a config field: plain scalars stay; optional ones (which take 'none'), mappings and
+    literals become strings, validated by the config."""
     args = [a for a in typing.get_args(annotation) if a is not type(None)]
     if typing.get_origin(annotation) in (typing.Union, types.UnionType) and len(args) == 1:
-        annotation = args[0]
+        return str
     if typing.get_origin(annotation) is typing.Literal or typing.get_origin(annotation) is dict:
         return str
     return annotation if annotation in (str, int, float, bool, Path) else str
@@ -52,22 +64,19 @@ def _cli_type(annotation: Any) -> Any:
 def _finetune(config: Optional[Path] = None, **flags: Any) -> None:  # noqa: UP045 - typer reads the annotation
     given = {k: v for k, v in flags.items() if v is not None}
     if isinstance(given.get("adapter_options"), str):
-        given["adapter_options"] = yaml.safe_load(given["adapter_options"]) or {}
-    for key in ("ema_decay", "clip_grad", "n_train", "n_test", "valid", "test"):
-        if given.get(key) in ("none", "None"):
-            given[key] = None
+        given["adapter_options"] = _yaml_option(given["adapter_options"], "--adapter-options") or {}
     try:
-        run_config = FinetuneConfig.from_file(config, **given) if config else FinetuneConfig(**given)
-    except ValidationError as exc:
-        raise _fail(_validation_message(exc)) from None
-    except (FileNotFoundError, ValueError) as exc:
+        run_config = FinetuneConfig.from_file(config, **given) if config else FinetuneConfig.checked(given)
+    except (FileNotFoundError, ValueError) as exc:  # ConfigError is a ValueError
         raise _fail(str(exc)) from None
     from peft_equi.training.engine import Finetuner, format_results
 
     try:
         result = Finetuner(run_config).run()
     except (PeftEquiError, FileNotFoundError, KeyError) as exc:
-        raise _fail(str(exc).strip("'\"")) from None
+        raise _fail(exc.args[0] if isinstance(exc, KeyError) and exc.args else str(exc)) from None
+    if int(os.environ.get("RANK", 0)) != 0:  # torchrun: the first process reports
+        return
     typer.echo(f"\n{result['trainable_parameters']:,} trainable parameters ({run_config.adapter})\n")
     typer.echo(format_results(result))
     kept = result["kept"]
@@ -140,7 +149,7 @@ def inspect_command(
 
     try:
         potential = load_potential(model, trust_pickle=trust_pickle)
-        parsed = yaml.safe_load(options) or {}
+        parsed = _yaml_option(options, "--options") or {}
         reports = peft_equi.inspect_model(potential.model, adapter, **parsed)
         typer.echo(peft_equi.format_inspection(reports))
         if adapter:
@@ -182,18 +191,36 @@ def evaluate(
     from peft_equi.training.engine import Finetuner
 
     try:
+        dataset = read_dataset(data, energy_key, forces_key)  # checked before any model is loaded
         config = FinetuneConfig(model=model, train=data, trust_pickle=trust_pickle, eval_batch_size=batch_size)
         finetuner = Finetuner(config)
         network = finetuner.potential.model
         if run is not None:
             finetuner.potential, network, finetuner.delta = _adapted(model, run, trust_pickle)
             finetuner.elements = finetuner.potential.atomic_numbers  # cut when the run cut the model
-        dataset = read_dataset(data, energy_key, forces_key)
         finetuner.potential.check_elements(dataset.atomic_numbers, str(data))
         errors = finetuner.evaluate(network, finetuner.prepare(dataset))
     except (PeftEquiError, FileNotFoundError, KeyError, ValidationError) as exc:
         raise _fail(str(exc)) from None
     typer.echo(json.dumps({"structures": len(dataset), **errors.summary()}, indent=2))
+
+
+def _save_new(potential, model, output: Path, overwrite: bool) -> Path:
+    """``potential.save`` (which picks the family's suffix) into a temporary folder, then moved to ``output``'s
+    folder; an existing file there is replaced only with ``overwrite``."""
+    folder = output.parent if str(output.parent) else Path(".")
+    if not folder.is_dir():
+        raise FileNotFoundError(f"folder of --output not found: {folder}")
+    scratch = Path(tempfile.mkdtemp(dir=folder, prefix=".merge-"))
+    try:
+        written = potential.save(model, scratch / output.name)
+        path = folder / written.name
+        if path.exists() and not overwrite:
+            raise PeftEquiError(f"{path} exists: give --overwrite to replace it, or another --output")
+        os.replace(written, path)
+        return path
+    finally:
+        shutil.rmtree(scratch, ignore_errors=True)
 
 
 @app.command("merge")
@@ -202,11 +229,12 @@ def merge(
     run: Annotated[Path, typer.Option(help="finetune output directory (adapter + energy correction)")],
     output: Annotated[Path, typer.Option(help="where to write the merged model")],
     trust_pickle: TrustOption = False,
+    overwrite: Annotated[bool, typer.Option("--overwrite", help="replace an existing merged model file")] = False,
 ) -> None:
     """Fold a mergeable adapter into the model and save it in the model family's own format."""
     try:
         potential, peft_model, _ = _adapted(model, run, trust_pickle)
-        path = potential.save(peft_model.merge_and_unload(), output)
+        path = _save_new(potential, peft_model.merge_and_unload(), output, overwrite)
     except (PeftEquiError, FileNotFoundError) as exc:
         raise _fail(str(exc)) from None
     typer.echo(f"merged model written to {path} (per-element energy correction: {run / 'energy_correction.json'})")

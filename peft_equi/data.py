@@ -14,6 +14,8 @@ from pathlib import Path
 
 import numpy as np
 
+from peft_equi.errors import DataError
+
 KCAL_PER_MOL_IN_EV = 0.04336410390059322
 RMD17_KEYS = ("nuclear_charges", "coords", "energies", "forces")
 
@@ -46,7 +48,12 @@ class Dataset:
 
 
 def read_dataset(path: str | Path, energy_key: str = "energy", forces_key: str = "forces") -> Dataset:
-    """Read an rMD17 ``.npz`` file or any ASE-readable file (extxyz) with energies and forces."""
+    """Read an rMD17 ``.npz`` file or any ASE-readable file (extxyz) with energies and forces.
+
+    The data is checked on reading: an unreadable or empty file, a non-finite energy, force
+    or position, or forces of the wrong shape raise :class:`~peft_equi.errors.DataError`
+    naming the file and the structure (0-based index).
+    """
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"data file not found: {path}")
@@ -55,15 +62,51 @@ def read_dataset(path: str | Path, energy_key: str = "energy", forces_key: str =
     return read_extxyz(path, energy_key, forces_key)
 
 
+def _read_structures(path: Path) -> list:
+    """Every structure of an ASE-readable file; a parse error names the structure it stopped at."""
+    from ase.io import iread
+
+    structures: list = []
+    if path.stat().st_size == 0:
+        raise DataError(f"{path}: no structures in the file (it is empty)")
+    try:
+        for atoms in iread(str(path), index=":"):
+            structures.append(atoms)
+    except Exception as exc:  # ASE raises many types for malformed files
+        where = f"structure {len(structures)}: " if structures else ""
+        raise DataError(f"{path}: {where}cannot be read: {' '.join(str(exc).split())}") from None
+    if not structures:
+        raise DataError(f"{path}: no structures in the file")
+    return structures
+
+
+def check_structure(path: str | Path, index: int, atoms, energy: float, forces: np.ndarray) -> None:
+    """Raise :class:`~peft_equi.errors.DataError` unless the structure's values are finite and shaped right."""
+    where = f"{path}: structure {index}"
+    n_atoms = len(atoms)
+    if n_atoms == 0:
+        raise DataError(f"{where}: has no atoms")
+    if forces.shape != (n_atoms, 3):
+        raise DataError(f"{where}: forces have shape {forces.shape}, expected ({n_atoms}, 3) for {n_atoms} atoms")
+    if not np.isfinite(energy):
+        raise DataError(f"{where}: energy is {energy}")
+    if not np.all(np.isfinite(forces)):
+        raise DataError(f"{where}: non-finite forces (atom {int(np.argwhere(~np.isfinite(forces))[0, 0])})")
+    positions = np.asarray(atoms.positions, dtype=float)
+    if not np.all(np.isfinite(positions)):
+        raise DataError(f"{where}: non-finite positions (atom {int(np.argwhere(~np.isfinite(positions))[0, 0])})")
+    if np.any(atoms.pbc) and not np.all(np.isfinite(np.asarray(atoms.cell, dtype=float))):
+        raise DataError(f"{where}: non-finite cell")
+
+
 def read_extxyz(path: str | Path, energy_key: str = "energy", forces_key: str = "forces") -> Dataset:
     """Structures of an extxyz file; energy from ``info[energy_key]``, forces from ``arrays[forces_key]``.
 
     ASE moves the keys ``energy`` and ``forces`` into a calculator's results when reading;
     those are used too.  A missing key is named in the error with the keys that are there.
     """
-    from ase.io import read
-
-    atoms_list = read(str(path), index=":")
+    path = Path(path)
+    atoms_list = _read_structures(path)
     energies, forces = [], []
     for i, atoms in enumerate(atoms_list):
         results = atoms.calc.results if atoms.calc is not None else {}
@@ -73,8 +116,14 @@ def read_extxyz(path: str | Path, energy_key: str = "energy", forces_key: str = 
             missing = energy_key if energy is None else forces_key
             available = sorted(set(atoms.info) | set(atoms.arrays) | set(results))
             raise KeyError(f"{path}: configuration {i} has no {missing!r} (available keys: {', '.join(available)})")
-        energies.append(float(energy))
-        forces.append(np.asarray(force, dtype=float).reshape(len(atoms), 3))
+        try:
+            energy = float(energy)
+            force = np.asarray(force, dtype=float)
+        except (TypeError, ValueError) as exc:
+            raise DataError(f"{path}: structure {i}: energy or forces are not numbers ({exc})") from None
+        check_structure(path, i, atoms, energy, force)
+        energies.append(energy)
+        forces.append(force)
     return Dataset(atoms_list, np.asarray(energies), forces)
 
 
@@ -83,29 +132,52 @@ def read_rmd17(path: str | Path, indices: Sequence[int] | None = None) -> Datase
     from ase import Atoms
 
     path = Path(path)
-    with np.load(path) as data:
+    try:
+        data = np.load(path, allow_pickle=False)
+    except Exception as exc:  # not a zip / npz
+        raise DataError(f"{path}: cannot be read as an .npz file: {' '.join(str(exc).split())}") from None
+    with data:
         missing = [k for k in RMD17_KEYS if k not in data.files]
         if missing:
             raise KeyError(f"{path} is not an rMD17 file: missing keys {missing} (has {sorted(data.files)})")
-        numbers = data["nuclear_charges"]
-        chosen = np.arange(len(data["energies"])) if indices is None else np.asarray(indices)
-        coords, energies, forces = data["coords"][chosen], data["energies"][chosen], data["forces"][chosen]
+        try:
+            arrays = {k: data[k] for k in RMD17_KEYS}
+            numbers = np.asarray(arrays["nuclear_charges"])
+            energies_all = np.asarray(arrays["energies"], dtype=float).reshape(-1)
+        except (TypeError, ValueError) as exc:  # object (pickled) or non-numeric arrays
+            raise DataError(f"{path}: cannot be read: {' '.join(str(exc).split())}") from None
+        n = len(energies_all)
+        shapes = {k: np.shape(arrays[k]) for k in RMD17_KEYS}
+        expected = {"nuclear_charges": (len(numbers),), "coords": (n, len(numbers), 3), "forces": (n, len(numbers), 3)}
+        for key, shape in expected.items():
+            if shapes[key] != shape:
+                raise DataError(f"{path}: {key} has shape {shapes[key]}, expected {shape} ({n} structures)")
+        if n == 0:
+            raise DataError(f"{path}: no structures in the file")
+        chosen = np.arange(n) if indices is None else np.asarray(indices)
+        coords, energies, forces = arrays["coords"][chosen], energies_all[chosen], arrays["forces"][chosen]
+    for name, values in (("energy", energies), ("forces", forces), ("positions", coords)):
+        finite = np.isfinite(np.asarray(values, dtype=float)).reshape(len(chosen), -1).all(axis=1)
+        if not finite.all():
+            first = int(np.argmin(finite))
+            raise DataError(f"{path}: structure {int(chosen[first])}: non-finite {name}")
     atoms = [Atoms(numbers=numbers, positions=xyz) for xyz in coords]
     return Dataset(atoms, energies * KCAL_PER_MOL_IN_EV, list(forces * KCAL_PER_MOL_IN_EV))
 
 
 def read_isolated_atom_energies(path: str | Path) -> dict[int, float]:
     """Atomic number -> energy (eV) from an extxyz file of single atoms (``energy`` in info or results)."""
-    from ase.io import read
-
+    path = Path(path)
     energies = {}
-    for atoms in read(str(path), index=":"):
+    for i, atoms in enumerate(_read_structures(path)):
         if len(atoms) != 1:
-            raise ValueError(f"{path}: expected isolated atoms, found a configuration of {len(atoms)} atoms")
+            raise DataError(f"{path}: expected isolated atoms, found a configuration of {len(atoms)} atoms")
         results = atoms.calc.results if atoms.calc is not None else {}
         energy = atoms.info.get("energy", results.get("energy"))
         if energy is None:
             raise KeyError(f"{path}: isolated {atoms.get_chemical_formula()} has no energy")
+        if not np.isfinite(float(energy)):
+            raise DataError(f"{path}: structure {i}: energy is {float(energy)}")
         energies[int(atoms.numbers[0])] = float(energy)
     return energies
 
@@ -129,7 +201,7 @@ def select_and_split(
     order = shuffled_indices(len(dataset), seed)
     n_drawn = len(dataset) if n_train is None else n_train
     if n_drawn > len(dataset):
-        raise ValueError(f"asked for {n_drawn} structures but the file has {len(dataset)}")
+        raise DataError(f"n_train is {n_drawn} but the file has only {len(dataset)} structures")
     drawn, rest = order[:n_drawn], sorted(order[n_drawn:])
     n_valid = round(n_drawn * valid_fraction)
     return dataset.subset(drawn[n_valid:]), dataset.subset(drawn[:n_valid]), dataset.subset(rest)

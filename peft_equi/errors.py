@@ -37,3 +37,23 @@ class AdapterLoadError(PeftEquiError):
 
 class UnknownElementError(PeftEquiError):
     """Elements (atomic numbers) that a model does not know."""
+
+
+class ConfigError(PeftEquiError):
+    """Invalid options (of a run, an adapter or a preset); the message names each bad option."""
+
+    @classmethod
+    def from_validation(cls, exc: Exception, where: str = "") -> ConfigError:
+        """One line from a ``pydantic.ValidationError``: ``where: option: problem; ...``."""
+        errors = exc.errors() if hasattr(exc, "errors") else []
+        parts = []
+        for error in errors:
+            option = ".".join(str(p) for p in error["loc"]) or "config"
+            problem = "unknown option" if error["type"] == "extra_forbidden" else error["msg"]
+            parts.append(f"{option}: {problem}")
+        message = "; ".join(parts) or " ".join(str(exc).split())
+        return cls(f"{where}: {message}" if where else message)
+
+
+class DataError(PeftEquiError):
+    """A data file that cannot be used: unreadable, empty, non-finite values, mismatched shapes."""

@@ -10,10 +10,13 @@ Register more with :func:`peft_equi.registry.register_preset`.
 
 from __future__ import annotations
 
+import inspect
 from typing import Any
 
+from pydantic import ValidationError
+
 from peft_equi.config import PeftConfig, Rule
-from peft_equi.errors import UnknownNameError
+from peft_equi.errors import ConfigError, PeftEquiError, UnknownNameError
 from peft_equi.registry import ADAPTERS, PRESETS, register_preset
 
 _RULE_KEYS = ("target", "exclude", "kinds")
@@ -64,3 +67,40 @@ def resolve_config(config: PeftConfig | str, **options: Any) -> PeftConfig:
     if config in ADAPTERS:
         return adapter_everywhere(config, **options)
     raise UnknownNameError("preset or adapter", config, preset_names())
+
+
+def _known_options(name: str) -> list[str] | None:
+    """The options preset or adapter ``name`` accepts; None when it takes any keyword."""
+    if name in PRESETS:
+        parameters = inspect.signature(PRESETS.get(name)).parameters.values()
+        if any(p.kind is inspect.Parameter.VAR_KEYWORD for p in parameters):
+            return None
+        return [p.name for p in parameters]
+    return sorted(ADAPTERS.get(name).config_class.model_fields) + list(_RULE_KEYS + _CONFIG_KEYS)
+
+
+def validate_options(name: str, options: dict[str, Any]) -> PeftConfig:
+    """:func:`resolve_config` for user input: every problem is a :class:`ConfigError` naming the option.
+
+    Needs no model, so runs check adapter options before loading one.
+    """
+    if name not in PRESETS and name not in ADAPTERS:
+        raise UnknownNameError("preset or adapter", name, preset_names())
+    what = f"{'preset' if name in PRESETS else 'adapter'} {name!r}"
+    if not isinstance(options, dict):
+        raise ConfigError(f"{what}: options must be a mapping such as {{rank: 8}}, got {options!r}")
+    known = _known_options(name)
+    unknown = sorted(set(options) - set(known)) if known is not None else []
+    if unknown:
+        raise ConfigError(
+            f"{what}: unknown option{'s' if len(unknown) > 1 else ''} {', '.join(map(repr, unknown))} "
+            f"(its options: {', '.join(known) or 'none'})"
+        )
+    try:
+        return resolve_config(name, **options)
+    except ValidationError as exc:
+        raise ConfigError.from_validation(exc, what) from None
+    except PeftEquiError:
+        raise
+    except (TypeError, ValueError) as exc:
+        raise ConfigError(f"{what}: {' '.join(str(exc).split())}") from None

@@ -9,11 +9,47 @@ is ``swa=True`` with mace's option names; off by default, as in mace.
 
 from __future__ import annotations
 
+import types
+import typing
 from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, PositiveFloat, PositiveInt, field_validator, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    PositiveFloat,
+    PositiveInt,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
+
+from peft_equi.errors import ConfigError
+
+#: Options that do not change what is trained, so that ``resume`` accepts a change of them:
+#: where the run is written and how it reports, the number of epochs (a run may be extended),
+#: how to load the model file, the device, the model kept at the end (the best one is tracked
+#: either way), and the test set (evaluated only before and after; the elements it adds to a
+#: cut model are checked separately).  Paths of files that are read are compared by content.
+RESUMABLE_CHANGES = frozenset(
+    {
+        "output",
+        "plots",
+        "progress",
+        "checkpoint_every",
+        "resume",
+        "overwrite",
+        "epochs",
+        "trust_pickle",
+        "device",
+        "keep",
+        "test",
+        "test_on_rest",
+        "n_test",
+    }
+)
 
 
 class FinetuneConfig(BaseModel):
@@ -33,8 +69,10 @@ class FinetuneConfig(BaseModel):
     )
 
     train: Path = Field(description="training data: extxyz or rMD17 .npz")
-    valid: Path | None = Field(None, description="validation data (default: split off the training file)")
-    test: Path | None = Field(None, description="test data, evaluated whole before and after fine-tuning")
+    valid: Path | None = Field(None, description="validation data (default, or 'none': split off the training file)")
+    test: Path | None = Field(
+        None, description="test data, evaluated whole before and after fine-tuning ('none': no test)"
+    )
     test_on_rest: bool = Field(
         False, description="test on the structures of the training file not drawn for training or validation"
     )
@@ -70,7 +108,7 @@ class FinetuneConfig(BaseModel):
         "the best model is then chosen among stage-two epochs",
     )
     start_swa: PositiveInt | None = Field(
-        None, description="stage two begins after this many epochs (mace's --start_swa); None: 3/4 of the epochs"
+        None, description="stage two begins after this many epochs (mace's --start_swa); 'none': 3/4 of the epochs"
     )
     swa_lr: PositiveFloat = Field(1e-3, description="learning rate of stage two")
     swa_energy_weight: float = Field(1000.0, ge=0, description="energy weight of stage two")
@@ -78,8 +116,8 @@ class FinetuneConfig(BaseModel):
     keep: Literal["best", "last"] = Field(
         "best", description="model kept and tested: lowest validation loss (as mace) or the last epoch"
     )
-    ema_decay: float | None = Field(0.995, gt=0, lt=1, description="EMA of the trained weights (None: off)")
-    clip_grad: PositiveFloat | None = Field(100.0, description="gradient-norm clipping (None: off)")
+    ema_decay: float | None = Field(0.995, gt=0, lt=1, description="EMA of the trained weights ('none': off)")
+    clip_grad: PositiveFloat | None = Field(100.0, description="gradient-norm clipping ('none': off)")
     scheduler_patience: PositiveInt = Field(5, description="ReduceLROnPlateau patience (epochs)")
     scheduler_factor: float = Field(0.8, gt=0, lt=1, description="ReduceLROnPlateau factor")
     dtype: Literal["float64", "float32"] = Field("float64", description="floating-point precision")
@@ -91,14 +129,35 @@ class FinetuneConfig(BaseModel):
 
     output: Path = Field(Path("runs/finetune"), description="output directory")
     checkpoint_every: PositiveInt = Field(1, description="write a resumable checkpoint every n epochs")
-    resume: bool = Field(False, description="continue from output/checkpoint.pt")
+    resume: bool = Field(
+        False, description="continue from output/checkpoint.pt (refused when an option that changes training differs)"
+    )
+    overwrite: bool = Field(
+        False,
+        description="replace the previous run in output (its files are deleted first); a non-empty output is "
+        "otherwise refused, and so is one holding files a run does not write",
+    )
     plots: bool = Field(True, description="write learning-curve and force-parity PNGs")
     progress: bool = Field(True, description="show progress bars")
+
+    @model_validator(mode="before")
+    @classmethod
+    def _none_strings(cls, data: Any) -> Any:
+        """'none' (any case) or 'null' for an option that may be None is None (flags and YAML alike)."""
+        if not isinstance(data, dict):
+            return data
+        optional = {name for name, field in cls.model_fields.items() if not field.is_required() and _allows_none(field)}
+        return {
+            k: None if k in optional and isinstance(v, str) and v.strip().lower() in ("none", "null") else v
+            for k, v in data.items()
+        }
 
     @model_validator(mode="after")
     def _stage_two(self) -> FinetuneConfig:
         if self.swa and self.start_swa is not None and self.start_swa >= self.epochs:
             raise ValueError(f"start_swa ({self.start_swa}) must be less than epochs ({self.epochs})")
+        if self.resume and self.overwrite:
+            raise ValueError("give resume (continue the run in output) or overwrite (replace it), not both")
         return self
 
     def stage_two_start(self) -> int | None:
@@ -115,18 +174,43 @@ class FinetuneConfig(BaseModel):
         return value
 
     @classmethod
+    def checked(cls, options: dict[str, Any], where: str = "") -> FinetuneConfig:
+        """Validate ``options``; problems raise :class:`~peft_equi.errors.ConfigError` naming each option."""
+        try:
+            return cls.model_validate(options)
+        except ValidationError as exc:
+            raise ConfigError.from_validation(exc, where) from None
+
+    @classmethod
     def from_file(cls, path: str | Path, **overrides: Any) -> FinetuneConfig:
-        """Read YAML or JSON, with ``overrides`` (e.g. from command-line flags) taking precedence."""
+        """Read YAML or JSON, with ``overrides`` (e.g. from command-line flags) taking precedence.
+
+        Invalid YAML and invalid options raise :class:`~peft_equi.errors.ConfigError`.
+        """
         path = Path(path)
         if not path.is_file():
             raise FileNotFoundError(f"config file not found: {path}")
-        data = yaml.safe_load(path.read_text()) or {}
+        try:
+            data = yaml.safe_load(path.read_text()) or {}
+        except yaml.YAMLError as exc:
+            raise ConfigError(f"{path}: not valid YAML: {' '.join(str(exc).split())}") from None
         if not isinstance(data, dict):
-            raise ValueError(f"{path}: expected a mapping of options, got {type(data).__name__}")
-        return cls.model_validate(data | overrides)
+            raise ConfigError(f"{path}: expected a mapping of options, got {type(data).__name__}")
+        return cls.checked(data | overrides)
+
+    def training_options(self) -> dict[str, Any]:
+        """The options that change what is trained (all but :data:`RESUMABLE_CHANGES`), as JSON values."""
+        return self.model_dump(mode="json", exclude=set(RESUMABLE_CHANGES))
 
     def torch_dtype(self):
         """The ``torch.dtype`` of :attr:`dtype`."""
         import torch
 
         return getattr(torch, self.dtype)
+
+
+def _allows_none(field: Any) -> bool:
+    annotation = field.annotation
+    return typing.get_origin(annotation) in (typing.Union, types.UnionType) and type(None) in typing.get_args(
+        annotation
+    )

@@ -20,8 +20,10 @@ so ``torchrun --nproc_per_node 2`` follows the same trajectory as one process.
 from __future__ import annotations
 
 import copy
+import hashlib
 import json
 import os
+import shutil
 import time
 from collections.abc import Iterator, Sequence
 from contextlib import nullcontext
@@ -42,8 +44,9 @@ from peft_equi.data import (
     read_isolated_atom_energies,
 )
 from peft_equi.data import select_and_split as split_data
-from peft_equi.errors import NotMergeableError, PeftEquiError
+from peft_equi.errors import ConfigError, DataError, NotMergeableError, PeftEquiError
 from peft_equi.potentials.base import Potential, load_potential
+from peft_equi.presets import validate_options
 from peft_equi.training.checkpoint import atomic_save, load_checkpoint
 from peft_equi.training.config import FinetuneConfig
 from peft_equi.training.logs import MetricsLog, plot_force_parity, plot_learning_curves
@@ -52,6 +55,24 @@ from peft_equi.training.metrics import Errors, weighted_loss
 
 class TrainingDivergedError(PeftEquiError):
     """The loss became NaN or infinite; the last good checkpoint is kept."""
+
+
+#: What a run writes into its output directory (``overwrite`` deletes these and nothing else).
+RUN_FILES = frozenset(
+    {
+        "metrics.csv",
+        "results.json",
+        "checkpoint.pt",
+        "energy_correction.json",
+        "merged.model",
+        "merged.pth",
+        "merged.nequip-state.pt",
+        "learning_curves.png",
+        "force_parity.png",
+    }
+)
+#: Options naming files that are read: compared by content when resuming.
+INPUT_FILES = ("model", "train", "valid", "e0s")
 
 
 @dataclass
@@ -103,39 +124,90 @@ class Finetuner:
         self.device = torch.device(config.device)
         self.dtype = config.torch_dtype()
         self.output = Path(config.output)
-        self.potential = potential or load_potential(config.model, dtype=self.dtype, trust_pickle=config.trust_pickle)
-        self.potential.model.to(device=self.device, dtype=self.dtype)
-        self.elements = self.potential.atomic_numbers
-        self.delta = np.zeros(len(self.elements))
+        self._potential: Potential | None = None
+        self.elements: list[int] = []
+        self.delta = np.zeros(0)
+        if potential is not None:
+            potential.model.to(device=self.device, dtype=self.dtype)
+            self.potential = potential
         self.weights = (config.energy_weight, config.forces_weight)  # the current stage's loss weights
         self.model: nn.Module | None = None  # the PeftModel, after run()
+        self._checkpoint_written = False
+        self._digests: dict[str, str] | None = None
+
+    @property
+    def potential(self) -> Potential:
+        """The model being fine-tuned; loaded on first use (:meth:`run` checks options and data first)."""
+        if self._potential is None:
+            c = self.config
+            potential = load_potential(c.model, dtype=self.dtype, trust_pickle=c.trust_pickle)
+            potential.model.to(device=self.device, dtype=self.dtype)
+            self.potential = potential
+        return self._potential
+
+    @potential.setter
+    def potential(self, potential: Potential) -> None:
+        self._potential = potential
+        self.elements = potential.atomic_numbers
+        self.delta = np.zeros(len(self.elements))
 
     # -- data --
 
     def _load_data(self) -> tuple[Dataset, Dataset, Dataset | None]:
+        """Read, check and split the data (no model needed: bad data fails before one is loaded)."""
         c = self.config
-        full = read_dataset(c.train, c.energy_key, c.forces_key)
         if c.test is not None and c.test_on_rest:
             raise PeftEquiError("give either a test file or test_on_rest, not both")
-        if c.valid is None:
-            train, valid, rest = split_data(full, c.n_train, c.valid_fraction, c.seed)
-        else:
-            train, _, rest = split_data(full, c.n_train, 0.0, c.seed)
+        full = read_dataset(c.train, c.energy_key, c.forces_key)
+        try:
+            train, valid, rest = split_data(full, c.n_train, c.valid_fraction if c.valid is None else 0.0, c.seed)
+        except DataError as exc:
+            raise DataError(f"{c.train}: {exc}") from None
+        if c.valid is not None:
             valid = read_dataset(c.valid, c.energy_key, c.forces_key)
         test = read_dataset(c.test, c.energy_key, c.forces_key) if c.test else (rest if c.test_on_rest else None)
         if test is not None and len(test) == 0:
             raise PeftEquiError("the test set is empty (test_on_rest with every structure drawn?)")
         if test is not None and c.n_test is not None:
             test = test.subset(range(min(c.n_test, len(test))))
-        for name, data in (("training data", train), ("validation data", valid), ("test data", test)):
-            if data is not None:
-                self.potential.check_elements(data.atomic_numbers, f"the {name}")
         if len(train) < c.batch_size or len(valid) == 0:
             raise PeftEquiError(
                 f"{len(train)} training / {len(valid)} validation structures: need at least one batch "
                 f"({c.batch_size}) for training and one structure for validation"
             )
+        if c.e0s not in ("fit", "none"):
+            read_isolated_atom_energies(c.e0s)  # checked now; used after the model is loaded
         return train, valid, test
+
+    def _check_elements(self, train: Dataset, valid: Dataset, test: Dataset | None) -> None:
+        for name, data in (("training data", train), ("validation data", valid), ("test data", test)):
+            if data is not None:
+                self.potential.check_elements(data.atomic_numbers, f"the {name}")
+
+    def _prepare_output(self) -> None:
+        """Refuse a non-empty output unless resuming; with ``overwrite``, delete the previous run's files first."""
+        c = self.config
+        if self.output.exists() and not self.output.is_dir():
+            raise PeftEquiError(f"output {self.output} exists and is not a directory")
+        entries = sorted(p.name for p in self.output.iterdir()) if self.output.is_dir() else []
+        if self.rank != 0 or not entries or c.resume:
+            self.output.mkdir(parents=True, exist_ok=True)
+            return
+        if not c.overwrite:
+            raise PeftEquiError(
+                f"output {self.output} is not empty (a previous run?): give --resume to continue it, "
+                f"--overwrite to replace it, or another --output"
+            )
+        foreign = [name for name in entries if not _run_output(self.output / name)]
+        if foreign:
+            raise PeftEquiError(
+                f"not overwriting {self.output}: it holds files a run does not write ({', '.join(foreign[:5])}"
+                f"{', ...' if len(foreign) > 5 else ''}); remove them or choose another --output"
+            )
+        for name in entries:
+            path = self.output / name
+            shutil.rmtree(path) if path.is_dir() and not path.is_symlink() else path.unlink()
+        print(f"overwrite: removed the previous run in {self.output} ({len(entries)} entries)")
 
     def _prepare_model(self, datasets: Sequence[Dataset | None]) -> None:
         """Cut the model to the data's elements (``subset_elements``), then move it to cuequivariance (``backend``).
@@ -251,12 +323,20 @@ class Finetuner:
     def run(self) -> dict[str, Any]:
         """Fine-tune; returns the before/after errors (and writes everything under ``output``)."""
         c = self.config
-        torch.manual_seed(c.seed)
-        self.output.mkdir(parents=True, exist_ok=True)
+        # everything that needs no model first: options, data, the output directory, the checkpoint
+        validate_options(c.adapter, c.adapter_options)
         train, valid, test = self._load_data()
-        self._prepare_model([train, valid, test])
+        self._prepare_output()
         checkpoint = load_checkpoint(self.output / "checkpoint.pt") if c.resume else None
         if checkpoint is not None:
+            self._check_resumable(checkpoint)
+        self._checkpoint_written = False
+        _ = self.potential  # loads the model
+        torch.manual_seed(c.seed)
+        self._check_elements(train, valid, test)
+        self._prepare_model([train, valid, test])
+        if checkpoint is not None:
+            self._check_checkpoint_elements(checkpoint)
             self.delta = np.asarray(checkpoint["delta"])
         else:
             self._fit_energy_correction(train)
@@ -279,7 +359,7 @@ class Finetuner:
         if checkpoint is not None:
             start_epoch = self._restore(checkpoint, model, optimizer, scheduler, ema, best)
         trained = self._distributed(model)
-        log = MetricsLog(self.output, resume=checkpoint is not None) if self.rank == 0 else None
+        log = MetricsLog(self.output, resume=checkpoint is not None, upto_epoch=start_epoch) if self.rank == 0 else None
         stage_two = c.stage_two_start()
         for epoch in range(start_epoch, c.epochs):
             started = time.perf_counter()
@@ -359,9 +439,15 @@ class Finetuner:
             loss = self._loss(trained, self._batch(train_p, share), training=True, totals=totals) * self.world
             batch_loss = _all_reduce_sum(loss.detach() / self.world)
             if not torch.isfinite(batch_loss):
+                checkpoint = self.output / "checkpoint.pt"
+                kept = (
+                    f"The last good checkpoint is {checkpoint}"
+                    if self._checkpoint_written or (self.config.resume and checkpoint.is_file())
+                    else "No checkpoint was written yet"
+                )
                 raise TrainingDivergedError(
-                    f"loss became {batch_loss.item()} at epoch {epoch + 1}, batch {b + 1}: stopping. The last good "
-                    f"checkpoint is {self.output / 'checkpoint.pt'} (try a lower lr or float64)"
+                    f"loss became {batch_loss.item()} at epoch {epoch + 1}, batch {b + 1}: stopping. {kept} "
+                    f"(try a lower lr or float64)"
                 )
             loss.backward()
             if c.clip_grad is not None:
@@ -396,16 +482,56 @@ class Finetuner:
             "ema": ema.state_dict() if ema is not None else None,
             "delta": torch.as_tensor(self.delta),
             "best": best.as_dict(),
-            "config": self.config.model_dump_json(exclude={"resume", "epochs", "progress"}),
+            "config": self.config.model_dump_json(exclude={"resume"}),
+            "inputs": json.dumps(self._input_digests()),
+            "elements": torch.as_tensor(self.elements, dtype=torch.long),
+            "stage_two_start": -1 if self.config.stage_two_start() is None else self.config.stage_two_start(),
         }
         atomic_save(state, self.output / "checkpoint.pt")
+        self._checkpoint_written = True
+
+    def _input_digests(self) -> dict[str, str]:
+        """SHA-256 of the files the run reads (model, data, isolated atoms), computed once."""
+        if self._digests is None:
+            self._digests = {}
+            for key in INPUT_FILES:
+                value = getattr(self.config, key)
+                if value is not None and Path(value).is_file():
+                    self._digests[key] = _sha256(Path(value))
+        return self._digests
+
+    def _check_resumable(self, checkpoint: dict[str, Any]) -> None:
+        """Refuse to resume when an option that changes training differs from the checkpoint's.
+
+        Files read are compared by content when the checkpoint has their digests, so the same
+        run may resume from another working directory, through an absolute path or copied.
+        """
+        saved = json.loads(checkpoint["config"])
+        digests = json.loads(checkpoint.get("inputs", "{}"))
+        current = self.config.training_options()
+        same_file = {key: key in digests and digests[key] == self._input_digests().get(key) for key in INPUT_FILES}
+        changed = sorted(k for k in current if not same_file.get(k) and saved.get(k) != current[k])
+        # with swa and no start_swa, stage two starts at 3/4 of the epochs: more epochs move it
+        saved_start, start = int(checkpoint.get("stage_two_start", -1)), self.config.stage_two_start()
+        if (
+            not {"swa", "start_swa"} & set(changed)
+            and saved_start >= 0
+            and start is not None
+            and saved_start != start
+            and int(checkpoint["epoch"]) > min(saved_start, start)
+        ):
+            changed.append("epochs (it moves the start of stage two: give start_swa)")
+        if changed:
+            raise ConfigError(f"cannot resume: options changed since the checkpoint: {', '.join(changed)}")
+
+    def _check_checkpoint_elements(self, checkpoint: dict[str, Any]) -> None:
+        if "elements" in checkpoint and checkpoint["elements"].tolist() != list(self.elements):
+            raise PeftEquiError(
+                f"cannot resume: the model was cut to elements {checkpoint['elements'].tolist()} at the checkpoint, "
+                f"{list(self.elements)} now (data with other elements, or subset_elements changed?)"
+            )
 
     def _restore(self, checkpoint, model, optimizer, scheduler, ema, best: Best) -> int:
-        saved = json.loads(checkpoint["config"])
-        current = json.loads(self.config.model_dump_json(exclude={"resume", "epochs", "progress"}))
-        changed = sorted(k for k in current if saved.get(k) != current[k])
-        if changed:
-            raise PeftEquiError(f"cannot resume: options changed since the checkpoint: {', '.join(changed)}")
         current_state = model.adapter_state_dict()
         with torch.no_grad():
             for key, value in checkpoint["adapter"].items():
@@ -443,6 +569,27 @@ class Finetuner:
                 for phase in ("before", "after")
             }
             plot_force_parity(curves, self.output / "force_parity.png")
+
+
+def _run_output(path: Path) -> bool:
+    """Whether ``path`` (an entry of an output directory) is something a run writes."""
+    if path.name in RUN_FILES or path.name.startswith(".checkpoint.pt."):
+        return path.is_file()
+    if path.name == "tensorboard":
+        return path.is_dir()
+    if path.name == "adapter":  # only a saved adapter (or an empty folder): files, with its config among them
+        if not path.is_dir() or not all(p.is_file() for p in path.iterdir()):
+            return False
+        return (path / "adapter_config.json").is_file() or not any(path.iterdir())
+    return False
+
+
+def _sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with path.open("rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
 
 
 def _one_based(epochs_before: int | None) -> int | None:

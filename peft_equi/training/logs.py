@@ -12,12 +12,15 @@ import numpy as np
 class MetricsLog:
     """Appends one row per epoch to ``metrics.csv``; mirrors scalars to TensorBoard if available."""
 
-    def __init__(self, directory: Path, resume: bool) -> None:
+    def __init__(self, directory: Path, resume: bool, upto_epoch: int | None = None) -> None:
+        """``resume``: keep the rows of ``metrics.csv`` up to ``upto_epoch`` (the checkpoint's; later ones rerun)."""
         self.path = directory / "metrics.csv"
         self.rows: list[dict[str, Any]] = []
         if resume and self.path.is_file():
             with self.path.open() as f:
-                self.rows = [{k: float(v) for k, v in row.items()} for row in csv.DictReader(f)]
+                self.rows = [{k: _number(k, v) for k, v in row.items()} for row in csv.DictReader(f)]
+            if upto_epoch is not None:
+                self.rows = [row for row in self.rows if row["epoch"] <= upto_epoch]
         self.writer = None
         try:
             from torch.utils.tensorboard import SummaryWriter
@@ -38,6 +41,14 @@ class MetricsLog:
                 if key != "epoch":
                     self.writer.add_scalar(key, value, int(row["epoch"]))
             self.writer.flush()
+
+
+def _number(key: str, value: str) -> float | int:
+    return int(float(value)) if key in INTEGER_COLUMNS else float(value)
+
+
+#: Columns of ``metrics.csv`` holding integers.
+INTEGER_COLUMNS = ("epoch", "stage")
 
 
 def plot_learning_curves(rows: list[dict[str, Any]], path: Path) -> Path:
