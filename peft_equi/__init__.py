@@ -18,11 +18,13 @@ from peft_equi.backends.base import Backend
 from peft_equi.config import PeftConfig, Rule
 from peft_equi.errors import (
     AdapterLoadError,
+    BaseMismatchError,
     NotMergeableError,
     PeftEquiError,
     RuleMatchError,
     UnknownNameError,
     UnsupportedLayerError,
+    UntrustedPickleError,
 )
 from peft_equi.inspection import LayerReport, format_inspection, inspect_model
 from peft_equi.integrations.mace.cueq import to_cueq, to_e3nn
@@ -55,6 +57,7 @@ __all__ = [
     "AdapterConfig",
     "AdapterLoadError",
     "Backend",
+    "BaseMismatchError",
     "Irrep",
     "Irreps",
     "LayerKind",
@@ -70,6 +73,7 @@ __all__ = [
     "RuleMatchError",
     "UnknownNameError",
     "UnsupportedLayerError",
+    "UntrustedPickleError",
     "WeightPath",
     "discover",
     "format_inspection",

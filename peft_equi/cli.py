@@ -31,6 +31,13 @@ ModelOption = Annotated[str, typer.Option("--model", help="model name (7net-0) o
 TrustOption = Annotated[
     bool, typer.Option("--trust-pickle", help="allow loading whole pickled models (executes code from the file)")
 ]
+MismatchOption = Annotated[
+    bool,
+    typer.Option(
+        "--allow-base-mismatch",
+        help="load the run's adapter even if the model's weights differ from those it was trained on (transfer)",
+    ),
+]
 
 
 def _fail(message: str) -> typer.Exit:
@@ -159,7 +166,7 @@ def inspect_command(
         raise _fail(str(exc)) from None
 
 
-def _adapted(model: str, run: Path, trust_pickle: bool):
+def _adapted(model: str, run: Path, trust_pickle: bool, allow_base_mismatch: bool = False):
     import numpy as np
 
     import peft_equi
@@ -172,7 +179,7 @@ def _adapted(model: str, run: Path, trust_pickle: bool):
         potential.subset_elements(elements)
     if elements != potential.atomic_numbers:
         raise PeftEquiError(f"{run}: energy correction is for elements {elements}")
-    peft_model = peft_equi.load_adapter(potential.model, run / "adapter")
+    peft_model = peft_equi.load_adapter(potential.model, run / "adapter", allow_base_mismatch=allow_base_mismatch)
     return potential, peft_model, np.asarray(correction["delta_eV"])
 
 
@@ -185,6 +192,7 @@ def evaluate(
     forces_key: Annotated[str, typer.Option(help="extxyz array key of the reference forces")] = "forces",
     batch_size: Annotated[int, typer.Option(help="structures per batch")] = 10,
     trust_pickle: TrustOption = False,
+    allow_base_mismatch: MismatchOption = False,
 ) -> None:
     """Energy and force errors of a model (with a fine-tuned adapter from --run) on a data file."""
     from peft_equi.data import read_dataset
@@ -196,7 +204,7 @@ def evaluate(
         finetuner = Finetuner(config)
         network = finetuner.potential.model
         if run is not None:
-            finetuner.potential, network, finetuner.delta = _adapted(model, run, trust_pickle)
+            finetuner.potential, network, finetuner.delta = _adapted(model, run, trust_pickle, allow_base_mismatch)
             finetuner.elements = finetuner.potential.atomic_numbers  # cut when the run cut the model
         finetuner.potential.check_elements(dataset.atomic_numbers, str(data))
         errors = finetuner.evaluate(network, finetuner.prepare(dataset))
@@ -230,10 +238,11 @@ def merge(
     output: Annotated[Path, typer.Option(help="where to write the merged model")],
     trust_pickle: TrustOption = False,
     overwrite: Annotated[bool, typer.Option("--overwrite", help="replace an existing merged model file")] = False,
+    allow_base_mismatch: MismatchOption = False,
 ) -> None:
     """Fold a mergeable adapter into the model and save it in the model family's own format."""
     try:
-        potential, peft_model, _ = _adapted(model, run, trust_pickle)
+        potential, peft_model, _ = _adapted(model, run, trust_pickle, allow_base_mismatch)
         path = _save_new(potential, peft_model.merge_and_unload(), output, overwrite)
     except (PeftEquiError, FileNotFoundError) as exc:
         raise _fail(str(exc)) from None

@@ -57,3 +57,11 @@ class ConfigError(PeftEquiError):
 
 class DataError(PeftEquiError):
     """A data file that cannot be used: unreadable, empty, non-finite values, mismatched shapes."""
+
+
+class UntrustedPickleError(PeftEquiError):
+    """A file that would execute code when loaded, read without ``trust_pickle`` (``--trust-pickle``)."""
+
+
+class BaseMismatchError(AdapterLoadError):
+    """An adapter loaded into base weights other than those it was trained on."""

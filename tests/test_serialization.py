@@ -48,12 +48,13 @@ def test_trained_base_tensors_are_saved_and_restored(tmp_path):
     config = peft_equi.PeftConfig(
         rules=[peft_equi.Rule(adapter="lora", target="embedding")], train=["readout.*"], train_buffers=["scale"]
     )
-    model = peft_equi.get_peft_model(MixedNet(), config)
+    net = MixedNet()
+    fresh = copy.deepcopy(net)  # the same base weights
+    model = peft_equi.get_peft_model(net, config)
     with torch.no_grad():
         model.base_model.scale.fill_(3.0)
         model.base_model.readout.weight.mul_(2.0)
     model.save_adapter(tmp_path)
-    fresh = MixedNet()
     loaded = peft_equi.load_adapter(fresh, tmp_path)
     assert fresh.scale.item() == 3.0
     assert torch.equal(fresh.readout.weight, model.base_model.readout.weight)

@@ -99,13 +99,18 @@ def _is_package(spec: str) -> bool:
 
 @register_potential("nequip", _is_package)
 def load_nequip_package(spec: str, *, dtype: torch.dtype, trust_pickle: bool) -> NequipPotential:
-    """A packaged NequIP model (``nequip-package build``); loading runs code from the package."""
-    from peft_equi.errors import PeftEquiError
+    """A packaged NequIP model (``nequip-package build``); loading runs code from the package.
+
+    A torch.package archive carries its own copies of the model's Python modules and runs
+    them when loaded (by design: that is what lets it load without the original code), so
+    no safe reading exists: it needs ``trust_pickle``, checked before the file is opened.
+    """
+    from peft_equi.errors import PeftEquiError, UntrustedPickleError
+    from peft_equi.safe_load import TRUST_HINT
 
     if not trust_pickle:
-        raise PeftEquiError(
-            f"{spec} is a torch.package archive: loading it executes code from the file. "
-            "Pass trust_pickle=True if you trust its source."
+        raise UntrustedPickleError(
+            f"{spec}: a torch.package archive (NequIP package): loading it executes code from the file; {TRUST_HINT}"
         )
     set_nequip_global_state()
     from nequip.model import ModelFromPackage

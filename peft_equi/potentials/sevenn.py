@@ -1,7 +1,9 @@
 """SevenNet (``sevenn``) as a :class:`~peft_equi.potentials.base.Potential`; pretrained models by name.
 
-SevenNet-0 ships inside the ``sevenn`` wheel (``sevenn.util.load_checkpoint("7net-0")``), so it
-loads offline.  Notes from its internals:
+SevenNet-0 ships inside the ``sevenn`` wheel (``sevenn.util.pretrained_name_to_path("7net-0")``),
+so it loads offline.  Checkpoints are unpickled with ``weights_only=True`` (sevenn's own reader
+would run any code a ``.pth`` pickles); one that needs more requires ``trust_pickle``.  Notes
+from its internals:
 
 * Forces are ``-dE/d(edge vectors)`` scattered onto atoms, with ``create_graph`` only in
   ``train()`` mode: the potential switches the mode with ``training``.
@@ -14,6 +16,7 @@ loads offline.  Notes from its internals:
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -24,6 +27,7 @@ from torch import nn
 
 from peft_equi.errors import PeftEquiError
 from peft_equi.potentials.base import Potential, register_potential
+from peft_equi.safe_load import load_torch_file, numpy_globals
 
 ENERGY_KEY = "inferred_total_energy"
 FORCES_KEY = "inferred_force"
@@ -130,15 +134,68 @@ def _is_sevenn(spec: str) -> bool:
     return spec.startswith("7net") or spec.startswith("sevennet") or (spec.endswith(".pth") and Path(spec).is_file())
 
 
+_READ_LOCK = threading.Lock()
+
+
+def read_sevenn_checkpoint(path: str, *, trust_pickle: bool) -> Any:
+    """A ``SevenNetCheckpoint`` for ``path``, its file unpickled by us with ``weights_only=True``.
+
+    sevenn's own reader (``SevenNetCheckpoint._load``) calls ``torch.load(weights_only=False)``:
+    any ``.pth`` would run code.  The file is read here instead (tensors, containers, plain
+    values, ``torch.device`` and numpy arrays; anything else needs ``trust_pickle``) and handed
+    to sevenn's reader, which then processes it as usual (config upgrades etc.).
+    """
+    import sevenn.checkpoint as reader
+
+    payload = load_torch_file(
+        path,
+        trust_pickle=trust_pickle,
+        what="a SevenNet checkpoint that pickles more than tensors, numbers and numpy arrays",
+        safe_globals=numpy_globals(),
+    )
+    if not isinstance(payload, dict) or not isinstance(payload.get("model_state_dict"), dict):
+        found = sorted(payload) if isinstance(payload, dict) else type(payload).__name__
+        raise PeftEquiError(f"{path}: not a SevenNet checkpoint (no model_state_dict; found {found})")
+    if not hasattr(reader, "torch_load"):
+        raise PeftEquiError("the installed sevenn reads checkpoints differently: cannot hand it a safely read file")
+    checkpoint = reader.SevenNetCheckpoint(path)
+    original = reader.torch_load
+
+    def torch_load(file: Any, *args: Any, **kwargs: Any) -> Any:
+        if str(file) == checkpoint.checkpoint_path:
+            return payload
+        return original(file, *args, **kwargs)
+
+    with _READ_LOCK:
+        reader.torch_load = torch_load
+        try:
+            checkpoint.config  # noqa: B018 - the first access reads the file (through torch_load)
+        finally:
+            reader.torch_load = original
+    return checkpoint
+
+
 @register_potential("sevenn", _is_sevenn)
 def load_sevenn(spec: str, *, dtype: torch.dtype, trust_pickle: bool) -> SevenNetPotential:
-    """A pretrained SevenNet by name (``7net-0``, shipped in the wheel) or a SevenNet checkpoint file."""
+    """A pretrained SevenNet by name (``7net-0``, shipped in the wheel) or a SevenNet checkpoint file.
+
+    Read with ``weights_only=True`` (:func:`read_sevenn_checkpoint`); a checkpoint that
+    pickles code needs ``trust_pickle``.
+    """
     import sevenn.util
 
+    if Path(spec).is_file():
+        path = spec
+    else:
+        try:
+            path = sevenn.util.pretrained_name_to_path(spec)
+        except ValueError:
+            names = ", ".join(sevenn.util.get_available_pretrained_models())
+            raise PeftEquiError(f"{spec!r} is neither a file nor a pretrained SevenNet (names: {names})") from None
+    checkpoint = read_sevenn_checkpoint(str(path), trust_pickle=trust_pickle)
     previous = torch.get_default_dtype()
     torch.set_default_dtype(torch.float32)  # sevenn builds (and checks) its tensors in float32
     try:
-        checkpoint = sevenn.util.load_checkpoint(spec)
         model = checkpoint.build_model()
     finally:
         torch.set_default_dtype(previous)

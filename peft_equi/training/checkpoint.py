@@ -3,11 +3,15 @@
 from __future__ import annotations
 
 import os
+import pickle
 import tempfile
 from pathlib import Path
 from typing import Any
 
 import torch
+
+from peft_equi.errors import PeftEquiError, UntrustedPickleError
+from peft_equi.safe_load import first_line, unsafe_globals
 
 
 def atomic_save(obj: Any, path: str | Path) -> Path:
@@ -26,8 +30,22 @@ def atomic_save(obj: Any, path: str | Path) -> Path:
 
 
 def load_checkpoint(path: str | Path) -> dict[str, Any]:
-    """A checkpoint written by the engine (plain tensors and numbers: loads with ``weights_only=True``)."""
+    """A checkpoint written by the engine (plain tensors and numbers: loads with ``weights_only=True``).
+
+    A file that pickles anything else is refused whatever ``trust_pickle`` says: it was not
+    written by the engine.
+    """
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"no checkpoint to resume from at {path}")
-    return torch.load(path, map_location="cpu", weights_only=True)
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError:  # never unpickled in full: the engine writes tensors and numbers only
+        names = unsafe_globals(path)
+        raise UntrustedPickleError(
+            f"{path}: not a peft-equi checkpoint: it pickles code{f' ({names})' if names else ''} and loading it "
+            "would execute it; refused (--trust-pickle does not apply to checkpoints, which hold only tensors "
+            "and numbers)"
+        ) from None
+    except Exception as exc:  # truncated or not a torch file
+        raise PeftEquiError(f"{path}: cannot read the checkpoint ({first_line(exc)})") from None

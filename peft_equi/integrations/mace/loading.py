@@ -13,13 +13,16 @@ e3nn 0.4.4.  Two things stop it from working under e3nn 0.6:
 
 Unpickling runs code from the file: whole-module files need ``trust_pickle=True``.
 :func:`save_mace_state` writes a pickle-free alternative (config JSON + tensors) that loads
-with ``weights_only=True``.
+with ``weights_only=True``; the callables its config names (model class, interaction
+blocks, activations) are imported only when defined in ``mace.modules`` or are torch
+activations, and the model class must be a MACE ``nn.Module``.
 """
 
 from __future__ import annotations
 
 import contextlib
 import importlib
+import inspect
 import json
 import threading
 from collections.abc import Iterator
@@ -30,10 +33,12 @@ import torch
 from torch import nn
 
 from peft_equi.errors import PeftEquiError
+from peft_equi.safe_load import load_torch_file
 
 STATE_FORMAT = "peft_equi.mace_state.v1"
 _CODEGEN_MARK = "_compiled_main"
-_ALLOWED_CALLABLES = ("mace.modules", "torch.nn.functional", "torch")
+_ALLOWED_PACKAGES = ("mace.modules",)  # callables in state files: defined in these packages
+_ALLOWED_MODULES = ("torch", "torch.nn.functional")  # or in these modules (activations)
 _PATCH_LOCK = threading.RLock()
 
 
@@ -92,14 +97,39 @@ def _decode(value: Any) -> Any:
     if "__ndarray__" in value:
         return np.array(value["__ndarray__"], dtype=value["dtype"])
     if "__callable__" in value:
-        module_name, qualname = value["__callable__"].split(":")
-        if not any(module_name == m or module_name.startswith(m + ".") for m in _ALLOWED_CALLABLES):
-            raise PeftEquiError(f"refusing to import {value['__callable__']!r} named in a model config")
+        return _resolve(value["__callable__"])
+    return {k: _decode(v) for k, v in value.items()}
+
+
+def _allowed_module(name: str) -> bool:
+    return name in _ALLOWED_MODULES or any(name == p or name.startswith(p + ".") for p in _ALLOWED_PACKAGES)
+
+
+def _resolve(name: str, model_class: bool = False) -> Any:
+    """The callable ``module:qualname`` named in a state file, only if defined in MACE or torch's activations.
+
+    The object found must itself be defined there (``mace.modules.utils:torch.load`` reaches
+    ``torch.load``, defined in ``torch.serialization``: refused), and a model class must be an
+    ``nn.Module`` of ``mace.modules`` (it is called with the file's config).
+    """
+    module_name, _, qualname = name.partition(":")
+    refused = PeftEquiError(f"refusing to import {name!r} named in a model config")
+    if not _allowed_module(module_name) or not qualname:
+        raise refused
+    try:
         obj = importlib.import_module(module_name)
         for part in qualname.split("."):
             obj = getattr(obj, part)
-        return obj
-    return {k: _decode(v) for k, v in value.items()}
+    except (ImportError, AttributeError):
+        raise refused from None
+    defined_in = getattr(obj, "__module__", None) or ""
+    if inspect.ismodule(obj) or not callable(obj) or not _allowed_module(defined_in):
+        raise refused
+    if model_class and not (
+        isinstance(obj, type) and issubclass(obj, nn.Module) and defined_in.startswith("mace.modules")
+    ):
+        raise refused
+    return obj
 
 
 def instantiate(model_class: type, config: dict, dtype: torch.dtype) -> nn.Module:
@@ -171,21 +201,21 @@ def load_mace_model(path: str | Path, *, trust_pickle: bool = False, config: dic
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"MACE model file not found: {path}")
-    try:
-        obj = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as safe_error:  # an UnpicklingError: the file pickles code, not only tensors
-        if not trust_pickle:
-            raise PeftEquiError(
-                f"{path} is a whole pickled model (like MACE .model files); loading it executes code from the "
-                "file. Pass trust_pickle=True if you trust its source."
-            ) from safe_error
-        with legacy_e3nn_codegen_unpickling():
-            obj = torch.load(path, map_location="cpu", weights_only=False)
+    obj = load_torch_file(
+        path,
+        trust_pickle=trust_pickle,
+        what="a whole pickled model (like MACE .model files)",
+        trusted_context=legacy_e3nn_codegen_unpickling,
+    )
     if isinstance(obj, nn.Module):
         return rebuild_mace_model(obj)
     if isinstance(obj, dict) and obj.get("format") == STATE_FORMAT:
-        model_class = _decode({"__callable__": obj["model_class"]})
-        return _build(model_class, _decode(json.loads(obj["config"])), obj["state_dict"])
+        try:
+            model_class = _resolve(obj["model_class"], model_class=True)
+            config = _decode(json.loads(obj["config"]))
+        except PeftEquiError as exc:
+            raise PeftEquiError(f"{path}: {exc}") from None
+        return _build(model_class, config, obj["state_dict"])
     if isinstance(obj, dict) and all(isinstance(v, torch.Tensor) for v in obj.values()):
         if config is None:
             raise PeftEquiError(f"{path} holds a bare state dict: pass config= (extract_config_mace_model's dict)")
