@@ -5,6 +5,12 @@ organic foundation model (``benchmarks/make_organic_xtb.py``) are both GFN2-xTB 
 snapshots. This module holds what they share. It needs ``tblite`` (``pip install tblite``),
 imported only when a calculator is made.
 
+Threads: set ``OMP_NUM_THREADS=1`` (and the BLAS equivalents) before *anything* loads an
+OpenMP runtime, i.e. at the top of the script, before importing numpy or ``peft_equi``
+(which imports torch). tblite loaded after torch without it was measured 80 times slower
+(188 ms instead of 2.4 ms of CPU per acetamide force call): the two OpenMP runtimes fight.
+Both generators set it in their first lines, one process per core.
+
 Forces are ``F_i = -dE/dr_i`` of the GFN2-xTB total energy ``E`` (eV, eV/Angstrom).  tblite runs
 with ``accuracy=0.01`` (100 times tighter SCF and integral thresholds than its default, which
 leaves up to ~5e-4 eV/Angstrom of SCF noise in the forces).  The nuclei follow Langevin dynamics
@@ -16,7 +22,6 @@ leaves up to ~5e-4 eV/Angstrom of SCF noise in the forces).  The nuclei follow L
 from __future__ import annotations
 
 import hashlib
-import os
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -31,15 +36,6 @@ METHOD = "GFN2-xTB"
 ACCURACY = 0.01  # tblite's SCF/integral accuracy; the default 1.0 leaves ~5e-4 eV/A of SCF noise in the forces
 GROUND_STATE_MULTIPLICITY = {"H": 2, "C": 3, "N": 4, "O": 3}
 BOND_SCALE = 1.25  # two atoms are bonded when closer than 1.25 x the sum of their covalent radii
-
-
-def single_thread() -> None:
-    """Pin tblite (OpenMP) and BLAS to one thread: deterministic sums, and faster for small molecules.
-
-    Call before tblite or numpy's BLAS start their thread pools (i.e. before importing tblite).
-    """
-    for var in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS"):
-        os.environ[var] = "1"
 
 
 def xtb_calculator(**kwargs: Any) -> Calculator:

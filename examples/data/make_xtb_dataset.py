@@ -38,15 +38,14 @@ N quartet, O triplet) and without spin polarization, as GFN2-xTB is parametrized
 molecules are computed.
 
 Determinism: all randomness comes from ``numpy.random.default_rng(--seed)``, and tblite runs on
-one OpenMP thread (set here before tblite is imported), so the same versions on the same machine
+one OpenMP thread (set at the top, before numpy, torch or tblite load), so the same versions on the same machine
 write byte-identical files. Langevin trajectories are chaotic: another CPU, BLAS or tblite build
 may give a different (equally valid) trajectory after a few hundred steps.
 
-Run (about two minutes on one core), from the repository root::
+Run (about two minutes on one core), from the repository root, in the project's environment
+(``make`` installs tblite with the tested set; the MD and labelling code is ``peft_equi.xtb``)::
 
-    python3 -m venv /tmp/xtb-venv
-    /tmp/xtb-venv/bin/pip install numpy==2.4.6 ase==3.29.0 tblite==0.8.0
-    /tmp/xtb-venv/bin/python examples/data/make_xtb_dataset.py
+    .venv/bin/python examples/data/make_xtb_dataset.py
 
 Versions used for the committed files: Python 3.11.7, numpy 2.4.6, ase 3.29.0, tblite 0.8.0
 (PyPI wheel), scipy 1.17.1.
@@ -54,65 +53,30 @@ Versions used for the committed files: Python 3.11.7, numpy 2.4.6, ase 3.29.0, t
 
 from __future__ import annotations
 
-import argparse
-import hashlib
 import os
-import sys
-import time
-from collections.abc import Sequence
-from importlib.metadata import version
-from pathlib import Path
-from typing import TYPE_CHECKING, Any
 
-import numpy as np
+for _var in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS"):  # before numpy, torch and tblite load
+    os.environ[_var] = "1"
+
+import argparse  # noqa: E402
+import sys  # noqa: E402
+import time  # noqa: E402
+from collections.abc import Sequence  # noqa: E402
+from importlib.metadata import version  # noqa: E402
+from pathlib import Path  # noqa: E402
+from typing import TYPE_CHECKING  # noqa: E402
+
+import numpy as np  # noqa: E402
+
+from peft_equi.xtb import bond_graph, check_round_trip, isolated_atoms, langevin_snapshots, sha256  # noqa: E402
 
 if TYPE_CHECKING:
     from ase import Atoms
-    from ase.calculators.calculator import Calculator
 
 DATA_DIR = Path(__file__).resolve().parent
 DEFAULT_OUT = DATA_DIR / "acetamide_gfn2xtb_md.extxyz"
 DEFAULT_ATOMS_OUT = DATA_DIR / "xtb_isolated_atoms.xyz"
-METHOD = "GFN2-xTB"
-ACCURACY = 0.01  # tblite's SCF/integral accuracy; the default 1.0 leaves ~5e-4 eV/A of SCF noise in the forces
 ELEMENTS = ("H", "C", "N", "O")
-GROUND_STATE_MULTIPLICITY = {"H": 2, "C": 3, "N": 4, "O": 3}
-BOND_SCALE = 1.25  # two atoms are bonded when closer than 1.25 x the sum of their covalent radii
-
-
-def single_thread() -> None:
-    """Pin tblite (OpenMP) and BLAS to one thread: deterministic sums, and faster for 9 atoms."""
-    for var in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS"):
-        os.environ[var] = "1"
-
-
-def xtb_calculator(**kwargs: Any) -> Calculator:
-    """A GFN2-xTB ASE calculator (energies in eV, forces in eV/Angstrom) with tight SCF, silent."""
-    from tblite.ase import TBLite
-
-    return TBLite(method=METHOD, accuracy=ACCURACY, verbosity=0, **kwargs)
-
-
-def labelled(atoms: Atoms, energy: float, forces: np.ndarray, info: dict[str, Any]) -> Atoms:
-    """A bare copy of ``atoms`` (numbers and positions only) carrying ``energy`` and ``forces``."""
-    from ase import Atoms
-
-    snapshot = Atoms(numbers=atoms.numbers.copy(), positions=atoms.positions.copy(), pbc=False)
-    snapshot.info.update(info)
-    snapshot.info["energy"] = float(energy)
-    snapshot.new_array("forces", np.asarray(forces, dtype=float))
-    return snapshot
-
-
-def bond_graph(atoms: Atoms) -> np.ndarray:
-    """Boolean adjacency matrix: distance below ``BOND_SCALE`` times the sum of covalent radii."""
-    from ase.data import covalent_radii
-
-    radii = covalent_radii[atoms.numbers]
-    distances = atoms.get_all_distances()
-    bonded = distances < BOND_SCALE * (radii[:, None] + radii[None, :])
-    np.fill_diagonal(bonded, False)
-    return bonded
 
 
 def run_md(
@@ -126,87 +90,18 @@ def run_md(
     seed: int,
 ) -> list[Atoms]:
     """Langevin MD with GFN2-xTB forces; one labelled snapshot every ``stride`` steps after equilibration."""
-    from ase import units
     from ase.build import molecule as build_molecule
-    from ase.constraints import FixCom
-    from ase.md.langevin import Langevin
-    from ase.md.velocitydistribution import Stationary, ZeroRotation, thermalize_momenta
 
     rng = np.random.default_rng(seed)
     atoms = build_molecule(molecule)
     unknown = sorted(set(atoms.get_chemical_symbols()) - set(ELEMENTS))
     if unknown:
         raise ValueError(f"{molecule} contains {unknown}; only {ELEMENTS} are supported")
-    atoms.calc = xtb_calculator()
-    atoms.set_constraint(FixCom())
-    thermalize_momenta(atoms, temperature_K=temperature_k, rng=rng)
-    Stationary(atoms)
-    ZeroRotation(atoms)
-    dynamics = Langevin(
-        atoms,
-        timestep=timestep_fs * units.fs,
-        temperature_K=temperature_k,
-        friction=friction_per_fs / units.fs,
-        fixcm=False,
-        rng=rng,
-    )
-    dynamics.run(equilibration_steps)
-    config_type = f"md_{temperature_k:g}K"
-    snapshots = []
-    for _ in range(n_configs):
-        dynamics.run(stride)
-        energy = atoms.get_potential_energy()
-        forces = atoms.get_forces(apply_constraint=False)  # the raw -dE/dr, not FixCom-projected
-        snapshots.append(labelled(atoms, energy, forces, {"config_type": config_type, "md_step": dynamics.nsteps}))
-    return snapshots
-
-
-def isolated_atoms(symbols: Sequence[str]) -> list[Atoms]:
-    """Single atoms at the origin with their GFN2-xTB energy, computed in their ground-state multiplicity."""
-    from ase import Atoms
-
-    result = []
-    for symbol in symbols:
-        multiplicity = GROUND_STATE_MULTIPLICITY[symbol]
-        atom = Atoms(symbol, positions=[[0.0, 0.0, 0.0]], pbc=False)
-        atom.calc = xtb_calculator(multiplicity=multiplicity)
-        energy = atom.get_potential_energy()
-        bare = Atoms(symbol, positions=[[0.0, 0.0, 0.0]], pbc=False)
-        bare.info.update({"energy": float(energy), "config_type": "IsolatedAtom", "multiplicity": multiplicity})
-        result.append(bare)
-    return result
-
-
-def read_labelled(path: str | Path) -> list[Atoms]:
-    """Read an extxyz file, copying calculator results to ``info['energy']`` and ``arrays['forces']``."""
-    from ase.io import read
-
-    images = read(str(path), index=":")
-    for atoms in images:
-        results = atoms.calc.results if atoms.calc is not None else {}
-        if "energy" in results:
-            atoms.info["energy"] = float(results["energy"])
-        if "forces" in results:
-            atoms.arrays["forces"] = np.array(results["forces"], dtype=float)
-    return images
-
-
-def check_round_trip(path: Path, written: Sequence[Atoms]) -> None:
-    """Fail unless reading ``path`` gives back the written numbers, energies and forces (to the file's precision)."""
-    images = read_labelled(path)
-    if len(images) != len(written):
-        raise RuntimeError(f"{path}: read {len(images)} configurations, wrote {len(written)}")
-    for index, (got, want) in enumerate(zip(images, written, strict=True)):
-        same = (
-            np.array_equal(got.numbers, want.numbers)
-            and np.allclose(got.positions, want.positions, rtol=0.0, atol=1e-7)
-            and got.info["energy"] == want.info["energy"]
-            and got.get_potential_energy() == want.info["energy"]
-            and ("forces" not in want.arrays or np.allclose(got.arrays["forces"], want.arrays["forces"], atol=1e-7))
-            and all(got.info.get(key) == value for key, value in want.info.items())
+    return list(
+        langevin_snapshots(
+            atoms, temperature_k, n_configs, stride, equilibration_steps, timestep_fs, friction_per_fs, rng
         )
-        if not same:
-            raise RuntimeError(f"{path}: configuration {index} does not read back as written")
+    )
 
 
 def summary(configs: Sequence[Atoms], e0: dict[str, float]) -> str:
@@ -235,11 +130,6 @@ def summary(configs: Sequence[Atoms], e0: dict[str, float]) -> str:
     )
 
 
-def sha256(path: Path) -> str:
-    """Hex SHA-256 of a file's bytes."""
-    return hashlib.sha256(path.read_bytes()).hexdigest()
-
-
 def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     """Command-line options; the defaults make the committed files."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
@@ -265,7 +155,6 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
 def main(argv: Sequence[str] | None = None) -> int:
     """Generate, write and verify both files; print statistics and checksums."""
     args = parse_args(argv)
-    single_thread()
     from ase.io import write
 
     print(

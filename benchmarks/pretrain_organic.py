@@ -1,0 +1,222 @@
+"""Pretrain ``mace-organic-xtb``: our organic foundation model, MACE-OFF23-medium's structure on GFN2-xTB data.
+
+Usage (resumable: run it again, with a larger ``--epochs`` to train on)::
+
+    .venv/bin/python benchmarks/make_organic_xtb.py        # the data (benchmarks/data/organic-xtb)
+    .venv/bin/python benchmarks/pretrain_organic.py --epochs 20
+
+MACE-OFF23 cannot be downloaded here, and the MMEA/ELoRA papers' result is about adapting an
+organic foundation model to molecules it has not seen.  This script trains one the way
+MACE-OFF was made, with mace's own ``mace_run_train``: ScaleShiftMACE, hidden
+``Nx0e + Nx1o`` (``--width``; MACE-OFF23-medium has 128), max_ell 3, correlation 3, two
+interactions (``RealAgnosticInteractionBlock`` then ``RealAgnosticResidualInteractionBlock``),
+r_max 5 A, 8 Bessel functions, radial MLP [64, 64, 64], readout ``16x0e``, RMS-force scaling,
+E0s from GFN2-xTB isolated atoms, EMA, amsgrad, float32.  Data: the molecules of
+``split.json``'s ``train`` (the ``valid`` molecules for validation: whole molecules held out);
+the ``test`` molecules are evaluated at the end.
+
+Outputs (``--output``, default ``benchmarks/results/pretrain/mace-organic-xtb``):
+``checkpoints/`` (mace's resumable checkpoints: commit them to resume in another session),
+``results.md`` / ``results.json`` (architecture, data, epochs, wall time, held-out errors and
+the run record), ``log.txt`` (mace's log, appended), and the models
+``benchmarks/models/mace-organic-xtb.model`` (a standard MACE file) and
+``benchmarks/models/mace-organic-xtb.pt`` (pickle-free: config JSON + tensors, read by
+``peft_equi.integrations.mace.loading.load_mace_model`` without ``trust_pickle``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+from make_organic_xtb import DEFAULT_OUT as DATA
+from make_organic_xtb import load_split
+from record import ROOT, finished, run_record, write_json
+
+from peft_equi.xtb import sha256
+
+NAME = "mace-organic-xtb"
+
+
+def write_split(data: Path, split: str, path: Path) -> int:
+    """The split's snapshots as extxyz with ``REF_energy`` / ``REF_forces`` (mace's keys); how many."""
+    from ase import Atoms
+    from ase.io import write
+
+    images = []
+    for atoms in load_split(data, split):
+        bare = Atoms(numbers=atoms.numbers, positions=atoms.positions)
+        bare.info.update({"REF_energy": atoms.info["energy"], "molecule": atoms.info["molecule"]})
+        bare.info["config_type"] = atoms.info["config_type"]
+        bare.arrays["REF_forces"] = atoms.arrays["forces"]
+        images.append(bare)
+    write(path, images, format="extxyz")
+    return len(images)
+
+
+def isolated_energies(data: Path) -> dict[int, float]:
+    """GFN2-xTB energies of the isolated atoms (eV), by atomic number."""
+    from peft_equi.xtb import read_labelled
+
+    return {int(a.numbers[0]): float(a.info["energy"]) for a in read_labelled(data / "isolated_atoms.xyz")}
+
+
+def mace_arguments(args: argparse.Namespace, folder: Path, files: dict[str, Path], e0s: dict[int, float]) -> list[str]:
+    """``mace_run_train`` options: MACE-OFF23-medium's structure at ``--width``."""
+    return [
+        "--name", NAME,
+        "--model", "MACE",
+        "--hidden_irreps", f"{args.width}x0e+{args.width}x1o",
+        "--max_ell", "3",
+        "--correlation", "3",
+        "--num_interactions", "2",
+        "--interaction_first", "RealAgnosticInteractionBlock",
+        "--interaction", "RealAgnosticResidualInteractionBlock",
+        "--r_max", "5.0",
+        "--num_radial_basis", "8",
+        "--num_cutoff_basis", "5",
+        "--radial_MLP", "[64, 64, 64]",
+        "--MLP_irreps", "16x0e",
+        "--scaling", "rms_forces_scaling",
+        "--E0s", repr(e0s),  # a Python dict with int keys (mace reads it with ast.literal_eval)
+        "--train_file", str(files["train"]),
+        "--valid_file", str(files["valid"]),
+        "--energy_key", "REF_energy",
+        "--forces_key", "REF_forces",
+        "--loss", "weighted",
+        "--energy_weight", str(args.energy_weight),
+        "--forces_weight", str(args.forces_weight),
+        "--batch_size", str(args.batch_size),
+        "--valid_batch_size", "20",
+        "--lr", str(args.lr),
+        "--amsgrad",
+        "--ema",
+        "--ema_decay", "0.99",
+        "--scheduler_patience", "2",
+        "--max_num_epochs", str(args.epochs),
+        "--patience", "1000",
+        "--eval_interval", "1",
+        "--error_table", "PerAtomMAE",
+        "--default_dtype", "float32",
+        "--device", "cpu",
+        "--seed", str(args.seed),
+        "--num_workers", "0",
+        "--restart_latest",
+        "--save_cpu",
+        "--checkpoints_dir", str(folder / "checkpoints"),
+        "--model_dir", str(folder / "runs"),
+        "--log_dir", str(folder / "runs" / "logs"),
+        "--results_dir", str(folder / "runs" / "results"),
+    ]  # fmt: skip
+
+
+def held_out_errors(model_file: Path, data: Path, split: str) -> dict[str, float]:
+    """Energy-per-atom and force errors of the model on one split's molecules (meV, meV/A)."""
+    import torch
+
+    from peft_equi.integrations.mace.calculator import mace_calculator
+    from peft_equi.integrations.mace.loading import load_mace_model
+
+    model = load_mace_model(model_file).to(torch.float64)
+    calc = mace_calculator(model)
+    de, df = [], []
+    for atoms in load_split(data, split):
+        reference_e, reference_f = atoms.info["energy"], atoms.arrays["forces"]
+        probe = atoms.copy()
+        probe.calc = calc
+        de.append((probe.get_potential_energy() - reference_e) / len(atoms))
+        df.append((probe.get_forces() - reference_f).ravel())
+    de, df = np.asarray(de) * 1000, np.concatenate(df) * 1000
+    return {
+        "structures": len(de),
+        "energy_per_atom_mae_meV": float(np.abs(de).mean()),
+        "energy_per_atom_rmse_meV": float(np.sqrt((de**2).mean())),
+        "forces_mae_meV_per_A": float(np.abs(df).mean()),
+        "forces_rmse_meV_per_A": float(np.sqrt((df**2).mean())),
+    }
+
+
+def main(argv: list[str] | None = None) -> None:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawTextHelpFormatter)
+    p.add_argument("--data", type=Path, default=DATA, help="output folder of make_organic_xtb.py")
+    p.add_argument("--width", type=int, default=64, help="N of the hidden irreps Nx0e+Nx1o")
+    p.add_argument("--epochs", type=int, default=20, help="total epochs (a rerun with more epochs continues)")
+    p.add_argument("--batch-size", type=int, default=10)
+    p.add_argument("--lr", type=float, default=0.01)
+    p.add_argument("--energy-weight", type=float, default=1.0, help="weight of the per-atom energy MSE")
+    p.add_argument("--forces-weight", type=float, default=100.0)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--output", type=Path, default=ROOT / "benchmarks" / "results" / "pretrain" / NAME)
+    p.add_argument("--models-dir", type=Path, default=ROOT / "benchmarks" / "models", help="where the model files go")
+    args = p.parse_args(argv)
+    if not (args.data / "record.json").is_file():
+        sys.exit(f"no finished data set in {args.data}: run benchmarks/make_organic_xtb.py first")
+    record = run_record()
+    folder = args.output
+    (folder / "runs").mkdir(parents=True, exist_ok=True)
+    files = {split: folder / "runs" / f"{split}.extxyz" for split in ("train", "valid")}
+    counts = {split: write_split(args.data, split, path) for split, path in files.items()}
+    e0s = isolated_energies(args.data)
+    started = time.perf_counter()
+    with (folder / "log.txt").open("a") as log:
+        log.write(f"\n# pretrain_organic.py {' '.join(sys.argv[1:] if argv is None else argv)}\n")
+        log.flush()
+        command = [str(Path(sys.executable).with_name("mace_run_train")), *mace_arguments(args, folder, files, e0s)]
+        subprocess.run(command, check=True, stdout=log, stderr=subprocess.STDOUT)
+    wall = time.perf_counter() - started
+
+    args.models_dir.mkdir(parents=True, exist_ok=True)
+    model_file = args.models_dir / f"{NAME}.model"
+    shutil.copyfile(folder / "runs" / f"{NAME}.model", model_file)
+    from peft_equi.integrations.mace.loading import load_mace_model, save_mace_state
+
+    model = load_mace_model(model_file, trust_pickle=True)
+    save_mace_state(model, args.models_dir / f"{NAME}.pt")
+    errors = {split: held_out_errors(args.models_dir / f"{NAME}.pt", args.data, split) for split in ("valid", "test")}
+    previous = json.loads((folder / "results.json").read_text()) if (folder / "results.json").is_file() else {}
+    wall_total = previous.get("wall_time_s_total", 0.0) + wall
+    parameters = sum(t.numel() for t in model.parameters())
+    summary = {
+        "architecture": {"hidden_irreps": f"{args.width}x0e+{args.width}x1o", "max_ell": 3, "correlation": 3,
+                         "num_interactions": 2, "r_max": 5.0, "num_bessel": 8, "radial_MLP": [64, 64, 64],
+                         "parameters": parameters},
+        "data": {"folder": str(args.data), "configurations": counts,
+                 "record_sha256": sha256(args.data / "record.json")},
+        "training": {k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items()},
+        "wall_time_s_this_invocation": wall,
+        "wall_time_s_total": wall_total,
+        "held_out": errors,
+    }  # fmt: skip
+    write_json(folder / "results.json", summary | {"record": finished(record)})
+    lines = [
+        f"# {NAME}: MACE-OFF23-medium's structure at width {args.width}, pretrained on GFN2-xTB",
+        "",
+        f"{parameters:,} parameters. Trained with `mace_run_train` on {counts['train']:,} configurations of the "
+        f"training molecules, validated on {counts['valid']:,} of whole held-out molecules; {args.epochs} epochs "
+        f"in all, batch {args.batch_size}, lr {args.lr}, per-atom energy weight {args.energy_weight}, forces weight "
+        f"{args.forces_weight}, float32; {wall_total / 3600:.2f} h of wall time on this machine in all.",
+        "",
+        "| held-out molecules | structures | E/atom MAE (meV) | E/atom RMSE (meV) | F MAE (meV/A) | F RMSE (meV/A) |",
+        "|---|---:|---:|---:|---:|---:|",
+        *[
+            f"| {split} | {e['structures']} | {e['energy_per_atom_mae_meV']:.2f} | {e['energy_per_atom_rmse_meV']:.2f} "
+            f"| {e['forces_mae_meV_per_A']:.1f} | {e['forces_rmse_meV_per_A']:.1f} |"
+            for split, e in errors.items()
+        ],
+        "",
+        f"Models: `benchmarks/models/{NAME}.model` (MACE's format; pickled: `--trust-pickle`) and "
+        f"`benchmarks/models/{NAME}.pt` (pickle-free). Command and versions: `results.json`.",
+        "",
+    ]
+    (folder / "results.md").write_text("\n".join(lines))
+    print("\n".join(lines))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,41 @@
+"""benchmarks/pretrain_organic.py end to end on a tiny generated set: mace_run_train, resume, model files."""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+import torch
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "benchmarks"))
+
+import make_organic_xtb  # noqa: E402
+import pretrain_organic  # noqa: E402
+
+from peft_equi.integrations.mace.loading import load_mace_model  # noqa: E402
+
+
+def test_pretraining_writes_both_model_files_and_resumes(tmp_path):
+    data, out, models = tmp_path / "data", tmp_path / "pretrain", tmp_path / "models"
+    tiny = ["--limit", "6", "--configs-per-temperature", "3", "--stride", "3", "--equilibration-steps", "2"]
+    make_organic_xtb.main(["--out-dir", str(data), "--workers", "1", "--temperatures", "300", "600", *tiny])
+    run = ["--data", str(data), "--width", "4", "--output", str(out), "--models-dir", str(models)]
+    pretrain_organic.main([*run, "--epochs", "1"])
+    first = json.loads((out / "results.json").read_text())
+    pretrain_organic.main([*run, "--epochs", "2"])  # continues from the checkpoint of epoch 1
+    second = json.loads((out / "results.json").read_text())
+    log = (out / "log.txt").read_text()
+    second_run = log.split("\n# ")[-1]
+    assert log.count("\n# ") == 2 and "--epochs 2" in second_run.splitlines()[0]
+    resumed_from = second_run.split("Started training")[0]  # before training starts, the checkpoint is loaded
+    assert "Loading checkpoint" in resumed_from and "epoch-0" in resumed_from
+    assert second["wall_time_s_total"] > first["wall_time_s_total"]
+    pickled = load_mace_model(models / "mace-organic-xtb.model", trust_pickle=True)
+    state = load_mace_model(models / "mace-organic-xtb.pt")  # pickle-free: no trust needed
+    assert all(torch.equal(a, b) for a, b in zip(pickled.state_dict().values(), state.state_dict().values()))
+    assert second["architecture"]["hidden_irreps"] == "4x0e+4x1o"
+    for split in ("valid", "test"):
+        assert second["held_out"][split]["structures"] == 1 * 2 * 3  # 1 molecule x 2 temperatures x 3 snapshots
+    assert "| test |" in (out / "results.md").read_text()
