@@ -28,6 +28,7 @@ from record import ROOT, finished, run_record, write_json
 
 from peft_equi.data import read_dataset, read_isolated_atom_energies
 from peft_equi.integrations.mace.architectures import HCO, build_mace
+from peft_equi.integrations.mace.loading import load_mace_model, save_mace_state
 from peft_equi.potentials.mace import MacePotential
 from peft_equi.training import FinetuneConfig, Finetuner
 
@@ -104,6 +105,9 @@ def main(argv: list[str] | None = None) -> None:
     result = Finetuner(config, MacePotential(model, f"mace-{args.size}")).run()
     model_file = folder / "runs" / f"{folder.name}.model"  # named for what it is: results of rmd17.py carry the name
     Path(result["merged_model"]).replace(model_file)
+    shared_file = ROOT / "benchmarks" / "models" / f"{folder.name}.pt"  # committed: pickle-free, a few tens of kB
+    shared_file.parent.mkdir(exist_ok=True)
+    save_mace_state(load_mace_model(model_file, trust_pickle=True), shared_file)
     valid = result["after"]["valid"].summary()
     lines = [
         f"# MACE ({args.size}) pretrained on rMD17 without {args.exclude}",
@@ -116,7 +120,8 @@ def main(argv: list[str] | None = None) -> None:
         f"Validation (held-out pretraining configurations): energy MAE {valid['energy_mae_meV']:.1f} meV, "
         f"force MAE {valid['forces_mae_meV_per_A']:.1f} meV/A.",
         "",
-        f"Model file: `{model_file}` (not committed).",
+        f"Model files: `benchmarks/models/{shared_file.name}` (pickle-free, committed; `rmd17.py --model` reads it "
+        f"without `--trust-pickle`) and `{model_file.relative_to(ROOT)}` (MACE's pickled format, not committed).",
         "",
     ]
     (folder / "results.md").write_text("\n".join(lines))
