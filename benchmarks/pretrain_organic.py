@@ -104,7 +104,7 @@ def mace_arguments(args: argparse.Namespace, folder: Path, files: dict[str, Path
         "--eval_interval", "1",
         "--error_table", "PerAtomMAE",
         "--default_dtype", "float32",
-        "--device", "cpu",
+        "--device", args.device,
         "--seed", str(args.seed),
         "--num_workers", "0",
         "--restart_latest",
@@ -152,6 +152,7 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--energy-weight", type=float, default=1.0, help="weight of the per-atom energy MSE")
     p.add_argument("--forces-weight", type=float, default=100.0)
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--device", default="cpu", help="torch device for mace_run_train: cpu or cuda")
     p.add_argument("--output", type=Path, default=ROOT / "benchmarks" / "results" / "pretrain" / NAME)
     p.add_argument("--models-dir", type=Path, default=ROOT / "benchmarks" / "models", help="where the model files go")
     args = p.parse_args(argv)
