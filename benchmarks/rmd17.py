@@ -10,7 +10,9 @@ Protocol (MMEA / ELoRA papers): 50 training + 50 validation configurations drawn
 from the 1000-configuration train split 01, test on the 1000-configuration test split 01;
 energy MAE per configuration (meV) and force-component MAE (meV/A).  Full mode uses the
 papers' optimisation settings (Adam amsgrad, lr 0.005, batch 5, 500 epochs, EMA 0.995,
-energy/forces weights 1/1000, ReduceLROnPlateau); ``--quick`` trains 10 epochs in float32
+energy/forces weights 1/1000 on the total energy, ReduceLROnPlateau, stage two (mace ``--swa``)
+over the last 100 epochs, the best-validation model tested); ``--quick`` is the same protocol
+shrunk to 10 epochs (stage two in the last 2) in float32
 and is for smoke-testing the comparison, not for quoting.
 
 Each method runs through the same engine as ``peft-equi finetune`` (per-element energy
