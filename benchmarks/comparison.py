@@ -3,7 +3,7 @@
 Each method fine-tunes a copy of one pretrained model with the same data and settings
 (``peft-equi finetune``'s engine); its numbers are kept in ``runs/<method>/method.json`` so an
 interrupted comparison continues where it stopped.  The comparison writes ``results.md``,
-``results.json`` (numbers, settings, notes and the run record), ``validation_loss.png`` and
+``results.json`` (numbers, settings, notes and the run record), ``validation_forces.png`` and
 ``test_errors.png`` after every method.
 """
 
@@ -184,32 +184,48 @@ def run_method(label: str, adapter: str, options: dict, potential, config: dict,
         "adapter": adapter,
         "options": options,
         "trainable_parameters": result["trainable_parameters"],
-        "base_parameters": sum(p.numel() for p in potential.model.parameters()),
+        "base_parameters": base_parameters(finetuner.model),
         "before": {split: e.summary() for split, e in result["before"].items()},
         "after": {split: e.summary() for split, e in result["after"].items()},
         "mergeable": result.get("merged_model") is not None,
         "kept_epoch": result["kept"]["epoch"],
         "epoch_time_s": sorted(r["time_s"] for r in rows)[len(rows) // 2],
         "wall_time_s": time.perf_counter() - started,
-        "curve": [{k: r[k] for k in ("epoch", "train_loss", "valid_loss", "lr")} for r in rows],
+        "curve": [{k: r[k] for k in CURVE_KEYS} for r in rows],
     }
     write_json(done, numbers)
     return numbers
 
 
+#: Per-epoch numbers a method's record keeps from ``metrics.csv``.
+CURVE_KEYS = ("epoch", "stage", "lr", "train_loss", "valid_loss", "valid_forces_mae_meV_per_A")
+#: The convergence target: this factor times the lowest validation force MAE any method reached.
+TARGET_FACTOR = 1.25
+
+
+def base_parameters(model) -> int:
+    """Parameters of the model the adapters were put on (after ``subset_elements``), adapters excluded."""
+    adapters = sum(p.numel() for _, adapter in model.adapters() for p in adapter.parameters())
+    return sum(p.numel() for p in model.parameters()) - adapters
+
+
 def epochs_to_reach(curve: list[dict[str, float]], target: float) -> int | None:
-    """First epoch whose validation loss is at most ``target``."""
-    return next((int(r["epoch"]) for r in curve if r["valid_loss"] <= target), None)
+    """First epoch whose validation force MAE (meV/A) is at most ``target``.
+
+    Forces, not the loss: with stage two the loss changes its weights mid-run, so losses of the
+    two stages are not on one scale.
+    """
+    return next((int(r["epoch"]) for r in curve if r["valid_forces_mae_meV_per_A"] <= target), None)
 
 
 def results_table(results: list[dict[str, Any]]) -> list[str]:
     """Markdown lines: one row per method, test errors after and before, cost and convergence."""
     finished_runs = [r for r in results if "diverged" not in r]
-    best = min((r["curve"][-1]["valid_loss"] for r in finished_runs), default=float("nan"))
-    target = 2 * best
+    best = min((c["valid_forces_mae_meV_per_A"] for r in finished_runs for c in r["curve"]), default=float("nan"))
+    target = TARGET_FACTOR * best
     lines = [
         "| method | trainable | % of model | test E MAE (meV) | test F MAE (meV/A) | before: E / F | "
-        f"epochs to valid loss <= {target:.3g} | kept epoch | s/epoch | mergeable |",
+        f"epochs to valid F MAE <= {target:.3g} | kept epoch | s/epoch | mergeable |",
         "|---|---:|---:|---:|---:|---:|---:|---:|---:|---|",
     ]
     for r in results:
@@ -232,13 +248,15 @@ def results_table(results: list[dict[str, Any]]) -> list[str]:
         "",
         *([*diverged, ""] if diverged else []),
         "'before' is the pretrained model with the per-element energy shifts fitted on the training "
-        "structures, before any training. The convergence target is twice the best final validation "
-        f"loss of this run ({best:.3g}); s/epoch is the median wall time of an epoch (training + validation).",
+        "structures, before any training. The convergence target is "
+        f"{TARGET_FACTOR} times the lowest validation force MAE any method reached in this run ({best:.3g} meV/A); "
+        "the kept epoch is the one with the lowest validation loss of the last stage (the model tested); "
+        "s/epoch is the median wall time of an epoch (training + validation).",
     ]
 
 
 def plot(results: list[dict[str, Any]], folder: Path, title: str) -> None:
-    """Validation loss against epoch per method, and test errors per method."""
+    """Validation force MAE against epoch per method (stage two shaded), and test errors per method."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -249,11 +267,15 @@ def plot(results: list[dict[str, Any]], folder: Path, title: str) -> None:
         return
     fig, ax = plt.subplots(figsize=(7, 4.5))
     for r in results:
-        ax.semilogy([c["epoch"] for c in r["curve"]], [c["valid_loss"] for c in r["curve"]], label=r["label"])
-    ax.set(xlabel="epoch", ylabel="validation loss (EMA weights)", title=title)
+        curve = r["curve"]
+        ax.semilogy([c["epoch"] for c in curve], [c["valid_forces_mae_meV_per_A"] for c in curve], label=r["label"])
+    stage_two = [c["epoch"] for c in results[0]["curve"] if c["stage"] == 2]
+    if stage_two:
+        ax.axvspan(min(stage_two) - 0.5, max(stage_two) + 0.5, color="0.9", label="stage two")
+    ax.set(xlabel="epoch", ylabel="validation force MAE (meV/A, EMA weights)", title=title)
     ax.legend(fontsize=8)
     fig.tight_layout()
-    fig.savefig(folder / "validation_loss.png", dpi=120)
+    fig.savefig(folder / "validation_forces.png", dpi=120)
     plt.close(fig)
 
     labels = [r["label"] for r in results]

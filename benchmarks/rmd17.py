@@ -19,7 +19,7 @@ Each method runs through the same engine as ``peft-equi finetune`` (per-element 
 shifts fitted on the 50 training structures, since SevenNet-0's PBE reference differs from
 rMD17's).  Results go to ``benchmarks/results/rmd17/<model>-<molecule>-<mode>/``:
 ``results.md`` (tables), ``results.json`` (every number plus the run record: command, git
-commit, package versions, machine), ``validation_loss.png`` and ``test_errors.png``.
+commit, package versions, machine), ``validation_forces.png`` and ``test_errors.png``.
 Finished methods are kept, so an interrupted run continues where it stopped.
 """
 

@@ -10,6 +10,8 @@ import numpy as np
 import pytest
 import torch
 
+import peft_equi
+
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "benchmarks"))
 
@@ -33,7 +35,7 @@ def test_method_selection():
 
 
 def test_epochs_to_reach():
-    curve = [{"epoch": e, "valid_loss": v} for e, v in [(1, 5.0), (2, 3.0), (3, 1.0), (4, 2.0)]]
+    curve = [{"epoch": e, "valid_forces_mae_meV_per_A": v} for e, v in [(1, 5.0), (2, 3.0), (3, 1.0), (4, 2.0)]]
     assert comparison.epochs_to_reach(curve, 3.0) == 2
     assert comparison.epochs_to_reach(curve, 0.5) is None
 
@@ -68,7 +70,7 @@ def test_rmd17_script_end_to_end_on_a_small_mace(tmp_path):
     assert results["record"]["git_commit"] and results["record"]["packages"]["torch"]
     table = (out / "results.md").read_text()
     assert "| mmea-paper |" in table and "Differences from the papers" in table
-    assert (out / "validation_loss.png").stat().st_size > 0 and (out / "test_errors.png").stat().st_size > 0
+    assert (out / "validation_forces.png").stat().st_size > 0 and (out / "test_errors.png").stat().st_size > 0
 
 
 def test_results_table_reports_a_diverged_method():
@@ -81,7 +83,7 @@ def test_results_table_reports_a_diverged_method():
         "after": {"test": errors},
         "mergeable": False,
         "epoch_time_s": 1.0,
-        "curve": [{"epoch": 1, "valid_loss": 2.0}],
+        "curve": [{"epoch": 1, "stage": 1, "valid_loss": 2.0, "valid_forces_mae_meV_per_A": 20.0}],
     }
     diverged = {"label": "film", "diverged": "loss became inf at epoch 1, batch 4: stopping. The last good ..."}
     table = "\n".join(comparison.results_table([done, diverged]))
@@ -89,3 +91,12 @@ def test_results_table_reports_a_diverged_method():
     assert "| film | | | diverged |" in table and "- film: loss became inf at epoch 1, batch 4." in table
     counted = "\n".join(comparison.results_table([done, diverged | {"trainable_parameters": 1234}]))
     assert "| film | 1,234 | | diverged |" in counted  # a diverged row still shows what it trained
+
+
+def test_base_parameters_excludes_the_adapters():
+    from peft_equi.integrations.mace.architectures import build_mace
+
+    base = build_mace("small")
+    count = sum(p.numel() for p in base.parameters())
+    model = peft_equi.get_peft_model(base, "mmea", rank=4)
+    assert comparison.base_parameters(model) == count < sum(p.numel() for p in model.parameters())
