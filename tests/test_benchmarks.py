@@ -100,3 +100,18 @@ def test_base_parameters_excludes_the_adapters():
     count = sum(p.numel() for p in base.parameters())
     model = peft_equi.get_peft_model(base, "mmea", rank=4)
     assert comparison.base_parameters(model) == count < sum(p.numel() for p in model.parameters())
+
+
+def test_compare_results_matches_methods_by_label_and_alias():
+    import compare_results
+
+    def method(label, e, f):
+        errors = {"energy_mae_meV": e, "forces_mae_meV_per_A": f}
+        return {"label": label, "before": {"test": errors}, "after": {"test": errors}, "trainable_parameters": 7}
+
+    old = {"methods": [method("full", 5529.3, 124.6), method("mmea", 152.1, 119.5)]}
+    new = {"methods": [method("full", 102.5, 144.4), method("mmea-paper", 126.9, 150.3), method("bitfit", 1, 2)]}
+    rows = compare_results.table(old, new, {"mmea-paper": "mmea"})
+    assert "| full | 102.5 / 144.4 | 5529.3 / 124.6 | 102.5 / 144.4 | 7 |" in rows
+    assert any(r.startswith("| mmea-paper |") and "152.1 / 119.5" in r for r in rows)
+    assert any(r.startswith("| bitfit |") and "not run" in r for r in rows)
