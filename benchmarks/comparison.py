@@ -266,9 +266,10 @@ def plot(results: list[dict[str, Any]], folder: Path, title: str) -> None:
     if not results:
         return
     fig, ax = plt.subplots(figsize=(7, 4.5))
-    for r in results:
-        curve = r["curve"]
-        ax.semilogy([c["epoch"] for c in curve], [c["valid_forces_mae_meV_per_A"] for c in curve], label=r["label"])
+    for i, r in enumerate(results):
+        curve, style = r["curve"], ("-", "--", ":")[i // 10 % 3]  # the colour cycle has 10 colours
+        forces = [c["valid_forces_mae_meV_per_A"] for c in curve]
+        ax.semilogy([c["epoch"] for c in curve], forces, style, label=r["label"])
     stage_two = [c["epoch"] for c in results[0]["curve"] if c["stage"] == 2]
     if stage_two:
         ax.axvspan(min(stage_two) - 0.5, max(stage_two) + 0.5, color="0.9", label="stage two")
