@@ -151,20 +151,18 @@ def write_shard(shard_dir: Path, molecule: Molecule, snapshots: Sequence[Atoms],
     """Write ``<stem>.extxyz.gz`` and ``<stem>.json`` atomically (temporary file, then rename)."""
     from ase.io import write
 
-    from peft_equi.xtb import sha256
+    from peft_equi.files import atomic_write, sha256
 
     text = io.StringIO()
     write(text, list(snapshots), format="extxyz")
-    path = shard_dir / f"{molecule.stem}.extxyz.gz"
-    tmp = path.with_suffix(".tmp")
-    with tmp.open("wb") as raw, gzip.GzipFile(filename="", mode="wb", fileobj=raw, mtime=0) as handle:
-        handle.write(text.getvalue().encode())
-    tmp.replace(path)
+
+    def write_gzip(tmp: Path) -> None:  # no file name and a zero timestamp in the header: same content, same bytes
+        with tmp.open("wb") as raw, gzip.GzipFile(filename="", mode="wb", fileobj=raw, mtime=0) as handle:
+            handle.write(text.getvalue().encode())
+
+    path = atomic_write(shard_dir / f"{molecule.stem}.extxyz.gz", write_gzip)
     info = {**info, "file": path.name, "sha256": sha256(path)}
-    meta = shard_dir / f"{molecule.stem}.json"
-    meta_tmp = meta.with_suffix(".tmp")
-    meta_tmp.write_text(json.dumps(info, indent=1) + "\n")
-    meta_tmp.replace(meta)
+    atomic_write(shard_dir / f"{molecule.stem}.json", lambda tmp: tmp.write_text(json.dumps(info, indent=1) + "\n"))
 
 
 def _work(job: tuple[Molecule, dict[str, Any], str]) -> str:

@@ -39,7 +39,7 @@ from make_organic_xtb import DEFAULT_OUT as DATA
 from make_organic_xtb import load_split
 from record import ROOT, finished, run_record, write_json
 
-from peft_equi.xtb import sha256
+from peft_equi.files import sha256
 
 NAME = "mace-organic-xtb"
 

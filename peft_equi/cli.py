@@ -10,9 +10,7 @@ from __future__ import annotations
 import inspect
 import json
 import os
-import shutil
 import sys
-import tempfile
 import types
 import typing
 from pathlib import Path
@@ -22,7 +20,7 @@ import typer
 import yaml
 from pydantic import ValidationError
 
-from peft_equi.errors import PeftEquiError
+from peft_equi.errors import PeftEquiError, one_line
 from peft_equi.training.config import FinetuneConfig
 
 app = typer.Typer(help="Parameter-efficient fine-tuning of equivariant interatomic potentials.", add_completion=False)
@@ -53,7 +51,7 @@ def _yaml_option(text: str, flag: str) -> Any:
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         where = f" at column {mark.column + 1}" if mark is not None and "\n" not in text else ""
-        problem = getattr(exc, "problem", None) or " ".join(str(exc).split())
+        problem = getattr(exc, "problem", None) or one_line(exc)
         raise _fail(f"{flag}: not valid YAML ({problem}{where}): {text!r}") from None
 
 
@@ -204,8 +202,8 @@ def evaluate(
         finetuner = Finetuner(config)
         network = finetuner.potential.model
         if run is not None:
+            # the setter takes the elements of the potential (cut when the run cut the model)
             finetuner.potential, network, finetuner.delta = _adapted(model, run, trust_pickle, allow_base_mismatch)
-            finetuner.elements = finetuner.potential.atomic_numbers  # cut when the run cut the model
         finetuner.potential.check_elements(dataset.atomic_numbers, str(data))
         errors = finetuner.evaluate(network, finetuner.prepare(dataset))
     except (PeftEquiError, FileNotFoundError, KeyError, ValidationError) as exc:
@@ -214,21 +212,16 @@ def evaluate(
 
 
 def _save_new(potential, model, output: Path, overwrite: bool) -> Path:
-    """``potential.save`` (which picks the family's suffix) into a temporary folder, then moved to ``output``'s
-    folder; an existing file there is replaced only with ``overwrite``."""
-    folder = output.parent if str(output.parent) else Path(".")
-    if not folder.is_dir():
-        raise FileNotFoundError(f"folder of --output not found: {folder}")
-    scratch = Path(tempfile.mkdtemp(dir=folder, prefix=".merge-"))
-    try:
-        written = potential.save(model, scratch / output.name)
-        path = folder / written.name
-        if path.exists() and not overwrite:
-            raise PeftEquiError(f"{path} exists: give --overwrite to replace it, or another --output")
-        os.replace(written, path)
-        return path
-    finally:
-        shutil.rmtree(scratch, ignore_errors=True)
+    """``potential.save`` to ``output`` with the family's suffix, written atomically; an existing file there is
+    replaced only with ``overwrite``."""
+    from peft_equi.files import atomic_write
+
+    if not output.parent.is_dir():  # a bare name's parent is "."
+        raise FileNotFoundError(f"folder of --output not found: {output.parent}")
+    path = potential.saved_path(output)
+    if path.exists() and not overwrite:
+        raise PeftEquiError(f"{path} exists: give --overwrite to replace it, or another --output")
+    return atomic_write(path, lambda tmp: potential.save(model, tmp))
 
 
 @app.command("merge")

@@ -8,13 +8,13 @@ squares; :func:`read_isolated_atom_energies` reads them from single-atom calcula
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
-from peft_equi.errors import DataError
+from peft_equi.errors import DataError, one_line
 
 KCAL_PER_MOL_IN_EV = 0.04336410390059322
 RMD17_KEYS = ("nuclear_charges", "coords", "energies", "forces")
@@ -74,7 +74,7 @@ def _read_structures(path: Path) -> list:
             structures.append(atoms)
     except Exception as exc:  # ASE raises many types for malformed files
         where = f"structure {len(structures)}: " if structures else ""
-        raise DataError(f"{path}: {where}cannot be read: {' '.join(str(exc).split())}") from None
+        raise DataError(f"{path}: {where}cannot be read: {one_line(exc)}") from None
     if not structures:
         raise DataError(f"{path}: no structures in the file")
     return structures
@@ -135,7 +135,7 @@ def read_rmd17(path: str | Path, indices: Sequence[int] | None = None) -> Datase
     try:
         data = np.load(path, allow_pickle=False)
     except Exception as exc:  # not a zip / npz
-        raise DataError(f"{path}: cannot be read as an .npz file: {' '.join(str(exc).split())}") from None
+        raise DataError(f"{path}: cannot be read as an .npz file: {one_line(exc)}") from None
     with data:
         missing = [k for k in RMD17_KEYS if k not in data.files]
         if missing:
@@ -145,7 +145,7 @@ def read_rmd17(path: str | Path, indices: Sequence[int] | None = None) -> Datase
             numbers = np.asarray(arrays["nuclear_charges"])
             energies_all = np.asarray(arrays["energies"], dtype=float).reshape(-1)
         except (TypeError, ValueError) as exc:  # object (pickled) or non-numeric arrays
-            raise DataError(f"{path}: cannot be read: {' '.join(str(exc).split())}") from None
+            raise DataError(f"{path}: cannot be read: {one_line(exc)}") from None
         n = len(energies_all)
         shapes = {k: np.shape(arrays[k]) for k in RMD17_KEYS}
         expected = {"nuclear_charges": (len(numbers),), "coords": (n, len(numbers), 3), "forces": (n, len(numbers), 3)}
@@ -180,6 +180,13 @@ def read_isolated_atom_energies(path: str | Path) -> dict[int, float]:
             raise DataError(f"{path}: structure {i}: energy is {float(energy)}")
         energies[int(atoms.numbers[0])] = float(energy)
     return energies
+
+
+def element_names(atomic_numbers: Iterable[int], with_numbers: bool = True) -> str:
+    """``"H (Z=1), C (Z=6)"`` (or ``"H, C"`` without ``with_numbers``): elements as messages name them."""
+    from ase.data import chemical_symbols
+
+    return ", ".join(f"{chemical_symbols[z]} (Z={z})" if with_numbers else chemical_symbols[z] for z in atomic_numbers)
 
 
 def shuffled_indices(n: int, seed: int) -> np.ndarray:

@@ -1,6 +1,17 @@
-"""Exceptions raised for bad user input; each message names the problem."""
+"""Exceptions raised for bad user input; each message names the problem, on one line."""
 
 from __future__ import annotations
+
+
+def one_line(error: BaseException | str) -> str:
+    """The text of ``error`` on one line (every run of whitespace, newlines included, becomes one space)."""
+    return " ".join(str(error).split())
+
+
+def first_line(exc: BaseException) -> str:
+    """``Type: first line of the message`` of an exception."""
+    text = str(exc).strip().splitlines()
+    return f"{type(exc).__name__}: {text[0] if text else ''}".rstrip(": ")
 
 
 class PeftEquiError(ValueError):
@@ -51,7 +62,7 @@ class ConfigError(PeftEquiError):
             option = ".".join(str(p) for p in error["loc"]) or "config"
             problem = "unknown option" if error["type"] == "extra_forbidden" else error["msg"]
             parts.append(f"{option}: {problem}")
-        message = "; ".join(parts) or " ".join(str(exc).split())
+        message = "; ".join(parts) or one_line(exc)
         return cls(f"{where}: {message}" if where else message)
 
 

@@ -16,7 +16,7 @@ from typing import Any
 from pydantic import ValidationError
 
 from peft_equi.config import PeftConfig, Rule
-from peft_equi.errors import ConfigError, PeftEquiError, UnknownNameError
+from peft_equi.errors import ConfigError, PeftEquiError, UnknownNameError, one_line
 from peft_equi.registry import ADAPTERS, PRESETS, register_preset
 
 _RULE_KEYS = ("target", "exclude", "kinds")
@@ -103,4 +103,4 @@ def validate_options(name: str, options: dict[str, Any]) -> PeftConfig:
     except PeftEquiError:
         raise
     except (TypeError, ValueError) as exc:
-        raise ConfigError(f"{what}: {' '.join(str(exc).split())}") from None
+        raise ConfigError(f"{what}: {one_line(exc)}") from None

@@ -18,7 +18,7 @@ from typing import Any
 
 import torch
 
-from peft_equi.errors import PeftEquiError, UntrustedPickleError
+from peft_equi.errors import PeftEquiError, UntrustedPickleError, first_line
 
 TRUST_HINT = "pass --trust-pickle (trust_pickle=True) only if you trust its source"
 
@@ -51,12 +51,6 @@ def unsafe_globals(path: str | Path, limit: int = 3) -> str:
         return ""
     more = f", +{len(names) - limit} more" if len(names) > limit else ""
     return ", ".join(names[:limit]) + more
-
-
-def first_line(exc: BaseException) -> str:
-    """``Type: first line of the message`` of an exception."""
-    text = str(exc).strip().splitlines()
-    return f"{type(exc).__name__}: {text[0] if text else ''}".rstrip(": ")
 
 
 def refusal(path: str | Path, what: str) -> UntrustedPickleError:

@@ -31,8 +31,6 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-import os
-import tempfile
 from collections.abc import Iterable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -44,7 +42,8 @@ from torch import nn
 
 from peft_equi.backends.base import Backend
 from peft_equi.config import PeftConfig
-from peft_equi.errors import AdapterLoadError, BaseMismatchError
+from peft_equi.errors import AdapterLoadError, BaseMismatchError, one_line
+from peft_equi.files import atomic_write
 
 if TYPE_CHECKING:
     from peft_equi.model import PeftModel
@@ -57,17 +56,6 @@ FORMAT_VERSION = 1
 FINGERPRINT_FORM = "float32 little-endian flat bytes of each adapted layer's canonical weight and bias"
 FINGERPRINT_RTOL = 1e-5
 _PROBES = 4
-
-
-def _atomic_write(path: Path, write) -> None:
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
-    os.close(fd)
-    try:
-        write(tmp)
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
 
 
 # -- checksums and fingerprints --
@@ -172,8 +160,8 @@ def save_adapter(model: PeftModel, directory: str | Path) -> Path:
             ),
         },
     }
-    _atomic_write(directory / WEIGHTS_NAME, lambda tmp: save_file(tensors, tmp, metadata={"format": "pt"}))
-    _atomic_write(directory / CONFIG_NAME, lambda tmp: Path(tmp).write_text(json.dumps(meta, indent=2)))
+    atomic_write(directory / WEIGHTS_NAME, lambda tmp: save_file(tensors, tmp, metadata={"format": "pt"}))
+    atomic_write(directory / CONFIG_NAME, lambda tmp: tmp.write_text(json.dumps(meta, indent=2)))
     return directory
 
 
@@ -198,8 +186,7 @@ def read_adapter(directory: str | Path) -> tuple[dict, dict[str, torch.Tensor]]:
             tensors = {key: f.get_tensor(key) for key in f.keys()}  # noqa: SIM118 - safe_open has no __iter__
     except Exception as exc:  # SafetensorError, OSError, ...: truncated or not a safetensors file
         raise AdapterLoadError(
-            f"{weights}: cannot read the adapter tensors, the file is corrupted or truncated "
-            f"({' '.join(str(exc).split())})"
+            f"{weights}: cannot read the adapter tensors, the file is corrupted or truncated ({one_line(exc)})"
         ) from None
     recorded = meta.get("tensors_sha256")
     if recorded is not None and tensors_digest(tensors) != recorded:

@@ -21,7 +21,6 @@ leaves up to ~5e-4 eV/Angstrom of SCF noise in the forces).  The nuclei follow L
 
 from __future__ import annotations
 
-import hashlib
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -164,8 +163,3 @@ def check_round_trip(path: Path, written: Sequence[Atoms]) -> None:
         )
         if not same:
             raise RuntimeError(f"{path}: configuration {index} does not read back as written")
-
-
-def sha256(path: Path) -> str:
-    """Hex SHA-256 of a file's bytes."""
-    return hashlib.sha256(path.read_bytes()).hexdigest()

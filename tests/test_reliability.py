@@ -201,6 +201,29 @@ def test_crafted_engine_checkpoint_does_not_run(tmp_path, writer):
     assert_refused(str(info.value), path, marker)  # names the flag: it does not apply to checkpoints
 
 
+def test_atomic_write_keeps_the_old_file_when_writing_fails(tmp_path):
+    from peft_equi.files import atomic_write, sha256
+
+    path = tmp_path / "checkpoint.pt"
+    path.write_bytes(b"old")
+
+    def fail(tmp):
+        tmp.write_bytes(b"half")
+        raise OSError("disk full")
+
+    with pytest.raises(OSError, match="disk full"):
+        atomic_write(path, fail)
+    assert path.read_bytes() == b"old" and [p.name for p in tmp_path.iterdir()] == ["checkpoint.pt"]
+
+    def own_suffix(tmp):  # like a model family's save: writes another name, returns it
+        tmp.with_suffix(".model").write_bytes(b"new")
+        return tmp.with_suffix(".model")
+
+    atomic_write(path, own_suffix)
+    assert path.read_bytes() == b"new" and [p.name for p in tmp_path.iterdir()] == ["checkpoint.pt"]
+    assert sha256(path) == "11507a0e2f5e69d5dfa40a62a1bd7b6ee57e6bcd85c67c9b8431b36fff21c437"  # sha256(b"new")
+
+
 def test_truncated_engine_checkpoint_is_named(tmp_path):
     from peft_equi.training.checkpoint import atomic_save, load_checkpoint
 

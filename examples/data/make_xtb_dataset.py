@@ -68,7 +68,8 @@ from typing import TYPE_CHECKING  # noqa: E402
 
 import numpy as np  # noqa: E402
 
-from peft_equi.xtb import bond_graph, check_round_trip, isolated_atoms, langevin_snapshots, sha256  # noqa: E402
+from peft_equi.files import sha256  # noqa: E402
+from peft_equi.xtb import bond_graph, check_round_trip, isolated_atoms, langevin_snapshots  # noqa: E402
 
 if TYPE_CHECKING:
     from ase import Atoms

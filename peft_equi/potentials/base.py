@@ -10,6 +10,7 @@ from typing import Any, ClassVar
 import torch
 from torch import nn
 
+from peft_equi.data import element_names
 from peft_equi.errors import PeftEquiError, UnknownElementError
 
 
@@ -23,6 +24,7 @@ class Potential(ABC):
     """
 
     family: ClassVar[str]
+    suffix: ClassVar[str]  # of the model files :meth:`save` writes (``.model``)
 
     def __init__(self, model: nn.Module, name: str) -> None:
         self.model = model
@@ -47,7 +49,11 @@ class Potential(ABC):
 
     @abstractmethod
     def save(self, model: nn.Module, path: Path) -> Path:
-        """Save a plain (merged) model of this family in its own format; return the path written."""
+        """Save a plain (merged) model of this family in its own format to :meth:`saved_path`; return that path."""
+
+    def saved_path(self, path: str | Path) -> Path:
+        """Where :meth:`save` writes for ``path``: ``path`` with the family's :attr:`suffix`."""
+        return Path(path).with_suffix(self.suffix)
 
     def to_cueq(self, device: str) -> str:
         """Move the model to cuequivariance layers; returns a line saying which kernels run."""
@@ -61,10 +67,9 @@ class Potential(ABC):
         """Raise a clear error naming the elements of ``where`` the model does not know."""
         unknown = sorted(set(int(z) for z in atomic_numbers) - set(self.atomic_numbers))
         if unknown:
-            from ase.data import chemical_symbols
-
-            names = ", ".join(f"{chemical_symbols[z]} (Z={z})" for z in unknown)
-            raise UnknownElementError(f"{where} contains elements the model {self.name} does not know: {names}")
+            raise UnknownElementError(
+                f"{where} contains elements the model {self.name} does not know: {element_names(unknown)}"
+            )
 
 
 _LOADERS: list[tuple[str, Callable[[str], bool], Callable[..., Potential]]] = []

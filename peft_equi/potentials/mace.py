@@ -41,6 +41,7 @@ class MacePotential(Potential):
     """A MACE model (``ScaleShiftMACE`` etc.): forward ``model(batch, training, compute_force=True)``."""
 
     family = "mace"
+    suffix = ".model"
 
     @property
     def atomic_numbers(self) -> list[int]:
@@ -76,7 +77,7 @@ class MacePotential(Potential):
         return kernel_report(device)
 
     def save(self, model: nn.Module, path: Path) -> Path:
-        path = Path(path).with_suffix(".model")
+        path = self.saved_path(path)
         torch.save(model, path)
         return path
 

@@ -53,6 +53,7 @@ class NequipPotential(Potential):
     """A NequIP ``GraphModel`` (built, from a checkpoint, or from a package)."""
 
     family = "nequip"
+    suffix = ".nequip-state.pt"
 
     @property
     def atomic_numbers(self) -> list[int]:
@@ -88,7 +89,7 @@ class NequipPotential(Potential):
 
     def save(self, model: nn.Module, path: Path) -> Path:
         """The merged model's state dict (load it into the same architecture; packaging: ``nequip-package``)."""
-        path = Path(path).with_suffix(".nequip-state.pt")
+        path = self.saved_path(path)
         torch.save(model.state_dict(), path)
         return path
 

@@ -61,6 +61,7 @@ class SevenNetPotential(Potential):
     """A SevenNet model (``AtomGraphSequential``); ``checkpoint`` is the ``SevenNetCheckpoint`` it came from."""
 
     family = "sevenn"
+    suffix = ".pth"
 
     def __init__(self, model: nn.Module, name: str, checkpoint: Any) -> None:
         super().__init__(model, name)
@@ -110,7 +111,7 @@ class SevenNetPotential(Potential):
         """
         import sevenn
 
-        path = Path(path).with_suffix(".pth")
+        path = self.saved_path(path)
         current = model.state_dict()
         missing = sorted(k for k in self.state_keys if k not in current)
         if missing:

@@ -2,31 +2,22 @@
 
 from __future__ import annotations
 
-import os
 import pickle
-import tempfile
 from pathlib import Path
 from typing import Any
 
 import torch
 
-from peft_equi.errors import PeftEquiError, UntrustedPickleError
-from peft_equi.safe_load import first_line, unsafe_globals
+from peft_equi.errors import PeftEquiError, UntrustedPickleError, first_line
+from peft_equi.files import atomic_write
+from peft_equi.safe_load import unsafe_globals
 
 
 def atomic_save(obj: Any, path: str | Path) -> Path:
     """``torch.save`` that never leaves a half-written ``path`` (temp file + ``os.replace``)."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
-    os.close(fd)
-    try:
-        torch.save(obj, tmp)
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-    return path
+    return atomic_write(path, lambda tmp: torch.save(obj, tmp))
 
 
 def load_checkpoint(path: str | Path) -> dict[str, Any]:

@@ -26,7 +26,7 @@ from pydantic import (
     model_validator,
 )
 
-from peft_equi.errors import ConfigError
+from peft_equi.errors import ConfigError, one_line
 
 #: Options that do not change what is trained, so that ``resume`` accepts a change of them:
 #: where the run is written and how it reports, the number of epochs (a run may be extended),
@@ -193,7 +193,7 @@ class FinetuneConfig(BaseModel):
         try:
             data = yaml.safe_load(path.read_text()) or {}
         except yaml.YAMLError as exc:
-            raise ConfigError(f"{path}: not valid YAML: {' '.join(str(exc).split())}") from None
+            raise ConfigError(f"{path}: not valid YAML: {one_line(exc)}") from None
         if not isinstance(data, dict):
             raise ConfigError(f"{path}: expected a mapping of options, got {type(data).__name__}")
         return cls.checked(data | overrides)

@@ -20,7 +20,6 @@ so ``torchrun --nproc_per_node 2`` follows the same trajectory as one process.
 from __future__ import annotations
 
 import copy
-import hashlib
 import json
 import os
 import shutil
@@ -39,12 +38,14 @@ import peft_equi
 from peft_equi.data import (
     Dataset,
     composition_matrix,
+    element_names,
     fit_reference_energies,
     read_dataset,
     read_isolated_atom_energies,
 )
 from peft_equi.data import select_and_split as split_data
 from peft_equi.errors import ConfigError, DataError, NotMergeableError, PeftEquiError
+from peft_equi.files import sha256
 from peft_equi.potentials.base import Potential, load_potential
 from peft_equi.presets import validate_options
 from peft_equi.training.checkpoint import atomic_save, load_checkpoint
@@ -219,12 +220,9 @@ class Finetuner:
         used = sorted({z for data in datasets if data is not None for z in data.atomic_numbers})
         if c.subset_elements and set(used) < set(self.elements) and self._subset(used):
             if self.rank == 0:
-                from ase.data import chemical_symbols
-
-                names = ", ".join(chemical_symbols[z] for z in self.potential.atomic_numbers)
+                names = element_names(self.potential.atomic_numbers, with_numbers=False)
                 print(f"subset_elements: model cut from {len(self.elements)} to the data's elements ({names})")
-            self.elements = self.potential.atomic_numbers
-            self.delta = np.zeros(len(self.elements))
+            self.potential = self.potential  # the setter takes the cut model's elements (and a zero correction)
         if c.backend == "cueq":
             report = self.potential.to_cueq(c.device)
             if self.rank == 0:
@@ -324,7 +322,7 @@ class Finetuner:
         """Fine-tune; returns the before/after errors (and writes everything under ``output``)."""
         c = self.config
         # everything that needs no model first: options, data, the output directory, the checkpoint
-        validate_options(c.adapter, c.adapter_options)
+        peft_config = validate_options(c.adapter, c.adapter_options)
         train, valid, test = self._load_data()
         self._prepare_output()
         checkpoint = load_checkpoint(self.output / "checkpoint.pt") if c.resume else None
@@ -347,7 +345,7 @@ class Finetuner:
             before["test"] = self.evaluate(self.potential.model, test_p)
 
         torch.manual_seed(c.seed)
-        model = peft_equi.get_peft_model(self.potential.model, c.adapter, **c.adapter_options)
+        model = peft_equi.get_peft_model(self.potential.model, peft_config)
         params = [p for p in model.parameters() if p.requires_grad]
         optimizer = torch.optim.Adam(params, lr=c.lr, amsgrad=c.amsgrad, weight_decay=c.weight_decay)
         scheduler = torch.optim.lr_scheduler.ReduceLROnPlateau(
@@ -497,7 +495,7 @@ class Finetuner:
             for key in INPUT_FILES:
                 value = getattr(self.config, key)
                 if value is not None and Path(value).is_file():
-                    self._digests[key] = _sha256(Path(value))
+                    self._digests[key] = sha256(value)
         return self._digests
 
     def _check_resumable(self, checkpoint: dict[str, Any]) -> None:
@@ -582,14 +580,6 @@ def _run_output(path: Path) -> bool:
             return False
         return (path / "adapter_config.json").is_file() or not any(path.iterdir())
     return False
-
-
-def _sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with path.open("rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def _one_based(epochs_before: int | None) -> int | None:

@@ -36,7 +36,7 @@ from peft_equi.errors import PeftEquiError
 from peft_equi.safe_load import load_torch_file
 
 STATE_FORMAT = "peft_equi.mace_state.v1"
-_CODEGEN_MARK = "_compiled_main"
+CODEGEN_MARK = "_compiled_main"  # in the state-dict keys of e3nn's generated-code constants (never copied)
 _ALLOWED_PACKAGES = ("mace.modules",)  # callables in state files: defined in these packages
 _ALLOWED_MODULES = ("torch", "torch.nn.functional")  # or in these modules (activations)
 _PATCH_LOCK = threading.RLock()
@@ -149,8 +149,8 @@ def _build(model_class: type, config: dict, state_dict: dict[str, torch.Tensor])
     """``model_class(**config)`` in the weights' dtype, with ``state_dict`` loaded (codegen keys aside)."""
     dtype = next((t.dtype for t in state_dict.values() if torch.is_floating_point(t)), torch.get_default_dtype())
     model = instantiate(model_class, config, dtype)
-    source = {k: v for k, v in state_dict.items() if _CODEGEN_MARK not in k}
-    target = {k for k in model.state_dict() if _CODEGEN_MARK not in k}
+    source = {k: v for k, v in state_dict.items() if CODEGEN_MARK not in k}
+    target = {k for k in model.state_dict() if CODEGEN_MARK not in k}
     missing, unexpected = sorted(target - source.keys()), sorted(source.keys() - target)
     if missing or unexpected:
         raise PeftEquiError(
@@ -182,7 +182,7 @@ def save_mace_state(model: nn.Module, path: str | Path) -> None:
         "format": STATE_FORMAT,
         "model_class": f"{type(model).__module__}:{type(model).__qualname__}",
         "config": json.dumps(_encode(config)),
-        "state_dict": {k: v.detach().cpu() for k, v in model.state_dict().items() if _CODEGEN_MARK not in k},
+        "state_dict": {k: v.detach().cpu() for k, v in model.state_dict().items() if CODEGEN_MARK not in k},
     }
     torch.save(payload, path)
 

@@ -32,15 +32,9 @@ from collections.abc import Iterable
 import torch
 from torch import nn
 
+from peft_equi.data import element_names
 from peft_equi.errors import PeftEquiError, UnknownElementError
-
-_CODEGEN_MARK = "_compiled_main"
-
-
-def _symbols(atomic_numbers: Iterable[int]) -> str:
-    from ase.data import chemical_symbols
-
-    return ", ".join(f"{chemical_symbols[z]} (Z={z})" for z in atomic_numbers)
+from peft_equi.integrations.mace.loading import CODEGEN_MARK, instantiate
 
 
 def _check_plain_e3nn(model: nn.Module) -> None:
@@ -115,8 +109,8 @@ def _check_external_weights(old: nn.Module, new: nn.Module, where: str) -> None:
 
 def _cut_state(old: nn.Module, new: nn.Module, index: torch.Tensor) -> dict[str, torch.Tensor]:
     n_old = len(old.atomic_numbers)
-    old_state = {k: v for k, v in old.state_dict().items() if _CODEGEN_MARK not in k}
-    new_state = {k: v for k, v in new.state_dict().items() if _CODEGEN_MARK not in k}
+    old_state = {k: v for k, v in old.state_dict().items() if CODEGEN_MARK not in k}
+    new_state = {k: v for k, v in new.state_dict().items() if CODEGEN_MARK not in k}
     missing, unexpected = sorted(new_state.keys() - old_state.keys()), sorted(old_state.keys() - new_state.keys())
     if missing or unexpected:
         raise PeftEquiError(
@@ -158,8 +152,6 @@ def subset_elements(model: nn.Module, atomic_numbers: Iterable[int]) -> nn.Modul
     """
     from mace.tools.scripts_utils import extract_config_mace_model
 
-    from peft_equi.integrations.mace.loading import instantiate
-
     _check_plain_e3nn(model)
     if not hasattr(model, "atomic_numbers"):
         raise PeftEquiError(f"{type(model).__name__} has no atomic_numbers table: not a MACE model")
@@ -167,7 +159,9 @@ def subset_elements(model: nn.Module, atomic_numbers: Iterable[int]) -> nn.Modul
     wanted = {int(z) for z in atomic_numbers}
     unknown = sorted(wanted - set(current))
     if unknown:
-        raise UnknownElementError(f"the model does not know {_symbols(unknown)}; it knows {_symbols(current)}")
+        raise UnknownElementError(
+            f"the model does not know {element_names(unknown)}; it knows {element_names(current)}"
+        )
     if not wanted:
         raise PeftEquiError("subset_elements needs at least one element")
     kept = [z for z in current if z in wanted]
