@@ -115,7 +115,7 @@ def read_extxyz(path: str | Path, energy_key: str = "energy", forces_key: str = 
         if energy is None or force is None:
             missing = energy_key if energy is None else forces_key
             available = sorted(set(atoms.info) | set(atoms.arrays) | set(results))
-            raise KeyError(f"{path}: configuration {i} has no {missing!r} (available keys: {', '.join(available)})")
+            raise DataError(f"{path}: structure {i} has no {missing!r} (available keys: {', '.join(available)})")
         try:
             energy = float(energy)
             force = np.asarray(force, dtype=float)
@@ -128,7 +128,12 @@ def read_extxyz(path: str | Path, energy_key: str = "energy", forces_key: str = 
 
 
 def read_rmd17(path: str | Path, indices: Sequence[int] | None = None) -> Dataset:
-    """An rMD17 ``.npz`` file: kcal/mol and kcal/mol/A converted to eV and eV/A (1 kcal/mol = 0.0433641 eV)."""
+    """An rMD17 ``.npz`` file: kcal/mol and kcal/mol/A converted to eV and eV/A (1 kcal/mol = 0.0433641 eV).
+
+    ``indices``: the structures to read (0-based, in that order; default all).  Missing keys,
+    shapes that disagree, non-finite values and indices out of range raise
+    :class:`~peft_equi.errors.DataError` naming the file.
+    """
     from ase import Atoms
 
     path = Path(path)
@@ -139,7 +144,7 @@ def read_rmd17(path: str | Path, indices: Sequence[int] | None = None) -> Datase
     with data:
         missing = [k for k in RMD17_KEYS if k not in data.files]
         if missing:
-            raise KeyError(f"{path} is not an rMD17 file: missing keys {missing} (has {sorted(data.files)})")
+            raise DataError(f"{path}: not an rMD17 file: missing keys {missing} (has {sorted(data.files)})")
         try:
             arrays = {k: data[k] for k in RMD17_KEYS}
             numbers = np.asarray(arrays["nuclear_charges"])
@@ -154,7 +159,7 @@ def read_rmd17(path: str | Path, indices: Sequence[int] | None = None) -> Datase
                 raise DataError(f"{path}: {key} has shape {shapes[key]}, expected {shape} ({n} structures)")
         if n == 0:
             raise DataError(f"{path}: no structures in the file")
-        chosen = np.arange(n) if indices is None else np.asarray(indices)
+        chosen = np.arange(n) if indices is None else _checked_indices(path, indices, n)
         coords, energies, forces = arrays["coords"][chosen], energies_all[chosen], arrays["forces"][chosen]
     for name, values in (("energy", energies), ("forces", forces), ("positions", coords)):
         finite = np.isfinite(np.asarray(values, dtype=float)).reshape(len(chosen), -1).all(axis=1)
@@ -165,8 +170,25 @@ def read_rmd17(path: str | Path, indices: Sequence[int] | None = None) -> Datase
     return Dataset(atoms, energies * KCAL_PER_MOL_IN_EV, list(forces * KCAL_PER_MOL_IN_EV))
 
 
+def _checked_indices(path: Path, indices: Sequence[int], n: int) -> np.ndarray:
+    """``indices`` as an integer array, each in ``[0, n)``; otherwise a :class:`DataError` naming the first bad one."""
+    chosen = np.asarray(indices)
+    if chosen.size == 0:
+        raise DataError(f"{path}: no structure indices given")
+    if chosen.ndim != 1 or not np.issubdtype(chosen.dtype, np.integer):
+        raise DataError(f"{path}: structure indices must be a list of integers, got {one_line(repr(indices))[:80]}")
+    bad = chosen[(chosen < 0) | (chosen >= n)]
+    if bad.size:
+        raise DataError(f"{path}: structure index {int(bad[0])} out of range (the file has {n} structures)")
+    return chosen.astype(np.int64)
+
+
 def read_isolated_atom_energies(path: str | Path) -> dict[int, float]:
-    """Atomic number -> energy (eV) from an extxyz file of single atoms (``energy`` in info or results)."""
+    """Atomic number -> energy (eV) from an extxyz file of single atoms (``energy`` in info or results).
+
+    A structure of more than one atom, or without a finite numeric energy, raises
+    :class:`~peft_equi.errors.DataError` naming the file and the structure.
+    """
     path = Path(path)
     energies = {}
     for i, atoms in enumerate(_read_structures(path)):
@@ -175,10 +197,14 @@ def read_isolated_atom_energies(path: str | Path) -> dict[int, float]:
         results = atoms.calc.results if atoms.calc is not None else {}
         energy = atoms.info.get("energy", results.get("energy"))
         if energy is None:
-            raise KeyError(f"{path}: isolated {atoms.get_chemical_formula()} has no energy")
-        if not np.isfinite(float(energy)):
-            raise DataError(f"{path}: structure {i}: energy is {float(energy)}")
-        energies[int(atoms.numbers[0])] = float(energy)
+            raise DataError(f"{path}: structure {i}: isolated {atoms.get_chemical_formula()} has no energy")
+        try:
+            energy = float(energy)
+        except (TypeError, ValueError):
+            raise DataError(f"{path}: structure {i}: energy is not a number ({energy!r})") from None
+        if not np.isfinite(energy):
+            raise DataError(f"{path}: structure {i}: energy is {energy}")
+        energies[int(atoms.numbers[0])] = energy
     return energies
 
 

@@ -17,7 +17,7 @@ from mace_models import molecules
 from typer.testing import CliRunner
 
 from peft_equi.cli import app
-from peft_equi.errors import PeftEquiError
+from peft_equi.errors import DataError, PeftEquiError
 from peft_equi.integrations.mace.architectures import HCO, build_mace
 from peft_equi.potentials.mace import mace_batch
 from peft_equi.training import FinetuneConfig, Finetuner, TrainingDivergedError
@@ -120,7 +120,7 @@ def test_nan_loss_stops_with_a_message_and_keeps_the_last_checkpoint(files, tmp_
 def test_bad_inputs_are_named(files, tmp_path):
     with pytest.raises(FileNotFoundError, match=r"missing\.xyz"):
         Finetuner(_config(files, tmp_path / "x", train=files / "missing.xyz")).run()
-    with pytest.raises(KeyError, match=r"'REF_energy'.*available keys: .*energy"):
+    with pytest.raises(DataError, match=r"'REF_energy'.*available keys: .*energy"):
         Finetuner(_config(files, tmp_path / "x", energy_key="REF_energy")).run()
     from ase.build import molecule
 

@@ -15,7 +15,7 @@ from test_finetune import _config, files  # noqa: F401 - the module-scoped data 
 from typer.testing import CliRunner
 
 from peft_equi.cli import app
-from peft_equi.errors import ConfigError, DataError, PeftEquiError
+from peft_equi.errors import ConfigError, DataError, PeftEquiError, UnknownElementError, UntrustedPickleError
 from peft_equi.training import FinetuneConfig, Finetuner
 from peft_equi.training.checkpoint import load_checkpoint
 
@@ -103,6 +103,42 @@ def test_bad_rmd17_files_are_named(files, tmp_path):  # noqa: F811
         Finetuner(_config(files, tmp_path / "run", model=MISSING_MODEL, train=tmp_path / "shape.npz")).run()
 
 
+def test_data_errors_are_data_errors(tmp_path):
+    """Item 5: missing keys, non-numeric values and bad indices are DataErrors (one line naming the file)."""
+    from peft_equi.data import read_dataset, read_isolated_atom_energies, read_rmd17
+
+    n, atoms = 4, 2
+    arrays = {"nuclear_charges": np.array([1, 1]), "coords": np.zeros((n, atoms, 3)), "energies": np.zeros(n)}
+    np.savez(tmp_path / "nokeys.npz", **arrays)
+    arrays["forces"] = np.zeros((n, atoms, 3))
+    np.savez(tmp_path / "ok.npz", **arrays)
+    (tmp_path / "iso-none.xyz").write_text('1\nProperties=species:S:1:pos:R:3 pbc="F F F"\nH 0 0 0\n')
+    (tmp_path / "iso-text.xyz").write_text('1\nProperties=species:S:1:pos:R:3 energy=abc pbc="F F F"\nH 0 0 0\n')
+    cases = [
+        (lambda: read_dataset(tmp_path / "nokeys.npz"), r"nokeys\.npz: not an rMD17 file: missing keys \['forces'\]"),
+        (
+            lambda: read_rmd17(tmp_path / "ok.npz", indices=[0, 4]),
+            r"ok\.npz: structure index 4 out of range \(the file has 4 structures\)",
+        ),
+        (lambda: read_rmd17(tmp_path / "ok.npz", indices=[-1]), r"ok\.npz: structure index -1 out of range"),
+        (lambda: read_rmd17(tmp_path / "ok.npz", indices=[0.5]), r"ok\.npz: structure indices must be .*integers"),
+        (lambda: read_isolated_atom_energies(tmp_path / "iso-none.xyz"), r"iso-none\.xyz: structure 0: .*no energy"),
+        (lambda: read_isolated_atom_energies(tmp_path / "iso-text.xyz"), r"iso-text\.xyz: .*not a number \('abc'\)"),
+    ]
+    for read_it, message in cases:
+        with pytest.raises(DataError, match=message) as info:
+            read_it()
+        assert "\n" not in str(info.value)
+    assert len(read_rmd17(tmp_path / "ok.npz", indices=[3, 0])) == 2
+
+
+def test_e0s_file_is_checked_before_the_model_is_loaded(files, tmp_path):  # noqa: F811
+    (tmp_path / "iso.xyz").write_text('1\nProperties=species:S:1:pos:R:3 energy=-13.6 pbc="F F F"\nH 0 0 0\n')
+    config = _config(files, tmp_path / "run", model=MISSING_MODEL, e0s=str(tmp_path / "iso.xyz"))
+    with pytest.raises(PeftEquiError, match=r"iso\.xyz has no isolated-atom energy for atomic numbers \[6, 8\]"):
+        Finetuner(config).run()
+
+
 def test_non_empty_output_is_refused_and_overwrite_clears_only_a_run(files, tmp_path):  # noqa: F811
     """Item 7: no silent overwrite; --overwrite deletes the old run (no stale merged.model), never foreign files."""
     run = tmp_path / "run"
@@ -126,6 +162,27 @@ def test_non_empty_output_is_refused_and_overwrite_clears_only_a_run(files, tmp_
     assert json.loads((run / "results.json").read_text())["kept"]["epoch"] == 1
     with pytest.raises(ValueError, match="not both"):
         _config(files, run, resume=True, overwrite=True)
+
+
+def test_overwrite_keeps_the_previous_run_until_the_model_is_loaded(files, finished, tmp_path):  # noqa: F811
+    """Item 7 (review): --overwrite deletes the old run only once the model is loaded and fits the data."""
+    from ase.build import molecule
+
+    run = tmp_path / "run"
+    shutil.copytree(finished, run)
+    listing = sorted(str(p.relative_to(run)) for p in run.rglob("*"))
+    nitrogen = molecule("NH3")
+    nitrogen.calc = SinglePointCalculator(nitrogen, energy=-1.0, forces=np.zeros((4, 3)))
+    write(tmp_path / "nh3.xyz", [nitrogen] * 2)
+    failures = [
+        ({"model": str(files / "mistyped.model")}, FileNotFoundError, "mistyped.model"),
+        ({"trust_pickle": False}, UntrustedPickleError, "trust"),
+        ({"test": tmp_path / "nh3.xyz"}, UnknownElementError, r"N \(Z=7\)"),
+    ]
+    for options, error, message in failures:
+        with pytest.raises(error, match=message):
+            Finetuner(_config(files, run, overwrite=True, **options)).run()
+        assert sorted(str(p.relative_to(run)) for p in run.rglob("*")) == listing, options
 
 
 class _Interrupted(Exception):
@@ -170,6 +227,36 @@ def test_resume_from_another_place_and_no_duplicate_rows(files, tmp_path, monkey
     assert {r["stage"] for r in rows} == {"1"}
 
 
+def test_resume_refuses_changed_content_at_the_same_path(files, tmp_path, monkeypatch):  # noqa: F811
+    """Item 8 (review): a recorded file is compared by content only: edited in place, or a relative path now naming
+    another file, it has changed, whatever the path says."""
+    first, second = tmp_path / "first", tmp_path / "second"
+    for folder in (first, second):
+        folder.mkdir()
+        shutil.copy(files / "data.xyz", folder / "data.xyz")
+        shutil.copy(files / "base.model", folder / "base.model")
+    edited = _structures(files)
+    _relabel(edited[0], energy=edited[0].calc.results["energy"] + 1.0)
+    write(second / "data.xyz", edited)
+    monkeypatch.chdir(first)
+    options = dict(epochs=1, plots=False, train="data.xyz", model="base.model")
+    Finetuner(_config(files, tmp_path / "run", **options)).run()
+    resume = dict(options, epochs=2, resume=True)
+
+    monkeypatch.chdir(second)  # the same relative paths: another training file, the same model bytes
+    with pytest.raises(ConfigError, match=r"options changed since the checkpoint: train$"):
+        Finetuner(_config(files, tmp_path / "run", **resume)).run()
+    monkeypatch.chdir(first)
+    write(first / "data.xyz", edited)  # the training file edited in place
+    with pytest.raises(ConfigError, match=r"options changed since the checkpoint: train$"):
+        Finetuner(_config(files, tmp_path / "run", **resume)).run()
+    shutil.copy(files / "data.xyz", first / "data.xyz")
+    with (first / "base.model").open("ab") as model:  # the model file changed in place
+        model.write(b"\0")
+    with pytest.raises(ConfigError, match=r"options changed since the checkpoint: model$"):
+        Finetuner(_config(files, tmp_path / "run", **resume)).run()
+
+
 def test_merge_refuses_to_overwrite(files, finished, tmp_path):  # noqa: F811
     """Item 9."""
     args = ["merge", "--model", str(files / "base.model"), "--trust-pickle", "--run", str(finished)]
@@ -195,6 +282,7 @@ CLI_ERRORS = {
     "empty extxyz": (["--train", "{tmp}/empty.xyz"], "empty.xyz: no structures in the file"),
     "garbage extxyz": (["--train", "{tmp}/garbage.xyz"], "garbage.xyz: cannot be read"),
     "nan in validation": (["--valid", "{tmp}/bad.xyz"], "bad.xyz: structure 3: energy is nan"),
+    "missing energy key": (["--energy-key", "REF_energy"], "data.xyz: structure 0 has no 'REF_energy'"),
     "config option": (["--lr", "-1"], "lr: Input should be greater than 0"),
     "non-empty output": (["--output", "{tmp}/full"], "is not empty"),
 }

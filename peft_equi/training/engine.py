@@ -176,8 +176,10 @@ class Finetuner:
                 f"{len(train)} training / {len(valid)} validation structures: need at least one batch "
                 f"({c.batch_size}) for training and one structure for validation"
             )
-        if c.e0s not in ("fit", "none"):
-            read_isolated_atom_energies(c.e0s)  # checked now; used after the model is loaded
+        if c.e0s not in ("fit", "none"):  # checked now; used after the model is loaded
+            missing = sorted(set(train.atomic_numbers) - set(read_isolated_atom_energies(c.e0s)))
+            if missing:
+                raise PeftEquiError(f"{c.e0s} has no isolated-atom energy for atomic numbers {missing}")
         return train, valid, test
 
     def _check_elements(self, train: Dataset, valid: Dataset, test: Dataset | None) -> None:
@@ -185,15 +187,20 @@ class Finetuner:
             if data is not None:
                 self.potential.check_elements(data.atomic_numbers, f"the {name}")
 
-    def _prepare_output(self) -> None:
-        """Refuse a non-empty output unless resuming; with ``overwrite``, delete the previous run's files first."""
+    def _check_output(self) -> list[str]:
+        """Refuse a non-empty output unless resuming or overwriting a run; the previous run's entries to delete.
+
+        Nothing is deleted here: :meth:`_clear_output` does it once the model is loaded and
+        checked, so that a run that fails before (a mistyped model, a missing trust_pickle,
+        unknown elements) leaves the previous run as it was.
+        """
         c = self.config
         if self.output.exists() and not self.output.is_dir():
             raise PeftEquiError(f"output {self.output} exists and is not a directory")
         entries = sorted(p.name for p in self.output.iterdir()) if self.output.is_dir() else []
         if self.rank != 0 or not entries or c.resume:
             self.output.mkdir(parents=True, exist_ok=True)
-            return
+            return []
         if not c.overwrite:
             raise PeftEquiError(
                 f"output {self.output} is not empty (a previous run?): give --resume to continue it, "
@@ -205,6 +212,12 @@ class Finetuner:
                 f"not overwriting {self.output}: it holds files a run does not write ({', '.join(foreign[:5])}"
                 f"{', ...' if len(foreign) > 5 else ''}); remove them or choose another --output"
             )
+        return entries
+
+    def _clear_output(self, entries: list[str]) -> None:
+        """``overwrite``: delete the previous run's ``entries`` (checked by :meth:`_check_output`)."""
+        if not entries:
+            return
         for name in entries:
             path = self.output / name
             shutil.rmtree(path) if path.is_dir() and not path.is_symlink() else path.unlink()
@@ -297,10 +310,7 @@ class Finetuner:
             fitted = fit_reference_energies(train, train.energies - predicted)
             self.delta = np.array([fitted.get(z, 0.0) for z in self.elements])
             return
-        isolated = read_isolated_atom_energies(mode)
-        missing = sorted(set(train.atomic_numbers) - set(isolated))
-        if missing:
-            raise PeftEquiError(f"{mode} has no isolated-atom energy for atomic numbers {missing}")
+        isolated = read_isolated_atom_energies(mode)  # covers the training data's elements (checked on reading)
         from ase import Atoms
 
         atoms = [Atoms(numbers=[z], positions=[[0.0, 0.0, 0.0]]) for z in self.elements if z in isolated]
@@ -324,7 +334,7 @@ class Finetuner:
         # everything that needs no model first: options, data, the output directory, the checkpoint
         peft_config = validate_options(c.adapter, c.adapter_options)
         train, valid, test = self._load_data()
-        self._prepare_output()
+        previous_run = self._check_output()
         checkpoint = load_checkpoint(self.output / "checkpoint.pt") if c.resume else None
         if checkpoint is not None:
             self._check_resumable(checkpoint)
@@ -333,6 +343,7 @@ class Finetuner:
         torch.manual_seed(c.seed)
         self._check_elements(train, valid, test)
         self._prepare_model([train, valid, test])
+        self._clear_output(previous_run)  # overwrite: only now that the model loaded and fits the data
         if checkpoint is not None:
             self._check_checkpoint_elements(checkpoint)
             self.delta = np.asarray(checkpoint["delta"])
@@ -501,14 +512,21 @@ class Finetuner:
     def _check_resumable(self, checkpoint: dict[str, Any]) -> None:
         """Refuse to resume when an option that changes training differs from the checkpoint's.
 
-        Files read are compared by content when the checkpoint has their digests, so the same
-        run may resume from another working directory, through an absolute path or copied.
+        A file read whose digest the checkpoint recorded is compared by content only: changed
+        exactly when its digest differs, whatever the path (the same run may resume from another
+        working directory, through an absolute or relative path or copied; a file edited in place,
+        or a relative path now naming another file, is refused).  Paths are compared only for
+        options without a recorded digest (a model given by name).
         """
         saved = json.loads(checkpoint["config"])
         digests = json.loads(checkpoint.get("inputs", "{}"))
         current = self.config.training_options()
-        same_file = {key: key in digests and digests[key] == self._input_digests().get(key) for key in INPUT_FILES}
-        changed = sorted(k for k in current if not same_file.get(k) and saved.get(k) != current[k])
+        now = self._input_digests()
+
+        def differs(key: str) -> bool:
+            return digests[key] != now.get(key) if key in digests else saved.get(key) != current[key]
+
+        changed = sorted(k for k in current if differs(k))
         # with swa and no start_swa, stage two starts at 3/4 of the epochs: more epochs move it
         saved_start, start = int(checkpoint.get("stage_two_start", -1)), self.config.stage_two_start()
         if (
