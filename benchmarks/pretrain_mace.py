@@ -28,7 +28,7 @@ from record import ROOT, finished, run_record, write_json
 
 from peft_equi.data import read_dataset, read_isolated_atom_energies
 from peft_equi.integrations.mace.architectures import HCO, build_mace
-from peft_equi.integrations.mace.loading import load_mace_model, save_mace_state
+from peft_equi.integrations.mace.loading import save_mace_state
 from peft_equi.potentials.mace import MacePotential
 from peft_equi.training import FinetuneConfig, Finetuner
 
@@ -102,12 +102,14 @@ def main(argv: list[str] | None = None) -> None:
         overwrite=True,  # a second pretraining replaces the first
         progress=False,
     )
-    result = Finetuner(config, MacePotential(model, f"mace-{args.size}")).run()
+    finetuner = Finetuner(config, MacePotential(model, f"mace-{args.size}"))
+    result = finetuner.run()
     model_file = folder / "runs" / f"{folder.name}.model"  # named for what it is: results of rmd17.py carry the name
     Path(result["merged_model"]).replace(model_file)
     shared_file = ROOT / "benchmarks" / "models" / f"{folder.name}.pt"  # committed: pickle-free, a few tens of kB
     shared_file.parent.mkdir(exist_ok=True)
-    save_mace_state(load_mace_model(model_file, trust_pickle=True), shared_file)
+    # the trained model in memory (the one merged.model holds): nothing is unpickled
+    save_mace_state(finetuner.model.merge_and_unload(), shared_file)
     valid = result["after"]["valid"].summary()
     lines = [
         f"# MACE ({args.size}) pretrained on rMD17 without {args.exclude}",

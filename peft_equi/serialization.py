@@ -23,7 +23,9 @@ Two records in ``adapter_config.json`` are checked on loading:
   more).  Anything else raises :class:`BaseMismatchError` naming the tensors, unless
   ``allow_base_mismatch=True`` (deliberate transfer to other weights).
 
-Adapters saved before these records existed load with a warning (``logging``).
+Both records are required from format 2 on (:data:`FORMAT_VERSION`): an adapter of that format
+without one of them was edited, and is refused.  Adapters of format 1, saved before these
+records were required, load with a warning (``logging``) for each record they lack.
 """
 
 from __future__ import annotations
@@ -52,7 +54,9 @@ logger = logging.getLogger(__name__)
 
 CONFIG_NAME = "adapter_config.json"
 WEIGHTS_NAME = "adapter_model.safetensors"
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2  # 2: tensors_sha256 and base_fingerprint required
+LEGACY_FORMATS = (1,)  # read; the records may be missing (a warning says so)
+REQUIRED_RECORDS = ("tensors_sha256", "base_fingerprint")
 FINGERPRINT_FORM = "float32 little-endian flat bytes of each adapted layer's canonical weight and bias"
 FINGERPRINT_RTOL = 1e-5
 _PROBES = 4
@@ -175,10 +179,16 @@ def read_adapter(directory: str | Path) -> tuple[dict, dict[str, torch.Tensor]]:
         meta = json.loads((directory / CONFIG_NAME).read_text())
     except json.JSONDecodeError as exc:
         raise AdapterLoadError(f"{directory / CONFIG_NAME} is not valid JSON: {exc}") from None
-    if meta.get("format") != FORMAT_VERSION or "config" not in meta:
+    if meta.get("format") not in (FORMAT_VERSION, *LEGACY_FORMATS) or "config" not in meta:
         raise AdapterLoadError(
             f"{directory / CONFIG_NAME}: not a peft_equi adapter of format {FORMAT_VERSION} "
             f"(format {meta.get('format')!r}, keys {sorted(meta)})"
+        )
+    missing = [key for key in REQUIRED_RECORDS if not meta.get(key)]
+    if missing and meta["format"] == FORMAT_VERSION:
+        raise AdapterLoadError(
+            f"{directory / CONFIG_NAME}: format {FORMAT_VERSION} adapter without {' and '.join(missing)}: "
+            "the file was edited after saving; refused"
         )
     weights = directory / WEIGHTS_NAME
     try:

@@ -157,6 +157,11 @@ def test_crafted_mace_model_file_does_not_run(tmp_path, writer, suffix):
         ("model_class", "builtins:exec"),
         ("config", "mace.modules.utils:torch.load"),
         ("config", "torch.serialization:load"),
+        ("config", "torch:load"),
+        ("config", "torch:set_default_dtype"),
+        ("config", "torch:compile"),
+        ("config", "torch.nn.functional:gelu"),
+        ("model_class", "torch.nn.functional:silu"),
     ],
 )
 def test_mace_state_file_cannot_name_a_code_loading_callable(tmp_path, where, name):
@@ -177,6 +182,19 @@ def test_mace_state_file_cannot_name_a_code_loading_callable(tmp_path, where, na
     with pytest.raises(PeftEquiError, match="refusing to import") as info:
         load_mace_model(path)
     assert_refused(str(info.value), path, marker, flag=False)
+
+
+@pytest.mark.parametrize("gate", ["silu", "tanh", "abs"])
+def test_mace_state_file_may_name_maces_gate_activations(tmp_path, gate):
+    """The activations a state file may name are MACE's gates (mace.modules.gate_dict), as save_mace_state writes
+    them (torch's builtins: torch:_VariableFunctionsClass.tanh) or by their public names."""
+    from mace.modules import gate_dict
+
+    from peft_equi.integrations.mace.loading import _decode, _encode
+
+    function = gate_dict[gate]
+    for name in (_encode(function)["__callable__"], f"{'torch.nn.functional' if gate == 'silu' else 'torch'}:{gate}"):
+        assert _decode({"__callable__": name}) is function, name
 
 
 def test_nequip_package_needs_trust(tmp_path):
@@ -337,12 +355,33 @@ def test_adapters_saved_before_fingerprints_load_with_a_warning(tmp_path, caplog
     config = tmp_path / "adapter_config.json"
     meta = json.loads(config.read_text())
     del meta["base_fingerprint"], meta["tensors_sha256"]
+    meta["format"] = 1  # as saved before the records were required
     config.write_text(json.dumps(meta))
     with caplog.at_level(logging.WARNING, logger="peft_equi.serialization"):
         loaded = peft_equi.load_adapter(MixedNet(), tmp_path)  # other weights: cannot be told
     assert "no base fingerprint and no checksum" in caplog.text
     saved = model.adapter_state_dict()
     assert all(torch.equal(v, saved[k]) for k, v in loaded.adapter_state_dict().items())
+
+
+@pytest.mark.parametrize("removed", [["tensors_sha256"], ["base_fingerprint"], ["tensors_sha256", "base_fingerprint"]])
+def test_current_format_adapters_without_their_records_are_refused(tmp_path, removed):
+    """Deleting a record from a format-2 adapter does not downgrade its checks to the legacy warning."""
+    base, _ = _saved(tmp_path)
+    config = tmp_path / "adapter_config.json"
+    meta = json.loads(config.read_text())
+    assert meta["format"] == 2
+    for key in removed:
+        del meta[key]
+    config.write_text(json.dumps(meta))
+    with pytest.raises(AdapterLoadError, match=rf"format 2 adapter without {' and '.join(removed)}: .*edited") as info:
+        peft_equi.load_adapter(base, tmp_path)
+    assert str(config) in str(info.value) and "\n" not in str(info.value)
+    meta["tensors_sha256"] = None if "tensors_sha256" in removed else meta["tensors_sha256"]
+    meta["base_fingerprint"] = meta.get("base_fingerprint", {})
+    config.write_text(json.dumps(meta))
+    with pytest.raises(AdapterLoadError, match="format 2 adapter without"):
+        peft_equi.load_adapter(base, tmp_path)
 
 
 @pytest.fixture(scope="module")

@@ -14,8 +14,9 @@ e3nn 0.4.4.  Two things stop it from working under e3nn 0.6:
 Unpickling runs code from the file: whole-module files need ``trust_pickle=True``.
 :func:`save_mace_state` writes a pickle-free alternative (config JSON + tensors) that loads
 with ``weights_only=True``; the callables its config names (model class, interaction
-blocks, activations) are imported only when defined in ``mace.modules`` or are torch
-activations, and the model class must be a MACE ``nn.Module``.
+blocks, activations) are imported only when defined in ``mace.modules`` or are one of the
+gate activations MACE offers (``mace.modules.gate_dict``: ``torch.nn.functional.silu``,
+``torch.tanh``, ``torch.abs``), and the model class must be a MACE ``nn.Module``.
 """
 
 from __future__ import annotations
@@ -37,8 +38,7 @@ from peft_equi.safe_load import load_torch_file
 
 STATE_FORMAT = "peft_equi.mace_state.v1"
 CODEGEN_MARK = "_compiled_main"  # in the state-dict keys of e3nn's generated-code constants (never copied)
-_ALLOWED_PACKAGES = ("mace.modules",)  # callables in state files: defined in these packages
-_ALLOWED_MODULES = ("torch", "torch.nn.functional")  # or in these modules (activations)
+_ALLOWED_PACKAGES = ("mace.modules",)  # callables in state files: defined in these packages, or activations
 _PATCH_LOCK = threading.RLock()
 
 
@@ -80,7 +80,7 @@ def _encode(value: Any) -> Any:
     if isinstance(value, dict):
         return {str(k): _encode(v) for k, v in value.items()}
     if callable(value) and hasattr(value, "__module__") and hasattr(value, "__qualname__"):
-        return {"__callable__": f"{value.__module__}:{value.__qualname__}"}
+        return {"__callable__": _callable_name(value)}
     raise TypeError(f"cannot store MACE config value of type {type(value).__name__}: {value!r}")
 
 
@@ -101,19 +101,40 @@ def _decode(value: Any) -> Any:
     return {k: _decode(v) for k, v in value.items()}
 
 
+def _callable_name(value: Any) -> str:
+    """``module:qualname``, how a state file names a callable."""
+    return f"{value.__module__}:{value.__qualname__}"
+
+
+def _activations() -> dict[str, Any]:
+    """The activations a state file may name, by name: MACE's gates (``mace.modules.gate_dict``).
+
+    Keyed by :func:`_callable_name` (torch's builtins are ``torch:_VariableFunctionsClass.tanh``)
+    and by their public names (``torch:tanh``).
+    """
+    import torch.nn.functional as F
+
+    allowed = {"torch.nn.functional:silu": F.silu, "torch:tanh": torch.tanh, "torch:abs": torch.abs}
+    return allowed | {_callable_name(f): f for f in allowed.values()}
+
+
 def _allowed_module(name: str) -> bool:
-    return name in _ALLOWED_MODULES or any(name == p or name.startswith(p + ".") for p in _ALLOWED_PACKAGES)
+    return any(name == p or name.startswith(p + ".") for p in _ALLOWED_PACKAGES)
 
 
 def _resolve(name: str, model_class: bool = False) -> Any:
-    """The callable ``module:qualname`` named in a state file, only if defined in MACE or torch's activations.
+    """The callable ``module:qualname`` named in a state file, only if defined in MACE or one of its activations.
 
-    The object found must itself be defined there (``mace.modules.utils:torch.load`` reaches
-    ``torch.load``, defined in ``torch.serialization``: refused), and a model class must be an
-    ``nn.Module`` of ``mace.modules`` (it is called with the file's config).
+    Activations are looked up in an explicit list (:func:`_activations`), nothing else of torch
+    is reachable.  Other objects must be defined in ``mace.modules`` (``mace.modules.utils:torch.load``
+    reaches ``torch.load``, defined in ``torch.serialization``: refused), and a model class must be
+    an ``nn.Module`` of ``mace.modules`` (it is called with the file's config).
     """
     module_name, _, qualname = name.partition(":")
     refused = PeftEquiError(f"refusing to import {name!r} named in a model config")
+    activation = None if model_class else _activations().get(name)
+    if activation is not None:
+        return activation
     if not _allowed_module(module_name) or not qualname:
         raise refused
     try:
