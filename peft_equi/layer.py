@@ -9,19 +9,29 @@ The effective weight and bias are computed once per call (cheap: weights are sma
 features) and passed to the backend's own op, so weight-space adapters add no second
 feature-sized op.  A shift on a ``0e`` block that the layer stores no bias for is added to
 the output instead.  :meth:`AdaptedLayer.merge` writes the same effective weight and bias.
+
+**TorchScript.**  Each built-in backend wraps its layers in a subclass of
+:class:`AdaptedLayer` whose ``forward`` has the layer's own fixed signature (``o3.Linear``:
+``forward(features)``, tensor products: ``forward(x, y)``, ...) and is written in
+TorchScript-compatible code, as are the adapters' hooks; such models compile with
+``torch.jit.script`` and e3nn's ``jit.compile``.  :class:`AdaptedLayer` itself is the
+generic wrapper for backends without such a subclass: ``forward(*args, **kwargs)`` through
+the backend's Python methods, eager only.
 """
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 from torch import nn
 
 from peft_equi.adapters.base import Adapter
-from peft_equi.backends.base import Backend
 from peft_equi.errors import NotMergeableError
 from peft_equi.spec import LayerSpec
+
+if TYPE_CHECKING:
+    from peft_equi.backends.base import Backend
 
 
 def _bias_scalar_positions(spec: LayerSpec) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
@@ -55,7 +65,15 @@ def _empty() -> torch.Tensor:
 
 
 class AdaptedLayer(nn.Module):
-    """A layer with one adapter attached.  ``base_layer`` keeps the original module."""
+    """A layer with one adapter attached.  ``base_layer`` keeps the original module.
+
+    Subclasses (one per backend, chosen by :meth:`Backend.adapted_layer_class`) override
+    :meth:`layer_weight`, :meth:`layer_bias` and ``forward`` in TorchScript-compatible code;
+    the rest (:meth:`effective_parameters`, the adapter's hooks) is shared and scriptable.
+    """
+
+    # Python objects TorchScript has no type for; the scripted methods do not use them
+    __jit_ignored_attributes__ = ("backend", "spec")
 
     def __init__(self, base_layer: nn.Module, backend: Backend, spec: LayerSpec, adapter: Adapter) -> None:
         super().__init__()
@@ -70,6 +88,17 @@ class AdaptedLayer(nn.Module):
         self.register_buffer("bias_scalar_position", bias_pos, persistent=False)
         self.register_buffer("free_scalar_position", free_pos, persistent=False)
         self.register_buffer("free_scalar_component", free_comp, persistent=False)
+        self.has_free_scalars = len(free_pos) > 0
+        self.output_dim = spec.irreps_out.dim
+        self.has_layer_bias = backend.bias(base_layer) is not None
+
+    def layer_weight(self) -> torch.Tensor:
+        """The layer's weight in the canonical flat layout (:meth:`Backend.weight`)."""
+        return self.backend.weight(self.base_layer)
+
+    def layer_bias(self) -> torch.Tensor | None:
+        """The layer's own bias over ``spec.bias_blocks``, or ``None`` (:meth:`Backend.bias`)."""
+        return self.backend.bias(self.base_layer)
 
     def effective_parameters(self) -> tuple[torch.Tensor | None, torch.Tensor | None, torch.Tensor | None]:
         """``(weight, bias, extra output shift)``; all ``None`` when the adapter leaves them alone."""
@@ -77,25 +106,26 @@ class AdaptedLayer(nn.Module):
         gain, shift = self.adapter.output_affine()
         if delta is None and gain is None and shift is None:
             return None, None, None
-        weight = self.backend.weight(self.base_layer)
-        bias = self.backend.bias(self.base_layer)
+        weight = self.layer_weight()
+        bias = self.layer_bias()
         if delta is not None:
             weight = weight + delta
         if gain is not None:
             weight = weight * gain.index_select(0, self.weight_channel)
             if bias is not None:
                 bias = bias * gain.index_select(0, self.bias_channel)
-        extra = None
+        extra: torch.Tensor | None = None
         if shift is not None:
             if bias is not None:
                 bias = bias + shift.index_select(0, self.bias_scalar_position)
-            if len(self.free_scalar_position):
-                extra = shift.new_zeros(self.spec.irreps_out.dim).index_copy(
+            if self.has_free_scalars:
+                extra = shift.new_zeros(self.output_dim).index_copy(
                     0, self.free_scalar_component, shift.index_select(0, self.free_scalar_position)
                 )
         return weight, bias, extra
 
     def forward(self, *args: Any, **kwargs: Any) -> torch.Tensor:
+        """The generic wrapper (eager only): the backend's Python ``forward``/``operands``/``finish``."""
         if not self.adapter_enabled:
             return self.base_layer(*args, **kwargs)
         weight, bias, extra = self.effective_parameters()
@@ -103,13 +133,46 @@ class AdaptedLayer(nn.Module):
         if extra is not None:
             y = y + extra
         if self.adapter.dynamic:
-            y = self.adapter.modulate(y, self.backend.operands(self.base_layer, args, kwargs))
+            y = self.adapter.modulate(y, list(self.backend.operands(self.base_layer, args, kwargs)))
         return self.backend.finish(self.base_layer, y)
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        super().__setstate__(state)
+        if "output_dim" not in state:  # pickled (torch.save of a whole model) by peft_equi before the wrappers
+            self._upgrade()
+
+    def _upgrade(self) -> None:
+        """Make an unpickled older ``AdaptedLayer`` current: the backend's wrapper class, and the adapter
+        rebuilt from its spec and config, holding the pickled values (the state-dict keys are unchanged)."""
+        old = self.adapter
+        with torch.random.fork_rng(devices=[]):  # the throwaway initialisation draws no global random numbers
+            adapter = type(old)(old.spec, old.config)
+        weight = self.backend.weight(self.base_layer)
+        adapter = adapter.to(device=weight.device, dtype=weight.dtype).train(old.training)
+        adapter.load_state_dict(old.state_dict())
+        flags = {name: p.requires_grad for name, p in old.named_parameters()}
+        for name, p in adapter.named_parameters():
+            p.requires_grad_(flags.get(name, True))
+        fresh = self.backend.adapted_layer_class(self.base_layer)(self.base_layer, self.backend, self.spec, adapter)
+        taken = {"_modules", "_buffers", "_non_persistent_buffers_set"}  # hooks, mode and switch stay this object's
+        taken |= {k for k in fresh.__dict__ if not k.startswith("_") and k not in ("training", "adapter_enabled")}
+        for key in taken:
+            self.__dict__[key] = fresh.__dict__[key]
+        self.__class__ = type(fresh)
+
+    def __prepare_scriptable__(self) -> nn.Module:
+        if type(self).forward is AdaptedLayer.forward:
+            raise TypeError(
+                f"backend {self.backend.name!r} gives its layers no TorchScript-compatible AdaptedLayer "
+                "(Backend.adapted_layer_class; see docs/extending.md), so this adapted layer cannot be scripted; "
+                "merge the adapters first (merge_and_unload) where they allow it"
+            )
+        return self
 
     def merge_blocker(self) -> str | None:
         """Why this layer's adapter cannot be merged, or ``None``."""
         reason = self.adapter.merge_blocker()
-        if reason is None and self.adapter.output_affine()[1] is not None and len(self.free_scalar_position):
+        if reason is None and self.adapter.output_affine()[1] is not None and self.has_free_scalars:
             blocks = [str(i) for i in self.spec.scalar_blocks() if i not in self.spec.bias_blocks]
             reason = (
                 f"{self.adapter.name} adds a bias to 0e output block(s) {', '.join(blocks)}, "

@@ -62,7 +62,8 @@ class PeftModel(nn.Module):
             if entry.adapter is None:
                 continue
             layer = entry.layer
-            wrapped = AdaptedLayer(layer.module, layer.backend, layer.spec, entry.adapter)
+            wrapper = layer.backend.adapted_layer_class(layer.module)
+            wrapped = wrapper(layer.module, layer.backend, layer.spec, entry.adapter)
             self._layers[layer.path] = wrapped
         # trained base tensors: original name -> (owning module, attribute); owners survive wrapping
         self._trained = {name: _owner(base_model, name) for name in trained}
@@ -81,6 +82,16 @@ class PeftModel(nn.Module):
         if self._unloaded:
             raise RuntimeError("this PeftModel was merged or unloaded: use the model that call returned")
         return self.base_model(*args, **kwargs)
+
+    # e3nn's jit.compile(peft_model) compiles ``base_model`` in place and returns this wrapper (attribute
+    # lookups fall through to the base model, whose compile mode would otherwise be taken for this one's)
+    __e3nn_compile_mode__ = None
+
+    def __prepare_scriptable__(self) -> nn.Module:
+        """``torch.jit.script(peft_model)`` compiles the adapted base model (and returns it)."""
+        if self._unloaded:
+            raise RuntimeError("this PeftModel was merged or unloaded: compile the model that call returned")
+        return self.base_model
 
     def __getattr__(self, name: str) -> Any:
         try:

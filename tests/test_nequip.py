@@ -355,6 +355,24 @@ def test_peft_model_target_takes_hydra_options(nequip_model):
     assert all(p.requires_grad == (".adapter." in n) for n, p in model.named_parameters())
 
 
+@pytest.mark.parametrize("name", ["mmea", "elora"])
+def test_scripted_adapted_nequip_model_gives_the_eager_energies_and_forces(nequip_model, acetamide, name, monkeypatch):
+    """The unmerged adapted model compiles with TorchScript (e3nn's ``jit.script``) and gives the eager results."""
+    from e3nn.util import jit
+
+    patched = sys.modules.get("torch_geometric.hash_tensor")
+    if patched is not None:  # torch_geometric (imported by sevenn) replaces torch.index_select, which breaks NequIP
+        monkeypatch.setattr(torch, "index_select", patched._old_index_select)
+    potential, atoms = nequip_model, acetamide.atoms[:2]
+    model = peft_equi.get_peft_model(copy.deepcopy(potential.model), name)
+    randomize_adapters(model, std=0.05)
+    energy, forces = _energy_forces(potential, model, atoms)
+    scripted = jit.script(copy.deepcopy(model.base_model))
+    scripted_energy, scripted_forces = _energy_forces(potential, scripted, atoms)
+    torch.testing.assert_close(scripted_energy, energy, atol=1e-10, rtol=0)
+    torch.testing.assert_close(scripted_forces, forces, atol=1e-10, rtol=0)
+
+
 def test_merge_adapters_in_place_on_a_nequip_model(nequip_model, acetamide):
     """peft_equi.merge_adapters folds adapters attached in place (no PeftModel) and leaves MMEA models intact."""
     potential = nequip_model

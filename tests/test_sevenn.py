@@ -85,6 +85,27 @@ def test_merged_sevennet_checkpoint_loads_in_sevennet_calculator(sevennet, aceta
     assert abs(atoms.get_potential_energy() - expected.item()) < 1e-3  # the calculator runs in float32
 
 
+def test_scripted_adapted_sevennet0_gives_the_eager_energies_and_forces(acetamide):
+    """Unmerged MMEA on SevenNet-0 compiles as sevenn's deploy does (e3nn's ``jit.script``), in float32.
+
+    As in ``sevenn.scripts.deploy``, the compiled model takes element indices (``eval_type_map``
+    off).  Float64 SevenNet is not covered: its one-hot encoding is cast by a Python forward hook.
+    """
+    from e3nn.util import jit
+
+    potential = load_potential("7net-0", dtype=torch.float32)
+    batch = potential.collate(potential.graphs(acetamide.atoms[:2]), CPU, torch.float32)
+    batch["x"] = potential.model.z_to_onehot_tensor[batch["atomic_numbers"]]
+    model = peft_equi.get_peft_model(copy.deepcopy(potential.model), "mmea")
+    model.base_model.eval_type_map = False
+    randomize_adapters(model, std=0.02)
+    energy, forces = potential.energy_forces(model.base_model, batch, training=False)
+    scripted = jit.script(copy.deepcopy(model.base_model)).eval()
+    out = scripted({k: v for k, v in batch.clone().to_dict().items() if isinstance(v, torch.Tensor)})
+    torch.testing.assert_close(out["inferred_total_energy"], energy.detach(), atol=1e-5, rtol=1e-6)
+    torch.testing.assert_close(out["inferred_force"], forces.detach(), atol=1e-5, rtol=1e-6)
+
+
 @pytest.mark.parametrize("name", ["lora", "elora", "mmea", "bitfit", "film"])
 def test_cli_finetunes_sevennet0_on_rmd17_with_every_adapter(name, tmp_path):
     data = RMD17_ETHANOL if RMD17_ETHANOL.is_file() else ACETAMIDE  # CI has ../shared/data

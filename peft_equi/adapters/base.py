@@ -13,11 +13,18 @@ An adapter changes one layer ``y = f(x; W, b)`` in up to three ways, each option
 (1) and (2) are mergeable into the layer.  All three are equivariant when the adapter
 respects the block structure of the spec: per-path weight blocks, per-channel gains
 computed from invariants, shifts on ``0e`` only.  Adapters never import a backend library.
+
+The three hooks run inside the adapted layer's ``forward``, so they are written in
+TorchScript-compatible code (adapted models compile with ``torch.jit.script`` / e3nn's
+``jit.compile``): index maps precomputed in ``__init__`` as buffers or plain int/float/bool
+lists, no ``LayerSpec`` or config object at call time.  ``dynamic`` is a TorchScript
+constant, so a static adapter's ``modulate`` is never compiled, and a branch on it is
+resolved when the model is compiled.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from typing import Any, ClassVar
 
 import torch
@@ -42,6 +49,10 @@ class Adapter(nn.Module):
     equivariant: ClassVar[bool] = True
     #: Layer kinds the adapter supports.
     kinds: ClassVar[frozenset[LayerKind]] = frozenset(LayerKind)
+    # TorchScript: ``dynamic`` is a compile-time constant (branches on it are resolved), and
+    # the spec and config are Python objects the hooks do not use at call time
+    __constants__ = ("dynamic",)
+    __jit_ignored_attributes__ = ("spec", "config")
 
     def __init__(self, spec: LayerSpec, config: AdapterConfig) -> None:
         super().__init__()
@@ -68,8 +79,11 @@ class Adapter(nn.Module):
         """Static ``(gain per output channel, shift per 0e output channel)``; ``None`` = none."""
         return None, None
 
-    def modulate(self, y: torch.Tensor, operands: tuple[torch.Tensor, ...]) -> torch.Tensor:
-        """Input-dependent change of the output (only called when ``self.dynamic``)."""
+    def modulate(self, y: torch.Tensor, operands: list[torch.Tensor]) -> torch.Tensor:
+        """Input-dependent change of the output (only called when ``self.dynamic``).
+
+        ``operands``: the layer's feature operands, flat, in ``spec.irreps_in`` order and ``spec.layout``.
+        """
         return y
 
     def merge_blocker(self) -> str | None:
@@ -80,6 +94,58 @@ class Adapter(nn.Module):
 
     def extra_repr(self) -> str:
         return f"{self.spec.describe()}, {self.config!r}"
+
+
+class KeyedParameters(nn.ParameterList):
+    """Parameters under string keys, as in ``nn.ParameterDict`` (the same state-dict keys
+    ``<name>.<key>``), that TorchScript can iterate: it sees a ``ParameterList``, whose
+    iteration yields the parameters in insertion order (a ``ParameterDict`` cannot be iterated
+    in TorchScript).
+
+    Eager use: ``table[key]``, ``table[key] = tensor``, ``key in table``, ``keys()``,
+    ``values()``, ``items()``, ``len(table)``; iterating yields the values, as in TorchScript.
+    """
+
+    def __init__(self, values: Mapping[str, torch.Tensor] | None = None) -> None:
+        super().__init__()
+        self._keys: list[str] = []
+        for key, value in (values or {}).items():
+            self[key] = value
+
+    def __getitem__(self, key: str | int) -> nn.Parameter:
+        return self._parameters[self._keys[key] if isinstance(key, int) else key]
+
+    def __setitem__(self, key: str, value: torch.Tensor) -> None:
+        if not isinstance(key, str):
+            raise TypeError(f"KeyedParameters keys are strings, not {type(key).__name__}")
+        if key not in self._keys:
+            self._keys.append(key)
+            self._size += 1
+        self.register_parameter(key, value if isinstance(value, nn.Parameter) else nn.Parameter(value))
+
+    def __contains__(self, key: object) -> bool:
+        return key in self._keys
+
+    def __iter__(self) -> Iterator[nn.Parameter]:
+        return iter(self.values())
+
+    def __dir__(self) -> list[str]:
+        return [key for key in super().__dir__() if key not in self._keys]
+
+    def keys(self) -> list[str]:
+        return list(self._keys)
+
+    def values(self) -> list[nn.Parameter]:
+        return [self._parameters[key] for key in self._keys]
+
+    def items(self) -> list[tuple[str, nn.Parameter]]:
+        return [(key, self._parameters[key]) for key in self._keys]
+
+    def append(self, value: Any) -> KeyedParameters:
+        raise TypeError("KeyedParameters: set a key (table[key] = value) instead of appending")
+
+    def extra_repr(self) -> str:
+        return "\n".join(f"  ({key}): Parameter of size {'x'.join(map(str, p.shape))}" for key, p in self.items())
 
 
 class InvariantReader(nn.Module):
@@ -93,19 +159,32 @@ class InvariantReader(nn.Module):
 
     def __init__(self, spec: LayerSpec, operands: Sequence[int] | None = None) -> None:
         super().__init__()
-        self.operands = tuple(range(len(spec.irreps_in))) if operands is None else tuple(operands)
+        self.operands = list(range(len(spec.irreps_in))) if operands is None else list(operands)
         self.width = 0
-        for i in self.operands:
-            index = spec.invariant_input_index(i)
-            self.register_buffer(f"index{i}", index, persistent=False)
-            self.width += len(index)
+        # one index buffer per operand read, iterated in TorchScript as a ModuleList
+        self.channels = nn.ModuleList(_OperandChannels(i, spec.invariant_input_index(i)) for i in self.operands)
+        for reader in self.channels:
+            self.width += len(reader.index)
 
-    def forward(self, operands: tuple[torch.Tensor, ...]) -> torch.Tensor:
-        parts = [operands[i].index_select(-1, getattr(self, f"index{i}")) for i in self.operands]
+    def forward(self, operands: list[torch.Tensor]) -> torch.Tensor:
+        parts: list[torch.Tensor] = []
+        for reader in self.channels:
+            parts.append(operands[reader.operand].index_select(-1, reader.index))
         if len(parts) == 1:
             return parts[0]
-        leading = torch.broadcast_shapes(*(p.shape[:-1] for p in parts))
-        return torch.cat([p.expand(*leading, p.shape[-1]) for p in parts], dim=-1)
+        leading = parts[0].shape[:-1]
+        for part in parts[1:]:
+            leading = torch.broadcast_shapes(leading, part.shape[:-1])
+        return torch.cat([p.expand(leading + p.shape[-1:]) for p in parts], dim=-1)
+
+
+class _OperandChannels(nn.Module):
+    """The positions of operand ``operand``'s ``0e`` channels (a non-persistent buffer)."""
+
+    def __init__(self, operand: int, index: torch.Tensor) -> None:
+        super().__init__()
+        self.operand = operand
+        self.register_buffer("index", index, persistent=False)
 
 
 def no_invariant_input_reason(name: str, spec: LayerSpec, option: str) -> str | None:

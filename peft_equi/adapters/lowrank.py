@@ -44,7 +44,13 @@ def unselected_reason(spec: LayerSpec, patterns: list[str] | None) -> str | None
     return f"no path matches {patterns} (paths: {', '.join(p.name for p in spec.paths)})"
 
 
-def assemble(spec: LayerSpec, blocks: dict[int, torch.Tensor], like: torch.Tensor) -> torch.Tensor:
-    """The flat canonical weight update from per-path ``(fan_in, mul_out)`` blocks; absent paths are 0."""
-    parts = [blocks[i].reshape(-1) if i in blocks else like.new_zeros(path.numel) for i, path in enumerate(spec.paths)]
+def assemble(blocks: list[torch.Tensor], sources: list[int], numels: list[int]) -> torch.Tensor:
+    """The flat canonical weight update: path ``k`` is ``blocks[sources[k]]`` flattened, or ``numels[k]``
+    zeros where ``sources[k] < 0`` (TorchScript-compatible; ``blocks`` must not be empty)."""
+    parts: list[torch.Tensor] = []
+    for k, source in enumerate(sources):
+        if source < 0:
+            parts.append(blocks[0].new_zeros(numels[k]))
+        else:
+            parts.append(blocks[source].reshape(-1))
     return torch.cat(parts)

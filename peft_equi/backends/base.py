@@ -5,6 +5,13 @@ It recognises modules by duck typing, describes them backend-free, and runs them
 *effective* weight and bias supplied by peft-equi, so that weight-space adapters reach the
 layer's own (possibly fused) kernel instead of running a second op beside it.
 
+Running the layer is the job of the :class:`~peft_equi.layer.AdaptedLayer` subclass that
+:meth:`Backend.adapted_layer_class` names: its ``forward`` has the layer's own fixed
+signature and is TorchScript-compatible, so adapted models compile.  A backend without one
+gets the generic :class:`~peft_equi.layer.AdaptedLayer` (``forward(*args, **kwargs)``,
+eager only), which calls :meth:`Backend.operands`, :meth:`Backend.forward` and
+:meth:`Backend.finish`.
+
 Weights and biases cross this interface in the canonical layout of :mod:`peft_equi.spec`:
 the flat concatenation of the path blocks, and the bias concatenated over
 ``spec.bias_blocks``.  Register a new backend with
@@ -19,6 +26,7 @@ from typing import Any, ClassVar
 import torch
 from torch import nn
 
+from peft_equi.layer import AdaptedLayer
 from peft_equi.spec import LayerSpec
 
 
@@ -48,11 +56,24 @@ class Backend(ABC):
         """Names (relative to the module) of the parameters that hold its bias."""
         return []
 
-    @abstractmethod
-    def operands(self, module: nn.Module, args: tuple[Any, ...], kwargs: dict[str, Any]) -> tuple[torch.Tensor, ...]:
-        """The feature operands of a call, flat in ``spec.irreps_in`` order and ``spec.layout``."""
+    def adapted_layer_class(self, module: nn.Module) -> type[AdaptedLayer]:
+        """The :class:`AdaptedLayer` subclass that wraps ``module`` when it is adapted.
 
-    @abstractmethod
+        A subclass overrides ``forward`` with the module's own signature (e.g.
+        ``forward(self, x, y)``), and :meth:`AdaptedLayer.layer_weight` /
+        :meth:`AdaptedLayer.layer_bias`, in TorchScript-compatible code.  The default, the
+        generic :class:`AdaptedLayer`, runs :meth:`operands`, :meth:`forward` and
+        :meth:`finish` instead: eager only.
+        """
+        return AdaptedLayer
+
+    def operands(self, module: nn.Module, args: tuple[Any, ...], kwargs: dict[str, Any]) -> tuple[torch.Tensor, ...]:
+        """The feature operands of a call, flat in ``spec.irreps_in`` order and ``spec.layout``.
+
+        Used by the generic :class:`AdaptedLayer` only (see :meth:`adapted_layer_class`).
+        """
+        raise NotImplementedError(f"{type(self).__name__} implements no generic operands()")
+
     def forward(
         self,
         module: nn.Module,
@@ -63,14 +84,14 @@ class Backend(ABC):
     ) -> torch.Tensor:
         """Run the layer's linear part with ``weight``/``bias`` (canonical) instead of its own.
 
-        ``weight=None`` means the layer's own weight and bias (the fast path).
-
-        For layers with an output nonlinearity the result is the pre-activation; see
-        :meth:`finish`.
+        ``weight=None`` means the layer's own weight and bias (the fast path).  For layers
+        with an output nonlinearity the result is the pre-activation; see :meth:`finish`.
+        Used by the generic :class:`AdaptedLayer` only (see :meth:`adapted_layer_class`).
         """
+        raise NotImplementedError(f"{type(self).__name__} implements no generic forward()")
 
     def finish(self, module: nn.Module, y: torch.Tensor) -> torch.Tensor:
-        """Whatever the layer does after its linear part (activation, rescaling)."""
+        """Whatever the layer does after its linear part (activation, rescaling); generic wrapper only."""
         return y
 
     @abstractmethod
@@ -97,9 +118,6 @@ class DenseBackend(Backend):
 
     def bias_parameter_names(self, module: nn.Module) -> list[str]:
         return ["bias"] if module.bias is not None else []
-
-    def operands(self, module: nn.Module, args: tuple[Any, ...], kwargs: dict[str, Any]) -> tuple[torch.Tensor, ...]:
-        return (args[0] if args else kwargs["input"],)
 
 
 def copy_into(target: torch.Tensor, value: torch.Tensor) -> None:

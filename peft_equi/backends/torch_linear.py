@@ -13,6 +13,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from peft_equi.backends.base import DenseBackend, copy_into
+from peft_equi.layer import AdaptedLayer
 from peft_equi.registry import register_backend
 from peft_equi.spec import LayerSpec, dense_spec
 
@@ -32,11 +33,8 @@ class TorchLinear(DenseBackend):
     def weight(self, module: nn.Module) -> torch.Tensor:
         return module.weight.t().reshape(-1)
 
-    def forward(self, module, args, kwargs, weight, bias):
-        (x,) = self.operands(module, args, kwargs)
-        if weight is None:
-            return F.linear(x, module.weight, module.bias)
-        return F.linear(x, _module_layout(module, weight), bias)
+    def adapted_layer_class(self, module: nn.Module) -> type[AdaptedLayer]:
+        return AdaptedTorchLinear
 
     def write(self, module, weight, bias):
         copy_into(module.weight, _module_layout(module, weight))
@@ -47,3 +45,31 @@ class TorchLinear(DenseBackend):
 def _module_layout(module: nn.Module, weight: torch.Tensor) -> torch.Tensor:
     """The flat canonical ``(in, out)`` weight as the module stores it: contiguous ``(out, in)``."""
     return weight.reshape(module.in_features, module.out_features).t().contiguous()
+
+
+class AdaptedTorchLinear(AdaptedLayer):
+    """``nn.Linear`` with an adapter, called as ``layer(input)`` (TorchScript-compatible)."""
+
+    def __init__(self, base_layer: nn.Module, backend, spec, adapter) -> None:
+        super().__init__(base_layer, backend, spec, adapter)
+        self.in_features, self.out_features = int(base_layer.in_features), int(base_layer.out_features)
+
+    def layer_weight(self) -> torch.Tensor:
+        return self.base_layer.weight.t().reshape(-1)
+
+    def layer_bias(self) -> torch.Tensor | None:
+        return self.base_layer.bias
+
+    def forward(self, input: torch.Tensor) -> torch.Tensor:  # nn.Linear's argument name
+        if not self.adapter_enabled:
+            return self.base_layer(input)
+        weight, bias, extra = self.effective_parameters()
+        if weight is None:
+            y = F.linear(input, self.base_layer.weight, self.base_layer.bias)
+        else:
+            y = F.linear(input, weight.reshape(self.in_features, self.out_features).t().contiguous(), bias)
+        if extra is not None:
+            y = y + extra
+        if self.adapter.dynamic:
+            y = self.adapter.modulate(y, [input])
+        return y

@@ -51,9 +51,10 @@ class BitfitAdapter(Adapter):
         free = _free_scalar_positions(spec)
         self.bias = nn.Parameter(torch.zeros(len(free))) if len(free) else None
         self.register_buffer("free_positions", free, persistent=False)
+        self.num_scalar_out = spec.num_scalar_out()
 
     def output_affine(self) -> tuple[torch.Tensor | None, torch.Tensor | None]:
         if self.bias is None:
             return None, None
-        shift = self.bias.new_zeros(self.spec.num_scalar_out()).index_copy(0, self.free_positions, self.bias)
+        shift = self.bias.new_zeros(self.num_scalar_out).index_copy(0, self.free_positions, self.bias)
         return None, shift

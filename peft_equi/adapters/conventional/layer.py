@@ -36,5 +36,5 @@ class ConventionalAdapter(Adapter):
         self.down = down_factor(dim_in, config.rank, 1.0 / math.sqrt(max(dim_in, 1)))
         self.up = up_factor(config.rank, spec.irreps_out.dim)
 
-    def modulate(self, y: torch.Tensor, operands: tuple[torch.Tensor, ...]) -> torch.Tensor:
+    def modulate(self, y: torch.Tensor, operands: list[torch.Tensor]) -> torch.Tensor:
         return y + self.scaling * (operands[0] @ self.down) @ self.up

@@ -32,7 +32,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from peft_equi.adapters.base import Adapter
+from peft_equi.adapters.base import Adapter, KeyedParameters
 from peft_equi.adapters.elora.config import EloraConfig
 from peft_equi.adapters.lowrank import (
     assemble,
@@ -83,7 +83,7 @@ class EloraAdapter(Adapter):
         full = selected_paths(spec, config.full_paths) if config.full_paths is not None else [False] * len(spec.paths)
         lowrank = [keep and not dense for keep, dense in zip(selected_paths(spec, config.paths), full)]
         # full-rank updates of whole path blocks (zero at init): "train these weights fully", as a mergeable delta
-        self.elora_full = nn.ParameterDict(
+        self.elora_full = KeyedParameters(
             {str(i): nn.Parameter(torch.zeros(p.fan_in, p.mul_out)) for i, p in enumerate(spec.paths) if full[i]}
         )
         self.groups = _groups(spec, lowrank, config.simplify_inputs)
@@ -93,15 +93,21 @@ class EloraAdapter(Adapter):
             fan_in = sum(spec.paths[i].fan_in for i in group)
             self.elora_A.append(down_factor(fan_in, config.rank, self._init_std(spec, group)))
             self.elora_B.append(up_factor(config.rank, spec.paths[group[0]].mul_out))
+        # delta_weight's plan (plain lists, for TorchScript): its blocks are the full-rank updates, then each
+        # group's rows split by path; sources[k] is path k's block (-1: zero)
+        self.group_fan_ins = [[spec.paths[i].fan_in for i in group] for group in self.groups]
+        full_paths = [int(key) for key in self.elora_full.keys()]  # noqa: SIM118  (iterating yields the values)
+        order = full_paths + [i for group in self.groups for i in group]
+        self.sources = [order.index(k) if k in order else -1 for k in range(len(spec.paths))]
+        self.numels = [path.numel for path in spec.paths]
 
     def _init_std(self, spec: LayerSpec, group: list[int]) -> float:
         """Std of ``A``: ``init_std``, divided by the coupling paths ``P`` of a contraction path if asked."""
         n_paths = coupling_paths(spec, spec.paths[group[0]]) if self.config.init_per_coupling_path else None
         return self.config.init_std / n_paths if n_paths else self.config.init_std
 
-    def delta_weight(self) -> torch.Tensor:
-        blocks = {int(i): block for i, block in self.elora_full.items()}
-        for group, a, b in zip(self.groups, self.elora_A, self.elora_B):
-            rows = torch.split(self.scaling * (a @ b), [self.spec.paths[i].fan_in for i in group])
-            blocks.update(zip(group, rows))
-        return assemble(self.spec, blocks, next(iter(self.parameters())))
+    def delta_weight(self) -> torch.Tensor | None:
+        blocks: list[torch.Tensor] = [d for d in self.elora_full]
+        for g, (a, b) in enumerate(zip(self.elora_A, self.elora_B)):
+            blocks.extend(torch.split(self.scaling * (a @ b), self.group_fan_ins[g]))
+        return assemble(blocks, self.sources, self.numels)

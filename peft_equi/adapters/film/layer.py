@@ -81,6 +81,7 @@ class FilmAdapter(Adapter):
         super().__init__(spec, config)
         n_gamma, n_beta = spec.num_channels_out, spec.num_scalar_out() if config.shift else 0
         self.gain_scale = config.gain_scale
+        self.exp_gain = config.gain == "exp"
         self.dynamic = config.conditioning == "input"
         if self.dynamic:
             self.invariants = InvariantReader(spec, _selected_operands(spec, config))
@@ -97,17 +98,17 @@ class FilmAdapter(Adapter):
     def _phi(self, u: torch.Tensor) -> torch.Tensor:
         """The bounded gain; exactly 1 at ``u = 0``."""
         t = torch.tanh(u) * self.gain_scale
-        return torch.exp(t) if self.config.gain == "exp" else 1.0 + t
+        return torch.exp(t) if self.exp_gain else 1.0 + t
 
     def output_affine(self) -> tuple[torch.Tensor | None, torch.Tensor | None]:
         if self.dynamic:
             return None, None
         return self._phi(self.gamma), self.beta
 
-    def modulate(self, y: torch.Tensor, operands: tuple[torch.Tensor, ...]) -> torch.Tensor:
+    def modulate(self, y: torch.Tensor, operands: list[torch.Tensor]) -> torch.Tensor:
         h = self.act(self.head(self.invariants(operands)))
         y = y * self._phi(self.gamma(h)).index_select(-1, self.gamma_index)
         if self.beta is not None:
             beta = self.beta(h)
-            y = y.index_add(-1, self.beta_index, beta.expand(*y.shape[:-1], beta.shape[-1]))
+            y = y.index_add(-1, self.beta_index, beta.expand(y.shape[:-1] + beta.shape[-1:]))
         return y

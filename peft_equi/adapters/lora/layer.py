@@ -21,9 +21,8 @@ from __future__ import annotations
 import math
 
 import torch
-from torch import nn
 
-from peft_equi.adapters.base import Adapter
+from peft_equi.adapters.base import Adapter, KeyedParameters
 from peft_equi.adapters.lora.config import LoraConfig
 from peft_equi.adapters.lowrank import assemble, down_factor, scaling, selected_paths, unselected_reason, up_factor
 from peft_equi.registry import register_adapter
@@ -49,8 +48,8 @@ class LoraAdapter(Adapter):
     def __init__(self, spec: LayerSpec, config: LoraConfig) -> None:
         super().__init__(spec, config)
         self.scaling = scaling(config.rank, config.alpha)
-        self.lora_A = nn.ParameterDict()
-        self.lora_B = nn.ParameterDict()
+        self.lora_A = KeyedParameters()
+        self.lora_B = KeyedParameters()
         self.selected = [i for i, keep in enumerate(selected_paths(spec, config.paths)) if keep]
         for i in self.selected:
             path = spec.paths[i]
@@ -59,7 +58,13 @@ class LoraAdapter(Adapter):
                 self.lora_A[key_a] = down_factor(path.fan_in, config.rank, config.init_std)
             if key_b not in self.lora_B:
                 self.lora_B[key_b] = up_factor(config.rank, path.mul_out)
-        self.path_factors = {i: self.scaling * self._normalisation(spec, spec.paths[i]) for i in self.selected}
+        # delta_weight's plan (plain lists, for TorchScript): selected path n uses lora_A[a_of[n]], lora_B[b_of[n]]
+        keys_a, keys_b = self.lora_A.keys(), self.lora_B.keys()
+        self.a_of = [keys_a.index(_a_key(spec, i)) for i in self.selected]
+        self.b_of = [keys_b.index(str(spec.paths[i].output)) for i in self.selected]
+        self.factors = [self.scaling * self._normalisation(spec, spec.paths[i]) for i in self.selected]
+        self.sources = [self.selected.index(k) if k in self.selected else -1 for k in range(len(spec.paths))]
+        self.numels = [path.numel for path in spec.paths]
 
     def _normalisation(self, spec: LayerSpec, path: WeightPath) -> float:
         if spec.kind is not LayerKind.LINEAR:
@@ -73,9 +78,10 @@ class LoraAdapter(Adapter):
     def unsupported_reason(cls, spec: LayerSpec, config: LoraConfig) -> str | None:
         return unselected_reason(spec, config.paths) or super().unsupported_reason(spec, config)
 
-    def delta_weight(self) -> torch.Tensor:
-        blocks = {
-            i: factor * self.lora_A[_a_key(self.spec, i)] @ self.lora_B[str(self.spec.paths[i].output)]
-            for i, factor in self.path_factors.items()
-        }
-        return assemble(self.spec, blocks, next(iter(self.lora_B.values())))
+    def delta_weight(self) -> torch.Tensor | None:
+        a = [p for p in self.lora_A]
+        b = [p for p in self.lora_B]
+        blocks: list[torch.Tensor] = []
+        for n, factor in enumerate(self.factors):
+            blocks.append(factor * a[self.a_of[n]] @ b[self.b_of[n]])
+        return assemble(blocks, self.sources, self.numels)

@@ -113,18 +113,21 @@ class MmeaAdapter(Adapter):
         n_heads = 2 if config.heads == "separate" and both else 1
         self.heads = nn.ModuleList(_head(self.invariants.width, config.rank) for _ in range(n_heads))
         self.act = nn.SiLU() if config.activation == "silu" else nn.Identity()
+        self.exp_gain = config.gain == "exp"
 
     def _phi(self, gamma: torch.Tensor) -> torch.Tensor:
-        return torch.exp(gamma) if self.config.gain == "exp" else 1.0 + gamma
+        return torch.exp(gamma) if self.exp_gain else 1.0 + gamma
 
-    def modulate(self, y: torch.Tensor, operands: tuple[torch.Tensor, ...]) -> torch.Tensor:
+    def modulate(self, y: torch.Tensor, operands: list[torch.Tensor]) -> torch.Tensor:
         x0 = self.invariants(operands)
-        hidden = [self.act(head(x0)) for head in self.heads]
+        hidden: list[torch.Tensor] = []
+        for head in self.heads:
+            hidden.append(self.act(head(x0)))
         if self.scale is not None:
             gains = self._phi(self.scale(hidden[0]))
-            gains = torch.cat([gains, gains.new_ones(*gains.shape[:-1], 1)], dim=-1)
+            gains = torch.cat([gains, torch.ones_like(gains[..., :1])], dim=-1)
             y = y * gains.index_select(-1, self.gain_index)
         if self.shift is not None:
             shift = self.shift(hidden[-1])
-            y = y.index_add(-1, self.shift_index, shift.expand(*y.shape[:-1], shift.shape[-1]))
+            y = y.index_add(-1, self.shift_index, shift.expand(y.shape[:-1] + shift.shape[-1:]))
         return y

@@ -28,6 +28,11 @@ def convert_layout(x: torch.Tensor, irreps: Irreps, source: Layout, target: Layo
     return torch.cat(parts, dim=-1)
 
 
+def layout_order(irreps: Irreps, source: Layout, target: Layout) -> torch.Tensor:
+    """Indices ``p`` with ``convert_layout(x, irreps, source, target) == x[..., p]`` (a gather, exact)."""
+    return convert_layout(torch.arange(irreps.dim), irreps, source, target)
+
+
 def is_cue_irreps(irreps: Any) -> bool:
     """Duck-typed ``cue.Irreps``."""
     return hasattr(irreps, "irrep_class") and hasattr(irreps, "muls")
@@ -47,8 +52,3 @@ def has_internal_weight(module: nn.Module) -> bool:
 def polynomial(module: nn.Module) -> Any:
     """The segmented tensor product behind ``module.f`` (paths, segment shapes, coefficients)."""
     return module.f._polynomial_orig.operations[0][1]
-
-
-def operand(args: tuple[Any, ...], kwargs: dict[str, Any], index: int, name: str) -> torch.Tensor:
-    """Positional or keyword call argument."""
-    return args[index] if len(args) > index else kwargs[name]

@@ -5,18 +5,13 @@ from __future__ import annotations
 import math
 
 import numpy as np
+import torch
 from torch import nn
 
 from peft_equi.backends.base import FlatWeightBackend
-from peft_equi.backends.cueq.common import (
-    convert_layout,
-    has_internal_weight,
-    is_cue_irreps,
-    layout_of,
-    operand,
-    polynomial,
-)
+from peft_equi.backends.cueq.common import has_internal_weight, is_cue_irreps, layout_of, layout_order, polynomial
 from peft_equi.irreps import Irreps
+from peft_equi.layer import AdaptedLayer
 from peft_equi.registry import register_backend
 from peft_equi.spec import LayerKind, LayerSpec, WeightPath
 
@@ -48,13 +43,41 @@ class CueLinear(FlatWeightBackend):
         layout = layout_of(module.transpose_out.target)
         return LayerSpec(LayerKind.LINEAR, (Irreps(module.irreps_in),), Irreps(module.irreps_out), tuple(paths), layout)
 
-    def operands(self, module, args, kwargs):
-        x = operand(args, kwargs, 0, "x")
-        source, target = layout_of(module.transpose_in.source), layout_of(module.transpose_out.target)
-        return (convert_layout(x, Irreps(module.irreps_in), source, target),)
+    def adapted_layer_class(self, module: nn.Module) -> type[AdaptedLayer]:
+        return AdaptedCueLinear
 
-    def forward(self, module, args, kwargs, weight, bias):
-        x = operand(args, kwargs, 0, "x")
+
+class AdaptedCueLinear(AdaptedLayer):
+    """``cuet.Linear`` with an adapter, called as ``layer(x)`` (TorchScript-compatible).
+
+    An effective weight goes through the layer's own polynomial ``f``; dynamic adapters read
+    ``x`` reordered into the output layout (the spec's).
+    """
+
+    def __init__(self, base_layer: nn.Module, backend, spec, adapter) -> None:
+        super().__init__(base_layer, backend, spec, adapter)
+        source, target = layout_of(base_layer.transpose_in.source), layout_of(base_layer.transpose_out.target)
+        self.reorder_input = source is not target
+        order = layout_order(Irreps(base_layer.irreps_in), source, target)
+        self.register_buffer("input_order", order, persistent=False)
+
+    def layer_weight(self) -> torch.Tensor:
+        return self.base_layer.weight.reshape(-1)
+
+    def layer_bias(self) -> torch.Tensor | None:
+        return None
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if not self.adapter_enabled:
+            return self.base_layer(x)
+        weight, _, extra = self.effective_parameters()
         if weight is None:
-            return module(x)
-        return module.transpose_out(module.f([weight.reshape(1, -1), module.transpose_in(x)])[0])
+            y = self.base_layer(x)
+        else:
+            layer = self.base_layer
+            y = layer.transpose_out(layer.f([weight.reshape(1, -1), layer.transpose_in(x)])[0])
+        if extra is not None:
+            y = y + extra
+        if self.adapter.dynamic:
+            y = self.adapter.modulate(y, [x.index_select(-1, self.input_order) if self.reorder_input else x])
+        return y

@@ -22,14 +22,16 @@ and ordered like the e3nn contraction's weight tensors (``contractions.{k}.weigh
 from __future__ import annotations
 
 import functools
+import weakref
 
 import numpy as np
 import torch
 from torch import nn
 
 from peft_equi.backends.base import Backend, copy_into
-from peft_equi.backends.cueq.common import convert_layout, is_cue_irreps, layout_of, operand
+from peft_equi.backends.cueq.common import is_cue_irreps, layout_of, layout_order
 from peft_equi.irreps import Irrep, Irreps, MulIrrep
+from peft_equi.layer import AdaptedLayer
 from peft_equi.registry import register_backend
 from peft_equi.spec import LayerKind, LayerSpec, WeightPath
 
@@ -84,9 +86,14 @@ def _row_labels(module: nn.Module, matrix: np.ndarray | None) -> list[tuple[int,
     return labels
 
 
+# per-module caches, kept outside the modules (whose attributes TorchScript would have to type)
+_LAYOUTS: weakref.WeakKeyDictionary[nn.Module, tuple[list[RowGroup], np.ndarray | None]] = weakref.WeakKeyDictionary()
+_MAPS: weakref.WeakKeyDictionary[nn.Module, dict] = weakref.WeakKeyDictionary()
+
+
 def _layout(module: nn.Module) -> tuple[list[RowGroup], np.ndarray | None]:
     """Row groups of the basis, in e3nn order (output block, then order descending), and :func:`_basis_map`."""
-    cached = module.__dict__.get("_peft_equi_contraction_basis")
+    cached = _LAYOUTS.get(module)
     if cached is not None:
         return cached
     matrix = _basis_map(module)
@@ -104,7 +111,7 @@ def _layout(module: nn.Module) -> tuple[list[RowGroup], np.ndarray | None]:
         else:
             groups.append((block, degree, row, 1))
     groups.sort(key=lambda g: (g[0], -g[1]))
-    module.__dict__["_peft_equi_contraction_basis"] = (groups, matrix)
+    _LAYOUTS[module] = (groups, matrix)
     return groups, matrix
 
 
@@ -120,7 +127,7 @@ def _reduced_maps(module: nn.Module, like: torch.Tensor) -> tuple[torch.Tensor, 
     matrix = _layout(module)[1]
     if matrix is None:
         return None
-    cache = module.__dict__.setdefault("_peft_equi_reduced_maps", {})
+    cache = _MAPS.setdefault(module, {})
     key = (like.dtype, like.device)
     if key not in cache:
         to_stored = torch.tensor(matrix, dtype=like.dtype, device=like.device)
@@ -194,21 +201,97 @@ class CueSymmetricContraction(Backend):
         change = basis - torch.einsum("zau,ab->zbu", module.weight, maps[1])
         return module.weight + torch.einsum("zau,ab->zbu", change, maps[0])
 
-    def operands(self, module, args, kwargs):
-        x, indices = operand(args, kwargs, 0, "x"), operand(args, kwargs, 1, "indices")
-        source, target = layout_of(module.transpose_in.source), layout_of(module.transpose_out.target)
-        x = convert_layout(x, Irreps(module.irreps_in), source, target)
-        return x, nn.functional.one_hot(indices.long(), module.num_elements).to(x.dtype)
-
-    def forward(self, module, args, kwargs, weight, bias):
-        x, indices = operand(args, kwargs, 0, "x"), operand(args, kwargs, 1, "indices")
-        if weight is None:
-            return module(x, indices)
-        stored = self._stored(module, weight)
-        if module.projection is not None:
-            stored = torch.einsum("zau,ab->zbu", stored, module.projection)
-        inputs = [stored.flatten(1), module.transpose_in(x)]
-        return module.transpose_out(module.f(inputs, input_indices={0: indices})[0])
+    def adapted_layer_class(self, module: nn.Module) -> type[AdaptedLayer]:
+        return AdaptedCueSymmetricContraction
 
     def write(self, module, weight, bias):
         copy_into(module.weight, self._stored(module, weight).detach())
+
+
+class AdaptedCueSymmetricContraction(AdaptedLayer):
+    """``cuet.SymmetricContraction`` with an adapter, called as ``layer(x, indices)`` (TorchScript-compatible).
+
+    The effective weight (e3nn coupling basis, see the module docstring) is mapped to the
+    stored rows as :meth:`CueSymmetricContraction.write` would store it, then through the
+    layer's ``projection`` (if any) into its own polynomial ``f``.  The basis maps are
+    buffers, rebuilt from the float64 matrix whenever the layer changes dtype or device.
+    """
+
+    def __init__(self, base_layer: nn.Module, backend, spec, adapter) -> None:
+        super().__init__(base_layer, backend, spec, adapter)
+        groups, matrix = _layout(base_layer)
+        self.reduced = base_layer.projection is None and matrix is not None
+        self._matrix = matrix if self.reduced else None
+        self.n_elements, _, self.channels = (int(n) for n in base_layer.weight.shape)
+        self.group_first = [first for *_, first, _ in groups]
+        self.group_rows = [rows for *_, rows in groups]
+        self.group_sizes = [self.n_elements * rows * self.channels for rows in self.group_rows]
+        self.row_order = sorted(range(len(groups)), key=lambda g: self.group_first[g])  # groups by stored row
+        source, target = layout_of(base_layer.transpose_in.source), layout_of(base_layer.transpose_out.target)
+        self.reorder_input = source is not target
+        order = layout_order(Irreps(base_layer.irreps_in), source, target)
+        self.register_buffer("input_order", order, persistent=False)
+        self.num_elements = int(base_layer.num_elements)
+        self._set_maps()
+
+    def _set_maps(self) -> None:
+        """(e3nn -> stored, stored -> e3nn) row maps in the layer's dtype and device (empty when not reduced)."""
+        like = self.base_layer.weight
+        if self._matrix is None:
+            to_stored = to_basis = like.new_zeros(0, 0)
+        else:
+            to_stored = torch.tensor(self._matrix, dtype=like.dtype, device=like.device)
+            to_basis = torch.tensor(np.linalg.inv(self._matrix), dtype=like.dtype, device=like.device)
+        self.register_buffer("to_stored", to_stored, persistent=False)
+        self.register_buffer("to_basis", to_basis, persistent=False)
+
+    def _apply(self, fn, recurse=True):
+        super()._apply(fn, recurse)
+        self._set_maps()  # exact in every dtype, not a cast of the first one
+        return self
+
+    def layer_weight(self) -> torch.Tensor:
+        basis = self.base_layer.weight
+        if self.reduced:
+            basis = torch.einsum("zau,ab->zbu", basis, self.to_basis)
+        parts: list[torch.Tensor] = []
+        for first, rows in zip(self.group_first, self.group_rows):
+            parts.append(basis[:, first : first + rows].reshape(-1))
+        return torch.cat(parts)
+
+    def layer_bias(self) -> torch.Tensor | None:
+        return None
+
+    def _stored(self, weight: torch.Tensor) -> torch.Tensor:
+        """The canonical flat weight as the layer would store it (see :meth:`CueSymmetricContraction.write`)."""
+        pieces = torch.split(weight, self.group_sizes)
+        basis = torch.cat(
+            [pieces[g].reshape(self.n_elements, self.group_rows[g], self.channels) for g in self.row_order], dim=1
+        )
+        if not self.reduced:
+            return basis
+        own = self.base_layer.weight
+        # stored + map(weight - basis of stored): exactly the stored weight when unchanged
+        change = basis - torch.einsum("zau,ab->zbu", own, self.to_basis)
+        return own + torch.einsum("zau,ab->zbu", change, self.to_stored)
+
+    def forward(self, x: torch.Tensor, indices: torch.Tensor) -> torch.Tensor:
+        if not self.adapter_enabled:
+            return self.base_layer(x, indices)
+        weight, _, extra = self.effective_parameters()
+        if weight is None:
+            y = self.base_layer(x, indices)
+        else:
+            stored = self._stored(weight)
+            projection = self.base_layer.projection
+            if projection is not None:
+                stored = torch.einsum("zau,ab->zbu", stored, projection)
+            layer = self.base_layer
+            y = layer.transpose_out(layer.f([stored.flatten(1), layer.transpose_in(x)], input_indices={0: indices})[0])
+        if extra is not None:
+            y = y + extra
+        if self.adapter.dynamic:
+            features = x.index_select(-1, self.input_order) if self.reorder_input else x
+            one_hot = nn.functional.one_hot(indices.long(), self.num_elements).to(features.dtype)
+            y = self.adapter.modulate(y, [features, one_hot])
+        return y

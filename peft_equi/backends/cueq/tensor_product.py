@@ -5,18 +5,13 @@ from __future__ import annotations
 import math
 
 import numpy as np
+import torch
 from torch import nn
 
 from peft_equi.backends.base import FlatWeightBackend
-from peft_equi.backends.cueq.common import (
-    convert_layout,
-    has_internal_weight,
-    is_cue_irreps,
-    layout_of,
-    operand,
-    polynomial,
-)
+from peft_equi.backends.cueq.common import has_internal_weight, is_cue_irreps, layout_of, layout_order, polynomial
 from peft_equi.irreps import Irreps
+from peft_equi.layer import AdaptedLayer
 from peft_equi.registry import register_backend
 from peft_equi.spec import LayerKind, LayerSpec, WeightPath
 
@@ -56,17 +51,47 @@ class CueFullyConnectedTensorProduct(FlatWeightBackend):
             layout_of(module.transpose_out.target),
         )
 
-    def operands(self, module, args, kwargs):
-        target = layout_of(module.transpose_out.target)
-        x1, x2 = operand(args, kwargs, 0, "x1"), operand(args, kwargs, 1, "x2")
-        return (
-            convert_layout(x1, Irreps(module.irreps_in1), layout_of(module.transpose_in1.source), target),
-            convert_layout(x2, Irreps(module.irreps_in2), layout_of(module.transpose_in2.source), target),
-        )
+    def adapted_layer_class(self, module: nn.Module) -> type[AdaptedLayer]:
+        return AdaptedCueTensorProduct
 
-    def forward(self, module, args, kwargs, weight, bias):
-        x1, x2 = operand(args, kwargs, 0, "x1"), operand(args, kwargs, 1, "x2")
+
+class AdaptedCueTensorProduct(AdaptedLayer):
+    """``cuet.FullyConnectedTensorProduct`` with an adapter, called as ``layer(x1, x2)`` (TorchScript-compatible).
+
+    An effective weight goes through the layer's own polynomial ``f``; dynamic adapters read
+    the operands reordered into the output layout (the spec's).
+    """
+
+    def __init__(self, base_layer: nn.Module, backend, spec, adapter) -> None:
+        super().__init__(base_layer, backend, spec, adapter)
+        target = layout_of(base_layer.transpose_out.target)
+        source1, source2 = layout_of(base_layer.transpose_in1.source), layout_of(base_layer.transpose_in2.source)
+        self.reorder_x1, self.reorder_x2 = source1 is not target, source2 is not target
+        self.register_buffer("x1_order", layout_order(Irreps(base_layer.irreps_in1), source1, target), persistent=False)
+        self.register_buffer("x2_order", layout_order(Irreps(base_layer.irreps_in2), source2, target), persistent=False)
+
+    def layer_weight(self) -> torch.Tensor:
+        return self.base_layer.weight.reshape(-1)
+
+    def layer_bias(self) -> torch.Tensor | None:
+        return None
+
+    def forward(self, x1: torch.Tensor, x2: torch.Tensor) -> torch.Tensor:
+        if not self.adapter_enabled:
+            return self.base_layer(x1, x2)
+        weight, _, extra = self.effective_parameters()
         if weight is None:
-            return module(x1, x2)
-        inputs = [weight.reshape(1, -1), module.transpose_in1(x1), module.transpose_in2(x2)]
-        return module.transpose_out(module.f(inputs)[0])
+            y = self.base_layer(x1, x2)
+        else:
+            layer = self.base_layer
+            inputs = [weight.reshape(1, -1), layer.transpose_in1(x1), layer.transpose_in2(x2)]
+            y = layer.transpose_out(layer.f(inputs)[0])
+        if extra is not None:
+            y = y + extra
+        if self.adapter.dynamic:
+            operands = [
+                x1.index_select(-1, self.x1_order) if self.reorder_x1 else x1,
+                x2.index_select(-1, self.x2_order) if self.reorder_x2 else x2,
+            ]
+            y = self.adapter.modulate(y, operands)
+        return y

@@ -2,12 +2,11 @@
 
 from __future__ import annotations
 
-from typing import Any
-
 import torch
 from torch import nn
 
 from peft_equi.backends.base import FlatWeightBackend
+from peft_equi.layer import AdaptedLayer
 from peft_equi.registry import register_backend
 from peft_equi.spec import LayerSpec, dense_spec
 
@@ -41,15 +40,42 @@ class E3nnFullyConnectedLayer(FlatWeightBackend):
     def describe(self, module: nn.Module) -> LayerSpec:
         return dense_spec(int(module.h_in), int(module.h_out), 1.0 / _divisor(module))
 
-    def operands(self, module: nn.Module, args: tuple[Any, ...], kwargs: dict[str, Any]) -> tuple[torch.Tensor, ...]:
-        return (args[0] if args else kwargs["x"],)
+    def adapted_layer_class(self, module: nn.Module) -> type[AdaptedLayer]:
+        return AdaptedE3nnFullyConnected
 
-    def forward(self, module, args, kwargs, weight, bias):
-        (x,) = self.operands(module, args, kwargs)
-        weight = module.weight if weight is None else weight
-        return x @ (weight.reshape(module.h_in, module.h_out) / _divisor(module))
 
-    def finish(self, module: nn.Module, y: torch.Tensor) -> torch.Tensor:
-        if module.act is None:
+class AdaptedE3nnFullyConnected(AdaptedLayer):
+    """A ``FullyConnectedNet`` layer with an adapter, called as ``layer(x)`` (TorchScript-compatible).
+
+    The linear part runs here with the layer's own float operations (bit-identical to e3nn's
+    at zero update); adapters see the pre-activation, then e3nn's activation and
+    ``sqrt(var_out)`` follow.
+    """
+
+    def __init__(self, base_layer: nn.Module, backend, spec, adapter) -> None:
+        super().__init__(base_layer, backend, spec, adapter)
+        self.h_in, self.h_out = int(base_layer.h_in), int(base_layer.h_out)
+        self.divisor = float(_divisor(base_layer))
+        self.output_scale = float(base_layer.var_out**0.5)
+
+    def layer_weight(self) -> torch.Tensor:
+        return self.base_layer.weight.reshape(-1)
+
+    def layer_bias(self) -> torch.Tensor | None:
+        return None
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if not self.adapter_enabled:
+            return self.base_layer(x)
+        weight, _, extra = self.effective_parameters()
+        if weight is None:
+            y = x @ (self.base_layer.weight / self.divisor)
+        else:
+            y = x @ (weight.reshape(self.h_in, self.h_out) / self.divisor)
+        if extra is not None:
+            y = y + extra
+        if self.adapter.dynamic:
+            y = self.adapter.modulate(y, [x])
+        if self.base_layer.act is None:
             return y
-        return module.act(y) * module.var_out**0.5
+        return self.base_layer.act(y) * self.output_scale

@@ -2,13 +2,12 @@
 
 from __future__ import annotations
 
-from typing import Any
-
 import torch
 from torch import nn
 
 from peft_equi.backends.base import Backend, copy_into
 from peft_equi.irreps import Irreps
+from peft_equi.layer import AdaptedLayer
 from peft_equi.registry import register_backend
 from peft_equi.spec import LayerKind, LayerSpec, WeightPath
 
@@ -70,14 +69,33 @@ class E3nnLinear(Backend):
     def bias_parameter_names(self, module: nn.Module) -> list[str]:
         return ["bias"] if self.bias(module) is not None else []
 
-    def operands(self, module: nn.Module, args: tuple[Any, ...], kwargs: dict[str, Any]) -> tuple[torch.Tensor, ...]:
-        return (args[0] if args else kwargs["features"],)
-
-    def forward(self, module, args, kwargs, weight, bias):
-        (features,) = self.operands(module, args, kwargs)
-        return module(features) if weight is None else module(features, weight, bias)
+    def adapted_layer_class(self, module: nn.Module) -> type[AdaptedLayer]:
+        return AdaptedE3nnLinear
 
     def write(self, module, weight, bias):
         copy_into(module.weight, weight)
         if bias is not None:
             copy_into(module.bias, bias)
+
+
+class AdaptedE3nnLinear(AdaptedLayer):
+    """``o3.Linear`` with an adapter, called as ``layer(features)`` (TorchScript-compatible)."""
+
+    def layer_weight(self) -> torch.Tensor:
+        return self.base_layer.weight
+
+    def layer_bias(self) -> torch.Tensor | None:
+        if self.has_layer_bias:
+            return self.base_layer.bias
+        return None
+
+    def forward(self, features: torch.Tensor) -> torch.Tensor:
+        if not self.adapter_enabled:
+            return self.base_layer(features)
+        weight, bias, extra = self.effective_parameters()
+        y = self.base_layer(features) if weight is None else self.base_layer(features, weight, bias)
+        if extra is not None:
+            y = y + extra
+        if self.adapter.dynamic:
+            y = self.adapter.modulate(y, [features])
+        return y

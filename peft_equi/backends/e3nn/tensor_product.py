@@ -2,14 +2,13 @@
 
 from __future__ import annotations
 
-from typing import Any
-
 import torch
 from torch import nn
 
 from peft_equi.backends.base import FlatWeightBackend
 from peft_equi.backends.e3nn.linear import has_internal_flat_weight
 from peft_equi.irreps import Irreps
+from peft_equi.layer import AdaptedLayer
 from peft_equi.registry import register_backend
 from peft_equi.spec import LayerKind, LayerSpec, WeightPath
 
@@ -57,10 +56,26 @@ class E3nnTensorProduct(FlatWeightBackend):
     def weight(self, module: nn.Module) -> torch.Tensor:
         return module.weight
 
-    def operands(self, module: nn.Module, args: tuple[Any, ...], kwargs: dict[str, Any]) -> tuple[torch.Tensor, ...]:
-        names = ("x", "y")
-        return tuple(args[i] if i < len(args) else kwargs[name] for i, name in enumerate(names))
+    def adapted_layer_class(self, module: nn.Module) -> type[AdaptedLayer]:
+        return AdaptedE3nnTensorProduct
 
-    def forward(self, module, args, kwargs, weight, bias):
-        x, y = self.operands(module, args, kwargs)
-        return module(x, y, weight)  # weight=None: the layer's own
+
+class AdaptedE3nnTensorProduct(AdaptedLayer):
+    """An e3nn tensor product with an adapter, called as ``layer(x, y)`` (TorchScript-compatible)."""
+
+    def layer_weight(self) -> torch.Tensor:
+        return self.base_layer.weight
+
+    def layer_bias(self) -> torch.Tensor | None:
+        return None
+
+    def forward(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        if not self.adapter_enabled:
+            return self.base_layer(x, y)
+        weight, _, extra = self.effective_parameters()
+        out = self.base_layer(x, y, weight)  # weight=None: the layer's own
+        if extra is not None:
+            out = out + extra
+        if self.adapter.dynamic:
+            out = self.adapter.modulate(out, [x, y])
+        return out

@@ -24,6 +24,7 @@ from torch.func import functional_call
 
 from peft_equi.backends.base import Backend, copy_into
 from peft_equi.irreps import Irrep, Irreps, MulIrrep
+from peft_equi.layer import AdaptedLayer
 from peft_equi.registry import register_backend
 from peft_equi.spec import LayerKind, LayerSpec, WeightPath
 
@@ -83,6 +84,11 @@ class MaceSymmetricContraction(Backend):
             start += block.ir.dim
         return torch.cat(flat, dim=-1), attrs
 
+    def adapted_layer_class(self, module: nn.Module) -> type[AdaptedLayer]:
+        if all(all(hasattr(c, a) for a in _CONTRACTION_PARTS) for c in module.contractions):
+            return AdaptedMaceSymmetricContraction
+        return AdaptedLayer  # an unknown Contraction: the generic wrapper (functional_call, eager only)
+
     def forward(self, module, args, kwargs, weight, bias):
         if weight is None:
             return module(*args, **kwargs)
@@ -98,3 +104,96 @@ def _split(module: nn.Module, weight: torch.Tensor) -> dict[str, torch.Tensor]:
     weights = _weights(module)
     pieces = torch.split(weight, [w.numel() for _, _, w in weights])
     return {name: piece.reshape(w.shape) for (name, _, w), piece in zip(weights, pieces)}
+
+
+# what AdaptedMaceSymmetricContraction calls on each Contraction (MACE's own ops, in MACE's order)
+_CONTRACTION_PARTS = ("graph_opt_main", "contractions_weighting", "contractions_features", "U_tensors", "correlation")
+
+
+def _slots(module: nn.Module) -> list[nn.Parameter]:
+    """Every weight tensor, zeroed ones included, in forward order."""
+    return [w for c in module.contractions for w in (c.weights_max, *c.weights)]
+
+
+class AdaptedMaceSymmetricContraction(AdaptedLayer):
+    """MACE's ``SymmetricContraction`` with an adapter, called as ``layer(x, y)`` (TorchScript-compatible).
+
+    With an effective weight it runs MACE's own contraction ops (each ``Contraction``'s
+    ``graph_opt_main``, ``contractions_weighting``, ``contractions_features`` and
+    ``U_tensors``, in MACE's order) on the canonical weight cut back into the module's
+    tensors; weights MACE zeroed keep their (zero) values.
+    """
+
+    def __init__(self, base_layer: nn.Module, backend, spec, adapter) -> None:
+        super().__init__(base_layer, backend, spec, adapter)
+        live = {id(w) for _, _, w in _weights(base_layer)}
+        slots = _slots(base_layer)
+        self.slot_shapes = [list(w.shape) for w in slots]
+        pieces, self.slot_piece = 0, []
+        for w in slots:
+            self.slot_piece.append(pieces if id(w) in live else -1)  # -1: keeps the module's own (zeroed) tensor
+            pieces += id(w) in live
+        self.piece_sizes = [w.numel() for _, _, w in _weights(base_layer)]
+        starts, start = [], 0  # for _operands: each irrep's slice of the last axis of x
+        for block in Irreps(base_layer.irreps_in):
+            starts.append([start, block.ir.dim])
+            start += block.ir.dim
+        self.input_slices = starts
+
+    def _own_slots(self) -> list[torch.Tensor]:
+        """Every weight tensor of the module, in forward order."""
+        slots: list[torch.Tensor] = []
+        for contraction in self.base_layer.contractions:
+            slots.append(contraction.weights_max)
+            for w in contraction.weights:
+                slots.append(w)
+        return slots
+
+    def layer_weight(self) -> torch.Tensor:
+        slots = self._own_slots()
+        live: list[torch.Tensor] = []
+        for i, piece in enumerate(self.slot_piece):
+            if piece >= 0:
+                live.append(slots[i].reshape(-1))
+        return torch.cat(live)
+
+    def layer_bias(self) -> torch.Tensor | None:
+        return None
+
+    def _contract(self, x: torch.Tensor, y: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
+        """MACE's ``SymmetricContraction.forward`` with the canonical flat ``weight``."""
+        pieces = torch.split(weight, self.piece_sizes)
+        slots = self._own_slots()
+        for i, piece in enumerate(self.slot_piece):
+            if piece >= 0:
+                slots[i] = pieces[piece].view(self.slot_shapes[i])
+        outs: list[torch.Tensor] = []
+        slot = 0
+        for contraction in self.base_layer.contractions:
+            out = contraction.graph_opt_main(contraction.U_tensors(contraction.correlation), slots[slot], x, y)
+            slot += 1
+            for i, (contract_weights, contract_features) in enumerate(
+                zip(contraction.contractions_weighting, contraction.contractions_features)
+            ):
+                c_tensor = contract_weights(contraction.U_tensors(contraction.correlation - i - 1), slots[slot], y)
+                slot += 1
+                c_tensor = c_tensor + out
+                out = contract_features(c_tensor, x)
+            outs.append(out.view(out.shape[0], -1))
+        return torch.cat(outs, dim=-1)
+
+    def _operands(self, x: torch.Tensor, y: torch.Tensor) -> list[torch.Tensor]:
+        """``x`` ``(N, channels, sum_l (2l+1))`` as flat ``mul_ir`` features, and the element one-hot ``y``."""
+        flat = [x[:, :, s[0] : s[0] + s[1]].reshape(x.shape[0], -1) for s in self.input_slices]
+        return [torch.cat(flat, dim=-1), y]
+
+    def forward(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        if not self.adapter_enabled:
+            return self.base_layer(x, y)
+        weight, _, extra = self.effective_parameters()
+        out = self.base_layer(x, y) if weight is None else self._contract(x, y, weight)
+        if extra is not None:
+            out = out + extra
+        if self.adapter.dynamic:
+            out = self.adapter.modulate(out, self._operands(x, y))
+        return out

@@ -11,6 +11,7 @@ import torch
 from torch import nn
 
 from peft_equi.backends.base import DenseBackend, copy_into
+from peft_equi.layer import AdaptedLayer
 from peft_equi.registry import register_backend
 from peft_equi.spec import LayerSpec, dense_spec
 
@@ -41,14 +42,39 @@ class NequipScalarLinear(DenseBackend):
     def weight(self, module: nn.Module) -> torch.Tensor:
         return module.weight.reshape(-1)
 
-    def forward(self, module, args, kwargs, weight, bias):
-        (x,) = self.operands(module, args, kwargs)
-        if weight is None:
-            return module(x)
-        scaled = weight.reshape(module.in_features, module.out_features) * module.alpha  # nequip's op order
-        return torch.mm(x, scaled) if bias is None else torch.addmm(bias, x, scaled)
+    def adapted_layer_class(self, module: nn.Module) -> type[AdaptedLayer]:
+        return AdaptedNequipScalarLinear
 
     def write(self, module, weight, bias):
         copy_into(module.weight, weight)
         if bias is not None:
             copy_into(module.bias, bias)
+
+
+class AdaptedNequipScalarLinear(AdaptedLayer):
+    """``ScalarLinearLayer`` with an adapter, called as ``layer(input)`` (TorchScript-compatible)."""
+
+    def __init__(self, base_layer: nn.Module, backend, spec, adapter) -> None:
+        super().__init__(base_layer, backend, spec, adapter)
+        self.in_features, self.out_features = int(base_layer.in_features), int(base_layer.out_features)
+
+    def layer_weight(self) -> torch.Tensor:
+        return self.base_layer.weight.reshape(-1)
+
+    def layer_bias(self) -> torch.Tensor | None:
+        return self.base_layer.bias
+
+    def forward(self, input: torch.Tensor) -> torch.Tensor:  # nequip's argument name
+        if not self.adapter_enabled:
+            return self.base_layer(input)
+        weight, bias, extra = self.effective_parameters()
+        if weight is None:
+            y = self.base_layer(input)
+        else:
+            scaled = weight.reshape(self.in_features, self.out_features) * self.base_layer.alpha  # nequip's op order
+            y = torch.mm(input, scaled) if bias is None else torch.addmm(bias, input, scaled)
+        if extra is not None:
+            y = y + extra
+        if self.adapter.dynamic:
+            y = self.adapter.modulate(y, [input])
+        return y
