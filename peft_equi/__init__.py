@@ -19,6 +19,8 @@ from peft_equi.config import PeftConfig, Rule
 from peft_equi.errors import (
     AdapterLoadError,
     BaseMismatchError,
+    ConfigError,
+    DataError,
     NotMergeableError,
     PeftEquiError,
     RuleMatchError,
@@ -58,6 +60,8 @@ __all__ = [
     "AdapterLoadError",
     "Backend",
     "BaseMismatchError",
+    "ConfigError",
+    "DataError",
     "Irrep",
     "Irreps",
     "LayerKind",

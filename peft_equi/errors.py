@@ -50,7 +50,7 @@ class UnknownElementError(PeftEquiError):
     """Elements (atomic numbers) that a model does not know."""
 
 
-class ConfigError(PeftEquiError):
+class ConfigError(PeftEquiError, ValueError):
     """Invalid options (of a run, an adapter or a preset); the message names each bad option."""
 
     @classmethod

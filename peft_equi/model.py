@@ -12,11 +12,12 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from pydantic import ValidationError
 from torch import nn
 
 from peft_equi.adapters.base import Adapter
 from peft_equi.config import PeftConfig
-from peft_equi.errors import NotMergeableError
+from peft_equi.errors import ConfigError, NotMergeableError
 from peft_equi.layer import AdaptedLayer
 from peft_equi.plan import Assignment, assign, discover, select_tensors
 from peft_equi.presets import resolve_config
@@ -275,9 +276,12 @@ def get_peft_model(model: nn.Module, config: PeftConfig | str, **options: Any) -
     ``config`` is a :class:`PeftConfig` or the name of a preset or adapter (see
     :func:`peft_equi.list_presets`), with ``options`` for it: ``get_peft_model(m, "mmea",
     rank=16)``.  The model is checked completely before it is changed: on error it is
-    left as it was.
+    left as it was.  Invalid options raise :class:`ConfigError` (a ``ValueError``) naming each.
     """
-    config = resolve_config(config, **options)
+    try:
+        config = resolve_config(config, **options)
+    except ValidationError as exc:
+        raise ConfigError.from_validation(exc, config if isinstance(config, str) else "config") from None
     assignments = plan_assignments(model, config)
     trained_tensor_names(model, config, assignments)  # validates the train patterns before any change
     return PeftModel(model, config, assignments)

@@ -159,7 +159,7 @@ def test_mmea_adapter_default_stays_the_identity_and_options_are_checked():
     model = peft_equi.get_peft_model(copy.deepcopy(layer), "mmea", rank=3)
     adapter = model.adapted_layers[""].adapter
     assert not adapter.heads[0].bias.any() and not adapter.shift.weight.any() and not adapter.shift.bias.any()
-    with pytest.raises(pydantic.ValidationError, match="shift_init_std"):
+    with pytest.raises(peft_equi.ConfigError, match="shift_init_std"):
         peft_equi.get_peft_model(copy.deepcopy(layer), "mmea", shift_init_std=1e-3)  # init='identity'
     with pytest.raises(pydantic.ValidationError, match="activaton"):
         mmea_paper(activaton="identity")  # a typo is refused when the preset is resolved
