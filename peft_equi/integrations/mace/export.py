@@ -54,3 +54,69 @@ def save_adapted_mace(model: PeftModel, path: str | Path, atomic_numbers: Sequen
         plain = subset_elements(plain, wanted)
     torch.save(plain, path)
     return True
+
+
+LAMMPS_DTYPES = {"float64": torch.float64, "float32": torch.float32}
+
+
+def export_lammps(
+    model: torch.nn.Module,
+    path: str | Path,
+    dtype: str = "float64",
+    head: str | None = None,
+    merge: bool | None = None,
+) -> Path:
+    """Write ``model`` as a TorchScript file for LAMMPS's ML-MACE pair style (``pair_style mace``).
+
+    What mace's ``create_lammps_model`` does (its default ``libtorch`` format), for an adapted
+    model: the model, converted to ``dtype`` (float64 by default, as mace's tool) and moved to
+    the CPU, is wrapped in mace's ``LAMMPS_MACE`` and compiled with e3nn's ``jit.compile``.
+
+    ``model``: a :class:`PeftModel` of a MACE model, or a plain MACE model (merged already).
+    ``merge``: ``None`` merges a mergeable adaptation (the plain MACE runs, no adapter cost) and
+    keeps an unmergeable one (MMEA, FiLM with conditioning) unmerged; ``True`` requires merging
+    (raises :class:`NotMergeableError` otherwise); ``False`` keeps the adapters unmerged.
+    ``head``: the head of a multi-head model (default: the last, as ``LAMMPS_MACE``).
+    The model passed in is not changed.  Returns ``path``.
+    """
+    from e3nn.util import jit
+    from mace.calculators import LAMMPS_MACE
+
+    if dtype not in LAMMPS_DTYPES:
+        raise ValueError(f"dtype must be one of {sorted(LAMMPS_DTYPES)}, not {dtype!r}")
+    path = Path(path)
+    plain = copy.deepcopy(model)
+    if isinstance(plain, PeftModel):
+        if merge is False:
+            plain = plain.base_model
+        else:
+            try:
+                plain = plain.merge_and_unload()
+            except NotMergeableError:
+                if merge:
+                    raise
+                plain = plain.base_model
+    plain = plain.to(device="cpu", dtype=LAMMPS_DTYPES[dtype])
+    plain.eval()
+    _keep_lammps_dtype_probe(plain)
+    lammps_model = LAMMPS_MACE(plain) if head is None else LAMMPS_MACE(plain, head=head)
+    compiled = jit.compile(lammps_model)
+    compiled.save(str(path))
+    return path
+
+
+def _keep_lammps_dtype_probe(model: torch.nn.Module) -> None:
+    """Give LAMMPS the attribute it reads the model's dtype from.
+
+    ML-MACE's ``pair_coeff`` takes the float dtype of its inputs from the attribute
+    ``model.node_embedding.linear.weight`` of the loaded file.  When that layer carries an
+    adapter, its weight sits at ``...linear.base_layer.weight``; an empty buffer of the model's
+    dtype under the old name (unused by ``forward``) keeps the probe working.
+    """
+    embedding = getattr(getattr(model, "node_embedding", None), "linear", None)
+    if embedding is None or isinstance(getattr(embedding, "weight", None), torch.Tensor):
+        return
+    base = getattr(embedding, "base_layer", None)
+    weight = getattr(base, "weight", None)
+    if isinstance(weight, torch.Tensor):
+        embedding.register_buffer("weight", weight.new_empty(0))
