@@ -1,4 +1,4 @@
-"""The ``peft-equi`` command line: ``finetune``, ``evaluate``, ``merge``, ``inspect``, ``adapters``.
+"""The ``peft-equi`` command line: ``finetune``, ``evaluate``, ``merge``, ``md``, ``inspect``, ``adapters``.
 
 ``finetune`` takes every option of :class:`~peft_equi.training.config.FinetuneConfig` as a
 flag (``--n-train 50``) and/or from ``--config run.yaml``; flags win.  Invalid values are
@@ -240,6 +240,87 @@ def merge(
     except (PeftEquiError, FileNotFoundError) as exc:
         raise _fail(str(exc)) from None
     typer.echo(f"merged model written to {path} (per-element energy correction: {run / 'energy_correction.json'})")
+
+
+@app.command("md")
+def md(
+    model: ModelOption,
+    structure: Annotated[Path, typer.Option(help="starting structure (any file ASE reads; the first image)")],
+    run: Annotated[Optional[Path], typer.Option(help="finetune output directory (fine-tuned model)")] = None,  # noqa: UP045
+    temperature: Annotated[float, typer.Option(help="Langevin temperature (K)")] = 500.0,
+    steps: Annotated[int, typer.Option(help="Langevin NVT steps")] = 1000,
+    nve_steps: Annotated[Optional[int], typer.Option(help="NVE steps after NVT [default: --steps]")] = None,  # noqa: UP045
+    timestep: Annotated[float, typer.Option(help="time step (fs)")] = 0.5,
+    friction: Annotated[float, typer.Option(help="Langevin friction (1/fs)")] = 0.01,
+    seed: Annotated[int, typer.Option(help="seed of the initial velocities and the Langevin noise")] = 0,
+    output: Annotated[Path, typer.Option(help="folder for md_report.json and md_stability.png")] = Path("md-output"),
+    device: Annotated[str, typer.Option(help="torch device")] = "cpu",
+    progress: Annotated[bool, typer.Option("--progress/--no-progress", help="progress bar")] = True,
+    trust_pickle: TrustOption = False,
+    allow_base_mismatch: MismatchOption = False,
+) -> None:
+    """MD stability: Langevin NVT then NVE with the model (and, with --run, the fine-tuned model); before/after."""
+    import numpy as np
+
+    from peft_equi.md import PotentialCalculator, format_reports, md_stability, write_reports
+    from peft_equi.potentials.base import load_potential
+
+    nve = steps if nve_steps is None else nve_steps
+    try:
+        if steps < 0 or nve < 0 or steps + nve == 0:
+            raise PeftEquiError("--steps and --nve-steps must be >= 0, and not both 0")
+        if timestep <= 0 or temperature < 0 or friction < 0:
+            raise PeftEquiError("--timestep must be > 0; --temperature and --friction >= 0")
+        atoms = _read_structure(structure)
+        base = load_potential(model, trust_pickle=trust_pickle)
+        base.check_elements(atoms.numbers, str(structure))
+        models = {"foundation": (base, base.model, {})}
+        if run is not None:
+            potential, peft_model, delta = _adapted(model, run, trust_pickle, allow_base_mismatch)
+            potential.check_elements(atoms.numbers, str(structure))
+            shift = dict(zip(potential.atomic_numbers, np.asarray(delta).tolist()))
+            # the same per-element correction for both: a constant shift, it changes neither dynamics nor drift
+            models = {"foundation": (base, base.model, shift), "fine-tuned": (potential, peft_model, shift)}
+        reports = {}
+        for name, (pot, module, shift) in models.items():
+            module.to(device)
+            calculator = PotentialCalculator(pot, module, shift)
+            reports[name] = md_stability(
+                calculator,
+                atoms,
+                temperature,
+                steps,
+                nve,
+                timestep,
+                seed,
+                friction=friction,
+                progress=progress,
+                description=name,
+            )
+        paths = write_reports(reports, output, structure=str(structure))
+    except (PeftEquiError, FileNotFoundError, ValueError) as exc:
+        raise _fail(str(exc)) from None
+    typer.echo(format_reports(reports))
+    for name, report in reports.items():
+        if report.failure:
+            typer.echo(f"{name}: {report.failure}")
+    typer.echo(f"outputs: {', '.join(str(p) for p in paths)}")
+
+
+def _read_structure(path: Path):
+    """The first image of ``path``; a missing or unreadable file is a one-line error."""
+    import numpy as np
+    from ase.io import read
+
+    if not path.is_file():
+        raise FileNotFoundError(f"structure file not found: {path}")
+    try:
+        atoms = read(str(path), index=0)
+    except Exception as exc:  # ASE raises many kinds for unparsable files
+        raise PeftEquiError(f"{path}: cannot read a structure ({one_line(exc)})") from None
+    if len(atoms) == 0 or not np.isfinite(atoms.positions).all():
+        raise PeftEquiError(f"{path}: no atoms or non-finite positions")
+    return atoms
 
 
 def main() -> None:

@@ -27,6 +27,8 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from peft_equi.md import BOND_SCALE, bond_graph  # noqa: F401  (re-exported: the data generators import them here)
+
 if TYPE_CHECKING:
     from ase import Atoms
     from ase.calculators.calculator import Calculator
@@ -34,7 +36,6 @@ if TYPE_CHECKING:
 METHOD = "GFN2-xTB"
 ACCURACY = 0.01  # tblite's SCF/integral accuracy; the default 1.0 leaves ~5e-4 eV/A of SCF noise in the forces
 GROUND_STATE_MULTIPLICITY = {"H": 2, "C": 3, "N": 4, "O": 3}
-BOND_SCALE = 1.25  # two atoms are bonded when closer than 1.25 x the sum of their covalent radii
 
 
 def xtb_calculator(**kwargs: Any) -> Calculator:
@@ -53,17 +54,6 @@ def labelled(atoms: Atoms, energy: float, forces: np.ndarray, info: dict[str, An
     snapshot.info["energy"] = float(energy)
     snapshot.new_array("forces", np.asarray(forces, dtype=float))
     return snapshot
-
-
-def bond_graph(atoms: Atoms) -> np.ndarray:
-    """Boolean adjacency matrix: distance below ``BOND_SCALE`` times the sum of covalent radii."""
-    from ase.data import covalent_radii
-
-    radii = covalent_radii[atoms.numbers]
-    distances = atoms.get_all_distances()
-    bonded = distances < BOND_SCALE * (radii[:, None] + radii[None, :])
-    np.fill_diagonal(bonded, False)
-    return bonded
 
 
 def langevin_snapshots(
