@@ -5,6 +5,7 @@ from __future__ import annotations
 import csv
 import gzip
 import json
+import subprocess
 import sys
 from collections import Counter
 from pathlib import Path
@@ -78,9 +79,17 @@ def test_holdout_keeps_whole_molecules_apart(molecules):
     assert split == make_organic_xtb.holdout_split(molecules, 0.1, seed=1)
 
 
+def run_generator(*args: str) -> None:
+    """The generator as a user runs it: its own process, which pins OpenMP to one thread before tblite
+    loads (in this process torch is loaded already, and tblite would then run multi-threaded: slower,
+    and its sums in another order)."""
+    script = ROOT / "benchmarks" / "make_organic_xtb.py"
+    subprocess.run([sys.executable, str(script), *args], check=True, capture_output=True, text=True)
+
+
 def _generate(out: Path) -> None:
     options = ["--limit", "3", "--configs-per-temperature", "2", "--stride", "3", "--equilibration-steps", "2"]
-    make_organic_xtb.main(["--out-dir", str(out), "--workers", "1", "--temperatures", "300", "1200", *options])
+    run_generator("--out-dir", str(out), "--workers", "1", "--temperatures", "300", "1200", *options)
 
 
 def test_generator_writes_labelled_resumable_deterministic_shards(tmp_path):

@@ -11,8 +11,8 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "benchmarks"))
 
-import make_organic_xtb  # noqa: E402
 import pretrain_organic  # noqa: E402
+from test_organic_data import run_generator  # noqa: E402
 
 from peft_equi.integrations.mace.loading import load_mace_model  # noqa: E402
 
@@ -20,7 +20,7 @@ from peft_equi.integrations.mace.loading import load_mace_model  # noqa: E402
 def test_pretraining_writes_both_model_files_and_resumes(tmp_path):
     data, out, models = tmp_path / "data", tmp_path / "pretrain", tmp_path / "models"
     tiny = ["--limit", "6", "--configs-per-temperature", "3", "--stride", "3", "--equilibration-steps", "2"]
-    make_organic_xtb.main(["--out-dir", str(data), "--workers", "1", "--temperatures", "300", "600", *tiny])
+    run_generator("--out-dir", str(data), "--workers", "1", "--temperatures", "300", "600", *tiny)
     run = ["--data", str(data), "--width", "4", "--output", str(out), "--models-dir", str(models)]
     pretrain_organic.main([*run, "--epochs", "1"])
     first = json.loads((out / "results.json").read_text())

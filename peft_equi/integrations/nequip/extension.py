@@ -2,7 +2,8 @@
 
 **Model modifier** ``merge_peft_adapters``.  NequIP finds modifiers as ``@model_modifier``
 classmethods of the classes inside a model; every adapted model contains
-:class:`peft_equi.AdaptedLayer`, so the modifier is attached there and ``nequip-compile``,
+:class:`peft_equi.AdaptedLayer` (subclasses of it, one per backend), so the modifier is attached
+there, bound to ``AdaptedLayer`` from every subclass, and ``nequip-compile``,
 ``nequip-package modify`` and ``nequip.model.modify`` find it by name:
 
 .. code-block:: bash
@@ -33,6 +34,18 @@ from peft_equi.model import merge_adapters
 MERGE_MODIFIER = "merge_peft_adapters"
 
 
+class _OnAdaptedLayer(classmethod):
+    """A classmethod bound to :class:`AdaptedLayer` itself whichever subclass it is read from.
+
+    Each backend wraps its layers in its own ``AdaptedLayer`` subclass; NequIP collects
+    modifiers from every module class in a model and requires the same name to be the same
+    bound method, which a plain classmethod is not across subclasses.
+    """
+
+    def __get__(self, obj: object, owner: type | None = None):
+        return super().__get__(obj, AdaptedLayer)
+
+
 def _merge_peft_adapters(cls: type, model: nn.Module) -> nn.Module:
     """Fold every adapter of ``model`` into its layer (in place); see :func:`peft_equi.merge_adapters`."""
     return merge_adapters(model)
@@ -45,7 +58,8 @@ def register() -> None:
 
     if not hasattr(AdaptedLayer, MERGE_MODIFIER):
         # persistent: merging is a change `nequip-package modify` may write into a package
-        setattr(AdaptedLayer, MERGE_MODIFIER, model_modifier(persistent=True)(classmethod(_merge_peft_adapters)))
+        modifier = model_modifier(persistent=True)(_OnAdaptedLayer(_merge_peft_adapters))
+        setattr(AdaptedLayer, MERGE_MODIFIER, modifier)
     register_libraries_as_external_for_packaging(extern_modules=["peft_equi"])
 
 
