@@ -1,0 +1,62 @@
+"""OpenMM: an adapted MACE saved with ``save_adapted_mace`` runs in openmm-ml's MACE potential.
+
+Skipped where ``openmm`` and ``openmmml`` are not installed (they are not in requirements/ci.txt).
+Checked with openmm 8.6.1 and openmmml 1.8 (``pip install --target DIR --no-deps openmm openmmml``,
+then ``PYTHONPATH=DIR``): openmm-ml 1.8 ``torch.load``s the ``.model`` file and calls the eager
+model from an ``openmm.PythonForce``, so an unmerged MMEA model runs as it is (peft_equi importable).
+"""
+
+from __future__ import annotations
+
+import copy
+
+import numpy as np
+import pytest
+import torch
+from mace_models import batch_of, build_mace, molecules
+
+import peft_equi
+from peft_equi.integrations.mace.export import save_adapted_mace
+from peft_equi.testing import randomize_adapters
+
+openmm = pytest.importorskip("openmm")
+openmmml = pytest.importorskip("openmmml")
+
+EV = 96.4853  # kJ/mol per eV, as openmm-ml converts
+
+
+@pytest.mark.parametrize(("name", "merged"), [("mmea-paper", False), ("elora", True)])
+def test_openmm_ml_runs_an_adapted_mace_with_the_eager_energy_and_forces(tmp_path, name, merged):
+    from openmm import app, unit
+
+    previous = torch.get_default_dtype()
+    torch.set_default_dtype(torch.float64)
+    try:
+        model = peft_equi.get_peft_model(build_mace("small"), name)
+        randomize_adapters(model, std=0.05)
+        atoms = molecules(1, seed=3)[0]
+        out = model(dict(batch_of([atoms])), training=False, compute_force=True)
+        energy, forces = float(out["interaction_energy"]), out["forces"].detach().numpy()
+        path = tmp_path / "adapted.model"
+        assert save_adapted_mace(copy.deepcopy(model), path) == merged
+    finally:
+        torch.set_default_dtype(previous)
+
+    topology = app.Topology()
+    residue = topology.addResidue("MOL", topology.addChain())
+    for symbol in atoms.get_chemical_symbols():
+        topology.addAtom(symbol, app.Element.getBySymbol(symbol), residue)
+    system = openmmml.MLPotential("mace", modelPath=str(path)).createSystem(topology)
+    integrator = openmm.VerletIntegrator(0.5 * unit.femtosecond)
+    context = openmm.Context(system, integrator, openmm.Platform.getPlatformByName("Reference"))
+    context.setPositions(atoms.positions * 0.1)  # nm
+    state = context.getState(getEnergy=True, getForces=True)
+    e = state.getPotentialEnergy().value_in_unit(unit.kilojoule_per_mole) / EV
+    f = state.getForces(asNumpy=True).value_in_unit(unit.kilojoule_per_mole / unit.nanometer) / (10 * EV)
+    assert abs(e - energy) < 1e-10
+    np.testing.assert_allclose(f, forces, atol=1e-10, rtol=0)
+
+    context.setVelocitiesToTemperature(300 * unit.kelvin, 1)
+    integrator.step(20)  # a short NVE run
+    moved = context.getState(getPositions=True).getPositions(asNumpy=True).value_in_unit(unit.angstrom)
+    assert np.isfinite(moved).all() and np.abs(moved - atoms.positions).max() > 1e-3
