@@ -137,16 +137,20 @@ LAYERS = {
     "cuet.SymmetricContraction(original_cg)": (_cuet_contraction(True), BASIC, "AdaptedCueSymmetricContraction"),
     "cuet.SymmetricContraction(reduced_cg)": (_cuet_contraction(False), BASIC, "AdaptedCueSymmetricContraction"),
 }
-TABLE = [(layer, adapter, options) for layer, (_, cases, _) in LAYERS.items() for adapter, options in cases]
+#: Cases whose adapter has nothing to act on in that layer (get_peft_model refuses them; tested elsewhere).
+NOTHING_TO_ADAPT = {("o3.Linear+bias", "bitfit", (("train_existing", False),))}
+TABLE = [
+    (layer, adapter, options)
+    for layer, (_, cases, _) in LAYERS.items()
+    for adapter, options in cases
+    if (layer, adapter, tuple(sorted(options.items()))) not in NOTHING_TO_ADAPT
+]
 
 
 def _adapted(layer_name, adapter, options):
     make, _, wrapper = LAYERS[layer_name]
     module, args = make()
-    try:
-        model = peft_equi.get_peft_model(module, adapter, **options)
-    except peft_equi.RuleMatchError:
-        pytest.skip(f"{adapter} has nothing to adapt in this layer")  # tested in test_adapters_equivariance
+    model = peft_equi.get_peft_model(module, adapter, **options)
     assert type(model.base_model).__name__ == wrapper
     randomize_adapters(model, std=0.3)
     return model, args
