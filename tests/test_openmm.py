@@ -1,9 +1,8 @@
 """OpenMM: an adapted MACE saved with ``save_adapted_mace`` runs in openmm-ml's MACE potential.
 
-Skipped where ``openmm`` and ``openmmml`` are not installed (they are not in requirements/ci.txt).
-Checked with openmm 8.6.1 and openmmml 1.8 (``pip install --target DIR --no-deps openmm openmmml``,
-then ``PYTHONPATH=DIR``): openmm-ml 1.8 ``torch.load``s the ``.model`` file and calls the eager
-model from an ``openmm.PythonForce``, so an unmerged MMEA model runs as it is (peft_equi importable).
+openmm 8.6.1 and openmmml 1.8 are in the tested set (requirements/ci.txt): openmm-ml 1.8
+``torch.load``s the ``.model`` file and calls the eager model from an ``openmm.PythonForce``, so an
+unmerged MMEA model runs as it is (peft_equi importable).
 """
 
 from __future__ import annotations
@@ -11,6 +10,8 @@ from __future__ import annotations
 import copy
 
 import numpy as np
+import openmm
+import openmmml
 import pytest
 import torch
 from mace_models import batch_of, build_mace, molecules
@@ -18,9 +19,6 @@ from mace_models import batch_of, build_mace, molecules
 import peft_equi
 from peft_equi.integrations.mace.export import save_adapted_mace
 from peft_equi.testing import randomize_adapters
-
-openmm = pytest.importorskip("openmm")
-openmmml = pytest.importorskip("openmmml")
 
 EV = 96.4853  # kJ/mol per eV, as openmm-ml converts
 
