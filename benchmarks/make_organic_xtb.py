@@ -107,7 +107,8 @@ def conformer(smiles: str, seed: int) -> Atoms:
 
 def generate_molecule(molecule: Molecule, options: dict[str, Any]) -> tuple[list[Atoms], dict[str, Any]]:
     """All temperatures' snapshots of one molecule, and what happened (counts, early stops, seconds)."""
-    from peft_equi.xtb import bond_graph, langevin_snapshots
+    from peft_equi.md import bond_graph
+    from peft_equi.xtb import langevin_snapshots
 
     start = time.perf_counter()
     snapshots: list[Atoms] = []

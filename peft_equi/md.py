@@ -100,6 +100,34 @@ class _Failure(Exception):
     pass
 
 
+def langevin(atoms: Atoms, temperature_k: float, timestep_fs: float, friction_per_fs: float, rng: np.random.Generator):
+    """Start ``atoms`` for Langevin MD and return the integrator (``ase.md.langevin.Langevin``).
+
+    The centre of mass is held fixed (``FixCom``: a molecule in vacuum does not drift); velocities
+    are Maxwell-Boltzmann at ``temperature_k`` with no net translation or rotation; ``rng`` draws
+    the velocities, then the integrator's noise::
+
+        m_i dv_i/dt = F_i - gamma m_i v_i + sqrt(2 gamma m_i k_B T) xi_i(t)
+    """
+    from ase import units
+    from ase.constraints import FixCom
+    from ase.md.langevin import Langevin
+    from ase.md.velocitydistribution import Stationary, ZeroRotation, thermalize_momenta
+
+    atoms.set_constraint(FixCom())
+    thermalize_momenta(atoms, temperature_K=temperature_k, rng=rng)
+    Stationary(atoms)
+    ZeroRotation(atoms)
+    return Langevin(
+        atoms,
+        timestep=timestep_fs * units.fs,
+        temperature_K=temperature_k,
+        friction=friction_per_fs / units.fs,
+        fixcm=False,
+        rng=rng,
+    )
+
+
 def md_stability(
     calculator: Calculator,
     atoms: Atoms,
@@ -121,14 +149,10 @@ def md_stability(
     ``atoms`` is copied; the trajectory does not touch it.
     """
     from ase import units
-    from ase.constraints import FixCom
-    from ase.md.langevin import Langevin
-    from ase.md.velocitydistribution import Stationary, ZeroRotation, thermalize_momenta
     from ase.md.verlet import VelocityVerlet
 
     system = atoms.copy()
     system.calc = calculator
-    system.set_constraint(FixCom())  # a molecule in vacuum: no drift of the centre of mass
     n = len(system)
     bonds = np.argwhere(np.triu(bond_graph(system)))
     start = system.get_all_distances()
@@ -136,10 +160,7 @@ def md_stability(
     np.fill_diagonal(start, np.inf)
     had_neighbour = start.min(axis=1) <= separation if n > 1 else np.zeros(n, dtype=bool)
 
-    rng = np.random.default_rng(seed)
-    thermalize_momenta(system, temperature_K=temperature, rng=rng)
-    Stationary(system)
-    ZeroRotation(system)
+    nvt = langevin(system, temperature, timestep, friction, np.random.default_rng(seed))
 
     trace: dict[str, list[float]] = {k: [] for k in ("time_ps", "epot", "etot", "temperature", "bond_dev", "fmax")}
     phase_steps = {"nvt": 0, "nve": 0}
@@ -195,14 +216,6 @@ def md_stability(
             raise _Failure
 
     try:
-        nvt = Langevin(
-            system,
-            timestep=timestep * units.fs,
-            temperature_K=temperature,
-            friction=friction / units.fs,
-            fixcm=False,
-            rng=rng,
-        )
         nvt.attach(observe, interval=1, dynamics=nvt, offset=0, phase="nvt")
         nvt.run(nvt_steps)
         if nve_steps:

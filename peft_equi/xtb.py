@@ -27,7 +27,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from peft_equi.md import BOND_SCALE, bond_graph  # noqa: F401  (re-exported: the data generators import them here)
+from peft_equi.md import langevin
 
 if TYPE_CHECKING:
     from ase import Atoms
@@ -73,24 +73,8 @@ def langevin_snapshots(
     snapshot carries ``config_type`` (``md_<T>K``) and ``md_step``; its forces are the raw ``-dE/dr``,
     not the FixCom-projected ones.  The caller may stop iterating early (e.g. when a bond breaks).
     """
-    from ase import units
-    from ase.constraints import FixCom
-    from ase.md.langevin import Langevin
-    from ase.md.velocitydistribution import Stationary, ZeroRotation, thermalize_momenta
-
     atoms.calc = xtb_calculator()
-    atoms.set_constraint(FixCom())
-    thermalize_momenta(atoms, temperature_K=temperature_k, rng=rng)
-    Stationary(atoms)
-    ZeroRotation(atoms)
-    dynamics = Langevin(
-        atoms,
-        timestep=timestep_fs * units.fs,
-        temperature_K=temperature_k,
-        friction=friction_per_fs / units.fs,
-        fixcm=False,
-        rng=rng,
-    )
+    dynamics = langevin(atoms, temperature_k, timestep_fs, friction_per_fs, rng)
     dynamics.run(equilibration_steps)
     config_type = f"md_{temperature_k:g}K"
     for _ in range(n_configs):

@@ -29,26 +29,6 @@ PRESETS = [
 MERGEABLE = {"lora", "elora", "elora-paper", "mace-lora", "full", "readout-only"}
 
 
-@pytest.fixture(scope="module")
-def small_mace():
-    previous = torch.get_default_dtype()
-    torch.set_default_dtype(torch.float64)
-    try:
-        yield build_mace("small")
-    finally:
-        torch.set_default_dtype(previous)
-
-
-@pytest.fixture(scope="module")
-def batch():
-    previous = torch.get_default_dtype()
-    torch.set_default_dtype(torch.float64)
-    try:
-        yield batch_of(molecules(2))
-    finally:
-        torch.set_default_dtype(previous)
-
-
 def test_discovery_reaches_every_mace_weight(small_mace):
     found = {layer.path: layer.backend.name for layer in peft_equi.discover(small_mace)}
     linears = [p for p, b in found.items() if b == "e3nn.linear"]

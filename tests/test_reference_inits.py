@@ -18,7 +18,7 @@ from pathlib import Path
 import pydantic
 import pytest
 import torch
-from mace_models import batch_of, build_mace, energy_forces, molecules
+from mace_models import energy_forces
 
 import peft_equi
 from peft_equi.adapters.elora import EloraAdapter, EloraConfig
@@ -27,26 +27,6 @@ from peft_equi.presets import resolve_config
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
 import comparison
-
-
-@pytest.fixture(scope="module")
-def small_mace():
-    previous = torch.get_default_dtype()
-    torch.set_default_dtype(torch.float64)
-    try:
-        yield build_mace("small")
-    finally:
-        torch.set_default_dtype(previous)
-
-
-@pytest.fixture(scope="module")
-def batch():
-    previous = torch.get_default_dtype()
-    torch.set_default_dtype(torch.float64)
-    try:
-        yield batch_of(molecules(2))
-    finally:
-        torch.set_default_dtype(previous)
 
 
 def _adapters(model, kind: str) -> dict[str, torch.nn.Module]:
