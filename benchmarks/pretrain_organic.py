@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import shutil
 import subprocess
 import sys
@@ -169,7 +170,9 @@ def main(argv: list[str] | None = None) -> None:
         log.write(f"\n# pretrain_organic.py {' '.join(sys.argv[1:] if argv is None else argv)}\n")
         log.flush()
         command = [str(Path(sys.executable).with_name("mace_run_train")), *mace_arguments(args, folder, files, e0s)]
-        subprocess.run(command, check=True, stdout=log, stderr=subprocess.STDOUT)
+        # unbuffered: log.txt shows every epoch as it ends, also when the run is stopped midway
+        env = os.environ | {"PYTHONUNBUFFERED": "1"}
+        subprocess.run(command, check=True, stdout=log, stderr=subprocess.STDOUT, env=env)
     wall = time.perf_counter() - started
 
     args.models_dir.mkdir(parents=True, exist_ok=True)
