@@ -21,9 +21,9 @@ from ase.build import molecule
 from timing import interleaved_medians  # benchmarks/ is on sys.path when the script runs
 
 import peft_equi
-from peft_equi.integrations.mace.architectures import HCO, build_mace
-from peft_equi.integrations.mace.cueq import kernel_report, to_cueq
-from peft_equi.potentials.mace import mace_batch
+from peft_equi.families.mace.architectures import HCO, build_mace
+from peft_equi.families.mace.cueq import kernel_report, to_cueq
+from peft_equi.families.mace.potential import mace_batch
 
 ADAPTERS = ["lora", "elora", "mmea", "bitfit", "film", "mmea-paper"]
 

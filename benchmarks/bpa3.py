@@ -39,8 +39,8 @@ from comparison import (
 )
 from record import ROOT
 
-from peft_equi.data import read_dataset
-from peft_equi.potentials import load_potential
+from peft_equi.families import load_potential
+from peft_equi.training.data import read_dataset
 
 SHARED_3BPA = ROOT.parent / "shared" / "data" / "3bpa"
 QUICK = {"epochs": 10, "dtype": "float32", "n_train": 100}

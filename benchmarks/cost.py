@@ -30,9 +30,9 @@ from record import ROOT, finished, run_record, write_json
 from timing import interleaved_medians
 
 import peft_equi
-from peft_equi.data import read_dataset
-from peft_equi.potentials import load_potential
+from peft_equi.families import load_potential
 from peft_equi.testing import randomize_adapters
+from peft_equi.training.data import read_dataset
 
 ASPIRIN = ROOT.parent / "shared" / "data" / "rmd17" / "rmd17_aspirin_train_01.npz"
 ACETAMIDE = ROOT / "examples" / "data" / "acetamide_gfn2xtb_md.extxyz"

@@ -152,7 +152,7 @@ def write_shard(shard_dir: Path, molecule: Molecule, snapshots: Sequence[Atoms],
     """Write ``<stem>.extxyz.gz`` and ``<stem>.json`` atomically (temporary file, then rename)."""
     from ase.io import write
 
-    from peft_equi.files import atomic_write, sha256
+    from peft_equi.utils.files import atomic_write, sha256
 
     text = io.StringIO()
     write(text, list(snapshots), format="extxyz")

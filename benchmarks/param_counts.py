@@ -18,8 +18,8 @@ import torch
 from record import ROOT, finished, run_record, write_json
 
 import peft_equi
-from peft_equi.integrations.mace import subset_elements
-from peft_equi.integrations.mace.architectures import HCO, MACE_OFF23_ELEMENTS, build_mace
+from peft_equi.families.mace import subset_elements
+from peft_equi.families.mace.architectures import HCO, MACE_OFF23_ELEMENTS, build_mace
 
 ROWS = [
     ("full", {"train_buffers": ["*bessel_weights"]}, 751_896, "all weights + Bessel weights"),
@@ -39,7 +39,7 @@ def main() -> None:
         "# Trainable parameters of the paper presets, MACE-OFF23-medium architecture cut to H, C, O",
         "",
         "The ten-element architecture (H, C, N, O, F, P, S, Cl, Br, I) cut to H, C, O by",
-        "`peft_equi.integrations.mace.subset_elements`, as the papers' `load_foundations` did.",
+        "`peft_equi.families.mace.subset_elements`, as the papers' `load_foundations` did.",
         "Bessel weights trainable (as in the papers' full fine-tuning).",
         "",
         "| preset | options | trainable (cut to H, C, O) | reference | matches | trainable (10 elements, uncut) |",

@@ -8,7 +8,7 @@ Usage::
 
 MACE-OFF23 cannot be downloaded here.  The seed papers fine-tune an organic foundation model
 on an organic molecule it has not seen; this script makes the same situation on a small
-scale: a MACE (H, C, O; ``--size`` from :func:`peft_equi.integrations.mace.build_mace`) is
+scale: a MACE (H, C, O; ``--size`` from :func:`peft_equi.families.mace.build_mace`) is
 trained from random weights on ``--per-molecule`` configurations of each rMD17 train split
 except the target's, with the isolated-atom energies of rMD17's level of theory (PBE/def2-SVP)
 as E0s and MACE's scale/shift (RMS force, mean interaction energy per atom).  The training
@@ -26,11 +26,11 @@ import numpy as np
 import torch
 from record import ROOT, finished, run_record, write_json
 
-from peft_equi.data import read_dataset, read_isolated_atom_energies
-from peft_equi.integrations.mace.architectures import HCO, build_mace
-from peft_equi.integrations.mace.loading import save_mace_state
-from peft_equi.potentials.mace import MacePotential
+from peft_equi.families.mace.architectures import HCO, build_mace
+from peft_equi.families.mace.loading import save_mace_state
+from peft_equi.families.mace.potential import MacePotential
 from peft_equi.training import FinetuneConfig, Finetuner
+from peft_equi.training.data import read_dataset, read_isolated_atom_energies
 
 SHARED = ROOT.parent / "shared" / "data"
 HCO_MOLECULES = ("aspirin", "benzene", "ethanol", "malonaldehyde", "naphthalene", "salicylic", "toluene")

@@ -21,7 +21,7 @@ Outputs (``--output``, default ``benchmarks/results/pretrain/mace-organic-xtb``)
 the run record), ``log.txt`` (mace's log, appended), and the models
 ``benchmarks/models/mace-organic-xtb.model`` (a standard MACE file) and
 ``benchmarks/models/mace-organic-xtb.pt`` (pickle-free: config JSON + tensors, read by
-``peft_equi.integrations.mace.loading.load_mace_model`` without ``trust_pickle``).
+``peft_equi.families.mace.loading.load_mace_model`` without ``trust_pickle``).
 """
 
 from __future__ import annotations
@@ -40,7 +40,7 @@ from make_organic_xtb import DEFAULT_OUT as DATA
 from make_organic_xtb import load_split
 from record import ROOT, finished, run_record, write_json
 
-from peft_equi.files import sha256
+from peft_equi.utils.files import sha256
 
 NAME = "mace-organic-xtb"
 
@@ -121,8 +121,8 @@ def held_out_errors(model_file: Path, data: Path, split: str) -> dict[str, float
     """Energy-per-atom and force errors of the model on one split's molecules (meV, meV/A)."""
     import torch
 
-    from peft_equi.integrations.mace.calculator import mace_calculator
-    from peft_equi.integrations.mace.loading import load_mace_model
+    from peft_equi.families.mace.calculator import mace_calculator
+    from peft_equi.families.mace.loading import load_mace_model
 
     model = load_mace_model(model_file).to(torch.float64)
     calc = mace_calculator(model)
@@ -178,7 +178,7 @@ def main(argv: list[str] | None = None) -> None:
     args.models_dir.mkdir(parents=True, exist_ok=True)
     model_file = args.models_dir / f"{NAME}.model"
     shutil.copyfile(folder / "runs" / f"{NAME}.model", model_file)
-    from peft_equi.integrations.mace.loading import load_mace_model, save_mace_state
+    from peft_equi.families.mace.loading import load_mace_model, save_mace_state
 
     model = load_mace_model(model_file, trust_pickle=True)
     save_mace_state(model, args.models_dir / f"{NAME}.pt")

@@ -43,7 +43,7 @@ from comparison import (
 )
 from record import ROOT
 
-from peft_equi.potentials import load_potential
+from peft_equi.families import load_potential
 
 SHARED_DATA = ROOT.parent / "shared" / "data"
 

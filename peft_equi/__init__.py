@@ -15,7 +15,13 @@ __version__ = "0.1.0"
 
 from peft_equi.adapters.base import Adapter, AdapterConfig
 from peft_equi.backends.base import Backend
-from peft_equi.config import PeftConfig, Rule
+from peft_equi.core.adapted_layer import AdaptedLayer
+from peft_equi.core.config import PeftConfig, Rule
+from peft_equi.core.irreps import Irrep, Irreps, Layout, MulIrrep
+from peft_equi.core.plan import discover
+from peft_equi.core.presets import preset_names as list_presets
+from peft_equi.core.registry import ADAPTERS, BACKENDS, PRESETS, register_adapter, register_backend, register_preset
+from peft_equi.core.spec import LayerKind, LayerSpec, WeightPath
 from peft_equi.errors import (
     AdapterLoadError,
     BaseMismatchError,
@@ -28,16 +34,10 @@ from peft_equi.errors import (
     UnsupportedLayerError,
     UntrustedPickleError,
 )
+from peft_equi.families.mace.cueq import to_cueq, to_e3nn
 from peft_equi.inspection import LayerReport, format_inspection, inspect_model
-from peft_equi.integrations.mace.cueq import to_cueq, to_e3nn
-from peft_equi.irreps import Irrep, Irreps, Layout, MulIrrep
-from peft_equi.layer import AdaptedLayer
 from peft_equi.model import PeftModel, get_peft_model, merge_adapters
-from peft_equi.plan import discover
-from peft_equi.presets import preset_names as list_presets
-from peft_equi.registry import ADAPTERS, BACKENDS, PRESETS, register_adapter, register_backend, register_preset
-from peft_equi.serialization import load_adapter
-from peft_equi.spec import LayerKind, LayerSpec, WeightPath
+from peft_equi.utils.save_and_load import load_adapter
 
 
 def list_adapters() -> list[str]:

@@ -127,7 +127,7 @@ _build_finetune_command()
 def adapters() -> None:
     """List the registered adapters and presets."""
     import peft_equi
-    from peft_equi.registry import ADAPTERS, PRESETS
+    from peft_equi.core.registry import ADAPTERS, PRESETS
 
     typer.echo("adapters:")
     for name in peft_equi.list_adapters():
@@ -150,7 +150,7 @@ def inspect_command(
 ) -> None:
     """Show the discoverable layers of a model and, for an adapter, what it would train."""
     import peft_equi
-    from peft_equi.potentials.base import load_potential
+    from peft_equi.families.base import load_potential
 
     try:
         potential = load_potential(model, trust_pickle=trust_pickle)
@@ -168,7 +168,7 @@ def _adapted(model: str, run: Path, trust_pickle: bool, allow_base_mismatch: boo
     import numpy as np
 
     import peft_equi
-    from peft_equi.potentials.base import load_potential
+    from peft_equi.families.base import load_potential
 
     potential = load_potential(model, trust_pickle=trust_pickle)
     correction = json.loads((run / "energy_correction.json").read_text())
@@ -193,7 +193,7 @@ def evaluate(
     allow_base_mismatch: MismatchOption = False,
 ) -> None:
     """Energy and force errors of a model (with a fine-tuned adapter from --run) on a data file."""
-    from peft_equi.data import read_dataset
+    from peft_equi.training.data import read_dataset
     from peft_equi.training.engine import Finetuner
 
     try:
@@ -214,7 +214,7 @@ def evaluate(
 def _save_new(potential, model, output: Path, overwrite: bool) -> Path:
     """``potential.save`` to ``output`` with the family's suffix, written atomically; an existing file there is
     replaced only with ``overwrite``."""
-    from peft_equi.files import atomic_write
+    from peft_equi.utils.files import atomic_write
 
     if not output.parent.is_dir():  # a bare name's parent is "."
         raise FileNotFoundError(f"folder of --output not found: {output.parent}")
@@ -262,8 +262,8 @@ def md(
     """MD stability: Langevin NVT then NVE with the model (and, with --run, the fine-tuned model); before/after."""
     import numpy as np
 
+    from peft_equi.families.base import load_potential
     from peft_equi.md import PotentialCalculator, format_reports, md_stability, write_reports
-    from peft_equi.potentials.base import load_potential
 
     nve = steps if nve_steps is None else nve_steps
     try:

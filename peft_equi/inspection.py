@@ -6,9 +6,9 @@ from dataclasses import dataclass
 
 from torch import nn
 
-from peft_equi.config import PeftConfig
-from peft_equi.plan import assign, discover
-from peft_equi.presets import resolve_config
+from peft_equi.core.config import PeftConfig
+from peft_equi.core.plan import assign, discover
+from peft_equi.core.presets import resolve_config
 
 
 @dataclass(frozen=True)

@@ -37,7 +37,7 @@ from ase.calculators.calculator import Calculator, all_changes
 if TYPE_CHECKING:
     from ase import Atoms
 
-    from peft_equi.potentials.base import Potential
+    from peft_equi.families.base import Potential
 
 logger = logging.getLogger(__name__)
 
@@ -262,7 +262,7 @@ def md_stability(
 
 
 class PotentialCalculator(Calculator):
-    """An ASE calculator (energy in eV, forces in eV/A) for any :class:`~peft_equi.potentials.base.Potential`.
+    """An ASE calculator (energy in eV, forces in eV/A) for any :class:`~peft_equi.families.base.Potential`.
 
     ``model`` is the module evaluated (default ``potential.model``): the base model, a ``PeftModel``
     (merged or not) or a merged copy; ``energy_shift`` maps atomic numbers to a per-atom energy

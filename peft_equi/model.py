@@ -16,11 +16,11 @@ from pydantic import ValidationError
 from torch import nn
 
 from peft_equi.adapters.base import Adapter
-from peft_equi.config import PeftConfig
+from peft_equi.core.adapted_layer import AdaptedLayer
+from peft_equi.core.config import PeftConfig
+from peft_equi.core.plan import Assignment, assign, discover, select_tensors
+from peft_equi.core.presets import resolve_config
 from peft_equi.errors import ConfigError, NotMergeableError
-from peft_equi.layer import AdaptedLayer
-from peft_equi.plan import Assignment, assign, discover, select_tensors
-from peft_equi.presets import resolve_config
 
 
 def _owner(model: nn.Module, name: str) -> tuple[nn.Module, str]:
@@ -173,7 +173,7 @@ class PeftModel(nn.Module):
 
     def save_adapter(self, directory: str | Path) -> Path:
         """Write ``adapter_config.json`` and ``adapter_model.safetensors`` (adapter weights only)."""
-        from peft_equi.serialization import save_adapter
+        from peft_equi.utils.save_and_load import save_adapter
 
         return save_adapter(self, directory)
 

@@ -18,7 +18,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from peft_equi.irreps import Irreps, Layout
+from peft_equi.core.irreps import Irreps, Layout
 
 Rep = Callable[[Irreps, torch.Tensor], torch.Tensor]
 
@@ -146,7 +146,7 @@ def energy_forces_equivariance_error(
 
 def randomize_adapters(model: nn.Module, std: float = 0.1, generator: torch.Generator | None = None) -> None:
     """Give every trainable parameter of the adapters random values (adapters start as the identity)."""
-    from peft_equi.layer import AdaptedLayer
+    from peft_equi.core.adapted_layer import AdaptedLayer
 
     with torch.no_grad():
         for module in model.modules():

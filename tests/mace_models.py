@@ -5,9 +5,9 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from peft_equi.integrations.mace.architectures import HCO
-from peft_equi.integrations.mace.architectures import build_mace as _build
-from peft_equi.potentials.mace import mace_batch
+from peft_equi.families.mace.architectures import HCO
+from peft_equi.families.mace.architectures import build_mace as _build
+from peft_equi.families.mace.potential import mace_batch
 
 
 def build_mace(size: str = "small", seed: int = 0) -> torch.nn.Module:

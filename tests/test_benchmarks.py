@@ -42,7 +42,7 @@ def test_epochs_to_reach():
 
 @pytest.mark.skipif(not (SHARED / "3bpa").is_dir(), reason="needs ../shared/data/3bpa")
 def test_bpa3_hot_test_set_is_hotter_than_every_300k_configuration(tmp_path):
-    from peft_equi.data import read_dataset
+    from peft_equi.training.data import read_dataset
 
     path, rule = bpa3.hot_test_set(
         SHARED / "3bpa" / "train_300K.xyz", SHARED / "3bpa" / "train_mixedT.xyz", tmp_path / "t.xyz"
@@ -57,7 +57,7 @@ def test_bpa3_hot_test_set_is_hotter_than_every_300k_configuration(tmp_path):
 @pytest.mark.skipif(not (SHARED / "rmd17").is_dir(), reason="needs ../shared/data/rmd17")
 def test_rmd17_script_end_to_end_on_a_small_mace(tmp_path):
     """One epoch of two methods on a small MACE file: tables, plots and the run record are written."""
-    from peft_equi.integrations.mace.architectures import build_mace
+    from peft_equi.families.mace.architectures import build_mace
 
     torch.save(build_mace("small"), tmp_path / "small.model")
     out = tmp_path / "out"
@@ -94,7 +94,7 @@ def test_results_table_reports_a_diverged_method():
 
 
 def test_base_parameters_excludes_the_adapters():
-    from peft_equi.integrations.mace.architectures import build_mace
+    from peft_equi.families.mace.architectures import build_mace
 
     base = build_mace("small")
     count = sum(p.numel() for p in base.parameters())

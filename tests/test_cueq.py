@@ -11,8 +11,8 @@ import torch
 from mace_models import batch_of, build_mace, energy_forces, molecules
 
 import peft_equi
-from peft_equi.integrations.mace.cueq import _compiled_modules, to_cueq, to_e3nn
-from peft_equi.spec import LayerKind
+from peft_equi.core.spec import LayerKind
+from peft_equi.families.mace.cueq import _compiled_modules, to_cueq, to_e3nn
 from peft_equi.testing import assert_equivariant, energy_forces_equivariance_error, randomize_adapters
 
 IN, OUT = "8x0e+8x0e+4x1o+2x2e+3x0o+2x1e", "6x0e+4x1o+2x2e+2x0o+1x1e"
@@ -104,7 +104,7 @@ def _mace(use_reduced_cg: bool) -> torch.nn.Module:
     if use_reduced_cg:  # mace-torch's default CG basis (build_mace uses the papers' original one)
         from mace.tools.scripts_utils import extract_config_mace_model
 
-        from peft_equi.integrations.mace.loading import instantiate
+        from peft_equi.families.mace.loading import instantiate
 
         torch.manual_seed(0)
         model = instantiate(type(model), extract_config_mace_model(model) | {"use_reduced_cg": True}, torch.float64)

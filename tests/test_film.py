@@ -115,7 +115,7 @@ def test_film_config_validation():
 
 def test_film_fits_in_mmea_budget_on_sevennet0():
     """Default FiLM on SevenNet-0 trains no more parameters than MMEA r16 (191,505)."""
-    from peft_equi.potentials.base import load_potential
+    from peft_equi.families.base import load_potential
 
     model = load_potential("7net-0", dtype=torch.float32).model
     film = peft_equi.get_peft_model(copy.deepcopy(model), "film").num_trainable_parameters()

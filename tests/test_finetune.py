@@ -18,8 +18,8 @@ from typer.testing import CliRunner
 
 from peft_equi.cli import app
 from peft_equi.errors import DataError, PeftEquiError
-from peft_equi.integrations.mace.architectures import HCO, build_mace
-from peft_equi.potentials.mace import mace_batch
+from peft_equi.families.mace.architectures import HCO, build_mace
+from peft_equi.families.mace.potential import mace_batch
 from peft_equi.training import FinetuneConfig, Finetuner, TrainingDivergedError
 from peft_equi.training.checkpoint import load_checkpoint
 
@@ -216,7 +216,7 @@ def test_two_processes_match_one(files, tmp_path):
 
 def test_held_out_rest_of_the_training_file(files, tmp_path):
     result = Finetuner(_config(files, tmp_path / "rest", epochs=1, test=None, test_on_rest=True, n_train=12)).run()
-    from peft_equi.data import read_dataset, select_and_split
+    from peft_equi.training.data import read_dataset, select_and_split
 
     _, _, rest = select_and_split(read_dataset(files / "data.xyz"), 12, 0.25, 0)
     assert len(rest) == 4

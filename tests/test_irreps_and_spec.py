@@ -10,7 +10,7 @@ from models import LINEAR_IN, LINEAR_OUT, TP_IN1, TP_IN2, TP_OUT
 from peft_equi import Irrep, Irreps, Layout
 from peft_equi.backends.e3nn.linear import E3nnLinear
 from peft_equi.backends.e3nn.tensor_product import E3nnTensorProduct
-from peft_equi.spec import LayerKind
+from peft_equi.core.spec import LayerKind
 
 
 def test_irreps_parse_keeps_repeated_blocks_and_order():

@@ -18,7 +18,7 @@ from mace_models import batch_of, build_mace, energy_forces, molecules
 
 import peft_equi
 from peft_equi.errors import NotMergeableError
-from peft_equi.integrations.mace.export import export_lammps
+from peft_equi.families.mace.export import export_lammps
 from peft_equi.testing import randomize_adapters
 
 # the keys pair_mace.cpp puts into the input dict, and the ones it reads back

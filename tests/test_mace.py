@@ -12,8 +12,8 @@ import torch
 from mace_models import batch_of, build_mace, energy_forces, molecules
 
 import peft_equi
-from peft_equi.integrations.mace.calculator import mace_calculator
-from peft_equi.integrations.mace.lora_import import import_mace_lora
+from peft_equi.families.mace.calculator import mace_calculator
+from peft_equi.families.mace.lora_import import import_mace_lora
 from peft_equi.testing import energy_forces_equivariance_error, randomize_adapters
 
 ADAPTERS = ["lora", "elora", "mmea", "bitfit", "film"]
@@ -205,7 +205,7 @@ def test_ase_calculator_for_unmerged_adapted_model(small_mace, batch):
 
 
 def test_saving_adapted_models_records_what_is_needed(small_mace, batch, tmp_path):
-    from peft_equi.integrations.mace.export import save_adapted_mace
+    from peft_equi.families.mace.export import save_adapted_mace
 
     merged = peft_equi.get_peft_model(copy.deepcopy(small_mace), "elora")
     randomize_adapters(merged, std=0.05)
@@ -225,8 +225,8 @@ def test_saving_adapted_models_records_what_is_needed(small_mace, batch, tmp_pat
 
 @pytest.mark.parametrize("name", ["mmea-paper", "elora-paper", "mace-lora"])
 def test_presets_on_blocks_with_nn_linear_radial_mlp(batch, name):
-    from peft_equi.integrations.mace.architectures import HCO
-    from peft_equi.integrations.mace.architectures import build_mace as build
+    from peft_equi.families.mace.architectures import HCO
+    from peft_equi.families.mace.architectures import build_mace as build
 
     torch.set_default_dtype(torch.float64)
     base = build("small_nonlinear", HCO)

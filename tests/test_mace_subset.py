@@ -16,10 +16,10 @@ from typer.testing import CliRunner
 import peft_equi
 from peft_equi.cli import app
 from peft_equi.errors import PeftEquiError, UnknownElementError
-from peft_equi.integrations.mace import subset_elements
-from peft_equi.integrations.mace.architectures import HCO, MACE_OFF23_ELEMENTS, build_mace
-from peft_equi.integrations.mace.export import save_adapted_mace
-from peft_equi.potentials.mace import mace_batch
+from peft_equi.families.mace import subset_elements
+from peft_equi.families.mace.architectures import HCO, MACE_OFF23_ELEMENTS, build_mace
+from peft_equi.families.mace.export import save_adapted_mace
+from peft_equi.families.mace.potential import mace_batch
 from peft_equi.testing import randomize_adapters
 from peft_equi.training import FinetuneConfig, Finetuner
 
@@ -38,7 +38,7 @@ def _ten_element_mace(size: str, use_reduced_cg: bool, seed: int = 0) -> torch.n
     """A small random MACE for MACE-OFF23's ten elements, with distinct E0s and a non-trivial scale/shift."""
     from mace.tools.scripts_utils import extract_config_mace_model
 
-    from peft_equi.integrations.mace.loading import instantiate
+    from peft_equi.families.mace.loading import instantiate
 
     energies = [-3.1 * z - 0.2 for z in MACE_OFF23_ELEMENTS]
     model = build_mace(size, MACE_OFF23_ELEMENTS, energies, seed)
@@ -213,7 +213,7 @@ def test_cut_of_a_model_file_written_under_e3nn_044():
 
     from ase import Atoms
 
-    from peft_equi.integrations.mace.loading import load_mace_model
+    from peft_equi.families.mace.loading import load_mace_model
 
     fixtures = Path(__file__).parent / "fixtures"
     reference = json.loads((fixtures / "mace_e3nn044_small_ref.json").read_text())

@@ -11,8 +11,8 @@ import torch
 from mace_models import batch_of
 
 import peft_equi
-from peft_equi.data import read_isolated_atom_energies, read_rmd17
-from peft_equi.integrations.mace.architectures import HCO, build_mace
+from peft_equi.families.mace.architectures import HCO, build_mace
+from peft_equi.training.data import read_isolated_atom_energies, read_rmd17
 
 DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
 ETHANOL = DATA / "rmd17" / "rmd17_ethanol_train_01.npz"

@@ -15,8 +15,8 @@ from typer.testing import CliRunner
 
 import peft_equi
 from peft_equi.cli import app
+from peft_equi.families.base import load_potential
 from peft_equi.md import PotentialCalculator, bond_graph, energy_drift, md_stability, write_reports
-from peft_equi.potentials.base import load_potential
 
 MODEL = Path(__file__).resolve().parents[1] / "benchmarks" / "models" / "mace-small-no-aspirin.pt"
 runner = CliRunner()

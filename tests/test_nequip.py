@@ -12,10 +12,10 @@ import pytest
 import torch
 
 import peft_equi
-from peft_equi.data import read_dataset
-from peft_equi.potentials.nequip import NequipPotential, preserved_global_state, set_nequip_global_state
+from peft_equi.families.nequip.potential import NequipPotential, preserved_global_state, set_nequip_global_state
 from peft_equi.testing import energy_forces_equivariance_error, randomize_adapters
 from peft_equi.training import FinetuneConfig, Finetuner
+from peft_equi.training.data import read_dataset
 
 ACETAMIDE = Path(__file__).resolve().parents[1] / "examples" / "data" / "acetamide_gfn2xtb_md.extxyz"
 TYPES = ["H", "C", "N", "O"]
@@ -224,7 +224,7 @@ def package(acetamide, tmp_path_factory):
 def test_packaged_nequip_model_by_path(package, tmp_path):
     """A `.nequip.zip` loaded by path: the package's own classes are discovered and fine-tuned."""
     from peft_equi.errors import PeftEquiError
-    from peft_equi.potentials.base import load_potential
+    from peft_equi.families.base import load_potential
 
     package_path, data = package
     with pytest.raises(PeftEquiError, match="trust_pickle=True"):
@@ -267,7 +267,7 @@ def test_nequip_train_example_config_on_a_package(package, acetamide, tmp_path, 
     merged ELoRA compiles (nequip-compile --modifiers merge_peft_adapters), MMEA refuses to merge."""
     from nequip.model import modify
 
-    from peft_equi.potentials.base import load_potential
+    from peft_equi.families.base import load_potential
 
     package_path, data = package
     _run(
@@ -345,7 +345,7 @@ def test_peft_model_target_takes_hydra_options(nequip_model):
     """The nequip-train `_target_` accepts OmegaConf options (lists included) and adapts the model in place."""
     from omegaconf import OmegaConf
 
-    from peft_equi.integrations.nequip.config import peft_model
+    from peft_equi.families.nequip.config import peft_model
 
     model = copy.deepcopy(nequip_model.model)
     returned = peft_model(model, "lora", OmegaConf.create({"rank": 2, "paths": ["*"]}))
@@ -436,7 +436,7 @@ def test_nequip_train_with_adapters_from_a_package(package, tmp_path):
     adapted = (
         base[:start]
         + f"""  model:
-    _target_: peft_equi.integrations.nequip.config.peft_model
+    _target_: peft_equi.families.nequip.config.peft_model
     adapter: mmea
     options: {{rank: 4}}
     model:

@@ -17,7 +17,7 @@ import torch
 from mace_models import batch_of, build_mace, molecules
 
 import peft_equi
-from peft_equi.integrations.mace.export import save_adapted_mace
+from peft_equi.families.mace.export import save_adapted_mace
 from peft_equi.testing import randomize_adapters
 
 EV = 96.4853  # kJ/mol per eV, as openmm-ml converts

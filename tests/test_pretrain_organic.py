@@ -14,7 +14,7 @@ sys.path.insert(0, str(ROOT / "benchmarks"))
 import pretrain_organic  # noqa: E402
 from test_organic_data import run_generator  # noqa: E402
 
-from peft_equi.integrations.mace.loading import load_mace_model  # noqa: E402
+from peft_equi.families.mace.loading import load_mace_model  # noqa: E402
 
 
 def test_pretraining_writes_both_model_files_and_resumes(tmp_path):

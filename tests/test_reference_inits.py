@@ -22,8 +22,8 @@ from mace_models import energy_forces
 
 import peft_equi
 from peft_equi.adapters.elora import EloraAdapter, EloraConfig
-from peft_equi.integrations.mace.presets import mmea_paper
-from peft_equi.presets import resolve_config
+from peft_equi.core.presets import resolve_config
+from peft_equi.families.mace.presets import mmea_paper
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
 import comparison

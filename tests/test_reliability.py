@@ -28,9 +28,9 @@ from typer.testing import CliRunner
 import peft_equi
 from peft_equi.cli import app
 from peft_equi.errors import AdapterLoadError, BaseMismatchError, PeftEquiError, UntrustedPickleError
-from peft_equi.potentials.base import load_potential
-from peft_equi.serialization import tensors_digest
+from peft_equi.families.base import load_potential
 from peft_equi.testing import randomize_adapters
+from peft_equi.utils.save_and_load import tensors_digest
 
 runner = CliRunner()
 
@@ -77,7 +77,7 @@ def sevennet0_payload():
     """The bundled 7net-0 checkpoint's contents (read with weights_only)."""
     import sevenn.util
 
-    from peft_equi.safe_load import load_torch_file, numpy_globals
+    from peft_equi.utils.safe_load import load_torch_file, numpy_globals
 
     path = sevenn.util.pretrained_name_to_path("7net-0")
     return load_torch_file(path, trust_pickle=False, what="7net-0", safe_globals=numpy_globals())
@@ -166,7 +166,7 @@ def test_crafted_mace_model_file_does_not_run(tmp_path, writer, suffix):
 )
 def test_mace_state_file_cannot_name_a_code_loading_callable(tmp_path, where, name):
     """A pickle-free MACE state file names its callables; only MACE's and torch's activations are imported."""
-    from peft_equi.integrations.mace.loading import STATE_FORMAT, load_mace_model
+    from peft_equi.families.mace.loading import STATE_FORMAT, load_mace_model
 
     marker, evil = tmp_path / "marker", tmp_path / "evil.pkl"
     torch.save(RunsCode(marker), evil)
@@ -190,7 +190,7 @@ def test_mace_state_file_may_name_maces_gate_activations(tmp_path, gate):
     them (torch's builtins: torch:_VariableFunctionsClass.tanh) or by their public names."""
     from mace.modules import gate_dict
 
-    from peft_equi.integrations.mace.loading import _decode, _encode
+    from peft_equi.families.mace.loading import _decode, _encode
 
     function = gate_dict[gate]
     for name in (_encode(function)["__callable__"], f"{'torch.nn.functional' if gate == 'silu' else 'torch'}:{gate}"):
@@ -220,7 +220,7 @@ def test_crafted_engine_checkpoint_does_not_run(tmp_path, writer):
 
 
 def test_atomic_write_keeps_the_old_file_when_writing_fails(tmp_path):
-    from peft_equi.files import atomic_write, sha256
+    from peft_equi.utils.files import atomic_write, sha256
 
     path = tmp_path / "checkpoint.pt"
     path.write_bytes(b"old")
@@ -266,7 +266,7 @@ def test_crafted_adapter_payload_does_not_run(tmp_path):
 
 def test_crafted_data_file_does_not_run(tmp_path):
     """rMD17 .npz files are read with numpy's allow_pickle=False: an object array is refused."""
-    from peft_equi.data import read_rmd17
+    from peft_equi.training.data import read_rmd17
 
     marker, path = tmp_path / "marker", tmp_path / "evil.npz"
     objects = np.empty(1, dtype=object)
@@ -309,7 +309,7 @@ def test_other_base_weights_are_refused_naming_the_tensors(tmp_path, caplog):
     assert "\n" not in message and "tp.weight" in message and "embedding.weight" in message
     assert "allow_base_mismatch=True" in message and "--allow-base-mismatch" in message
     assert not any(isinstance(m, peft_equi.AdaptedLayer) for m in other.modules())
-    with caplog.at_level(logging.WARNING, logger="peft_equi.serialization"):
+    with caplog.at_level(logging.WARNING, logger="peft_equi.utils.save_and_load"):
         loaded = peft_equi.load_adapter(other, tmp_path, allow_base_mismatch=True)
     assert "loaded anyway" in caplog.text and "tp.weight" in caplog.text
     assert loaded.adapter_state_dict().keys() == model.adapter_state_dict().keys()
@@ -328,20 +328,20 @@ def test_fingerprint_does_not_depend_on_the_dtype(tmp_path, caplog, saved_dtype,
     net = MixedNet().to(saved_dtype)
     base = copy.deepcopy(net).to(loaded_dtype)
     peft_equi.get_peft_model(net, "lora", rank=2).save_adapter(tmp_path)
-    with caplog.at_level(logging.INFO, logger="peft_equi.serialization"):
+    with caplog.at_level(logging.INFO, logger="peft_equi.utils.save_and_load"):
         peft_equi.load_adapter(base, tmp_path)
     assert "float32 rounding" not in caplog.text  # same sha256: no tolerance needed
 
 
 def test_float32_rounding_differences_are_accepted(tmp_path, caplog):
     """A base cut in float32 at training and in float64 at evaluation differs by float32 rounding only."""
-    from peft_equi.integrations.mace.subset import subset_elements
+    from peft_equi.families.mace.subset import subset_elements
 
     whole = build_mace("small")
     trained_on = subset_elements(copy.deepcopy(whole).float(), [1, 8])
     evaluated_on = subset_elements(copy.deepcopy(whole), [1, 8])
     peft_equi.get_peft_model(trained_on, "elora", rank=2).save_adapter(tmp_path)
-    with caplog.at_level(logging.INFO, logger="peft_equi.serialization"):
+    with caplog.at_level(logging.INFO, logger="peft_equi.utils.save_and_load"):
         peft_equi.load_adapter(evaluated_on, tmp_path)
     assert "up to float32 rounding: " in caplog.text and "skip_tp.weight" in caplog.text
     # while other weights of the same architecture are refused
@@ -357,7 +357,7 @@ def test_adapters_saved_before_fingerprints_load_with_a_warning(tmp_path, caplog
     del meta["base_fingerprint"], meta["tensors_sha256"]
     meta["format"] = 1  # as saved before the records were required
     config.write_text(json.dumps(meta))
-    with caplog.at_level(logging.WARNING, logger="peft_equi.serialization"):
+    with caplog.at_level(logging.WARNING, logger="peft_equi.utils.save_and_load"):
         loaded = peft_equi.load_adapter(MixedNet(), tmp_path)  # other weights: cannot be told
     assert "no base fingerprint and no checksum" in caplog.text
     saved = model.adapter_state_dict()
@@ -390,7 +390,7 @@ def mace_run(tmp_path_factory):
     from ase.calculators.singlepoint import SinglePointCalculator
     from ase.io import write
 
-    from peft_equi.integrations.mace.loading import save_mace_state
+    from peft_equi.families.mace.loading import save_mace_state
 
     previous = torch.get_default_dtype()
     torch.set_default_dtype(torch.float64)

@@ -105,7 +105,7 @@ def test_bad_rmd17_files_are_named(files, tmp_path):  # noqa: F811
 
 def test_data_errors_are_data_errors(tmp_path):
     """Item 5: missing keys, non-numeric values and bad indices are DataErrors (one line naming the file)."""
-    from peft_equi.data import read_dataset, read_isolated_atom_energies, read_rmd17
+    from peft_equi.training.data import read_dataset, read_isolated_atom_energies, read_rmd17
 
     n, atoms = 4, 2
     arrays = {"nuclear_charges": np.array([1, 1]), "coords": np.zeros((n, atoms, 3)), "energies": np.zeros(n)}

@@ -12,9 +12,9 @@ from typer.testing import CliRunner
 
 import peft_equi
 from peft_equi.cli import app
-from peft_equi.data import read_dataset
-from peft_equi.potentials.base import load_potential
+from peft_equi.families.base import load_potential
 from peft_equi.testing import energy_forces_equivariance_error, randomize_adapters
+from peft_equi.training.data import read_dataset
 
 ROOT = Path(__file__).resolve().parents[1]
 ACETAMIDE = ROOT / "examples" / "data" / "acetamide_gfn2xtb_md.extxyz"

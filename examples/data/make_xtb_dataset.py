@@ -68,8 +68,8 @@ from typing import TYPE_CHECKING  # noqa: E402
 
 import numpy as np  # noqa: E402
 
-from peft_equi.files import sha256  # noqa: E402
 from peft_equi.md import bond_graph  # noqa: E402
+from peft_equi.utils.files import sha256  # noqa: E402
 from peft_equi.xtb import check_round_trip, isolated_atoms, langevin_snapshots  # noqa: E402
 
 if TYPE_CHECKING:

@@ -1,4 +1,4 @@
-"""The adapter interface, written against :class:`~peft_equi.spec.LayerSpec` only.
+"""The adapter interface, written against :class:`~peft_equi.core.spec.LayerSpec` only.
 
 An adapter changes one layer ``y = f(x; W, b)`` in up to three ways, each optional:
 
@@ -31,7 +31,7 @@ import torch
 from pydantic import BaseModel, ConfigDict
 from torch import nn
 
-from peft_equi.spec import LayerKind, LayerSpec
+from peft_equi.core.spec import LayerKind, LayerSpec
 
 
 class AdapterConfig(BaseModel):

@@ -7,7 +7,7 @@ import fnmatch
 import torch
 from torch import nn
 
-from peft_equi.spec import LayerKind, LayerSpec, WeightPath
+from peft_equi.core.spec import LayerKind, LayerSpec, WeightPath
 
 
 def down_factor(fan_in: int, rank: int, init_std: float) -> nn.Parameter:

@@ -5,17 +5,17 @@ It recognises modules by duck typing, describes them backend-free, and runs them
 *effective* weight and bias supplied by peft-equi, so that weight-space adapters reach the
 layer's own (possibly fused) kernel instead of running a second op beside it.
 
-Running the layer is the job of the :class:`~peft_equi.layer.AdaptedLayer` subclass that
+Running the layer is the job of the :class:`~peft_equi.core.adapted_layer.AdaptedLayer` subclass that
 :meth:`Backend.adapted_layer_class` names: its ``forward`` has the layer's own fixed
 signature and is TorchScript-compatible, so adapted models compile.  A backend without one
-gets the generic :class:`~peft_equi.layer.AdaptedLayer` (``forward(*args, **kwargs)``,
+gets the generic :class:`~peft_equi.core.adapted_layer.AdaptedLayer` (``forward(*args, **kwargs)``,
 eager only), which calls :meth:`Backend.operands`, :meth:`Backend.forward` and
 :meth:`Backend.finish`.
 
-Weights and biases cross this interface in the canonical layout of :mod:`peft_equi.spec`:
+Weights and biases cross this interface in the canonical layout of :mod:`peft_equi.core.spec`:
 the flat concatenation of the path blocks, and the bias concatenated over
 ``spec.bias_blocks``.  Register a new backend with
-:func:`peft_equi.registry.register_backend`.
+:func:`peft_equi.core.registry.register_backend`.
 """
 
 from __future__ import annotations
@@ -26,8 +26,8 @@ from typing import Any, ClassVar
 import torch
 from torch import nn
 
-from peft_equi.layer import AdaptedLayer
-from peft_equi.spec import LayerSpec
+from peft_equi.core.adapted_layer import AdaptedLayer
+from peft_equi.core.spec import LayerSpec
 
 
 class Backend(ABC):

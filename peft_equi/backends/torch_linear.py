@@ -13,9 +13,9 @@ import torch.nn.functional as F
 from torch import nn
 
 from peft_equi.backends.base import DenseBackend, copy_into
-from peft_equi.layer import AdaptedLayer
-from peft_equi.registry import register_backend
-from peft_equi.spec import LayerSpec, dense_spec
+from peft_equi.core.adapted_layer import AdaptedLayer
+from peft_equi.core.registry import register_backend
+from peft_equi.core.spec import LayerSpec, dense_spec
 
 
 @register_backend

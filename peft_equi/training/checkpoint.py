@@ -9,8 +9,8 @@ from typing import Any
 import torch
 
 from peft_equi.errors import PeftEquiError, UntrustedPickleError, first_line
-from peft_equi.files import atomic_write
-from peft_equi.safe_load import unsafe_globals
+from peft_equi.utils.files import atomic_write
+from peft_equi.utils.safe_load import unsafe_globals
 
 
 def atomic_save(obj: Any, path: str | Path) -> Path:

@@ -35,23 +35,22 @@ import torch
 from torch import nn
 
 import peft_equi
-from peft_equi.data import (
+from peft_equi.core.presets import validate_options
+from peft_equi.errors import ConfigError, DataError, NotMergeableError, PeftEquiError, element_names
+from peft_equi.families.base import Potential, load_potential
+from peft_equi.training.checkpoint import atomic_save, load_checkpoint
+from peft_equi.training.config import FinetuneConfig
+from peft_equi.training.data import (
     Dataset,
     composition_matrix,
-    element_names,
     fit_reference_energies,
     read_dataset,
     read_isolated_atom_energies,
 )
-from peft_equi.data import select_and_split as split_data
-from peft_equi.errors import ConfigError, DataError, NotMergeableError, PeftEquiError
-from peft_equi.files import sha256
-from peft_equi.potentials.base import Potential, load_potential
-from peft_equi.presets import validate_options
-from peft_equi.training.checkpoint import atomic_save, load_checkpoint
-from peft_equi.training.config import FinetuneConfig
+from peft_equi.training.data import select_and_split as split_data
 from peft_equi.training.logs import MetricsLog, plot_force_parity, plot_learning_curves
 from peft_equi.training.metrics import Errors, weighted_loss
+from peft_equi.utils.files import sha256
 
 
 class TrainingDivergedError(PeftEquiError):

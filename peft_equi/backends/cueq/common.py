@@ -7,7 +7,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from peft_equi.irreps import Irreps, Layout
+from peft_equi.core.irreps import Irreps, Layout
 
 
 def layout_of(value: Any) -> Layout:

@@ -6,9 +6,9 @@ import torch
 from torch import nn
 
 from peft_equi.backends.base import FlatWeightBackend
-from peft_equi.layer import AdaptedLayer
-from peft_equi.registry import register_backend
-from peft_equi.spec import LayerSpec, dense_spec
+from peft_equi.core.adapted_layer import AdaptedLayer
+from peft_equi.core.registry import register_backend
+from peft_equi.core.spec import LayerSpec, dense_spec
 
 
 def _divisor(module: nn.Module) -> float:

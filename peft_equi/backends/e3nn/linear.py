@@ -6,10 +6,10 @@ import torch
 from torch import nn
 
 from peft_equi.backends.base import Backend, copy_into
-from peft_equi.irreps import Irreps
-from peft_equi.layer import AdaptedLayer
-from peft_equi.registry import register_backend
-from peft_equi.spec import LayerKind, LayerSpec, WeightPath
+from peft_equi.core.adapted_layer import AdaptedLayer
+from peft_equi.core.irreps import Irreps
+from peft_equi.core.registry import register_backend
+from peft_equi.core.spec import LayerKind, LayerSpec, WeightPath
 
 
 def has_internal_flat_weight(module: nn.Module) -> bool:

@@ -7,10 +7,10 @@ from torch import nn
 
 from peft_equi.backends.base import FlatWeightBackend
 from peft_equi.backends.e3nn.linear import has_internal_flat_weight
-from peft_equi.irreps import Irreps
-from peft_equi.layer import AdaptedLayer
-from peft_equi.registry import register_backend
-from peft_equi.spec import LayerKind, LayerSpec, WeightPath
+from peft_equi.core.adapted_layer import AdaptedLayer
+from peft_equi.core.irreps import Irreps
+from peft_equi.core.registry import register_backend
+from peft_equi.core.spec import LayerKind, LayerSpec, WeightPath
 
 # Connection modes whose weight block ends in the output block's channels.
 _OUTPUT_LAST = {"uvw", "uuw", "uvv", "uuu"}

@@ -1,0 +1,195 @@
+"""The module that replaces an adapted layer: base layer + adapter, called like the base.
+
+Forward pass, for base weight ``W``, bias ``b`` and an adapter with weight update ``dW``,
+static gains ``g`` / ``0e`` shift ``s`` and dynamic modulation ``M``:
+
+.. math:: y = M\\big(f(x;\\; g \\odot (W + dW),\\; g \\odot b + s),\\; x\\big)
+
+The effective weight and bias are computed once per call (cheap: weights are small next to
+features) and passed to the backend's own op, so weight-space adapters add no second
+feature-sized op.  A shift on a ``0e`` block that the layer stores no bias for is added to
+the output instead.  :meth:`AdaptedLayer.merge` writes the same effective weight and bias.
+
+**TorchScript.**  Each built-in backend wraps its layers in a subclass of
+:class:`AdaptedLayer` whose ``forward`` has the layer's own fixed signature (``o3.Linear``:
+``forward(features)``, tensor products: ``forward(x, y)``, ...) and is written in
+TorchScript-compatible code, as are the adapters' hooks; such models compile with
+``torch.jit.script`` and e3nn's ``jit.compile``.  :class:`AdaptedLayer` itself is the
+generic wrapper for backends without such a subclass: ``forward(*args, **kwargs)`` through
+the backend's Python methods, eager only.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+import torch
+from torch import nn
+
+from peft_equi.adapters.base import Adapter
+from peft_equi.core.spec import LayerSpec
+from peft_equi.errors import NotMergeableError
+
+if TYPE_CHECKING:
+    from peft_equi.backends.base import Backend
+
+
+def _bias_scalar_positions(spec: LayerSpec) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Index maps between 0e channels and the layer's bias / its free output components.
+
+    Returns (for each bias entry, its position among 0e channels; positions among 0e
+    channels without a layer bias; their positions in the flat output).
+    """
+    in_bias, free, free_components = [], [], []
+    offsets = spec.irreps_out.offsets()
+    position = 0
+    for i in spec.scalar_blocks():
+        mul = spec.irreps_out[i].mul
+        channels = torch.arange(position, position + mul)
+        if i in spec.bias_blocks:
+            in_bias.append((spec.bias_blocks.index(i), channels))
+        else:
+            free.append(channels)
+            free_components.append(torch.arange(offsets[i], offsets[i] + mul))
+        position += mul
+    in_bias_t = torch.cat([c for _, c in sorted(in_bias, key=lambda t: t[0])]) if in_bias else _empty()
+    return (
+        in_bias_t,
+        torch.cat(free) if free else _empty(),
+        torch.cat(free_components) if free_components else _empty(),
+    )
+
+
+def _empty() -> torch.Tensor:
+    return torch.zeros(0, dtype=torch.long)
+
+
+class AdaptedLayer(nn.Module):
+    """A layer with one adapter attached.  ``base_layer`` keeps the original module.
+
+    Subclasses (one per backend, chosen by :meth:`Backend.adapted_layer_class`) override
+    :meth:`layer_weight`, :meth:`layer_bias` and ``forward`` in TorchScript-compatible code;
+    the rest (:meth:`effective_parameters`, the adapter's hooks) is shared and scriptable.
+    """
+
+    # Python objects TorchScript has no type for; the scripted methods do not use them
+    __jit_ignored_attributes__ = ("backend", "spec")
+
+    def __init__(self, base_layer: nn.Module, backend: Backend, spec: LayerSpec, adapter: Adapter) -> None:
+        super().__init__()
+        self.base_layer = base_layer
+        self.adapter = adapter
+        self.backend = backend
+        self.spec = spec
+        self.adapter_enabled = True
+        bias_pos, free_pos, free_comp = _bias_scalar_positions(spec)
+        self.register_buffer("weight_channel", spec.weight_channel_index(), persistent=False)
+        self.register_buffer("bias_channel", spec.bias_channel_index(), persistent=False)
+        self.register_buffer("bias_scalar_position", bias_pos, persistent=False)
+        self.register_buffer("free_scalar_position", free_pos, persistent=False)
+        self.register_buffer("free_scalar_component", free_comp, persistent=False)
+        self.has_free_scalars = len(free_pos) > 0
+        self.output_dim = spec.irreps_out.dim
+        self.has_layer_bias = backend.bias(base_layer) is not None
+
+    def layer_weight(self) -> torch.Tensor:
+        """The layer's weight in the canonical flat layout (:meth:`Backend.weight`)."""
+        return self.backend.weight(self.base_layer)
+
+    def layer_bias(self) -> torch.Tensor | None:
+        """The layer's own bias over ``spec.bias_blocks``, or ``None`` (:meth:`Backend.bias`)."""
+        return self.backend.bias(self.base_layer)
+
+    def effective_parameters(self) -> tuple[torch.Tensor | None, torch.Tensor | None, torch.Tensor | None]:
+        """``(weight, bias, extra output shift)``; all ``None`` when the adapter leaves them alone."""
+        delta = self.adapter.delta_weight()
+        gain, shift = self.adapter.output_affine()
+        if delta is None and gain is None and shift is None:
+            return None, None, None
+        weight = self.layer_weight()
+        bias = self.layer_bias()
+        if delta is not None:
+            weight = weight + delta
+        if gain is not None:
+            weight = weight * gain.index_select(0, self.weight_channel)
+            if bias is not None:
+                bias = bias * gain.index_select(0, self.bias_channel)
+        extra: torch.Tensor | None = None
+        if shift is not None:
+            if bias is not None:
+                bias = bias + shift.index_select(0, self.bias_scalar_position)
+            if self.has_free_scalars:
+                extra = shift.new_zeros(self.output_dim).index_copy(
+                    0, self.free_scalar_component, shift.index_select(0, self.free_scalar_position)
+                )
+        return weight, bias, extra
+
+    def forward(self, *args: Any, **kwargs: Any) -> torch.Tensor:
+        """The generic wrapper (eager only): the backend's Python ``forward``/``operands``/``finish``."""
+        if not self.adapter_enabled:
+            return self.base_layer(*args, **kwargs)
+        weight, bias, extra = self.effective_parameters()
+        y = self.backend.forward(self.base_layer, args, kwargs, weight, bias)
+        if extra is not None:
+            y = y + extra
+        if self.adapter.dynamic:
+            y = self.adapter.modulate(y, list(self.backend.operands(self.base_layer, args, kwargs)))
+        return self.backend.finish(self.base_layer, y)
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        super().__setstate__(state)
+        if "output_dim" not in state:  # pickled (torch.save of a whole model) by peft_equi before the wrappers
+            self._upgrade()
+
+    def _upgrade(self) -> None:
+        """Make an unpickled older ``AdaptedLayer`` current: the backend's wrapper class, and the adapter
+        rebuilt from its spec and config, holding the pickled values (the state-dict keys are unchanged)."""
+        old = self.adapter
+        with torch.random.fork_rng(devices=[]):  # the throwaway initialisation draws no global random numbers
+            adapter = type(old)(old.spec, old.config)
+        weight = self.backend.weight(self.base_layer)
+        adapter = adapter.to(device=weight.device, dtype=weight.dtype).train(old.training)
+        adapter.load_state_dict(old.state_dict())
+        flags = {name: p.requires_grad for name, p in old.named_parameters()}
+        for name, p in adapter.named_parameters():
+            p.requires_grad_(flags.get(name, True))
+        fresh = self.backend.adapted_layer_class(self.base_layer)(self.base_layer, self.backend, self.spec, adapter)
+        taken = {"_modules", "_buffers", "_non_persistent_buffers_set"}  # hooks, mode and switch stay this object's
+        taken |= {k for k in fresh.__dict__ if not k.startswith("_") and k not in ("training", "adapter_enabled")}
+        for key in taken:
+            self.__dict__[key] = fresh.__dict__[key]
+        self.__class__ = type(fresh)
+
+    def __prepare_scriptable__(self) -> nn.Module:
+        if type(self).forward is AdaptedLayer.forward:
+            raise TypeError(
+                f"backend {self.backend.name!r} gives its layers no TorchScript-compatible AdaptedLayer "
+                "(Backend.adapted_layer_class; see docs/extending.md), so this adapted layer cannot be scripted; "
+                "merge the adapters first (merge_and_unload) where they allow it"
+            )
+        return self
+
+    def merge_blocker(self) -> str | None:
+        """Why this layer's adapter cannot be merged, or ``None``."""
+        reason = self.adapter.merge_blocker()
+        if reason is None and self.adapter.output_affine()[1] is not None and self.has_free_scalars:
+            blocks = [str(i) for i in self.spec.scalar_blocks() if i not in self.spec.bias_blocks]
+            reason = (
+                f"{self.adapter.name} adds a bias to 0e output block(s) {', '.join(blocks)}, "
+                "but the layer stores no bias there"
+            )
+        return reason
+
+    def merge(self, name: str = "") -> nn.Module:
+        """Write the adapted weight and bias into ``base_layer`` and return it."""
+        reason = self.merge_blocker()
+        if reason is not None:
+            raise NotMergeableError(f"cannot merge layer {name or self.spec.describe()}: {reason}")
+        weight, bias, _ = self.effective_parameters()
+        if weight is not None:
+            with torch.no_grad():
+                self.backend.write(self.base_layer, weight.detach(), None if bias is None else bias.detach())
+        return self.base_layer
+
+    def extra_repr(self) -> str:
+        return f"backend={self.backend.name}, enabled={self.adapter_enabled}"

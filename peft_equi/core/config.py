@@ -1,0 +1,133 @@
+"""Configuration: which layers get which adapter, and which tensors are trained fully.
+
+A :class:`PeftConfig` is an ordered list of :class:`Rule` s; each discoverable layer gets
+the adapter of the first rule that matches it.  Patterns are globs on module paths
+(``interactions.*.linear``; ``*`` also crosses dots) or regular expressions prefixed with
+``re:`` (``re:interactions\\.[01]\\.linear$``).  Configs are pydantic models: invalid values
+are reported by validation, and they round-trip through JSON and YAML.
+"""
+
+from __future__ import annotations
+
+import fnmatch
+import re
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+
+from peft_equi.core.spec import LayerKind
+
+
+def pattern_matches(pattern: str, name: str) -> bool:
+    """Glob match (``fnmatch``) of ``name``, or regex (full match) when ``pattern`` starts with ``re:``."""
+    if pattern.startswith("re:"):
+        return re.fullmatch(pattern[3:], name) is not None
+    return fnmatch.fnmatchcase(name, pattern)
+
+
+def _check_patterns(patterns: list[str]) -> list[str]:
+    for pattern in patterns:
+        if pattern.startswith("re:"):
+            try:
+                re.compile(pattern[3:])
+            except re.error as exc:
+                raise ValueError(f"invalid regular expression {pattern!r}: {exc}") from None
+    return patterns
+
+
+class Rule(BaseModel):
+    """Attach ``adapter`` (with ``options``) to the layers matched by ``target`` and ``kinds``."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    adapter: str = Field(description="registered adapter name (see peft_equi.list_adapters())")
+    target: list[str] = Field(["*"], description="glob or 're:' regex patterns on module paths")
+    kinds: list[LayerKind] | None = Field(None, description="layer kinds to match (default: all)")
+    exclude: list[str] = Field([], description="patterns of module paths this rule skips")
+    options: dict[str, Any] = Field({}, description="adapter options, validated by the adapter's config")
+    on_unsupported: Literal["error", "skip"] = Field(
+        "error", description="a matched layer the adapter cannot adapt: raise, or leave it to later rules"
+    )
+    required: bool = Field(True, description="raise when the rule adapts no layer")
+    name: str | None = Field(None, description="label used in messages (default: adapter@targets)")
+
+    @field_validator("target", "exclude", mode="before")
+    @classmethod
+    def _listify(cls, value: Any) -> Any:
+        return [value] if isinstance(value, str) else value
+
+    @field_validator("target", "exclude")
+    @classmethod
+    def _valid_patterns(cls, value: list[str]) -> list[str]:
+        return _check_patterns(value)
+
+    @model_validator(mode="after")
+    def _known_adapter_and_options(self) -> Rule:
+        from peft_equi.adapters.base import validated_config
+        from peft_equi.core.registry import ADAPTERS
+
+        if self.adapter not in ADAPTERS:
+            raise ValueError(f"unknown adapter {self.adapter!r}; known adapters: {', '.join(ADAPTERS.names())}")
+        validated_config(ADAPTERS.get(self.adapter), self.options)
+        return self
+
+    @property
+    def label(self) -> str:
+        """How messages name this rule."""
+        return self.name or f"{self.adapter}@{','.join(self.target)}"
+
+    def matches(self, path: str, kind: LayerKind) -> bool:
+        """Whether the layer at ``path`` of ``kind`` is selected by this rule."""
+        if self.kinds is not None and kind not in self.kinds:
+            return False
+        if any(pattern_matches(p, path) for p in self.exclude):
+            return False
+        return any(pattern_matches(p, path) for p in self.target)
+
+
+class PeftConfig(BaseModel):
+    """The whole adaptation of a model; serialise with :meth:`to_json` / :meth:`to_yaml`."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    rules: list[Rule] = Field([], description="first matching rule wins")
+    exclude: list[str] = Field([], description="module paths no rule may adapt")
+    train: list[str] = Field([], description="patterns of parameters trained fully (not adapted)")
+    train_buffers: list[str] = Field(
+        [],
+        description="patterns of floating-point buffers made trainable parameters (e.g. '*bessel_weights'); "
+        "a matching parameter is simply trained",
+    )
+    preset: str | None = Field(None, description="the preset this config came from, if any")
+
+    @field_validator("exclude", "train", "train_buffers")
+    @classmethod
+    def _valid_patterns(cls, value: list[str]) -> list[str]:
+        return _check_patterns(value)
+
+    def to_json(self) -> str:
+        """JSON text of the config."""
+        return self.model_dump_json(indent=2)
+
+    def to_yaml(self) -> str:
+        """YAML text of the config."""
+        return yaml.safe_dump(self.model_dump(mode="json"), sort_keys=False)
+
+    @classmethod
+    def from_json(cls, text: str) -> PeftConfig:
+        """Parse and validate JSON text."""
+        return cls.model_validate_json(text)
+
+    @classmethod
+    def from_yaml(cls, text: str) -> PeftConfig:
+        """Parse and validate YAML text."""
+        return cls.model_validate(yaml.safe_load(text) or {})
+
+    @classmethod
+    def from_file(cls, path: str | Path) -> PeftConfig:
+        """Read a ``.json``, ``.yaml`` or ``.yml`` file."""
+        path = Path(path)
+        text = path.read_text()
+        return cls.from_json(text) if path.suffix == ".json" else cls.from_yaml(text)

@@ -1,0 +1,132 @@
+"""Discovery of adaptable layers and the plan of what a config does to a model.
+
+Planning builds every adapter and checks every rule *before* the model is touched, so a
+config that does not fit raises with nothing half-applied.
+"""
+
+from __future__ import annotations
+
+import warnings
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+
+import torch
+from torch import nn
+
+from peft_equi.adapters.base import Adapter, validated_config
+from peft_equi.backends.base import Backend
+from peft_equi.core.config import PeftConfig, Rule, pattern_matches
+from peft_equi.core.registry import ADAPTERS, BACKENDS
+from peft_equi.core.spec import LayerSpec
+from peft_equi.errors import RuleMatchError, UnsupportedLayerError
+
+
+@dataclass(frozen=True)
+class Layer:
+    """A discovered adaptable layer: its module path, module, backend and spec."""
+
+    path: str
+    module: nn.Module
+    backend: Backend
+    spec: LayerSpec
+
+
+def find_backend(module: nn.Module) -> Backend | None:
+    """The highest-priority registered backend that recognises ``module``."""
+    backends = sorted((BACKENDS.get(n) for n in BACKENDS.names()), key=lambda b: -b.priority)
+    return next((b for b in backends if b.matches(module)), None)
+
+
+def discover(model: nn.Module) -> list[Layer]:
+    """All adaptable layers of ``model`` in module order (not descending into a found layer)."""
+
+    def walk(module: nn.Module, path: str) -> Iterator[Layer]:
+        backend = find_backend(module)
+        if backend is not None:
+            yield Layer(path, module, backend, backend.describe(module))
+            return
+        for name, child in module.named_children():
+            yield from walk(child, f"{path}.{name}" if path else name)
+
+    return list(walk(model, ""))
+
+
+@dataclass
+class Assignment:
+    """What the config says about one layer."""
+
+    layer: Layer
+    rule: Rule | None = None
+    adapter: Adapter | None = None
+    notes: list[str] = field(default_factory=list)
+
+
+def assign(layers: list[Layer], config: PeftConfig, *, strict: bool = True) -> list[Assignment]:
+    """Match layers to rules and build their adapters.
+
+    With ``strict``, raise on a matched layer the adapter cannot adapt (rules with
+    ``on_unsupported='error'``) and on a rule that adapts no layer.
+    """
+    adapted = dict.fromkeys(range(len(config.rules)), 0)
+    refusals: dict[int, list[str]] = {i: [] for i in range(len(config.rules))}
+    result = []
+    for layer in layers:
+        entry = Assignment(layer)
+        result.append(entry)
+        if any(pattern_matches(p, layer.path) for p in config.exclude):
+            entry.notes.append("excluded by config")
+            continue
+        for i, rule in enumerate(config.rules):
+            if not rule.matches(layer.path, layer.spec.kind):
+                continue
+            cls = ADAPTERS.get(rule.adapter)
+            options = validated_config(cls, rule.options)
+            reason = cls.unsupported_reason(layer.spec, options)
+            if reason is not None:
+                message = f"layer {layer.path!r} ({layer.spec.describe()}): {reason}"
+                if strict and rule.on_unsupported == "error":
+                    raise UnsupportedLayerError(f"rule {rule.label!r}: {message}")
+                refusals[i].append(message)
+                entry.notes.append(f"skipped by rule {rule.label!r}: {reason}")
+                continue
+            entry.rule = rule
+            entry.adapter = _build(cls, layer, options)
+            adapted[i] += 1
+            break
+    if strict:
+        for i, rule in enumerate(config.rules):
+            if adapted[i] == 0 and rule.required:
+                why = "; ".join(refusals[i][:3]) if refusals[i] else "no layer path/kind matches it"
+                raise RuleMatchError(f"rule {rule.label!r} adapts no layer: {why}")
+    return result
+
+
+def _build(cls: type[Adapter], layer: Layer, options) -> Adapter:
+    if not cls.equivariant:
+        warnings.warn(
+            f"the {cls.name!r} adapter is NOT equivariant (layer {layer.path!r}): use it only for ablations",
+            UserWarning,
+            stacklevel=4,
+        )
+    adapter = cls(layer.spec, options)
+    weight = layer.backend.weight(layer.module)
+    return adapter.to(device=weight.device, dtype=weight.dtype)
+
+
+def select_tensors(model: nn.Module, patterns: list[str], *, buffers: bool) -> list[str]:
+    """Names of parameters (and, with ``buffers``, floating-point buffers) matching ``patterns``.
+
+    Each pattern must match something.  A buffer pattern may also match a parameter (a
+    model where that tensor is already a parameter): it is then simply trained.
+    """
+    names = [n for n, _ in model.named_parameters()]
+    if buffers:
+        names += [n for n, b in model.named_buffers() if torch.is_floating_point(b)]
+    selected: list[str] = []
+    for pattern in patterns:
+        hits = [n for n in names if pattern_matches(pattern, n)]
+        if not hits:
+            what = "parameter or floating-point buffer" if buffers else "parameter"
+            raise RuleMatchError(f"train pattern {pattern!r} matches no {what} of the model")
+        selected += [n for n in hits if n not in selected]
+    return selected

@@ -1,0 +1,106 @@
+"""Named configurations ("presets") and how a name plus options becomes a :class:`PeftConfig`.
+
+Every adapter name is also a preset: ``get_peft_model(model, "elora", rank=8)`` puts ELoRA
+on every layer it can adapt.  Besides the adapter options, such presets accept ``target``,
+``exclude``, ``kinds``, ``train`` and ``train_buffers``.  ``full`` trains every parameter;
+``readout-only`` trains the parameters matching ``patterns`` (default: the readouts of MACE,
+NequIP and SevenNet, :data:`READOUT_PATTERN`).
+Register more with :func:`peft_equi.core.registry.register_preset`.
+"""
+
+from __future__ import annotations
+
+import inspect
+from typing import Any
+
+from pydantic import ValidationError
+
+from peft_equi.core.config import PeftConfig, Rule
+from peft_equi.core.registry import ADAPTERS, PRESETS, register_preset
+from peft_equi.errors import ConfigError, PeftEquiError, UnknownNameError, one_line
+
+_RULE_KEYS = ("target", "exclude", "kinds")
+_CONFIG_KEYS = ("train", "train_buffers")
+
+
+def adapter_everywhere(adapter: str, **options: Any) -> PeftConfig:
+    """``adapter`` on every layer it supports (layers it cannot adapt are left alone)."""
+    rule_fields = {k: options.pop(k) for k in _RULE_KEYS if k in options}
+    config_fields = {k: options.pop(k) for k in _CONFIG_KEYS if k in options}
+    rule = Rule(adapter=adapter, options=options, on_unsupported="skip", **rule_fields)
+    return PeftConfig(rules=[rule], preset=adapter, **config_fields)
+
+
+@register_preset("full")
+def full(train_buffers: list[str] | None = None) -> PeftConfig:
+    """Full fine-tuning: every parameter trainable, no adapter."""
+    return PeftConfig(train=["*"], train_buffers=train_buffers or [], preset="full")
+
+
+#: Readout parameters: MACE ``readouts.*``, NequIP ``*readout*``, SevenNet ``reduce_input_to_hidden`` and
+#: ``reduce_hidden_to_energy``.
+READOUT_PATTERN = r"re:(.*readout.*|(.*\.)?reduce_(input_to_hidden|hidden_to_energy)\..*)"
+
+
+@register_preset("readout-only")
+def readout_only(patterns: list[str] | None = None) -> PeftConfig:
+    """Train only the parameters whose names match ``patterns`` (default :data:`READOUT_PATTERN`)."""
+    return PeftConfig(train=patterns or [READOUT_PATTERN], preset="readout-only")
+
+
+def preset_names() -> list[str]:
+    """Registered presets plus every adapter name."""
+    return sorted(set(PRESETS.names()) | set(ADAPTERS.names()))
+
+
+def resolve_config(config: PeftConfig | str, **options: Any) -> PeftConfig:
+    """A config from a :class:`PeftConfig` (no options allowed) or a preset/adapter name."""
+    if isinstance(config, PeftConfig):
+        if options:
+            raise TypeError(f"options {sorted(options)} are only accepted with a preset or adapter name")
+        return config
+    if config in PRESETS:
+        try:
+            return PRESETS.get(config)(**options)
+        except TypeError as exc:
+            raise TypeError(f"preset {config!r}: {exc}") from None
+    if config in ADAPTERS:
+        return adapter_everywhere(config, **options)
+    raise UnknownNameError("preset or adapter", config, preset_names())
+
+
+def _known_options(name: str) -> list[str] | None:
+    """The options preset or adapter ``name`` accepts; None when it takes any keyword."""
+    if name in PRESETS:
+        parameters = inspect.signature(PRESETS.get(name)).parameters.values()
+        if any(p.kind is inspect.Parameter.VAR_KEYWORD for p in parameters):
+            return None
+        return [p.name for p in parameters]
+    return sorted(ADAPTERS.get(name).config_class.model_fields) + list(_RULE_KEYS + _CONFIG_KEYS)
+
+
+def validate_options(name: str, options: dict[str, Any]) -> PeftConfig:
+    """:func:`resolve_config` for user input: every problem is a :class:`ConfigError` naming the option.
+
+    Needs no model, so runs check adapter options before loading one.
+    """
+    if name not in PRESETS and name not in ADAPTERS:
+        raise UnknownNameError("preset or adapter", name, preset_names())
+    what = f"{'preset' if name in PRESETS else 'adapter'} {name!r}"
+    if not isinstance(options, dict):
+        raise ConfigError(f"{what}: options must be a mapping such as {{rank: 8}}, got {options!r}")
+    known = _known_options(name)
+    unknown = sorted(set(options) - set(known)) if known is not None else []
+    if unknown:
+        raise ConfigError(
+            f"{what}: unknown option{'s' if len(unknown) > 1 else ''} {', '.join(map(repr, unknown))} "
+            f"(its options: {', '.join(known) or 'none'})"
+        )
+    try:
+        return resolve_config(name, **options)
+    except ValidationError as exc:
+        raise ConfigError.from_validation(exc, what) from None
+    except PeftEquiError:
+        raise
+    except (TypeError, ValueError) as exc:
+        raise ConfigError(f"{what}: {one_line(exc)}") from None

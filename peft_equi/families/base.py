@@ -1,0 +1,99 @@
+"""The model-family interface of the fine-tuning engine, and loading models by name or path."""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any, ClassVar
+
+import torch
+from torch import nn
+
+from peft_equi.errors import PeftEquiError, UnknownElementError, element_names
+
+
+class Potential(ABC):
+    """A model of one family plus what the engine needs to train it.
+
+    ``graphs`` precomputes per-structure inputs (neighbour lists) once; ``collate`` batches
+    them; ``energy_forces`` runs any module of the family (the base model, its
+    ``PeftModel``, a DDP wrapper) and returns per-structure energies and per-atom forces
+    (``-dE/dx`` by autograd, differentiable for force losses when ``training``).
+    """
+
+    family: ClassVar[str]
+    suffix: ClassVar[str]  # of the model files :meth:`save` writes (``.model``)
+
+    def __init__(self, model: nn.Module, name: str) -> None:
+        self.model = model
+        self.name = name
+
+    @property
+    @abstractmethod
+    def atomic_numbers(self) -> list[int]:
+        """Elements the model knows."""
+
+    @abstractmethod
+    def graphs(self, atoms: Sequence) -> list[Any]:
+        """Per-structure model inputs for ``ase.Atoms``."""
+
+    @abstractmethod
+    def collate(self, graphs: Sequence[Any], device: torch.device, dtype: torch.dtype) -> Any:
+        """A batch of ``graphs`` on ``device``, floating tensors in ``dtype``."""
+
+    @abstractmethod
+    def energy_forces(self, model: nn.Module, batch: Any, training: bool) -> tuple[torch.Tensor, torch.Tensor]:
+        """``(energies (n_structures,), forces (n_atoms, 3))`` in eV and eV/A."""
+
+    @abstractmethod
+    def save(self, model: nn.Module, path: Path) -> Path:
+        """Save a plain (merged) model of this family in its own format to :meth:`saved_path`; return that path."""
+
+    def saved_path(self, path: str | Path) -> Path:
+        """Where :meth:`save` writes for ``path``: ``path`` with the family's :attr:`suffix`."""
+        return Path(path).with_suffix(self.suffix)
+
+    def to_cueq(self, device: str) -> str:
+        """Move the model to cuequivariance layers; returns a line saying which kernels run."""
+        raise PeftEquiError(f"the {self.family} model family has no cuequivariance conversion here")
+
+    def subset_elements(self, atomic_numbers: Sequence[int]) -> bool:
+        """Cut the model to ``atomic_numbers`` (known to it); False when the family cannot (model kept whole)."""
+        return False
+
+    def check_elements(self, atomic_numbers: Sequence[int], where: str) -> None:
+        """Raise a clear error naming the elements of ``where`` the model does not know."""
+        unknown = sorted(set(int(z) for z in atomic_numbers) - set(self.atomic_numbers))
+        if unknown:
+            raise UnknownElementError(
+                f"{where} contains elements the model {self.name} does not know: {element_names(unknown)}"
+            )
+
+
+_LOADERS: list[tuple[str, Callable[[str], bool], Callable[..., Potential]]] = []
+
+
+def register_potential(family: str, recognises: Callable[[str], bool]) -> Callable:
+    """Decorator: register ``loader(spec, **options) -> Potential`` for specs that ``recognises``."""
+
+    def decorator(loader: Callable[..., Potential]) -> Callable[..., Potential]:
+        _LOADERS.append((family, recognises, loader))
+        return loader
+
+    return decorator
+
+
+def load_potential(spec: str, *, dtype: torch.dtype = torch.float64, trust_pickle: bool = False) -> Potential:
+    """A potential from a model name (``7net-0``) or a file path (MACE ``.model``, NequIP ``.nequip.zip``)."""
+    import peft_equi.families.mace.potential
+    import peft_equi.families.nequip.potential
+    import peft_equi.families.sevenn.potential  # noqa: F401  (register the built-in families)
+
+    for _, recognises, loader in _LOADERS:
+        if recognises(spec):
+            return loader(spec, dtype=dtype, trust_pickle=trust_pickle)
+    if not Path(spec).exists() and ("/" in spec or "." in spec):
+        raise FileNotFoundError(f"model file not found: {spec}")
+    families = ", ".join(sorted({f for f, _, _ in _LOADERS}))
+    raise PeftEquiError(f"cannot tell which model {spec!r} is (known families: {families}; names: 7net-0)")

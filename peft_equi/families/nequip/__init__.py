@@ -1,0 +1,1 @@
+"""NequIP: adapters inside ``nequip-train`` configs (see :mod:`peft_equi.families.nequip.config`)."""

@@ -1,0 +1,124 @@
+"""NequIP (0.19) as a :class:`~peft_equi.families.base.Potential`; packaged ``.nequip.zip`` models by path.
+
+Notes from its internals: ``nequip.utils.global_state.set_global_state()`` must run before
+building or loading models (it sets float64 as the default dtype and seeds everything);
+forces keep their graph (``create_graph``) only in ``train()`` mode; packaged models carry
+their own copies of the e3nn and nequip classes, which duck-typed discovery still finds.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Iterator, Sequence
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from peft_equi.families.base import Potential, register_potential
+
+
+@contextlib.contextmanager
+def preserved_global_state() -> Iterator[None]:
+    """Undo what NequIP changes process-wide: default dtype, random states and e3nn's optimisation
+    defaults (building a NequIP model switches e3nn's ``jit_mode`` to ``script``, after which
+    other e3nn models - MACE, SevenNet - built in the process can no longer be deep-copied)."""
+    import random
+
+    import e3nn
+    import numpy as np
+
+    saved = (torch.get_default_dtype(), torch.get_rng_state(), np.random.get_state(), random.getstate())
+    e3nn_defaults = e3nn.get_optimization_defaults()
+    try:
+        yield
+    finally:
+        torch.set_default_dtype(saved[0])
+        torch.set_rng_state(saved[1])
+        np.random.set_state(saved[2])
+        random.setstate(saved[3])
+        e3nn.set_optimization_defaults(**e3nn_defaults)
+
+
+def set_nequip_global_state() -> None:
+    """NequIP's required global set-up (``set_global_state``), keeping the caller's global state."""
+    from nequip.utils.global_state import set_global_state
+
+    with preserved_global_state():
+        set_global_state()
+
+
+class NequipPotential(Potential):
+    """A NequIP ``GraphModel`` (built, from a checkpoint, or from a package)."""
+
+    family = "nequip"
+    suffix = ".nequip-state.pt"
+
+    @property
+    def atomic_numbers(self) -> list[int]:
+        from ase.data import atomic_numbers
+
+        return sorted(atomic_numbers[name] for name in self.model.type_names)
+
+    @property
+    def r_max(self) -> float:
+        return float(self.model.metadata["r_max"])
+
+    def graphs(self, atoms: Sequence) -> list[Any]:
+        from nequip.data import compute_neighborlist_, from_ase
+        from nequip.data.transforms import ChemicalSpeciesToAtomTypeMapper
+
+        mapper = ChemicalSpeciesToAtomTypeMapper(model_type_names=list(self.model.type_names))
+        return [compute_neighborlist_(mapper(from_ase(a)), self.r_max) for a in atoms]
+
+    def collate(self, graphs: Sequence[Any], device: torch.device, dtype: torch.dtype) -> dict[str, Any]:
+        from nequip.data import AtomicDataDict
+
+        batch = AtomicDataDict.batched_from_list(list(graphs))
+        return {
+            k: (v.to(device=device, dtype=dtype) if torch.is_floating_point(v) else v.to(device))
+            for k, v in batch.items()
+            if isinstance(v, torch.Tensor)
+        }
+
+    def energy_forces(self, model: nn.Module, batch: dict[str, Any], training: bool):
+        model.train(training)  # NequIP keeps the force graph (create_graph) only in train mode
+        out = model(dict(batch))
+        return out["total_energy"].reshape(-1), out["forces"]
+
+    def save(self, model: nn.Module, path: Path) -> Path:
+        """The merged model's state dict (load it into the same architecture; packaging: ``nequip-package``)."""
+        path = self.saved_path(path)
+        torch.save(model.state_dict(), path)
+        return path
+
+
+def _is_package(spec: str) -> bool:
+    return spec.endswith(".nequip.zip") and Path(spec).is_file()
+
+
+@register_potential("nequip", _is_package)
+def load_nequip_package(spec: str, *, dtype: torch.dtype, trust_pickle: bool) -> NequipPotential:
+    """A packaged NequIP model (``nequip-package build``); loading runs code from the package.
+
+    A torch.package archive carries its own copies of the model's Python modules and runs
+    them when loaded (by design: that is what lets it load without the original code), so
+    no safe reading exists: it needs ``trust_pickle``, checked before the file is opened.
+    """
+    from peft_equi.errors import PeftEquiError, UntrustedPickleError
+    from peft_equi.utils.safe_load import TRUST_HINT
+
+    if not trust_pickle:
+        raise UntrustedPickleError(
+            f"{spec}: a torch.package archive (NequIP package): loading it executes code from the file; {TRUST_HINT}"
+        )
+    set_nequip_global_state()
+    from nequip.model import ModelFromPackage
+
+    with preserved_global_state():
+        models = ModelFromPackage(package_path=spec, compile_mode="eager")
+    if len(models) != 1:
+        raise PeftEquiError(f"{spec} holds several models ({', '.join(models)}); fine-tune one of them")
+    (model,) = models.values()
+    return NequipPotential(model.to(dtype), Path(spec).name)

@@ -1,1 +1,0 @@
-"""Model-specific integrations (MACE, ...): presets, loading, calculators."""

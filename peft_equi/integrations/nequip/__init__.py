@@ -1,1 +1,0 @@
-"""NequIP: adapters inside ``nequip-train`` configs (see :mod:`peft_equi.integrations.nequip.config`)."""

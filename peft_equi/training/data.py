@@ -1,0 +1,255 @@
+"""Labelled structures for fine-tuning: reading (extxyz, rMD17), selection, splits, reference energies.
+
+A :class:`Dataset` holds ``ase.Atoms`` with reference energies (eV) and forces (eV/A).
+Fine-tuning a foundation model on data from another level of theory needs new per-element
+reference energies: :func:`fit_reference_energies` solves ``E_i ~ sum_z n_iz e_z`` by least
+squares; :func:`read_isolated_atom_energies` reads them from single-atom calculations.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from peft_equi.errors import DataError, one_line
+
+KCAL_PER_MOL_IN_EV = 0.04336410390059322
+RMD17_KEYS = ("nuclear_charges", "coords", "energies", "forces")
+
+
+@dataclass
+class Dataset:
+    """Structures with reference energies ``(n,)`` in eV and forces (one ``(n_atoms, 3)`` array each) in eV/A."""
+
+    atoms: list
+    energies: np.ndarray
+    forces: list[np.ndarray]
+
+    def __post_init__(self) -> None:
+        if not (len(self.atoms) == len(self.energies) == len(self.forces)):
+            raise ValueError("atoms, energies and forces must have the same length")
+
+    def __len__(self) -> int:
+        return len(self.atoms)
+
+    def subset(self, indices: Sequence[int]) -> Dataset:
+        """The structures at ``indices``, in that order."""
+        return Dataset(
+            [self.atoms[i] for i in indices], self.energies[list(indices)], [self.forces[i] for i in indices]
+        )
+
+    @property
+    def atomic_numbers(self) -> list[int]:
+        """Sorted distinct atomic numbers."""
+        return sorted({int(z) for a in self.atoms for z in a.numbers})
+
+
+def read_dataset(path: str | Path, energy_key: str = "energy", forces_key: str = "forces") -> Dataset:
+    """Read an rMD17 ``.npz`` file or any ASE-readable file (extxyz) with energies and forces.
+
+    The data is checked on reading: an unreadable or empty file, a non-finite energy, force
+    or position, or forces of the wrong shape raise :class:`~peft_equi.errors.DataError`
+    naming the file and the structure (0-based index).
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"data file not found: {path}")
+    if path.suffix == ".npz":
+        return read_rmd17(path)
+    return read_extxyz(path, energy_key, forces_key)
+
+
+def _read_structures(path: Path) -> list:
+    """Every structure of an ASE-readable file; a parse error names the structure it stopped at."""
+    from ase.io import iread
+
+    structures: list = []
+    if path.stat().st_size == 0:
+        raise DataError(f"{path}: no structures in the file (it is empty)")
+    try:
+        for atoms in iread(str(path), index=":"):
+            structures.append(atoms)
+    except Exception as exc:  # ASE raises many types for malformed files
+        where = f"structure {len(structures)}: " if structures else ""
+        raise DataError(f"{path}: {where}cannot be read: {one_line(exc)}") from None
+    if not structures:
+        raise DataError(f"{path}: no structures in the file")
+    return structures
+
+
+def check_structure(path: str | Path, index: int, atoms, energy: float, forces: np.ndarray) -> None:
+    """Raise :class:`~peft_equi.errors.DataError` unless the structure's values are finite and shaped right."""
+    where = f"{path}: structure {index}"
+    n_atoms = len(atoms)
+    if n_atoms == 0:
+        raise DataError(f"{where}: has no atoms")
+    if forces.shape != (n_atoms, 3):
+        raise DataError(f"{where}: forces have shape {forces.shape}, expected ({n_atoms}, 3) for {n_atoms} atoms")
+    if not np.isfinite(energy):
+        raise DataError(f"{where}: energy is {energy}")
+    if not np.all(np.isfinite(forces)):
+        raise DataError(f"{where}: non-finite forces (atom {int(np.argwhere(~np.isfinite(forces))[0, 0])})")
+    positions = np.asarray(atoms.positions, dtype=float)
+    if not np.all(np.isfinite(positions)):
+        raise DataError(f"{where}: non-finite positions (atom {int(np.argwhere(~np.isfinite(positions))[0, 0])})")
+    if np.any(atoms.pbc) and not np.all(np.isfinite(np.asarray(atoms.cell, dtype=float))):
+        raise DataError(f"{where}: non-finite cell")
+
+
+def read_extxyz(path: str | Path, energy_key: str = "energy", forces_key: str = "forces") -> Dataset:
+    """Structures of an extxyz file; energy from ``info[energy_key]``, forces from ``arrays[forces_key]``.
+
+    ASE moves the keys ``energy`` and ``forces`` into a calculator's results when reading;
+    those are used too.  A missing key is named in the error with the keys that are there.
+    """
+    path = Path(path)
+    atoms_list = _read_structures(path)
+    energies, forces = [], []
+    for i, atoms in enumerate(atoms_list):
+        results = atoms.calc.results if atoms.calc is not None else {}
+        energy = atoms.info.get(energy_key, results.get(energy_key))
+        force = atoms.arrays.get(forces_key, results.get(forces_key))
+        if energy is None or force is None:
+            missing = energy_key if energy is None else forces_key
+            available = sorted(set(atoms.info) | set(atoms.arrays) | set(results))
+            raise DataError(f"{path}: structure {i} has no {missing!r} (available keys: {', '.join(available)})")
+        try:
+            energy = float(energy)
+            force = np.asarray(force, dtype=float)
+        except (TypeError, ValueError) as exc:
+            raise DataError(f"{path}: structure {i}: energy or forces are not numbers ({exc})") from None
+        check_structure(path, i, atoms, energy, force)
+        energies.append(energy)
+        forces.append(force)
+    return Dataset(atoms_list, np.asarray(energies), forces)
+
+
+def read_rmd17(path: str | Path, indices: Sequence[int] | None = None) -> Dataset:
+    """An rMD17 ``.npz`` file: kcal/mol and kcal/mol/A converted to eV and eV/A (1 kcal/mol = 0.0433641 eV).
+
+    ``indices``: the structures to read (0-based, in that order; default all).  Missing keys,
+    shapes that disagree, non-finite values and indices out of range raise
+    :class:`~peft_equi.errors.DataError` naming the file.
+    """
+    from ase import Atoms
+
+    path = Path(path)
+    try:
+        data = np.load(path, allow_pickle=False)
+    except Exception as exc:  # not a zip / npz
+        raise DataError(f"{path}: cannot be read as an .npz file: {one_line(exc)}") from None
+    with data:
+        missing = [k for k in RMD17_KEYS if k not in data.files]
+        if missing:
+            raise DataError(f"{path}: not an rMD17 file: missing keys {missing} (has {sorted(data.files)})")
+        try:
+            arrays = {k: data[k] for k in RMD17_KEYS}
+            numbers = np.asarray(arrays["nuclear_charges"])
+            energies_all = np.asarray(arrays["energies"], dtype=float).reshape(-1)
+        except (TypeError, ValueError) as exc:  # object (pickled) or non-numeric arrays
+            raise DataError(f"{path}: cannot be read: {one_line(exc)}") from None
+        n = len(energies_all)
+        shapes = {k: np.shape(arrays[k]) for k in RMD17_KEYS}
+        expected = {"nuclear_charges": (len(numbers),), "coords": (n, len(numbers), 3), "forces": (n, len(numbers), 3)}
+        for key, shape in expected.items():
+            if shapes[key] != shape:
+                raise DataError(f"{path}: {key} has shape {shapes[key]}, expected {shape} ({n} structures)")
+        if n == 0:
+            raise DataError(f"{path}: no structures in the file")
+        chosen = np.arange(n) if indices is None else _checked_indices(path, indices, n)
+        coords, energies, forces = arrays["coords"][chosen], energies_all[chosen], arrays["forces"][chosen]
+    for name, values in (("energy", energies), ("forces", forces), ("positions", coords)):
+        finite = np.isfinite(np.asarray(values, dtype=float)).reshape(len(chosen), -1).all(axis=1)
+        if not finite.all():
+            first = int(np.argmin(finite))
+            raise DataError(f"{path}: structure {int(chosen[first])}: non-finite {name}")
+    atoms = [Atoms(numbers=numbers, positions=xyz) for xyz in coords]
+    return Dataset(atoms, energies * KCAL_PER_MOL_IN_EV, list(forces * KCAL_PER_MOL_IN_EV))
+
+
+def _checked_indices(path: Path, indices: Sequence[int], n: int) -> np.ndarray:
+    """``indices`` as an integer array, each in ``[0, n)``; otherwise a :class:`DataError` naming the first bad one."""
+    chosen = np.asarray(indices)
+    if chosen.size == 0:
+        raise DataError(f"{path}: no structure indices given")
+    if chosen.ndim != 1 or not np.issubdtype(chosen.dtype, np.integer):
+        raise DataError(f"{path}: structure indices must be a list of integers, got {one_line(repr(indices))[:80]}")
+    bad = chosen[(chosen < 0) | (chosen >= n)]
+    if bad.size:
+        raise DataError(f"{path}: structure index {int(bad[0])} out of range (the file has {n} structures)")
+    return chosen.astype(np.int64)
+
+
+def read_isolated_atom_energies(path: str | Path) -> dict[int, float]:
+    """Atomic number -> energy (eV) from an extxyz file of single atoms (``energy`` in info or results).
+
+    A structure of more than one atom, or without a finite numeric energy, raises
+    :class:`~peft_equi.errors.DataError` naming the file and the structure.
+    """
+    path = Path(path)
+    energies = {}
+    for i, atoms in enumerate(_read_structures(path)):
+        if len(atoms) != 1:
+            raise DataError(f"{path}: expected isolated atoms, found a configuration of {len(atoms)} atoms")
+        results = atoms.calc.results if atoms.calc is not None else {}
+        energy = atoms.info.get("energy", results.get("energy"))
+        if energy is None:
+            raise DataError(f"{path}: structure {i}: isolated {atoms.get_chemical_formula()} has no energy")
+        try:
+            energy = float(energy)
+        except (TypeError, ValueError):
+            raise DataError(f"{path}: structure {i}: energy is not a number ({energy!r})") from None
+        if not np.isfinite(energy):
+            raise DataError(f"{path}: structure {i}: energy is {energy}")
+        energies[int(atoms.numbers[0])] = energy
+    return energies
+
+
+def shuffled_indices(n: int, seed: int) -> np.ndarray:
+    """A permutation of ``range(n)`` determined by ``seed``."""
+    return np.random.default_rng(seed).permutation(n)
+
+
+def select_and_split(
+    dataset: Dataset, n_train: int | None, valid_fraction: float, seed: int
+) -> tuple[Dataset, Dataset, Dataset]:
+    """Draw ``n_train`` structures by ``seed`` (all if ``None``), then split off ``valid_fraction`` for validation.
+
+    Returns ``(train, valid, rest)``, ``rest`` being the structures not drawn.  With the
+    papers' protocol (``n_train=100``, ``valid_fraction=0.5``) this gives 50 training and 50
+    validation structures drawn from the training file.
+    """
+    if not 0 <= valid_fraction < 1:
+        raise ValueError(f"valid_fraction must be in [0, 1), got {valid_fraction}")
+    order = shuffled_indices(len(dataset), seed)
+    n_drawn = len(dataset) if n_train is None else n_train
+    if n_drawn > len(dataset):
+        raise DataError(f"n_train is {n_drawn} but the file has only {len(dataset)} structures")
+    drawn, rest = order[:n_drawn], sorted(order[n_drawn:])
+    n_valid = round(n_drawn * valid_fraction)
+    return dataset.subset(drawn[n_valid:]), dataset.subset(drawn[:n_valid]), dataset.subset(rest)
+
+
+def composition_matrix(dataset: Dataset, elements: Sequence[int]) -> np.ndarray:
+    """``(n_structures, n_elements)`` counts of each element."""
+    index = {z: i for i, z in enumerate(elements)}
+    counts = np.zeros((len(dataset), len(elements)))
+    for row, atoms in enumerate(dataset.atoms):
+        for z in atoms.numbers:
+            counts[row, index[int(z)]] += 1
+    return counts
+
+
+def fit_reference_energies(dataset: Dataset, targets: np.ndarray | None = None) -> dict[int, float]:
+    """Least-squares per-element energies ``e_z`` with ``targets_i ~ sum_z n_iz e_z`` (default targets: energies).
+
+    For datasets of one composition the system is rank-deficient; the minimum-norm solution
+    is returned (it reproduces the mean energy exactly, which is all such data can tell).
+    """
+    elements = dataset.atomic_numbers
+    targets = dataset.energies if targets is None else targets
+    solution, *_ = np.linalg.lstsq(composition_matrix(dataset, elements), targets, rcond=None)
+    return {z: float(e) for z, e in zip(elements, solution)}

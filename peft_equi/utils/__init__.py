@@ -1,0 +1,1 @@
+"""Plumbing shared by the library: saving and loading adapters, files, reading torch files safely."""

@@ -1,0 +1,309 @@
+"""Saving and loading adapters in the peft format: ``adapter_config.json`` + safetensors.
+
+Only adapter parameters and the tensors the config trains fully are written (never the
+frozen base weights, nor backend caches).  Files are written to a temporary name and
+renamed, so an interrupted save never leaves a half-written file behind.
+
+Two records in ``adapter_config.json`` are checked on loading:
+
+* ``tensors_sha256``: sha256 of the saved tensors (:func:`tensors_digest`: key, dtype,
+  shape and bytes, in key order).  A corrupted or truncated ``adapter_model.safetensors``
+  raises :class:`AdapterLoadError` naming the file.
+* ``base_fingerprint``: the frozen base tensors the adapters act on, i.e. the weight and
+  bias of every adapted layer (named ``<layer>.weight`` / ``<layer>.bias``) in the
+  backend-free layout of :mod:`peft_equi.core.spec`, so e3nn and cuequivariance copies of a
+  layer agree; tensors the adapter stores itself (BitFit's biases, ``train`` patterns) are
+  left out, as loading replaces them.  Canonical form: the values rounded to float32,
+  flattened, little-endian bytes, so a base loaded in float32 or float64 gives the same
+  sha256.  A base computed in another precision (a model cut by ``subset_elements`` in
+  float32 at training and in float64 at evaluation) differs from the saved one by float32
+  rounding only; for these each tensor also records its norm and four fixed signed sums
+  (float64), and a tensor whose sha256 differs is accepted when they agree to
+  ``FINGERPRINT_RTOL`` of its norm (rounding moves them by ~1e-7; other weights by far
+  more).  Anything else raises :class:`BaseMismatchError` naming the tensors, unless
+  ``allow_base_mismatch=True`` (deliberate transfer to other weights).
+
+Both records are required from format 2 on (:data:`FORMAT_VERSION`): an adapter of that format
+without one of them was edited, and is refused.  Adapters of format 1, saved before these
+records were required, load with a warning (``logging``) for each record they lack.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+from collections.abc import Iterable
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import torch
+from safetensors import safe_open
+from safetensors.torch import save_file
+from torch import nn
+
+from peft_equi.backends.base import Backend
+from peft_equi.core.config import PeftConfig
+from peft_equi.errors import AdapterLoadError, BaseMismatchError, one_line
+from peft_equi.utils.files import atomic_write
+
+if TYPE_CHECKING:
+    from peft_equi.model import PeftModel
+
+logger = logging.getLogger(__name__)
+
+CONFIG_NAME = "adapter_config.json"
+WEIGHTS_NAME = "adapter_model.safetensors"
+FORMAT_VERSION = 2  # 2: tensors_sha256 and base_fingerprint required
+LEGACY_FORMATS = (1,)  # read; the records may be missing (a warning says so)
+REQUIRED_RECORDS = ("tensors_sha256", "base_fingerprint")
+FINGERPRINT_FORM = "float32 little-endian flat bytes of each adapted layer's canonical weight and bias"
+FINGERPRINT_RTOL = 1e-5
+_PROBES = 4
+
+
+# -- checksums and fingerprints --
+
+
+def _raw_bytes(tensor: torch.Tensor) -> bytes:
+    return tensor.detach().cpu().contiguous().reshape(-1).view(torch.uint8).numpy().tobytes()
+
+
+def tensors_digest(tensors: dict[str, torch.Tensor]) -> str:
+    """sha256 of ``tensors``: for each key in sorted order, ``[key, dtype, shape]`` (JSON) and the raw bytes."""
+    digest = hashlib.sha256()
+    for key in sorted(tensors):
+        tensor = tensors[key]
+        digest.update(json.dumps([key, str(tensor.dtype), list(tensor.shape)]).encode() + b"\0")
+        digest.update(_raw_bytes(tensor))
+    return digest.hexdigest()
+
+
+def _signs(n: int, seed: int) -> torch.Tensor:
+    """A fixed pseudo-random +-1 vector (integer hash of the index: the same on every platform)."""
+    x = (torch.arange(n, dtype=torch.int64) * 0x9E3779B1 + (seed + 1) * 0x85EBCA77) & 0xFFFFFFFF
+    for _ in range(2):
+        x = (((x >> 16) ^ x) * 0x45D9F3B) & 0xFFFFFFFF
+    x = (x >> 16) ^ x
+    return ((x & 1) * 2 - 1).to(torch.float64)
+
+
+def tensor_fingerprint(tensor: torch.Tensor) -> dict[str, Any]:
+    """``{"sha256", "numel", "probes"}`` of ``tensor`` in the canonical form (float32, flat, little-endian).
+
+    ``probes``: the norm and :data:`_PROBES` signed sums of the float32-rounded values, in float64.
+    """
+    values = tensor.detach().reshape(-1).to(device="cpu", dtype=torch.float32).contiguous()
+    wide = values.to(torch.float64)
+    probes = [float(wide.norm())] + [float(wide @ _signs(wide.numel(), j)) for j in range(_PROBES)]
+    return {"sha256": hashlib.sha256(_raw_bytes(values)).hexdigest(), "numel": values.numel(), "probes": probes}
+
+
+def base_fingerprint(layers: Iterable[tuple[str, nn.Module, Backend]], trained: Iterable[str]) -> dict[str, dict]:
+    """Fingerprints of the weight and bias of each ``(path, module, backend)`` layer, except fully trained ones."""
+    trained = set(trained)
+    out: dict[str, dict] = {}
+    with torch.no_grad():
+        for path, module, backend in layers:
+            prefix = f"{path}." if path else ""
+            bias_names = {prefix + n for n in backend.bias_parameter_names(module)}
+            weight_names = {prefix + n for n, _ in module.named_parameters()} - bias_names
+            if not weight_names & trained:
+                out[prefix + "weight"] = tensor_fingerprint(backend.weight(module))
+            bias = backend.bias(module)
+            if bias is not None and not bias_names & trained:
+                out[prefix + "bias"] = tensor_fingerprint(bias)
+    return out
+
+
+def _same_up_to_rounding(saved: dict, current: dict) -> bool:
+    if saved.get("numel") != current["numel"] or len(saved.get("probes", ())) != len(current["probes"]):
+        return False
+    scale = max(abs(saved["probes"][0]), abs(current["probes"][0]))
+    return all(abs(a - b) <= FINGERPRINT_RTOL * scale for a, b in zip(saved["probes"], current["probes"]))
+
+
+def compare_fingerprints(saved: dict[str, dict], current: dict[str, dict]) -> tuple[list[str], list[str]]:
+    """``(tensors that differ, tensors equal only up to float32 rounding)``, by name."""
+    differ, rounded = [], []
+    for name in sorted(saved.keys() | current.keys()):
+        if name not in current:
+            differ.append(f"{name} (not in this model)")
+        elif name not in saved:
+            differ.append(f"{name} (not fingerprinted when saved)")
+        elif saved[name].get("sha256") != current[name]["sha256"]:
+            (rounded if _same_up_to_rounding(saved[name], current[name]) else differ).append(name)
+    return differ, rounded
+
+
+# -- saving and loading --
+
+
+def save_adapter(model: PeftModel, directory: str | Path) -> Path:
+    """Write the adapter of ``model`` into ``directory`` (created if needed)."""
+    from peft_equi import __version__
+
+    directory = Path(directory)
+    directory.mkdir(parents=True, exist_ok=True)
+    tensors = {k: v.detach().cpu().contiguous().clone() for k, v in model.adapter_state_dict().items()}
+    meta = {
+        "format": FORMAT_VERSION,
+        "peft_equi_version": __version__,
+        "base_model_class": f"{type(model.base_model).__module__}.{type(model.base_model).__qualname__}",
+        "config": json.loads(model.peft_config.to_json()),
+        "layers": {
+            path: {"adapter": layer.adapter.name, "backend": layer.backend.name, "spec": layer.spec.describe()}
+            for path, layer in model.adapted_layers.items()
+        },
+        "tensors_sha256": tensors_digest(tensors),
+        "base_fingerprint": {
+            "form": FINGERPRINT_FORM,
+            "tensors": base_fingerprint(
+                ((path, layer.base_layer, layer.backend) for path, layer in model.adapted_layers.items()),
+                [key.removeprefix("base.") for key in tensors if key.startswith("base.")],  # stored: replaced on load
+            ),
+        },
+    }
+    atomic_write(directory / WEIGHTS_NAME, lambda tmp: save_file(tensors, tmp, metadata={"format": "pt"}))
+    atomic_write(directory / CONFIG_NAME, lambda tmp: tmp.write_text(json.dumps(meta, indent=2)))
+    return directory
+
+
+def read_adapter(directory: str | Path) -> tuple[dict, dict[str, torch.Tensor]]:
+    """The metadata and tensors of a saved adapter; clear errors for missing files."""
+    directory = Path(directory)
+    for name in (CONFIG_NAME, WEIGHTS_NAME):
+        if not (directory / name).is_file():
+            raise AdapterLoadError(f"{directory / name} not found: not a saved peft_equi adapter directory")
+    try:
+        meta = json.loads((directory / CONFIG_NAME).read_text())
+    except json.JSONDecodeError as exc:
+        raise AdapterLoadError(f"{directory / CONFIG_NAME} is not valid JSON: {exc}") from None
+    if meta.get("format") not in (FORMAT_VERSION, *LEGACY_FORMATS) or "config" not in meta:
+        raise AdapterLoadError(
+            f"{directory / CONFIG_NAME}: not a peft_equi adapter of format {FORMAT_VERSION} "
+            f"(format {meta.get('format')!r}, keys {sorted(meta)})"
+        )
+    missing = [key for key in REQUIRED_RECORDS if not meta.get(key)]
+    if missing and meta["format"] == FORMAT_VERSION:
+        raise AdapterLoadError(
+            f"{directory / CONFIG_NAME}: format {FORMAT_VERSION} adapter without {' and '.join(missing)}: "
+            "the file was edited after saving; refused"
+        )
+    weights = directory / WEIGHTS_NAME
+    try:
+        with safe_open(weights, framework="pt") as f:
+            tensors = {key: f.get_tensor(key) for key in f.keys()}  # noqa: SIM118 - safe_open has no __iter__
+    except Exception as exc:  # SafetensorError, OSError, ...: truncated or not a safetensors file
+        raise AdapterLoadError(
+            f"{weights}: cannot read the adapter tensors, the file is corrupted or truncated ({one_line(exc)})"
+        ) from None
+    recorded = meta.get("tensors_sha256")
+    if recorded is not None and tensors_digest(tensors) != recorded:
+        raise AdapterLoadError(
+            f"{weights}: the tensors do not match the sha256 recorded in {CONFIG_NAME}: "
+            "the file is corrupted or was changed after saving"
+        )
+    return meta, tensors
+
+
+def _listing(title: str, items: list[str], limit: int = 20) -> str:
+    more = f" ... (+{len(items) - limit} more)" if len(items) > limit else ""
+    return f"{title}: {', '.join(items[:limit])}{more}"
+
+
+def _check_base(meta: dict, current: dict[str, dict], directory: Path, allow_base_mismatch: bool) -> None:
+    missing = [
+        what
+        for what, key in (("base fingerprint", "base_fingerprint"), ("checksum", "tensors_sha256"))
+        if key not in meta
+    ]
+    if missing:
+        logger.warning(
+            "adapter in %s has no %s (saved by peft_equi %s): cannot check that %s",
+            directory,
+            " and no ".join(missing),
+            meta.get("peft_equi_version", "?"),
+            " nor that ".join(
+                {"base fingerprint": "it was trained on these base weights", "checksum": "its tensors are intact"}[m]
+                for m in missing
+            ),
+        )
+    if "base_fingerprint" not in meta:
+        return
+    differ, rounded = compare_fingerprints(meta["base_fingerprint"].get("tensors", {}), current)
+    if rounded:
+        logger.info(
+            "adapter in %s: base tensors equal to the saved ones up to float32 rounding: %s",
+            directory,
+            ", ".join(rounded),
+        )
+    if not differ:
+        return
+    message = f"adapter in {directory} was trained on other base weights: " + _listing(
+        f"{len(differ)} of {len(current)} fingerprinted base tensors differ", differ, limit=8
+    )
+    if not allow_base_mismatch:
+        raise BaseMismatchError(
+            f"{message} (to load it anyway, e.g. for a deliberate transfer: allow_base_mismatch=True, "
+            "--allow-base-mismatch)"
+        )
+    logger.warning("%s; loaded anyway (allow_base_mismatch)", message)
+
+
+def load_adapter(model: nn.Module, directory: str | Path, *, allow_base_mismatch: bool = False) -> PeftModel:
+    """Attach the adapter saved in ``directory`` to ``model`` and load its values.
+
+    The saved tensors are checked against the adapters the config builds on this model
+    before anything is attached; missing or unexpected keys and shape mismatches are listed.
+    The file's checksum and the base fingerprint (the weights of the adapted layers when
+    the adapter was saved) are checked too: a base with other weights raises
+    :class:`~peft_equi.errors.BaseMismatchError` naming the tensors that differ, unless
+    ``allow_base_mismatch`` (then a warning is logged).
+    """
+    from peft_equi.model import PeftModel, plan_assignments, trained_tensor_names
+
+    directory = Path(directory)
+    meta, tensors = read_adapter(directory)
+    config = PeftConfig.model_validate(meta["config"])
+    assignments = plan_assignments(model, config)
+    planned = {a.layer.path: a.adapter for a in assignments if a.adapter is not None}
+    expected: dict[str, tuple[int, ...]] = {}
+    for path, adapter in planned.items():
+        for name, tensor in adapter.state_dict().items():
+            expected[f"adapters.{path}.{name}" if path else f"adapters.{name}"] = tuple(tensor.shape)
+    base = dict(model.named_parameters()) | dict(model.named_buffers())
+    for name in trained_tensor_names(model, config, assignments):
+        expected[f"base.{name}"] = tuple(base[name].shape)
+    saved_layers = set(meta.get("layers", {}))
+    problems = [
+        _listing(title, items)
+        for title, items in [
+            ("layers adapted when saved but not now", sorted(saved_layers - set(planned))),
+            ("layers adapted now but not when saved", sorted(set(planned) - saved_layers)),
+            ("missing keys", sorted(k for k in expected if k not in tensors)),
+            ("unexpected keys", sorted(k for k in tensors if k not in expected)),
+            (
+                "shape mismatches",
+                sorted(
+                    f"{k} saved {tuple(tensors[k].shape)} vs model {shape}"
+                    for k, shape in expected.items()
+                    if k in tensors and tuple(tensors[k].shape) != shape
+                ),
+            ),
+        ]
+        if items
+    ]
+    if problems:
+        raise AdapterLoadError(f"adapter in {directory} does not fit this model:\n  " + "\n  ".join(problems))
+    fingerprint = base_fingerprint(
+        ((a.layer.path, a.layer.module, a.layer.backend) for a in assignments if a.adapter is not None),
+        [key.removeprefix("base.") for key in expected if key.startswith("base.")],
+    )
+    _check_base(meta, fingerprint, directory, allow_base_mismatch)
+    peft_model = PeftModel(model, config, assignments)
+    current = peft_model.adapter_state_dict()
+    with torch.no_grad():
+        for key, value in tensors.items():
+            current[key].copy_(value)
+    return peft_model
