@@ -4,33 +4,26 @@ import pytest
 import torch
 from mace_models import batch_of, build_mace, molecules
 
+from peft_equi.utils.dtype import torch_default_dtype
+
 
 @pytest.fixture(autouse=True)
 def _float64_and_seed():
-    previous = torch.get_default_dtype()
-    torch.set_default_dtype(torch.float64)
+    """Every test runs in float64 (equivariance and exactness checks) from seed 0."""
     torch.manual_seed(0)
-    yield
-    torch.set_default_dtype(previous)
+    with torch_default_dtype(torch.float64):
+        yield
 
 
 @pytest.fixture(scope="module")
 def small_mace():
     """A small float64 MACE (H, C, O), built once per module; modules may define their own."""
-    previous = torch.get_default_dtype()
-    torch.set_default_dtype(torch.float64)
-    try:
+    with torch_default_dtype(torch.float64):
         yield build_mace("small")
-    finally:
-        torch.set_default_dtype(previous)
 
 
 @pytest.fixture(scope="module")
 def batch():
     """Two small H/C/O molecules as a float64 MACE batch."""
-    previous = torch.get_default_dtype()
-    torch.set_default_dtype(torch.float64)
-    try:
+    with torch_default_dtype(torch.float64):
         yield batch_of(molecules(2))
-    finally:
-        torch.set_default_dtype(previous)

@@ -14,6 +14,7 @@ import peft_equi
 from peft_equi.core.spec import LayerKind
 from peft_equi.families.mace.cueq import _compiled_modules, to_cueq, to_e3nn
 from peft_equi.testing import assert_equivariant, energy_forces_equivariance_error, randomize_adapters
+from peft_equi.utils.dtype import torch_default_dtype
 
 IN, OUT = "8x0e+8x0e+4x1o+2x2e+3x0o+2x1e", "6x0e+4x1o+2x2e+2x0o+1x1e"
 TP_IN2 = "3x0e+1x1o"
@@ -117,12 +118,8 @@ def _mace(use_reduced_cg: bool) -> torch.nn.Module:
 
 @pytest.fixture(scope="module", params=list(CG_BASES))
 def mace_pair(request):
-    previous = torch.get_default_dtype()
-    torch.set_default_dtype(torch.float64)
-    try:
+    with torch_default_dtype(torch.float64):
         yield _mace(CG_BASES[request.param]), batch_of(molecules(2))
-    finally:
-        torch.set_default_dtype(previous)
 
 
 def _copy(model):

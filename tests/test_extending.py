@@ -1,6 +1,7 @@
 """Library authors add adapters, backends and presets without touching the core."""
 
 from importlib.metadata import EntryPoint
+from pathlib import Path
 
 import pytest
 import torch
@@ -8,9 +9,9 @@ from pydantic import Field
 from torch import nn
 
 import peft_equi
-from peft_equi.core import registry
 from peft_equi.adapters.base import Adapter, AdapterConfig
 from peft_equi.backends.base import Backend
+from peft_equi.core import registry
 from peft_equi.core.spec import dense_spec
 from peft_equi.testing import assert_equivariant, randomize_adapters
 
@@ -172,3 +173,11 @@ def test_backend_entry_point_naming_a_class(monkeypatch, clean_registries):
     assert isinstance(registry.BACKENDS.get("test.doubler"), DoublerBackend)
     model = peft_equi.get_peft_model(nn.Sequential(Doubler(3, 2)), "elora", rank=1)
     assert list(model.adapted_layers) == ["0"]
+
+
+def test_entry_point_groups_are_the_documented_ones():
+    """docs/extending.md names these groups; a package registering through them relies on the names."""
+    text = (Path(__file__).parents[1] / "docs" / "extending.md").read_text()
+    groups = {registry.ADAPTERS.group, registry.BACKENDS.group, registry.PRESETS.group}
+    assert groups == {"peft_equi.adapters", "peft_equi.backends", "peft_equi.presets"}
+    assert all(f"`{group}`" in text for group in groups)

@@ -22,6 +22,7 @@ from peft_equi.families.mace.architectures import HCO, build_mace
 from peft_equi.families.mace.potential import mace_batch
 from peft_equi.training import FinetuneConfig, Finetuner, TrainingDivergedError
 from peft_equi.training.checkpoint import load_checkpoint
+from peft_equi.utils.dtype import torch_default_dtype
 
 runner = CliRunner()
 
@@ -29,9 +30,7 @@ runner = CliRunner()
 @pytest.fixture(scope="module")
 def files(tmp_path_factory):
     """A base MACE model file and a dataset labelled by a different random MACE (the 'new level of theory')."""
-    previous = torch.get_default_dtype()
-    torch.set_default_dtype(torch.float64)
-    try:
+    with torch_default_dtype(torch.float64):
         root = tmp_path_factory.mktemp("finetune")
         torch.save(build_mace("small", HCO, [-10.0, -1000.0, -2000.0], seed=1), root / "base.model")
         teacher = build_mace("small", HCO, [-13.0, -1030.0, -2040.0], seed=2)
@@ -43,8 +42,6 @@ def files(tmp_path_factory):
         write(root / "data.xyz", structures[:16])
         write(root / "test.xyz", structures[16:])
         yield root
-    finally:
-        torch.set_default_dtype(previous)
 
 
 def _config(files: Path, out: Path, **overrides) -> FinetuneConfig:

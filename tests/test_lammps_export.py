@@ -20,6 +20,7 @@ import peft_equi
 from peft_equi.errors import NotMergeableError
 from peft_equi.families.mace.export import export_lammps
 from peft_equi.testing import randomize_adapters
+from peft_equi.utils.dtype import torch_default_dtype
 
 # the keys pair_mace.cpp puts into the input dict, and the ones it reads back
 LAMMPS_KEYS = ["batch", "cell", "edge_index", "energy", "forces", "node_attrs", "positions", "ptr"]
@@ -28,17 +29,13 @@ LAMMPS_KEYS += ["shifts", "unit_shifts", "weight"]
 
 @pytest.fixture(scope="module")
 def setup():
-    previous = torch.get_default_dtype()
-    torch.set_default_dtype(torch.float64)
-    try:
+    with torch_default_dtype(torch.float64):
         molecule = molecules(1, seed=3)[0]
         periodic = molecule.copy()  # a small periodic cell: edges cross the boundary (non-zero shifts)
         periodic.set_cell(np.diag([6.0, 6.5, 7.0]))
         periodic.set_pbc(True)
         periodic.center()
         yield build_mace("small"), {"molecule": molecule, "periodic": periodic}
-    finally:
-        torch.set_default_dtype(previous)
 
 
 def lammps_input(batch):

@@ -121,7 +121,6 @@ def test_paper_table_on_mace_off23_medium():
     """The published trainable-parameter counts on the MACE-OFF23-medium architecture (H, C, O)."""
     from mace.modules.lora import inject_lora
 
-    torch.set_default_dtype(torch.float64)
     medium = build_mace("medium")
     table = {
         ("full", ()): 751_896,
@@ -228,7 +227,6 @@ def test_presets_on_blocks_with_nn_linear_radial_mlp(batch, name):
     from peft_equi.families.mace.architectures import HCO
     from peft_equi.families.mace.architectures import build_mace as build
 
-    torch.set_default_dtype(torch.float64)
     base = build("small_nonlinear", HCO)
     model = peft_equi.get_peft_model(copy.deepcopy(base), name)
     radial = [p for p, layer in model.adapted_layers.items() if "conv_tp_weights" in p]

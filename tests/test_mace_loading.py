@@ -66,7 +66,6 @@ def test_state_dict_routes(tmp_path):
 
 
 def test_e3nn06_model_file_round_trip(tmp_path):
-    torch.set_default_dtype(torch.float64)
     model = build_mace("small")
     torch.save(model, tmp_path / "new.model")
     loaded = load_mace_model(tmp_path / "new.model", trust_pickle=True)

@@ -22,16 +22,9 @@ from peft_equi.families.mace.export import save_adapted_mace
 from peft_equi.families.mace.potential import mace_batch
 from peft_equi.testing import randomize_adapters
 from peft_equi.training import FinetuneConfig, Finetuner
+from peft_equi.utils.dtype import torch_default_dtype
 
 HCNO = (1, 6, 7, 8)
-
-
-@pytest.fixture(autouse=True)
-def float64():
-    previous = torch.get_default_dtype()
-    torch.set_default_dtype(torch.float64)
-    yield
-    torch.set_default_dtype(previous)
 
 
 def _ten_element_mace(size: str, use_reduced_cg: bool, seed: int = 0) -> torch.nn.Module:
@@ -130,9 +123,7 @@ def test_save_adapted_mace_can_cut(tmp_path):
 @pytest.fixture(scope="module")
 def hcno_files(tmp_path_factory):
     """A base MACE file for H, C, N, O and H/C/O data labelled by another random MACE."""
-    previous = torch.get_default_dtype()
-    torch.set_default_dtype(torch.float64)
-    try:
+    with torch_default_dtype(torch.float64):
         root = tmp_path_factory.mktemp("subset")
         torch.save(build_mace("small", HCNO, [-10.0, -1000.0, -1400.0, -2000.0], seed=1), root / "base.model")
         teacher = build_mace("small", HCO, [-13.0, -1030.0, -2040.0], seed=2)
@@ -144,8 +135,6 @@ def hcno_files(tmp_path_factory):
         write(root / "data.xyz", structures[:12])
         write(root / "test.xyz", structures[12:])
         yield root
-    finally:
-        torch.set_default_dtype(previous)
 
 
 def _run(files, out, **overrides) -> dict:

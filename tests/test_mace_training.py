@@ -13,6 +13,7 @@ from mace_models import batch_of
 import peft_equi
 from peft_equi.families.mace.architectures import HCO, build_mace
 from peft_equi.training.data import read_isolated_atom_energies, read_rmd17
+from peft_equi.utils.dtype import torch_default_dtype
 
 DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
 ETHANOL = DATA / "rmd17" / "rmd17_ethanol_train_01.npz"
@@ -23,9 +24,7 @@ E0S = DATA / "botnet_isolated_atoms" / "isolated_atoms_pbe_def2svp.xyz"
 def ethanol():
     if not ETHANOL.is_file():  # CI and developer machines have ../shared/data beside the checkout
         pytest.skip(f"rMD17 data not found at {ETHANOL}")
-    previous = torch.get_default_dtype()
-    torch.set_default_dtype(torch.float64)
-    try:
+    with torch_default_dtype(torch.float64):
         data = read_rmd17(ETHANOL, indices=[0, 250, 500, 750])
         e0 = read_isolated_atom_energies(E0S)
         model = build_mace("small", HCO, [e0[z] for z in HCO])
@@ -33,8 +32,6 @@ def ethanol():
         batch["energy"] = torch.tensor(data.energies)
         batch["forces"] = torch.tensor(np.concatenate(data.forces))
         yield model, batch
-    finally:
-        torch.set_default_dtype(previous)
 
 
 def _loss(model, batch):

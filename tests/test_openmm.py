@@ -19,6 +19,7 @@ from mace_models import batch_of, build_mace, molecules
 import peft_equi
 from peft_equi.families.mace.export import save_adapted_mace
 from peft_equi.testing import randomize_adapters
+from peft_equi.utils.dtype import torch_default_dtype
 
 EV = 96.4853  # kJ/mol per eV, as openmm-ml converts
 
@@ -27,9 +28,7 @@ EV = 96.4853  # kJ/mol per eV, as openmm-ml converts
 def test_openmm_ml_runs_an_adapted_mace_with_the_eager_energy_and_forces(tmp_path, name, merged):
     from openmm import app, unit
 
-    previous = torch.get_default_dtype()
-    torch.set_default_dtype(torch.float64)
-    try:
+    with torch_default_dtype(torch.float64):
         model = peft_equi.get_peft_model(build_mace("small"), name)
         randomize_adapters(model, std=0.05)
         atoms = molecules(1, seed=3)[0]
@@ -37,8 +36,6 @@ def test_openmm_ml_runs_an_adapted_mace_with_the_eager_energy_and_forces(tmp_pat
         energy, forces = float(out["interaction_energy"]), out["forces"].detach().numpy()
         path = tmp_path / "adapted.model"
         assert save_adapted_mace(copy.deepcopy(model), path) == merged
-    finally:
-        torch.set_default_dtype(previous)
 
     topology = app.Topology()
     residue = topology.addResidue("MOL", topology.addChain())

@@ -30,6 +30,7 @@ from peft_equi.cli import app
 from peft_equi.errors import AdapterLoadError, BaseMismatchError, PeftEquiError, UntrustedPickleError
 from peft_equi.families.base import load_potential
 from peft_equi.testing import randomize_adapters
+from peft_equi.utils.dtype import torch_default_dtype
 from peft_equi.utils.save_and_load import tensors_digest
 
 runner = CliRunner()
@@ -117,9 +118,8 @@ def test_sevennet0_is_read_with_weights_only(tmp_path, monkeypatch):
     import sevenn.util
 
     reference = sevenn.util.load_checkpoint("7net-0")  # sevenn's own, unsafe, reader
-    torch.set_default_dtype(torch.float32)
-    expected = reference.build_model().state_dict()
-    torch.set_default_dtype(torch.float64)
+    with torch_default_dtype(torch.float32):
+        expected = reference.build_model().state_dict()
 
     def unsafe(*args, **kwargs):
         raise AssertionError("sevenn's torch.load(weights_only=False) was called")
@@ -392,9 +392,7 @@ def mace_run(tmp_path_factory):
 
     from peft_equi.families.mace.loading import save_mace_state
 
-    previous = torch.get_default_dtype()
-    torch.set_default_dtype(torch.float64)
-    try:
+    with torch_default_dtype(torch.float64):
         root = tmp_path_factory.mktemp("mace-run")
         base = build_mace("small", seed=0)
         save_mace_state(base, root / "base.pt")
@@ -409,8 +407,6 @@ def mace_run(tmp_path_factory):
             atoms.calc = SinglePointCalculator(atoms, energy=-100.0, forces=np.zeros((len(atoms), 3)))
         write(root / "data.xyz", structures)
         return root
-    finally:
-        torch.set_default_dtype(previous)
 
 
 @pytest.mark.parametrize("command", ["evaluate", "merge"])

@@ -20,6 +20,7 @@ from test_adapters_equivariance import CASES
 import peft_equi
 from peft_equi.adapters.base import KeyedParameters
 from peft_equi.testing import randomize_adapters
+from peft_equi.utils.dtype import torch_default_dtype
 
 FIXTURES = Path(__file__).resolve().parent / "fixtures"
 
@@ -205,7 +206,7 @@ def test_layers_pickled_before_the_wrappers_load_and_compile():
     from peft_equi.utils.safe_load import load_torch_file
 
     path = FIXTURES / "adapted_layers_pre_torchscript.pt"
-    with pytest.raises(ModuleNotFoundError, match="peft_equi.layer"):
+    with pytest.raises(ModuleNotFoundError, match=r"peft_equi\.layer"):
         torch.load(path, weights_only=False)
     cases = load_torch_file(path, trust_pickle=True, what="a pickle of adapted layers")
     assert len(cases) == 7
@@ -220,12 +221,8 @@ def test_layers_pickled_before_the_wrappers_load_and_compile():
 
 @pytest.fixture(scope="module")
 def small_mace():
-    previous = torch.get_default_dtype()
-    torch.set_default_dtype(torch.float64)
-    try:
+    with torch_default_dtype(torch.float64):
         yield build_mace("small"), batch_of(molecules(2))
-    finally:
-        torch.set_default_dtype(previous)
 
 
 @pytest.mark.parametrize(("name", "merge"), [("mmea-paper", False), ("elora", False), ("elora", True)])

@@ -2,7 +2,7 @@
 
 Register in code with the decorators, or from another distribution through Python entry
 points in the groups ``peft_equi.adapters``, ``peft_equi.backends`` and
-``peft_equi.core.presets``; each entry point names a module (imported for its decorators) or an
+``peft_equi.presets``; each entry point names a module (imported for its decorators) or an
 object to register.  Entry points are loaded on first lookup.
 
 .. code-block:: toml
@@ -87,7 +87,7 @@ BACKENDS: Registry = Registry(
     "backend", "peft_equi.backends", ("peft_equi.backends",), make=lambda obj: obj() if inspect.isclass(obj) else obj
 )
 PRESETS: Registry = Registry(
-    "preset", "peft_equi.core.presets", ("peft_equi.core.presets", "peft_equi.families.mace.presets")
+    "preset", "peft_equi.presets", ("peft_equi.core.presets", "peft_equi.families.mace.presets")
 )
 
 

@@ -19,16 +19,14 @@ from torch import nn
 
 from peft_equi.errors import PeftEquiError
 from peft_equi.model import PeftModel, get_peft_model
+from peft_equi.utils.dtype import torch_default_dtype
 
 _CUET_POLYNOMIAL = "cuequivariance_torch.primitives.segmented_polynomial"
 
 
 def _convert(model: nn.Module, convert) -> nn.Module:
-    previous = torch.get_default_dtype()
-    try:
+    with torch_default_dtype(None):  # the converters set the default dtype process-wide
         return convert(model)
-    finally:
-        torch.set_default_dtype(previous)  # the converters set the default dtype process-wide
 
 
 def _reattach(converted: nn.Module, config, state: dict[str, torch.Tensor]) -> PeftModel:

@@ -34,6 +34,7 @@ import torch
 from torch import nn
 
 from peft_equi.errors import PeftEquiError
+from peft_equi.utils.dtype import torch_default_dtype
 from peft_equi.utils.safe_load import load_torch_file
 
 STATE_FORMAT = "peft_equi.mace_state.v1"
@@ -158,12 +159,8 @@ def instantiate(model_class: type, config: dict, dtype: torch.dtype) -> nn.Modul
     config = dict(config)
     if isinstance(config.get("atomic_numbers"), torch.Tensor):
         config["atomic_numbers"] = [int(z) for z in config["atomic_numbers"].tolist()]
-    previous = torch.get_default_dtype()
-    torch.set_default_dtype(dtype)  # MACE's buffers (U matrices, Bessel weights) take the default dtype
-    try:
+    with torch_default_dtype(dtype):  # MACE's buffers (U matrices, Bessel weights) take the default dtype
         return model_class(**config).to(dtype)
-    finally:
-        torch.set_default_dtype(previous)
 
 
 def _build(model_class: type, config: dict, state_dict: dict[str, torch.Tensor]) -> nn.Module:

@@ -17,6 +17,7 @@ import torch
 from torch import nn
 
 from peft_equi.families.base import Potential, register_potential
+from peft_equi.utils.dtype import torch_default_dtype
 
 
 @contextlib.contextmanager
@@ -29,15 +30,15 @@ def preserved_global_state() -> Iterator[None]:
     import e3nn
     import numpy as np
 
-    saved = (torch.get_default_dtype(), torch.get_rng_state(), np.random.get_state(), random.getstate())
+    saved = (torch.get_rng_state(), np.random.get_state(), random.getstate())
     e3nn_defaults = e3nn.get_optimization_defaults()
     try:
-        yield
+        with torch_default_dtype(None):
+            yield
     finally:
-        torch.set_default_dtype(saved[0])
-        torch.set_rng_state(saved[1])
-        np.random.set_state(saved[2])
-        random.setstate(saved[3])
+        torch.set_rng_state(saved[0])
+        np.random.set_state(saved[1])
+        random.setstate(saved[2])
         e3nn.set_optimization_defaults(**e3nn_defaults)
 
 

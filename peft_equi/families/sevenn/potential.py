@@ -27,6 +27,7 @@ from torch import nn
 
 from peft_equi.errors import PeftEquiError
 from peft_equi.families.base import Potential, register_potential
+from peft_equi.utils.dtype import torch_default_dtype
 from peft_equi.utils.safe_load import load_torch_file, numpy_globals
 
 ENERGY_KEY = "inferred_total_energy"
@@ -194,10 +195,6 @@ def load_sevenn(spec: str, *, dtype: torch.dtype, trust_pickle: bool) -> SevenNe
             names = ", ".join(sevenn.util.get_available_pretrained_models())
             raise PeftEquiError(f"{spec!r} is neither a file nor a pretrained SevenNet (names: {names})") from None
     checkpoint = read_sevenn_checkpoint(str(path), trust_pickle=trust_pickle)
-    previous = torch.get_default_dtype()
-    torch.set_default_dtype(torch.float32)  # sevenn builds (and checks) its tensors in float32
-    try:
+    with torch_default_dtype(torch.float32):  # sevenn builds (and checks) its tensors in float32
         model = checkpoint.build_model()
-    finally:
-        torch.set_default_dtype(previous)
     return SevenNetPotential(to_dtype(model, dtype), spec, checkpoint)
