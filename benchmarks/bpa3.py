@@ -94,7 +94,7 @@ def main(argv: list[str] | None = None) -> None:
     test, rule = hot_test_set(train, mixed, folder / "runs" / "test_hot.extxyz")
 
     potential = load_potential(args.model, dtype=getattr(torch, dtype), trust_pickle=args.trust_pickle)
-    is_mace = type(potential).__name__.lower().startswith("mace")
+    is_mace = potential.family == "mace"
     methods = select_methods(args.methods, False, is_mace)
     n_train = (QUICK if args.quick else FULL)["n_train"]
     config = engine_options(args, train, test, n_train, 50 / n_train, epochs, dtype)

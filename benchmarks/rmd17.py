@@ -111,7 +111,7 @@ def main(argv: list[str] | None = None) -> None:
     folder.mkdir(parents=True, exist_ok=True)
 
     potential = load_potential(args.model, dtype=getattr(torch, dtype), trust_pickle=args.trust_pickle)
-    is_mace = type(potential).__name__.lower().startswith("mace")
+    is_mace = potential.family == "mace"
     methods = select_methods(args.methods, args.ablations, is_mace)
     config = engine_options(args, train, test, 100, 0.5, epochs, dtype)
     settings = {

@@ -13,6 +13,7 @@ from peft_equi.adapters.base import Adapter, AdapterConfig
 from peft_equi.backends.base import Backend
 from peft_equi.core import registry
 from peft_equi.core.spec import dense_spec
+from peft_equi.families import FAMILIES, load_potential
 from peft_equi.testing import assert_equivariant, randomize_adapters
 
 
@@ -71,7 +72,7 @@ class DoublerBackend(Backend):
 
 @pytest.fixture
 def clean_registries():
-    saved = {r: dict(r._items) for r in (registry.ADAPTERS, registry.BACKENDS, registry.PRESETS)}
+    saved = {r: dict(r._items) for r in (registry.ADAPTERS, registry.BACKENDS, registry.PRESETS, FAMILIES)}
     yield
     for r, items in saved.items():
         r._items = items
@@ -181,3 +182,28 @@ def test_entry_point_groups_are_the_documented_ones():
     groups = {registry.ADAPTERS.group, registry.BACKENDS.group, registry.PRESETS.group}
     assert groups == {"peft_equi.adapters", "peft_equi.backends", "peft_equi.presets"}
     assert all(f"`{group}`" in text for group in groups)
+
+
+FAMILY_MODULE = """
+from peft_equi.families import Potential, register_potential
+
+
+class ToyPotential(Potential):
+    family = "toy"
+
+
+@register_potential("toy", lambda spec: spec.endswith(".toy"))
+def load_toy(spec, *, dtype, trust_pickle):
+    return (spec, dtype, trust_pickle)
+"""
+
+
+def test_a_model_family_registers_through_an_entry_point(tmp_path, monkeypatch, clean_registries):
+    """Model families use the same registry mechanism: decorator, or the ``peft_equi.families`` entry-point group."""
+    (tmp_path / "tests_extending_family.py").write_text(FAMILY_MODULE)
+    monkeypatch.syspath_prepend(str(tmp_path))
+    fake = EntryPoint(name="toy", value="tests_extending_family", group="peft_equi.families")
+    monkeypatch.setattr(FAMILIES, "_loaded", False)
+    monkeypatch.setattr(registry, "entry_points", lambda group: [fake] if group == "peft_equi.families" else [])
+    assert load_potential("x.toy", trust_pickle=True) == ("x.toy", torch.float64, True)
+    assert FAMILIES.names() == ["mace", "nequip", "sevenn", "toy"] and FAMILIES.group == "peft_equi.families"

@@ -107,9 +107,6 @@ class Irreps(tuple):
         """Enumerate ``(index, block)``."""
         return enumerate(self)
 
-    def __add__(self, other: Any) -> Irreps:  # type: ignore[override]
-        return Irreps(tuple(self) + tuple(Irreps(other)))
-
     def __str__(self) -> str:
         return "+".join(str(block) for block in self) or "0x0e"
 

@@ -16,7 +16,7 @@ from __future__ import annotations
 import importlib
 import inspect
 import warnings
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from importlib.metadata import entry_points
 from typing import Generic, TypeVar
 
@@ -61,9 +61,6 @@ class Registry(Generic[T]):
     def __contains__(self, name: object) -> bool:
         self._load()
         return name in self._items
-
-    def __iter__(self) -> Iterator[str]:
-        return iter(self.names())
 
     def _load(self) -> None:
         if self._loaded:

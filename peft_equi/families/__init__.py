@@ -5,6 +5,6 @@ family (MACE, SevenNet, ...) implements it once.  :func:`load_potential` turns a
 name or path (``7net-0``, ``model.model``) into a potential.
 """
 
-from peft_equi.families.base import Potential, load_potential, register_potential
+from peft_equi.families.base import FAMILIES, Potential, load_potential, register_potential
 
-__all__ = ["Potential", "load_potential", "register_potential"]
+__all__ = ["FAMILIES", "Potential", "load_potential", "register_potential"]

@@ -4,12 +4,14 @@ from __future__ import annotations
 
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, ClassVar
 
 import torch
 from torch import nn
 
+from peft_equi.core.registry import Registry
 from peft_equi.errors import PeftEquiError, UnknownElementError, element_names
 
 
@@ -71,29 +73,46 @@ class Potential(ABC):
             )
 
 
-_LOADERS: list[tuple[str, Callable[[str], bool], Callable[..., Potential]]] = []
+@dataclass(frozen=True)
+class Family:
+    """A registered model family: which specs it ``recognises`` and its ``load(spec, **options) -> Potential``."""
+
+    name: str
+    recognises: Callable[[str], bool]
+    load: Callable[..., Potential]
+
+
+#: The model families, in the registry every extension point uses: register with
+#: :func:`register_potential` or from another package through the entry-point group
+#: ``peft_equi.families`` (naming the module that holds the decorated loader).
+FAMILIES: Registry = Registry(
+    "model family",
+    "peft_equi.families",
+    ("peft_equi.families.mace.potential", "peft_equi.families.nequip.potential", "peft_equi.families.sevenn.potential"),
+)
 
 
 def register_potential(family: str, recognises: Callable[[str], bool]) -> Callable:
-    """Decorator: register ``loader(spec, **options) -> Potential`` for specs that ``recognises``."""
+    """Decorator: register ``loader(spec, *, dtype, trust_pickle) -> Potential`` for specs ``recognises`` accepts."""
 
     def decorator(loader: Callable[..., Potential]) -> Callable[..., Potential]:
-        _LOADERS.append((family, recognises, loader))
+        FAMILIES.register(family, Family(family, recognises, loader))
         return loader
 
     return decorator
 
 
 def load_potential(spec: str, *, dtype: torch.dtype = torch.float64, trust_pickle: bool = False) -> Potential:
-    """A potential from a model name (``7net-0``) or a file path (MACE ``.model``, NequIP ``.nequip.zip``)."""
-    import peft_equi.families.mace.potential
-    import peft_equi.families.nequip.potential
-    import peft_equi.families.sevenn.potential  # noqa: F401  (register the built-in families)
+    """A potential from a model name (``7net-0``) or a file path (MACE ``.model``, NequIP ``.nequip.zip``).
 
-    for _, recognises, loader in _LOADERS:
-        if recognises(spec):
-            return loader(spec, dtype=dtype, trust_pickle=trust_pickle)
+    The first registered family (in name order) whose ``recognises(spec)`` is true loads it.
+    """
+    for name in FAMILIES.names():
+        family = FAMILIES.get(name)
+        if family.recognises(spec):
+            return family.load(spec, dtype=dtype, trust_pickle=trust_pickle)
     if not Path(spec).exists() and ("/" in spec or "." in spec):
         raise FileNotFoundError(f"model file not found: {spec}")
-    families = ", ".join(sorted({f for f, _, _ in _LOADERS}))
-    raise PeftEquiError(f"cannot tell which model {spec!r} is (known families: {families}; names: 7net-0)")
+    raise PeftEquiError(
+        f"cannot tell which model {spec!r} is (known families: {', '.join(FAMILIES.names())}; names: 7net-0)"
+    )
