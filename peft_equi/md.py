@@ -128,6 +128,75 @@ def langevin(atoms: Atoms, temperature_k: float, timestep_fs: float, friction_pe
     )
 
 
+class _Watch:
+    """Records every MD step of ``system`` and stops the run (raising :class:`_Failure`) at the first failure."""
+
+    def __init__(self, system: Atoms, timestep: float, criteria: tuple[float, float, float], bar: Any) -> None:
+        self.system, self.timestep, self.bar = system, timestep, bar
+        self.bond_tolerance, self.separation, self.min_distance = criteria
+        self.n = len(system)
+        self.bonds = np.argwhere(np.triu(bond_graph(system)))
+        start = system.get_all_distances()
+        self.start_lengths = start[self.bonds[:, 0], self.bonds[:, 1]]
+        np.fill_diagonal(start, np.inf)
+        self.had_neighbour = start.min(axis=1) <= self.separation if self.n > 1 else np.zeros(self.n, dtype=bool)
+        self.trace: dict[str, list[float]] = {
+            k: [] for k in ("time_ps", "epot", "etot", "temperature", "bond_dev", "fmax")
+        }
+        self.phase_steps = {"nvt": 0, "nve": 0}
+        self.failure: str | None = None
+        self.closest = np.inf
+        self.time_ps = 0.0
+
+    def __call__(self, dynamics: Any, offset: int, phase: str) -> None:
+        """ASE observer: record the state after ``dynamics.nsteps`` steps of ``phase`` (``offset`` steps before it)."""
+        if phase == "nve" and dynamics.nsteps == 0 and self.trace["time_ps"]:
+            return  # the NVE start is the NVT end, already recorded
+        system = self.system
+        epot = float(system.get_potential_energy())
+        forces = system.get_forces(apply_constraint=False)
+        distances = system.get_all_distances()
+        moved = np.abs(distances[self.bonds[:, 0], self.bonds[:, 1]] - self.start_lengths)
+        np.fill_diagonal(distances, np.inf)
+        closest = float(distances.min()) if self.n > 1 else np.inf
+        self.closest = min(self.closest, closest)
+        self.time_ps = (offset + dynamics.nsteps) * self.timestep / 1000.0
+        deviation = float(moved.max()) if len(self.bonds) else 0.0
+        for key, value in (
+            ("time_ps", self.time_ps),
+            ("epot", epot),
+            ("etot", epot + float(system.get_kinetic_energy())),
+            ("temperature", float(system.get_temperature())),
+            ("bond_dev", deviation),
+            ("fmax", float(np.linalg.norm(forces, axis=1).max())),
+        ):
+            self.trace[key].append(value)
+        if dynamics.nsteps:
+            self.phase_steps[phase] += 1
+            if self.bar is not None:
+                self.bar.update(1)
+        failure = self._failure(epot, forces, distances, moved, closest)
+        if failure is not None:
+            self.failure = f"{phase} step {dynamics.nsteps}: {failure}"
+            raise _Failure
+
+    def _failure(
+        self, epot: float, forces: np.ndarray, distances: np.ndarray, moved: np.ndarray, closest: float
+    ) -> str | None:
+        """The module docstring's failures, in words, or ``None``."""
+        if not (np.isfinite(epot) and np.isfinite(forces).all() and np.isfinite(self.system.positions).all()):
+            return "non-finite energy or forces"
+        if len(self.bonds) and moved.max() > self.bond_tolerance:
+            i, j = self.bonds[np.argmax(moved)]
+            return f"bond {i}-{j} moved {moved.max():.2f} A from its starting length"
+        if self.n > 1 and (far := np.flatnonzero(self.had_neighbour & (distances.min(axis=1) > self.separation))).size:
+            return f"atom {far[0]} separated (no neighbour within {self.separation} A)"
+        if closest < self.min_distance:
+            i, j = np.unravel_index(np.argmin(distances), distances.shape)
+            return f"atoms {i} and {j} collapsed ({closest:.2f} A apart)"
+        return None
+
+
 def md_stability(
     calculator: Calculator,
     atoms: Atoms,
@@ -150,115 +219,59 @@ def md_stability(
     """
     from ase import units
     from ase.md.verlet import VelocityVerlet
+    from tqdm import tqdm
 
     system = atoms.copy()
     system.calc = calculator
-    n = len(system)
-    bonds = np.argwhere(np.triu(bond_graph(system)))
-    start = system.get_all_distances()
-    start_lengths = start[bonds[:, 0], bonds[:, 1]]
-    np.fill_diagonal(start, np.inf)
-    had_neighbour = start.min(axis=1) <= separation if n > 1 else np.zeros(n, dtype=bool)
-
+    bar = tqdm(total=nvt_steps + nve_steps, desc=description, leave=False) if progress else None
+    watch = _Watch(system, timestep, (bond_tolerance, separation, min_distance), bar)
     nvt = langevin(system, temperature, timestep, friction, np.random.default_rng(seed))
-
-    trace: dict[str, list[float]] = {k: [] for k in ("time_ps", "epot", "etot", "temperature", "bond_dev", "fmax")}
-    phase_steps = {"nvt": 0, "nve": 0}
-    state: dict[str, Any] = {"failure": None, "min_distance": np.inf, "phase": "nvt", "time_ps": 0.0}
-
-    bar = None
-    if progress:
-        from tqdm import tqdm
-
-        bar = tqdm(total=nvt_steps + nve_steps, desc=description, leave=False)
-
-    def observe(dynamics, offset: int, phase: str) -> None:
-        step = offset + dynamics.nsteps
-        if phase == "nve" and dynamics.nsteps == 0 and trace["time_ps"]:
-            return  # the NVE start is the NVT end, already recorded
-        time_ps = step * timestep / 1000.0
-        epot = float(system.get_potential_energy())
-        forces = system.get_forces(apply_constraint=False)
-        ekin = float(system.get_kinetic_energy())
-        distances = system.get_all_distances()
-        deviation = float(np.abs(distances[bonds[:, 0], bonds[:, 1]] - start_lengths).max()) if len(bonds) else 0.0
-        np.fill_diagonal(distances, np.inf)
-        fmax = float(np.linalg.norm(forces, axis=1).max())
-        closest = float(distances.min()) if n > 1 else np.inf
-        state["min_distance"] = min(state["min_distance"], closest)
-        for key, value in (
-            ("time_ps", time_ps),
-            ("epot", epot),
-            ("etot", epot + ekin),
-            ("temperature", float(system.get_temperature())),
-            ("bond_dev", deviation),
-            ("fmax", fmax),
-        ):
-            trace[key].append(value)
-        if dynamics.nsteps:
-            phase_steps[phase] += 1
-            if bar is not None:
-                bar.update(1)
-        state["time_ps"] = time_ps
-        failure = None
-        if not (np.isfinite(epot) and np.isfinite(forces).all() and np.isfinite(system.positions).all()):
-            failure = "non-finite energy or forces"
-        elif deviation > bond_tolerance:
-            i, j = bonds[np.argmax(np.abs(distances[bonds[:, 0], bonds[:, 1]] - start_lengths))]
-            failure = f"bond {i}-{j} moved {deviation:.2f} A from its starting length"
-        elif n > 1 and (far := np.flatnonzero(had_neighbour & (distances.min(axis=1) > separation))).size:
-            failure = f"atom {far[0]} separated (no neighbour within {separation} A)"
-        elif closest < min_distance:
-            i, j = np.unravel_index(np.argmin(distances), distances.shape)
-            failure = f"atoms {i} and {j} collapsed ({closest:.2f} A apart)"
-        if failure is not None:
-            state["failure"] = f"{phase} step {dynamics.nsteps}: {failure}"
-            raise _Failure
-
     try:
-        nvt.attach(observe, interval=1, dynamics=nvt, offset=0, phase="nvt")
+        nvt.attach(watch, interval=1, dynamics=nvt, offset=0, phase="nvt")
         nvt.run(nvt_steps)
         if nve_steps:
             nve = VelocityVerlet(system, timestep=timestep * units.fs)
-            nve.attach(observe, interval=1, dynamics=nve, offset=nvt_steps, phase="nve")
+            nve.attach(watch, interval=1, dynamics=nve, offset=nvt_steps, phase="nve")
             nve.run(nve_steps)
     except _Failure:
         pass
     finally:
         if bar is not None:
             bar.close()
+    settings = {"temperature_K": float(temperature), "timestep_fs": float(timestep), "nvt_steps": int(nvt_steps),
+                "nve_steps": int(nve_steps), "seed": int(seed), "bond_tolerance_A": float(bond_tolerance)}  # fmt: skip
+    report = _report(watch, settings)
+    logger.info("%s: %s", description, "intact" if report.intact else report.failure)
+    return report
 
-    failed = state["failure"] is not None
+
+def _report(watch: _Watch, settings: dict[str, Any]) -> MDReport:
+    """The :class:`MDReport` of a finished (or stopped) run."""
+    trace, n, nvt_steps = watch.trace, watch.n, settings["nvt_steps"]
+    failed = watch.failure is not None
     drift = deviation_nve = None
-    if not failed and nve_steps:
+    if not failed and settings["nve_steps"]:
         times, etot = np.asarray(trace["time_ps"][nvt_steps:]), np.asarray(trace["etot"][nvt_steps:])
         drift = energy_drift(times, etot, n)
         deviation_nve = float(np.abs(etot - etot[0]).max() / n)
     nvt_temperatures = trace["temperature"][1 : nvt_steps + 1]
     fmax = np.asarray(trace["fmax"])
-    report = MDReport(
+    return MDReport(
         n_atoms=n,
-        temperature_K=float(temperature),
-        timestep_fs=float(timestep),
-        nvt_steps=int(nvt_steps),
-        nve_steps=int(nve_steps),
-        seed=int(seed),
-        bond_tolerance_A=float(bond_tolerance),
-        steps_run=phase_steps["nvt"] + phase_steps["nve"],
+        **settings,
+        steps_run=watch.phase_steps["nvt"] + watch.phase_steps["nve"],
         intact=not failed,
-        failure=state["failure"],
-        first_failure_ps=state["time_ps"] if failed else None,
-        stable_ps=state["time_ps"],
+        failure=watch.failure,
+        first_failure_ps=watch.time_ps if failed else None,
+        stable_ps=watch.time_ps,
         max_bond_deviation_A=float(np.nanmax(trace["bond_dev"])) if trace["bond_dev"] else 0.0,
         max_force_eV_A=float(fmax.max()) if np.isfinite(fmax).all() else float("inf"),
-        min_distance_A=float(state["min_distance"]),
+        min_distance_A=float(watch.closest),
         mean_nvt_temperature_K=float(np.mean(nvt_temperatures)) if nvt_temperatures else None,
         nve_drift_eV_per_atom_per_ps=drift,
         nve_max_energy_deviation_eV_per_atom=deviation_nve,
         trace=trace,
     )
-    logger.info("%s: %s", description, "intact" if report.intact else report.failure)
-    return report
 
 
 class PotentialCalculator(Calculator):
