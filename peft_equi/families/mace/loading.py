@@ -163,7 +163,7 @@ def instantiate(model_class: type, config: dict, dtype: torch.dtype) -> nn.Modul
         return model_class(**config).to(dtype)
 
 
-def _build(model_class: type, config: dict, state_dict: dict[str, torch.Tensor]) -> nn.Module:
+def model_with_weights(model_class: type, config: dict, state_dict: dict[str, torch.Tensor]) -> nn.Module:
     """``model_class(**config)`` in the weights' dtype, with ``state_dict`` loaded (codegen keys aside)."""
     dtype = next((t.dtype for t in state_dict.values() if torch.is_floating_point(t)), torch.get_default_dtype())
     model = instantiate(model_class, config, dtype)
@@ -186,7 +186,7 @@ def rebuild_mace_model(old: nn.Module) -> nn.Module:
     config = extract_config_mace_model(old)
     if "error" in config:
         raise PeftEquiError(f"cannot rebuild {type(old).__name__}: {config['error']}")
-    return _build(type(old), config, old.state_dict())
+    return model_with_weights(type(old), config, old.state_dict())
 
 
 def save_mace_state(model: nn.Module, path: str | Path) -> None:
@@ -233,7 +233,7 @@ def load_mace_model(path: str | Path, *, trust_pickle: bool = False, config: dic
             config = _decode(json.loads(obj["config"]))
         except PeftEquiError as exc:
             raise PeftEquiError(f"{path}: {exc}") from None
-        return _build(model_class, config, obj["state_dict"])
+        return model_with_weights(model_class, config, obj["state_dict"])
     if isinstance(obj, dict) and all(isinstance(v, torch.Tensor) for v in obj.values()):
         if config is None:
             raise PeftEquiError(f"{path} holds a bare state dict: pass config= (extract_config_mace_model's dict)")
@@ -241,5 +241,5 @@ def load_mace_model(path: str | Path, *, trust_pickle: bool = False, config: dic
         model_class = config.pop("model_class", None)
         if model_class is None:
             from mace.modules import ScaleShiftMACE as model_class
-        return _build(model_class, config, obj)
+        return model_with_weights(model_class, config, obj)
     raise PeftEquiError(f"{path}: not a MACE model file (found {type(obj).__name__})")

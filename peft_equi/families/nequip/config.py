@@ -30,7 +30,8 @@ from torch import nn
 import peft_equi
 
 
-def _build(config: Any) -> nn.Module:
+def _instantiate(config: Any) -> nn.Module:
+    """The module a hydra-style config (``_target_`` + arguments) describes; a module is returned as it is."""
     if isinstance(config, nn.Module):
         return config
     from hydra.utils import get_method
@@ -50,7 +51,7 @@ def _plain(options: Any) -> dict[str, Any]:
 
 def peft_model(model: Any, adapter: str, options: dict[str, Any] | None = None) -> nn.Module:
     """Build ``model`` (a config with ``_target_``, or a module) and attach ``adapter`` to every graph model in it."""
-    built = _build(model)
+    built = _instantiate(model)
     for graph_model in built.values() if isinstance(built, nn.ModuleDict) else [built]:
         peft_equi.get_peft_model(graph_model, adapter, **_plain(options))
     return built
