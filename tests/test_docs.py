@@ -33,6 +33,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
+import yaml
 
 import peft_equi
 
@@ -198,6 +199,22 @@ def test_the_blocks_not_run_parse_and_their_imports_exist():
             exec(compile(imports, f"{path}:{block.line}", "exec", dont_inherit=True), {})
             checked += len(imports.body)
     assert checked >= 4  # README's MACE block and docs/md.md import from peft_equi
+
+
+def test_every_page_is_in_the_site_nav():
+    """mkdocs.yml's nav lists every page of docs/ and nothing else (``make docs`` checks it too, strictly)."""
+
+    def pages(entries) -> list[str]:
+        out = []
+        for entry in entries:
+            value = next(iter(entry.values())) if isinstance(entry, dict) else entry
+            out += pages(value) if isinstance(value, list) else [value]
+        return out
+
+    nav = pages(yaml.safe_load((ROOT / "mkdocs.yml").read_text())["nav"])
+    on_disk = sorted(p.relative_to(ROOT / "docs").as_posix() for p in (ROOT / "docs").rglob("*.md"))
+    assert sorted(nav) == on_disk
+    assert len(nav) == len(set(nav))
 
 
 def test_the_fence_parser_and_the_output_check():
