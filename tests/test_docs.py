@@ -52,7 +52,7 @@ NOT_RUN = {
 README_CONTEXT = """
 from mace_models import batch_of, build_mace, molecules
 
-base, fresh_base, base2 = build_mace(), build_mace(), build_mace()  # the same weights (seeded)
+base, base2, fresh_base, fresh_base2 = build_mace(), build_mace(), build_mace(), build_mace()  # the same weights
 batch = batch_of(molecules(2))
 """
 
