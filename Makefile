@@ -1,11 +1,13 @@
 # Two commands for a fresh machine: `make demo` and `make test`.
 # Both create .venv/ in the repo root when missing and install the tested set.
+# `make docs` builds the documentation site into site/ (the docs tools go into the same .venv).
 PYTHON ?= python3
 VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.peft-equi-installed
+DOCS_STAMP := $(VENV)/.peft-equi-docs-installed
 
-.PHONY: demo test lint clean-venv
+.PHONY: demo test lint docs clean-venv
 
 $(STAMP): requirements/ci.txt requirements/no-deps.txt pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -25,6 +27,14 @@ test: $(STAMP)
 
 lint: $(STAMP)
 	$(PY) -m ruff check .
+
+$(DOCS_STAMP): $(STAMP) requirements/docs.txt
+	$(PY) -m pip install --quiet -r requirements/docs.txt
+	touch $(DOCS_STAMP)
+
+# mkdocs.yml -> site/; --strict: a broken link, nav entry or API reference fails the build
+docs: $(DOCS_STAMP)
+	NO_MKDOCS_2_WARNING=1 $(PY) -m mkdocs build --strict --site-dir site
 
 clean-venv:
 	rm -rf $(VENV)

@@ -128,7 +128,7 @@ def test_paper_table_on_mace_off23_medium():
         ("mmea-paper", (("rank", 32),)): 201_258,
         ("elora-paper", (("rank", 16),)): 175_880,
         ("mace-lora", (("rank", 4), ("alpha", 1.0))): 29_396,
-        # the MMEA ablations (benchmarks/rmd17.py --ablations, docs/adapters.md): not published
+        # the MMEA ablations (benchmarks/rmd17.py --ablations, docs/adapters/initialisation.md): not published
         ("mmea-paper", (("heads", "separate"),)): 161_658,
         ("mmea-paper", (("scalar_modulation", False),)): 127_224,
         ("mmea-paper", (("higher_order_modulation", False),)): 133_946,

@@ -22,7 +22,7 @@ On MACE-OFF23-medium (H, C, O) these give 151,354 (``mmea-paper``, r=16), 201,25
 175,880 (``elora-paper``) and 29,396 (``mace-lora``, r=4) trainable parameters.
 
 The two paper presets start from the initialisation of the papers' reference code, which
-differs from the adapters' defaults in three places (see docs/adapters.md):
+differs from the adapters' defaults in three places (see docs/adapters/initialisation.md):
 
 * LoRA on the radial MLP: ``A ~ N(0, 1)`` (``init_std=1.0``; the ``lora`` default is 1e-3);
 * ELoRA on the contractions' ``weights_max``: ``A ~ N(0, 1) / P``, ``P`` the coupling
