@@ -163,7 +163,7 @@ def test_scripted_layer_equals_eager(layer_name, adapter, options):
     eager = model(*args)
     scripted = torch.jit.script(model.base_model)
     torch.testing.assert_close(scripted(*args), eager, atol=1e-10, rtol=0)
-    with model.disable_adapters():
+    with model.disable_adapter():
         base = model(*args)
     scripted.adapter_enabled = False  # an attribute of the compiled module, read at call time
     torch.testing.assert_close(scripted(*args), base, atol=1e-10, rtol=0)
@@ -205,7 +205,7 @@ def test_layers_pickled_before_the_wrappers_load_and_compile():
     from peft_equi.utils.safe_load import load_torch_file
 
     path = FIXTURES / "adapted_layers_pre_torchscript.pt"
-    with pytest.raises(ModuleNotFoundError, match="peft_equi.layer"):
+    with pytest.raises(ModuleNotFoundError, match=r"peft_equi\.layer"):
         torch.load(path, weights_only=False)
     cases = load_torch_file(path, trust_pickle=True, what="a pickle of adapted layers")
     assert len(cases) == 7
