@@ -123,6 +123,15 @@ class PeftModel(nn.Module):
                 raise
             return getattr(self.base_model, name)
 
+    def _apply(self, fn: Any, recurse: bool = True) -> PeftModel:
+        """``.to()``, ``.double()``, ``.cuda()``, ...: the stored values of fully trained tensors follow."""
+        super()._apply(fn, recurse)
+        for values in [self._base_values, *self._stash.values()]:
+            for name, value in values.items():
+                if value is not None:
+                    values[name] = fn(value)
+        return self
+
     def __setstate__(self, state: dict[str, Any]) -> None:
         super().__setstate__(state)
         if isinstance(state.get("peft_config"), PeftConfig):  # pickled before named adapters: one, "default"
@@ -314,6 +323,8 @@ class PeftModel(nn.Module):
                     param.requires_grad_(trainable and name == adapter_name)
         if self._disabled_states is not None:  # inside disable_adapter(): switched on when it ends
             self._disabled_states = enabled
+            for layer in self._layers.values():
+                layer.adapter_enabled = False
         else:
             for path, layer in self._layers.items():
                 layer.adapter_enabled = enabled[path]
@@ -441,6 +452,11 @@ class PeftModel(nn.Module):
         """
         from peft_equi.utils.save_and_load import load_adapter
 
+        if isinstance(model, PeftModel):
+            raise ConfigError(
+                "from_pretrained takes the base model, not a PeftModel: add a saved adapter to a PeftModel "
+                "with its load_adapter(directory, adapter_name)"
+            )
         return load_adapter(
             model,
             model_id,

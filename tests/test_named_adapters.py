@@ -327,6 +327,7 @@ ERRORS = [
     ("only adapter", lambda m, d: m.delete_adapter("default"), peft_equi.ConfigError, "only adapter"),
     ("bad option", lambda m, d: m.add_adapter("b", "lora", rank=0), peft_equi.ConfigError, "lora: rank"),
     ("no layer", lambda m, d: m.add_adapter("b", "lora", target="x*"), peft_equi.RuleMatchError, "x\\*"),
+    ("from_pretrained(PeftModel)", lambda m, d: PeftModel.from_pretrained(m, d), peft_equi.ConfigError, "load_adapter"),
 ]
 
 
@@ -340,3 +341,14 @@ def test_errors_are_one_line_and_change_nothing(tmp_path, call, error, message):
     assert list(model.peft_config) == ["default"] and model.active_adapter == "default"
     assert model.state_dict().keys() == state.keys()
     assert all(torch.equal(v, state[k]) for k, v in model.state_dict().items())
+
+
+def test_to_moves_the_inactive_adapters_and_their_trained_tensors():
+    model, _, outputs, (x, attrs) = _two_adapters("train readout+train scale")
+    model.to(torch.float32)
+    assert {v.dtype for v in model.adapter_state_dict("other").values()} == {torch.float32}  # inactive
+    for name in ["other", "default"]:
+        model.set_adapter(name)
+        assert {p.dtype for p in model.parameters()} == {torch.float32}
+        assert {v.dtype for v in model.adapter_state_dict(name).values()} == {torch.float32}
+        torch.testing.assert_close(model(x.float(), attrs.float()), outputs[name].float(), atol=1e-4, rtol=1e-4)
