@@ -33,11 +33,10 @@ def _convert(model: nn.Module, convert) -> nn.Module:
 
 def _reattach(converted: nn.Module, adapters: dict[str, tuple], active: str) -> PeftModel:
     """Attach each named adapter ``name -> (config, state, trainable)`` to ``converted``, ``active`` active."""
-    config, _, _ = adapters[active]
-    model = get_peft_model(converted, config, adapter_name=active)
-    for name, (config, _, _) in adapters.items():
-        if name != active:
-            model.add_adapter(name, config)
+    (first, (config, _, _)), *others = adapters.items()
+    model = get_peft_model(converted, config, adapter_name=first)
+    for name, (config, _, _) in others:
+        model.add_adapter(name, config)
     for name, (_, state, trainable) in adapters.items():
         current = model.adapter_state_dict(name)
         missing, unexpected = sorted(set(current) - set(state)), sorted(set(state) - set(current))
@@ -52,6 +51,7 @@ def _reattach(converted: nn.Module, adapters: dict[str, tuple], active: str) -> 
                 current[key].copy_(value)
         if not trainable:
             model._set_trainable(name, False)
+    model.set_adapter(active)
     return model
 
 
