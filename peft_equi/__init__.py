@@ -3,16 +3,25 @@
 .. code-block:: python
 
     import peft_equi
-    model = peft_equi.get_peft_model(base, "mmea", rank=16)
+    model = peft_equi.get_peft_model(base, peft_equi.MmeaConfig(rank=16))  # or (base, "mmea", rank=16)
     model.print_trainable_parameters()
     ...  # train
-    model.save_adapter("my-adapter")
+    model.save_pretrained("my-adapter")
+    model = peft_equi.PeftModel.from_pretrained(fresh_base, "my-adapter")
 """
 
 from __future__ import annotations
 
 __version__ = "0.1.0"
 
+from peft_equi.adapters import (
+    BitfitConfig,
+    ConventionalConfig,
+    EloraConfig,
+    FilmConfig,
+    LoraConfig,
+    MmeaConfig,
+)
 from peft_equi.adapters.base import Adapter, AdapterConfig
 from peft_equi.backends.base import Backend
 from peft_equi.core.adapted_layer import AdaptedLayer
@@ -37,7 +46,6 @@ from peft_equi.errors import (
 from peft_equi.families.mace.cueq import to_cueq, to_e3nn
 from peft_equi.inspection import LayerReport, format_inspection, inspect_model
 from peft_equi.model import PeftModel, get_peft_model, merge_adapters
-from peft_equi.utils.save_and_load import load_adapter
 
 
 def list_adapters() -> list[str]:
@@ -60,14 +68,20 @@ __all__ = [
     "AdapterLoadError",
     "Backend",
     "BaseMismatchError",
+    "BitfitConfig",
     "ConfigError",
+    "ConventionalConfig",
     "DataError",
+    "EloraConfig",
+    "FilmConfig",
     "Irrep",
     "Irreps",
     "LayerKind",
     "LayerReport",
     "LayerSpec",
     "Layout",
+    "LoraConfig",
+    "MmeaConfig",
     "MulIrrep",
     "NotMergeableError",
     "PeftConfig",
@@ -86,7 +100,6 @@ __all__ = [
     "list_adapters",
     "list_backends",
     "list_presets",
-    "load_adapter",
     "merge_adapters",
     "register_adapter",
     "register_backend",

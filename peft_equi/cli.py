@@ -177,7 +177,9 @@ def _adapted(model: str, run: Path, trust_pickle: bool, allow_base_mismatch: boo
         potential.subset_elements(elements)
     if elements != potential.atomic_numbers:
         raise PeftEquiError(f"{run}: energy correction is for elements {elements}")
-    peft_model = peft_equi.load_adapter(potential.model, run / "adapter", allow_base_mismatch=allow_base_mismatch)
+    peft_model = peft_equi.PeftModel.from_pretrained(
+        potential.model, run / "adapter", allow_base_mismatch=allow_base_mismatch
+    )
     return potential, peft_model, np.asarray(correction["delta_eV"])
 
 

@@ -128,7 +128,7 @@ def test_adapters_change_only_what_equivariance_allows():
     randomize_adapters(model)
     (x,) = _inputs(irreps_in)
     y = model(x)
-    with model.disable_adapters():
+    with model.disable_adapter():
         y0 = model(x)
     changed = (y - y0).abs().amax(0) > 0
     spec = model.adapted_layers[""].spec

@@ -52,14 +52,14 @@ def test_get_peft_model_by_name_on_mixed_network(name):
         assert (p.grad is not None) == (n in trainable), n
 
 
-def test_disable_adapters_gives_base_behaviour():
+def test_disable_adapter_gives_base_behaviour():
     net = MixedNet()
     x, attrs = net_inputs()
     expected = net(x, attrs)
     model = peft_equi.get_peft_model(net, "elora", rank=2)
     randomize_adapters(model)
     assert not torch.allclose(model(x, attrs), expected)
-    with model.disable_adapters():
+    with model.disable_adapter():
         assert torch.equal(model(x, attrs), expected)
     assert not torch.allclose(model(x, attrs), expected)
 

@@ -191,3 +191,29 @@ def test_adapted_cueq_mace_trains_a_step(mace_pair, converted, name):
     assert any(not torch.equal(p, b) for p, b in zip(params, before))
     frozen = [p for p in cueq.parameters() if not p.requires_grad]
     assert frozen and all(p.grad is None for p in frozen)
+
+
+def test_named_adapters_survive_the_conversion(mace_pair):
+    """Every named adapter, its fully trained tensors (mmea-paper's Bessel weights) and the active one carry over."""
+    base, batch = mace_pair
+    model = peft_equi.get_peft_model(copy.deepcopy(base), "mmea-paper")
+    randomize_adapters(model, std=0.05)
+    with torch.no_grad():
+        trained = [v for k, v in model.adapter_state_dict().items() if k.startswith("base.")]
+        assert trained
+        for tensor in trained:
+            tensor.add_(0.01)
+    model.add_adapter("other", "elora", rank=2)
+    model.set_adapter("other")
+    randomize_adapters(model, std=0.05)
+    expected = {}
+    for name in ["default", "other"]:
+        model.set_adapter(name)
+        expected[name] = energy_forces(model, batch)
+    cueq = to_cueq(model)  # converted while "other" is active
+    assert cueq.active_adapter == "other" and list(cueq.peft_config) == ["default", "other"]
+    for name in ["other", "default"]:
+        cueq.set_adapter(name)
+        energy, forces = energy_forces(cueq, batch)
+        torch.testing.assert_close(energy, expected[name][0], atol=1e-10, rtol=0)
+        torch.testing.assert_close(forces, expected[name][1], atol=1e-10, rtol=0)

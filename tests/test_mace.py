@@ -155,7 +155,7 @@ def test_mace_lora_matches_mace_inject_lora(small_mace, batch):
                 p.copy_(torch.randn_like(p) * 0.05)
     expected = energy_forces(theirs, batch)
     ours = import_mace_lora(copy.deepcopy(theirs))
-    assert ours.peft_config.preset == "mace-lora"
+    assert ours.peft_config["default"].preset == "mace-lora"
     assert ours.num_trainable_parameters() == sum(p.numel() for p in theirs.parameters() if p.requires_grad)
     for got, want in zip(energy_forces(ours, batch), expected):
         torch.testing.assert_close(got, want, atol=1e-10, rtol=0)

@@ -128,7 +128,7 @@ def test_calculator_adds_the_energy_shift(sane):
 def test_cli_md_before_after_writes_report_and_plot(sane, tmp_path):
     run = tmp_path / "run"
     peft_model = peft_equi.get_peft_model(load_potential(str(MODEL)).model, "lora", rank=2)
-    peft_model.save_adapter(run / "adapter")
+    peft_model.save_pretrained(run / "adapter")
     correction = {"atomic_numbers": sane.atomic_numbers, "delta_eV": [0.1] * len(sane.atomic_numbers)}
     (run / "energy_correction.json").write_text(json.dumps(correction))
     structure = tmp_path / "ethanol.xyz"

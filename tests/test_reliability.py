@@ -256,11 +256,11 @@ def test_truncated_engine_checkpoint_is_named(tmp_path):
 def test_crafted_adapter_payload_does_not_run(tmp_path):
     """Adapters are JSON + safetensors: a pickle in their place is a corrupt file, never unpickled."""
     model = peft_equi.get_peft_model(MixedNet(), "lora", rank=2)
-    model.save_adapter(tmp_path)
+    model.save_pretrained(tmp_path)
     marker, path = tmp_path / "marker", tmp_path / "adapter_model.safetensors"
     torch.save(RunsCode(marker), path)
     with pytest.raises(AdapterLoadError) as info:
-        peft_equi.load_adapter(MixedNet(), tmp_path)
+        peft_equi.PeftModel.from_pretrained(MixedNet(), tmp_path)
     assert_refused(str(info.value), path, marker, flag=False)
 
 
@@ -286,7 +286,7 @@ def _saved(tmp_path: Path, name: str = "elora", **options) -> tuple[torch.nn.Mod
     base = copy.deepcopy(net)
     model = peft_equi.get_peft_model(net, name, **options)
     randomize_adapters(model)
-    model.save_adapter(tmp_path)
+    model.save_pretrained(tmp_path)
     return base, model
 
 
@@ -304,13 +304,13 @@ def test_other_base_weights_are_refused_naming_the_tensors(tmp_path, caplog):
     _, model = _saved(tmp_path)
     other = MixedNet()  # same architecture, other weights
     with pytest.raises(BaseMismatchError) as info:
-        peft_equi.load_adapter(other, tmp_path)
+        peft_equi.PeftModel.from_pretrained(other, tmp_path)
     message = str(info.value)
     assert "\n" not in message and "tp.weight" in message and "embedding.weight" in message
     assert "allow_base_mismatch=True" in message and "--allow-base-mismatch" in message
     assert not any(isinstance(m, peft_equi.AdaptedLayer) for m in other.modules())
     with caplog.at_level(logging.WARNING, logger="peft_equi.utils.save_and_load"):
-        loaded = peft_equi.load_adapter(other, tmp_path, allow_base_mismatch=True)
+        loaded = peft_equi.PeftModel.from_pretrained(other, tmp_path, allow_base_mismatch=True)
     assert "loaded anyway" in caplog.text and "tp.weight" in caplog.text
     assert loaded.adapter_state_dict().keys() == model.adapter_state_dict().keys()
 
@@ -320,16 +320,16 @@ def test_a_small_change_in_one_layer_is_named(tmp_path):
     with torch.no_grad():
         base.tp.weight.mul_(1 + 1e-3)
     with pytest.raises(BaseMismatchError, match=r"1 of \d+ fingerprinted base tensors differ: tp\.weight \("):
-        peft_equi.load_adapter(base, tmp_path)
+        peft_equi.PeftModel.from_pretrained(base, tmp_path)
 
 
 @pytest.mark.parametrize("saved_dtype, loaded_dtype", [(torch.float64, torch.float32), (torch.float32, torch.float64)])
 def test_fingerprint_does_not_depend_on_the_dtype(tmp_path, caplog, saved_dtype, loaded_dtype):
     net = MixedNet().to(saved_dtype)
     base = copy.deepcopy(net).to(loaded_dtype)
-    peft_equi.get_peft_model(net, "lora", rank=2).save_adapter(tmp_path)
+    peft_equi.get_peft_model(net, "lora", rank=2).save_pretrained(tmp_path)
     with caplog.at_level(logging.INFO, logger="peft_equi.utils.save_and_load"):
-        peft_equi.load_adapter(base, tmp_path)
+        peft_equi.PeftModel.from_pretrained(base, tmp_path)
     assert "float32 rounding" not in caplog.text  # same sha256: no tolerance needed
 
 
@@ -340,14 +340,14 @@ def test_float32_rounding_differences_are_accepted(tmp_path, caplog):
     whole = build_mace("small")
     trained_on = subset_elements(copy.deepcopy(whole).float(), [1, 8])
     evaluated_on = subset_elements(copy.deepcopy(whole), [1, 8])
-    peft_equi.get_peft_model(trained_on, "elora", rank=2).save_adapter(tmp_path)
+    peft_equi.get_peft_model(trained_on, "elora", rank=2).save_pretrained(tmp_path)
     with caplog.at_level(logging.INFO, logger="peft_equi.utils.save_and_load"):
-        peft_equi.load_adapter(evaluated_on, tmp_path)
+        peft_equi.PeftModel.from_pretrained(evaluated_on, tmp_path)
     assert "up to float32 rounding: " in caplog.text and "skip_tp.weight" in caplog.text
     # while other weights of the same architecture are refused
     other = subset_elements(build_mace("small", seed=1), [1, 8])
     with pytest.raises(BaseMismatchError, match=r"skip_tp\.weight"):
-        peft_equi.load_adapter(other, tmp_path)
+        peft_equi.PeftModel.from_pretrained(other, tmp_path)
 
 
 def test_adapters_saved_before_fingerprints_load_with_a_warning(tmp_path, caplog):
@@ -358,7 +358,7 @@ def test_adapters_saved_before_fingerprints_load_with_a_warning(tmp_path, caplog
     meta["format"] = 1  # as saved before the records were required
     config.write_text(json.dumps(meta))
     with caplog.at_level(logging.WARNING, logger="peft_equi.utils.save_and_load"):
-        loaded = peft_equi.load_adapter(MixedNet(), tmp_path)  # other weights: cannot be told
+        loaded = peft_equi.PeftModel.from_pretrained(MixedNet(), tmp_path)  # other weights: cannot be told
     assert "no base fingerprint and no checksum" in caplog.text
     saved = model.adapter_state_dict()
     assert all(torch.equal(v, saved[k]) for k, v in loaded.adapter_state_dict().items())
@@ -375,13 +375,13 @@ def test_current_format_adapters_without_their_records_are_refused(tmp_path, rem
         del meta[key]
     config.write_text(json.dumps(meta))
     with pytest.raises(AdapterLoadError, match=rf"format 2 adapter without {' and '.join(removed)}: .*edited") as info:
-        peft_equi.load_adapter(base, tmp_path)
+        peft_equi.PeftModel.from_pretrained(base, tmp_path)
     assert str(config) in str(info.value) and "\n" not in str(info.value)
     meta["tensors_sha256"] = None if "tensors_sha256" in removed else meta["tensors_sha256"]
     meta["base_fingerprint"] = meta.get("base_fingerprint", {})
     config.write_text(json.dumps(meta))
     with pytest.raises(AdapterLoadError, match="format 2 adapter without"):
-        peft_equi.load_adapter(base, tmp_path)
+        peft_equi.PeftModel.from_pretrained(base, tmp_path)
 
 
 @pytest.fixture(scope="module")
@@ -399,7 +399,7 @@ def mace_run(tmp_path_factory):
         save_mace_state(build_mace("small", seed=1), root / "other.pt")
         model = peft_equi.get_peft_model(base, "lora", rank=2)
         randomize_adapters(model)
-        model.save_adapter(root / "run" / "adapter")
+        model.save_pretrained(root / "run" / "adapter")
         correction = {"atomic_numbers": [1, 6, 8], "delta_eV": [0.1, 0.2, 0.3]}
         (root / "run" / "energy_correction.json").write_text(json.dumps(correction))
         structures = molecules(3)
@@ -454,7 +454,7 @@ def test_corrupted_payload_is_refused_naming_the_file(tmp_path, damage):
         data = data[: (start + len(data)) // 2]
     path.write_bytes(bytes(data))
     with pytest.raises(AdapterLoadError) as info:
-        peft_equi.load_adapter(base, tmp_path)
+        peft_equi.PeftModel.from_pretrained(base, tmp_path)
     message = str(info.value)
     assert str(path) in message and "\n" not in message
     assert not any(isinstance(m, peft_equi.AdaptedLayer) for m in base.modules())
@@ -463,4 +463,4 @@ def test_corrupted_payload_is_refused_naming_the_file(tmp_path, damage):
 def test_intact_adapter_loads_bit_exact(tmp_path):
     base, model = _saved(tmp_path, "mmea")
     x, attrs = net_inputs()
-    assert torch.equal(peft_equi.load_adapter(base, tmp_path)(x, attrs), model(x, attrs))
+    assert torch.equal(peft_equi.PeftModel.from_pretrained(base, tmp_path)(x, attrs), model(x, attrs))

@@ -164,7 +164,7 @@ def test_scripted_layer_equals_eager(layer_name, adapter, options):
     eager = model(*args)
     scripted = torch.jit.script(model.base_model)
     torch.testing.assert_close(scripted(*args), eager, atol=1e-10, rtol=0)
-    with model.disable_adapters():
+    with model.disable_adapter():
         base = model(*args)
     scripted.adapter_enabled = False  # an attribute of the compiled module, read at call time
     torch.testing.assert_close(scripted(*args), base, atol=1e-10, rtol=0)

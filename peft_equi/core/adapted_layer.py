@@ -17,6 +17,13 @@ TorchScript-compatible code, as are the adapters' hooks; such models compile wit
 ``torch.jit.script`` and e3nn's ``jit.compile``.  :class:`AdaptedLayer` itself is the
 generic wrapper for backends without such a subclass: ``forward(*args, **kwargs)`` through
 the backend's Python methods, eager only.
+
+**Named adapters.**  ``adapter`` always holds the active adapter, so a layer with one
+adapter has the state-dict keys ``<layer>.adapter.<param>`` and scripted forwards read
+``self.adapter``; the layer's other named adapters wait in the ``nn.ModuleDict``
+``other_adapters`` (so ``.to()`` moves them) and :meth:`AdaptedLayer.activate` swaps them.
+A layer the active adapter does not adapt holds a :class:`NoAdapter` and is switched off
+(``adapter_enabled = False``): it computes exactly its base layer.
 """
 
 from __future__ import annotations
@@ -26,7 +33,7 @@ from typing import TYPE_CHECKING, Any
 import torch
 from torch import nn
 
-from peft_equi.adapters.base import Adapter
+from peft_equi.adapters.base import Adapter, AdapterConfig
 from peft_equi.core.spec import LayerSpec
 from peft_equi.errors import NotMergeableError
 
@@ -64,8 +71,21 @@ def _empty() -> torch.Tensor:
     return torch.zeros(0, dtype=torch.long)
 
 
+class NoAdapter(Adapter):
+    """The stand-in of the active adapter on a layer it does not adapt: changes nothing, has no parameters."""
+
+    name = "none"
+
+    def __init__(self, spec: LayerSpec) -> None:
+        super().__init__(spec, AdapterConfig())
+
+
 class AdaptedLayer(nn.Module):
-    """A layer with one adapter attached.  ``base_layer`` keeps the original module.
+    """A layer with adapters attached.  ``base_layer`` keeps the original module.
+
+    ``adapter`` is the active adapter, named ``active_adapter`` (``None``: a
+    :class:`NoAdapter`, the active adapter of the model does not adapt this layer);
+    ``other_adapters`` holds the layer's inactive named adapters.
 
     Subclasses (one per backend, chosen by :meth:`Backend.adapted_layer_class`) override
     :meth:`layer_weight`, :meth:`layer_bias` and ``forward`` in TorchScript-compatible code;
@@ -73,12 +93,14 @@ class AdaptedLayer(nn.Module):
     """
 
     # Python objects TorchScript has no type for; the scripted methods do not use them
-    __jit_ignored_attributes__ = ("backend", "spec")
+    __jit_ignored_attributes__ = ("backend", "spec", "active_adapter")
 
     def __init__(self, base_layer: nn.Module, backend: Backend, spec: LayerSpec, adapter: Adapter) -> None:
         super().__init__()
         self.base_layer = base_layer
         self.adapter = adapter
+        self.other_adapters = nn.ModuleDict()
+        self.active_adapter: str | None = "default"
         self.backend = backend
         self.spec = spec
         self.adapter_enabled = True
@@ -136,10 +158,48 @@ class AdaptedLayer(nn.Module):
             y = self.adapter.modulate(y, list(self.backend.operands(self.base_layer, args, kwargs)))
         return self.backend.finish(self.base_layer, y)
 
+    # -- named adapters --
+
+    def named_adapter(self, name: str) -> Adapter | None:
+        """The adapter called ``name`` on this layer (active or not), or ``None``."""
+        if name == self.active_adapter:
+            return self.adapter
+        return self.other_adapters[name] if name in self.other_adapters else None  # noqa: SIM401 - no ModuleDict.get
+
+    def adapter_names(self) -> list[str]:
+        """Names of the adapters this layer holds, the active one first."""
+        return ([self.active_adapter] if self.active_adapter is not None else []) + list(self.other_adapters)
+
+    def add_named_adapter(self, name: str, adapter: Adapter) -> None:
+        """Keep ``adapter`` as the inactive adapter ``name``."""
+        if self.named_adapter(name) is not None:
+            raise ValueError(f"this layer already has an adapter named {name!r}")
+        self.other_adapters[name] = adapter
+
+    def activate(self, name: str) -> None:
+        """Make adapter ``name`` the active one (a :class:`NoAdapter`, switched off, when the layer has none)."""
+        if name == self.active_adapter:
+            return
+        if self.active_adapter is not None:
+            self.other_adapters[self.active_adapter] = self.adapter
+        if name in self.other_adapters:
+            self.adapter = self.other_adapters.pop(name)
+            self.active_adapter = name
+        else:
+            self.adapter = NoAdapter(self.spec)
+            self.active_adapter = None
+
+    def remove_named_adapter(self, name: str) -> Adapter:
+        """Remove the inactive adapter ``name`` and return it."""
+        return self.other_adapters.pop(name)
+
     def __setstate__(self, state: dict[str, Any]) -> None:
         super().__setstate__(state)
         if "output_dim" not in state:  # pickled (torch.save of a whole model) by peft_equi before the wrappers
             self._upgrade()
+        elif "other_adapters" not in self._modules:  # pickled before named adapters: its one adapter is "default"
+            self.other_adapters = nn.ModuleDict()
+            self.active_adapter = "default"
 
     def _upgrade(self) -> None:
         """Make an unpickled older ``AdaptedLayer`` current: the backend's wrapper class, and the adapter
@@ -156,6 +216,7 @@ class AdaptedLayer(nn.Module):
         fresh = self.backend.adapted_layer_class(self.base_layer)(self.base_layer, self.backend, self.spec, adapter)
         taken = {"_modules", "_buffers", "_non_persistent_buffers_set"}  # hooks, mode and switch stay this object's
         taken |= {k for k in fresh.__dict__ if not k.startswith("_") and k not in ("training", "adapter_enabled")}
+        # (this takes fresh's empty other_adapters and active_adapter "default" as well)
         for key in taken:
             self.__dict__[key] = fresh.__dict__[key]
         self.__class__ = type(fresh)
@@ -192,4 +253,4 @@ class AdaptedLayer(nn.Module):
         return self.base_layer
 
     def extra_repr(self) -> str:
-        return f"backend={self.backend.name}, enabled={self.adapter_enabled}"
+        return f"backend={self.backend.name}, active={self.active_adapter}, enabled={self.adapter_enabled}"

@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, field_validator, model_validator
 
 from peft_equi.core.spec import LayerKind
 
@@ -52,6 +52,15 @@ class Rule(BaseModel):
     )
     required: bool = Field(True, description="raise when the rule adapts no layer")
     name: str | None = Field(None, description="label used in messages (default: adapter@targets)")
+    _adapter_config: Any = PrivateAttr(None)
+
+    @field_validator("options", mode="before")
+    @classmethod
+    def _typed_options(cls, value: Any) -> Any:
+        """An adapter config instance (``MmeaConfig(rank=8)``) stands for the options set in it."""
+        from peft_equi.adapters.base import AdapterConfig
+
+        return value.model_dump(mode="json", exclude_unset=True) if isinstance(value, AdapterConfig) else value
 
     @field_validator("target", "exclude", mode="before")
     @classmethod
@@ -70,8 +79,18 @@ class Rule(BaseModel):
 
         if self.adapter not in ADAPTERS:
             raise ValueError(f"unknown adapter {self.adapter!r}; known adapters: {', '.join(ADAPTERS.names())}")
-        validated_config(ADAPTERS.get(self.adapter), self.options)
+        self._adapter_config = validated_config(ADAPTERS.get(self.adapter), self.options)
         return self
+
+    @property
+    def adapter_config(self) -> Any:
+        """``options`` validated (once) into the adapter's config class, e.g. ``MmeaConfig``."""
+        if self._adapter_config is None:  # built without validation (model_construct)
+            from peft_equi.adapters.base import validated_config
+            from peft_equi.core.registry import ADAPTERS
+
+            self._adapter_config = validated_config(ADAPTERS.get(self.adapter), self.options)
+        return self._adapter_config
 
     @property
     def label(self) -> str:

@@ -13,8 +13,9 @@ from dataclasses import dataclass, field
 import torch
 from torch import nn
 
-from peft_equi.adapters.base import Adapter, validated_config
+from peft_equi.adapters.base import Adapter
 from peft_equi.backends.base import Backend
+from peft_equi.core.adapted_layer import AdaptedLayer
 from peft_equi.core.config import PeftConfig, Rule, pattern_matches
 from peft_equi.core.registry import ADAPTERS, BACKENDS
 from peft_equi.core.spec import LayerSpec
@@ -38,9 +39,16 @@ def find_backend(module: nn.Module) -> Backend | None:
 
 
 def discover(model: nn.Module) -> list[Layer]:
-    """All adaptable layers of ``model`` in module order (not descending into a found layer)."""
+    """All adaptable layers of ``model`` in module order (not descending into a found layer).
+
+    A layer that already has adapters (an :class:`AdaptedLayer`) is found at its own path,
+    as its base layer: ``module`` is the base layer, with its backend and spec.
+    """
 
     def walk(module: nn.Module, path: str) -> Iterator[Layer]:
+        if isinstance(module, AdaptedLayer):
+            yield Layer(path, module.base_layer, module.backend, module.spec)
+            return
         backend = find_backend(module)
         if backend is not None:
             yield Layer(path, module, backend, backend.describe(module))
@@ -80,7 +88,7 @@ def assign(layers: list[Layer], config: PeftConfig, *, strict: bool = True) -> l
             if not rule.matches(layer.path, layer.spec.kind):
                 continue
             cls = ADAPTERS.get(rule.adapter)
-            options = validated_config(cls, rule.options)
+            options = rule.adapter_config
             reason = cls.unsupported_reason(layer.spec, options)
             if reason is not None:
                 message = f"layer {layer.path!r} ({layer.spec.describe()}): {reason}"
@@ -113,15 +121,53 @@ def _build(cls: type[Adapter], layer: Layer, options) -> Adapter:
     return adapter.to(device=weight.device, dtype=weight.dtype)
 
 
+def base_tensors(model: nn.Module, *, buffers: bool) -> dict[str, tuple[nn.Module, str]]:
+    """Name -> ``(owning module, attribute)`` of the base model's parameters (and, with ``buffers``,
+    floating-point buffers), in ``named_parameters`` order.
+
+    Names are those of the model without adapters: an :class:`AdaptedLayer` stands for its base
+    layer (``<layer>.weight``, not ``<layer>.base_layer.weight``) and its adapters are left out,
+    so the names do not depend on which layers have adapters.  Shared tensors are listed once.
+    """
+    found: dict[str, tuple[nn.Module, str]] = {}
+    seen_tensors: set[int] = set()
+    seen_modules: set[int] = set()
+
+    def walk(module: nn.Module, prefix: str, tensors: str) -> None:
+        for attr, tensor in getattr(module, tensors).items():
+            if tensor is None or id(tensor) in seen_tensors:
+                continue
+            if tensors == "_buffers" and not torch.is_floating_point(tensor):
+                continue
+            seen_tensors.add(id(tensor))
+            found[prefix + attr] = (module, attr)
+        for name, child in module._modules.items():
+            if child is None or id(child) in seen_modules:
+                continue
+            seen_modules.add(id(child))
+            child_prefix = f"{prefix}{name}."
+            while isinstance(child, AdaptedLayer):
+                child = child.base_layer
+            walk(child, child_prefix, tensors)
+
+    root = model
+    while isinstance(root, AdaptedLayer):
+        root = root.base_layer
+    walk(root, "", "_parameters")
+    if buffers:
+        seen_modules.clear()
+        walk(root, "", "_buffers")
+    return found
+
+
 def select_tensors(model: nn.Module, patterns: list[str], *, buffers: bool) -> list[str]:
-    """Names of parameters (and, with ``buffers``, floating-point buffers) matching ``patterns``.
+    """Names (:func:`base_tensors`) of parameters (and, with ``buffers``, floating-point buffers)
+    matching ``patterns``.
 
     Each pattern must match something.  A buffer pattern may also match a parameter (a
     model where that tensor is already a parameter): it is then simply trained.
     """
-    names = [n for n, _ in model.named_parameters()]
-    if buffers:
-        names += [n for n, b in model.named_buffers() if torch.is_floating_point(b)]
+    names = list(base_tensors(model, buffers=buffers))
     selected: list[str] = []
     for pattern in patterns:
         hits = [n for n in names if pattern_matches(pattern, n)]

@@ -1,10 +1,11 @@
 """Named configurations ("presets") and how a name plus options becomes a :class:`PeftConfig`.
 
 Every adapter name is also a preset: ``get_peft_model(model, "elora", rank=8)`` puts ELoRA
-on every layer it can adapt.  Besides the adapter options, such presets accept ``target``,
-``exclude``, ``kinds``, ``train`` and ``train_buffers``.  ``full`` trains every parameter;
-``readout-only`` trains the parameters matching ``patterns`` (default: the readouts of MACE,
-NequIP and SevenNet, :data:`READOUT_PATTERN`).
+on every layer it can adapt, as does the adapter's typed config, ``get_peft_model(model,
+EloraConfig(rank=8))`` (Hugging Face peft's ``get_peft_model(model, LoraConfig(...))``).
+Besides the adapter options, such presets accept ``target``, ``exclude``, ``kinds``, ``train``
+and ``train_buffers``.  ``full`` trains every parameter; ``readout-only`` trains the parameters
+matching ``patterns`` (default: the readouts of MACE, NequIP and SevenNet, :data:`READOUT_PATTERN`).
 Register more with :func:`peft_equi.core.registry.register_preset`.
 """
 
@@ -15,6 +16,7 @@ from typing import Any
 
 from pydantic import ValidationError
 
+from peft_equi.adapters.base import AdapterConfig
 from peft_equi.core.config import PeftConfig, Rule
 from peft_equi.core.registry import ADAPTERS, PRESETS, register_preset
 from peft_equi.errors import ConfigError, PeftEquiError, UnknownNameError, one_line
@@ -53,12 +55,32 @@ def preset_names() -> list[str]:
     return sorted(set(PRESETS.names()) | set(ADAPTERS.names()))
 
 
-def resolve_config(config: PeftConfig | str, **options: Any) -> PeftConfig:
-    """A config from a :class:`PeftConfig` (no options allowed) or a preset/adapter name."""
+def adapter_name_of(config: AdapterConfig) -> str:
+    """The registered adapter whose config class ``config`` is an instance of (exactly)."""
+    names = [n for n in ADAPTERS.names() if ADAPTERS.get(n).config_class is type(config)]
+    if len(names) != 1:
+        found = f"adapters {', '.join(names)} share it" if names else "no registered adapter uses it"
+        raise ConfigError(f"{type(config).__name__} does not name one adapter: {found}")
+    return names[0]
+
+
+def resolve_config(config: PeftConfig | AdapterConfig | str, **options: Any) -> PeftConfig:
+    """A config from a :class:`PeftConfig` (no options allowed), an adapter's config
+    (``MmeaConfig(rank=16)``: that adapter on every layer it supports; options: ``target``,
+    ``exclude``, ``kinds``, ``train``, ``train_buffers``) or a preset/adapter name."""
     if isinstance(config, PeftConfig):
         if options:
             raise TypeError(f"options {sorted(options)} are only accepted with a preset or adapter name")
         return config
+    if isinstance(config, AdapterConfig):
+        other = sorted(set(options) - set(_RULE_KEYS + _CONFIG_KEYS))
+        if other:
+            raise TypeError(
+                f"options {other} belong in {type(config).__name__}(...); with an adapter config only "
+                f"{', '.join(_RULE_KEYS + _CONFIG_KEYS)} are accepted"
+            )
+        adapter_options = config.model_dump(mode="json", exclude_unset=True)
+        return adapter_everywhere(adapter_name_of(config), **adapter_options, **options)
     if config in PRESETS:
         try:
             return PRESETS.get(config)(**options)

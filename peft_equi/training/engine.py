@@ -559,7 +559,7 @@ class Finetuner:
         return int(checkpoint["epoch"])
 
     def _write_outputs(self, model, result: dict[str, Any], log: MetricsLog | None) -> None:
-        model.save_adapter(self.output / "adapter")
+        model.save_pretrained(self.output / "adapter")
         (self.output / "energy_correction.json").write_text(
             json.dumps({"atomic_numbers": self.elements, "delta_eV": self.delta.tolist()}, indent=2)
         )

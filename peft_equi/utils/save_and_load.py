@@ -1,5 +1,8 @@
 """Saving and loading adapters in the peft format: ``adapter_config.json`` + safetensors.
 
+One directory holds one named adapter (:meth:`PeftModel.save_pretrained` puts the adapter
+``"default"`` in its directory and the others in subdirectories named after them, as peft).
+
 Only adapter parameters and the tensors the config trains fully are written (never the
 frozen base weights, nor backend caches).  Files are written to a temporary name and
 renamed, so an interrupted save never leaves a half-written file behind.
@@ -30,6 +33,7 @@ records were required, load with a warning (``logging``) for each record they la
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import logging
@@ -44,7 +48,8 @@ from torch import nn
 
 from peft_equi.backends.base import Backend
 from peft_equi.core.config import PeftConfig
-from peft_equi.errors import AdapterLoadError, BaseMismatchError, one_line
+from peft_equi.core.plan import base_tensors
+from peft_equi.errors import AdapterLoadError, BaseMismatchError, ConfigError, one_line
 from peft_equi.utils.files import atomic_write
 
 if TYPE_CHECKING:
@@ -139,30 +144,36 @@ def compare_fingerprints(saved: dict[str, dict], current: dict[str, dict]) -> tu
 # -- saving and loading --
 
 
-def save_adapter(model: PeftModel, directory: str | Path) -> Path:
-    """Write the adapter of ``model`` into ``directory`` (created if needed)."""
+def save_adapter(model: PeftModel, directory: str | Path, adapter_name: str) -> Path:
+    """Write adapter ``adapter_name`` of ``model`` into ``directory`` (created if needed)."""
     from peft_equi import __version__
 
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
-    tensors = {k: v.detach().cpu().contiguous().clone() for k, v in model.adapter_state_dict().items()}
+    state = model.adapter_state_dict(adapter_name)
+    tensors = {k: v.detach().cpu().contiguous().clone() for k, v in state.items()}
+    layers = {path: model._layers[path] for path, _ in model.adapters(adapter_name)}
+    # the base as this adapter sees it: tensors trained by another adapter hold their base values
+    with model._trained_values_of(adapter_name):
+        fingerprint = base_fingerprint(
+            ((path, layer.base_layer, layer.backend) for path, layer in layers.items()),
+            [key.removeprefix("base.") for key in tensors if key.startswith("base.")],  # stored: replaced on load
+        )
     meta = {
         "format": FORMAT_VERSION,
         "peft_equi_version": __version__,
         "base_model_class": f"{type(model.base_model).__module__}.{type(model.base_model).__qualname__}",
-        "config": json.loads(model.peft_config.to_json()),
+        "config": json.loads(model.peft_config[adapter_name].to_json()),
         "layers": {
-            path: {"adapter": layer.adapter.name, "backend": layer.backend.name, "spec": layer.spec.describe()}
-            for path, layer in model.adapted_layers.items()
+            path: {
+                "adapter": layer.named_adapter(adapter_name).name,
+                "backend": layer.backend.name,
+                "spec": layer.spec.describe(),
+            }
+            for path, layer in layers.items()
         },
         "tensors_sha256": tensors_digest(tensors),
-        "base_fingerprint": {
-            "form": FINGERPRINT_FORM,
-            "tensors": base_fingerprint(
-                ((path, layer.base_layer, layer.backend) for path, layer in model.adapted_layers.items()),
-                [key.removeprefix("base.") for key in tensors if key.startswith("base.")],  # stored: replaced on load
-            ),
-        },
+        "base_fingerprint": {"form": FINGERPRINT_FORM, "tensors": fingerprint},
     }
     atomic_write(directory / WEIGHTS_NAME, lambda tmp: save_file(tensors, tmp, metadata={"format": "pt"}))
     atomic_write(directory / CONFIG_NAME, lambda tmp: tmp.write_text(json.dumps(meta, indent=2)))
@@ -251,8 +262,20 @@ def _check_base(meta: dict, current: dict[str, dict], directory: Path, allow_bas
     logger.warning("%s; loaded anyway (allow_base_mismatch)", message)
 
 
-def load_adapter(model: nn.Module, directory: str | Path, *, allow_base_mismatch: bool = False) -> PeftModel:
-    """Attach the adapter saved in ``directory`` to ``model`` and load its values.
+def load_adapter(
+    model: nn.Module | PeftModel,
+    directory: str | Path,
+    *,
+    adapter_name: str = "default",
+    is_trainable: bool = False,
+    allow_base_mismatch: bool = False,
+) -> PeftModel:
+    """Attach the adapter saved in ``directory`` as ``adapter_name`` and load its values.
+
+    ``model`` is a base model (a :class:`PeftModel` is made of it, with this adapter active:
+    :meth:`PeftModel.from_pretrained`) or a :class:`PeftModel` (the adapter is added,
+    inactive: :meth:`PeftModel.load_adapter`).  Unless ``is_trainable``, the adapter is
+    frozen and the model put in ``eval()`` mode, as in peft.
 
     The saved tensors are checked against the adapters the config builds on this model
     before anything is attached; missing or unexpected keys and shape mismatches are listed.
@@ -261,20 +284,30 @@ def load_adapter(model: nn.Module, directory: str | Path, *, allow_base_mismatch
     :class:`~peft_equi.errors.BaseMismatchError` naming the tensors that differ, unless
     ``allow_base_mismatch`` (then a warning is logged).
     """
-    from peft_equi.model import PeftModel, plan_assignments, trained_tensor_names
+    from peft_equi.core.plan import assign, discover
+    from peft_equi.model import PeftModel, _check_name, plan_assignments, trained_tensor_names
 
     directory = Path(directory)
+    _check_name(adapter_name)
+    existing = model if isinstance(model, PeftModel) else None
+    if existing is not None and adapter_name in existing.peft_config:
+        raise ConfigError(
+            f"adapter name {adapter_name!r} is already in use (adapters: {', '.join(existing.peft_config)}); "
+            "delete_adapter it first or choose another name"
+        )
     meta, tensors = read_adapter(directory)
     config = PeftConfig.model_validate(meta["config"])
-    assignments = plan_assignments(model, config)
+    base_model = model if existing is None else existing.base_model
+    assignments = assign(discover(base_model), config) if existing is not None else plan_assignments(model, config)
     planned = {a.layer.path: a.adapter for a in assignments if a.adapter is not None}
     expected: dict[str, tuple[int, ...]] = {}
     for path, adapter in planned.items():
         for name, tensor in adapter.state_dict().items():
             expected[f"adapters.{path}.{name}" if path else f"adapters.{name}"] = tuple(tensor.shape)
-    base = dict(model.named_parameters()) | dict(model.named_buffers())
-    for name in trained_tensor_names(model, config, assignments):
-        expected[f"base.{name}"] = tuple(base[name].shape)
+    trained = trained_tensor_names(base_model, config, assignments)
+    for name in trained:
+        owner, attr = base_tensors(base_model, buffers=True)[name]
+        expected[f"base.{name}"] = tuple(getattr(owner, attr).shape)
     saved_layers = set(meta.get("layers", {}))
     problems = [
         _listing(title, items)
@@ -296,14 +329,23 @@ def load_adapter(model: nn.Module, directory: str | Path, *, allow_base_mismatch
     ]
     if problems:
         raise AdapterLoadError(f"adapter in {directory} does not fit this model:\n  " + "\n  ".join(problems))
-    fingerprint = base_fingerprint(
-        ((a.layer.path, a.layer.module, a.layer.backend) for a in assignments if a.adapter is not None),
-        [key.removeprefix("base.") for key in expected if key.startswith("base.")],
-    )
+    # the base as this adapter will see it: tensors another adapter trains hold their base values
+    with contextlib.nullcontext() if existing is None else existing._trained_values_of(None):
+        fingerprint = base_fingerprint(
+            ((a.layer.path, a.layer.module, a.layer.backend) for a in assignments if a.adapter is not None),
+            trained,
+        )
     _check_base(meta, fingerprint, directory, allow_base_mismatch)
-    peft_model = PeftModel(model, config, assignments)
-    current = peft_model.adapter_state_dict()
+    if existing is None:
+        peft_model = PeftModel(model, config, assignments, adapter_name)
+    else:
+        peft_model = existing
+        peft_model._inject(adapter_name, config, assignments)
+    current = peft_model.adapter_state_dict(adapter_name)
     with torch.no_grad():
         for key, value in tensors.items():
             current[key].copy_(value)
+    peft_model._set_trainable(adapter_name, is_trainable)
+    if not is_trainable:
+        peft_model.eval()
     return peft_model

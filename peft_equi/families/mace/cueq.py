@@ -29,19 +29,27 @@ def _convert(model: nn.Module, convert) -> nn.Module:
         return convert(model)
 
 
-def _reattach(converted: nn.Module, config, state: dict[str, torch.Tensor]) -> PeftModel:
-    model = get_peft_model(converted, config)
-    current = model.adapter_state_dict()
-    missing, unexpected = sorted(set(current) - set(state)), sorted(set(state) - set(current))
-    if missing or unexpected:
-        raise PeftEquiError(
-            f"the adapters do not map onto the converted model: missing {missing[:5]}, unexpected {unexpected[:5]}"
-        )
-    with torch.no_grad():
-        for key, value in state.items():
-            if current[key].shape != value.shape:
-                raise PeftEquiError(f"{key}: shape {tuple(value.shape)} becomes {tuple(current[key].shape)}")
-            current[key].copy_(value)
+def _reattach(converted: nn.Module, adapters: dict[str, tuple], active: str) -> PeftModel:
+    """Attach each named adapter ``name -> (config, state, trainable)`` to ``converted``, ``active`` active."""
+    (first, (config, _, _)), *others = adapters.items()
+    model = get_peft_model(converted, config, adapter_name=first)
+    for name, (config, _, _) in others:
+        model.add_adapter(name, config)
+    for name, (_, state, trainable) in adapters.items():
+        current = model.adapter_state_dict(name)
+        missing, unexpected = sorted(set(current) - set(state)), sorted(set(state) - set(current))
+        if missing or unexpected:
+            raise PeftEquiError(
+                f"the adapters do not map onto the converted model: missing {missing[:5]}, unexpected {unexpected[:5]}"
+            )
+        with torch.no_grad():
+            for key, value in state.items():
+                if current[key].shape != value.shape:
+                    raise PeftEquiError(f"{key}: shape {tuple(value.shape)} becomes {tuple(current[key].shape)}")
+                current[key].copy_(value)
+        if not trainable:
+            model._set_trainable(name, False)
+    model.set_adapter(active)
     return model
 
 
@@ -63,9 +71,17 @@ def _switch(model: nn.Module | PeftModel, convert) -> nn.Module | PeftModel:
     if not isinstance(model, PeftModel):
         return _convert(model, convert)
     work = copy.deepcopy(model, memo=_compiled_modules(model))
-    config, state = work.peft_config, work.adapter_state_dict()
-    state = {k: v.detach().clone() for k, v in state.items()}
-    return _reattach(_convert(work.unload(), convert), config, state)
+    active = work.active_adapter
+    adapters = {
+        name: (
+            config,
+            {k: v.detach().clone() for k, v in work.adapter_state_dict(name).items()},
+            name not in work._inference,
+        )
+        for name, config in work.peft_config.items()
+    }
+    work._swap_trained(active, None)  # the base values of fully trained tensors go to the converter
+    return _reattach(_convert(work.unload(), convert), adapters, active)
 
 
 def kernel_report(device: str) -> str:
