@@ -46,7 +46,7 @@ from torch import nn
 from peft_equi.adapters.base import Adapter, AdapterConfig
 from peft_equi.core.adapted_layer import AdaptedLayer
 from peft_equi.core.config import PeftConfig
-from peft_equi.core.plan import Assignment, assign, base_tensors, discover, select_tensors
+from peft_equi.core.plan import LayerPlan, assign, base_tensors, discover, select_tensors
 from peft_equi.core.presets import resolve_config
 from peft_equi.errors import ConfigError, NotMergeableError, PeftEquiError, UnknownNameError
 
@@ -75,7 +75,7 @@ class PeftModel(nn.Module):
         self,
         base_model: nn.Module,
         config: PeftConfig,
-        assignments: list[Assignment],
+        assignments: list[LayerPlan],
         adapter_name: str = DEFAULT_ADAPTER,
     ) -> None:
         super().__init__()
@@ -235,7 +235,7 @@ class PeftModel(nn.Module):
     def _collect_layers(self) -> None:
         self._layers = {path: m for path, m in self.base_model.named_modules() if isinstance(m, AdaptedLayer)}
 
-    def _inject(self, adapter_name: str, config: PeftConfig, assignments: list[Assignment]) -> None:
+    def _inject(self, adapter_name: str, config: PeftConfig, assignments: list[LayerPlan]) -> None:
         """Attach adapter ``adapter_name`` (inactive unless it is the first) as ``assignments`` say."""
         if self._trained and any(v is None for v in self._base_values.values()):
             raise PeftEquiError(
@@ -579,7 +579,7 @@ def _join(path: str, name: str) -> str:
     return f"{path}.{name}" if path else name
 
 
-def trained_tensor_names(model: nn.Module, config: PeftConfig, assignments: list[Assignment]) -> list[str]:
+def trained_tensor_names(model: nn.Module, config: PeftConfig, assignments: list[LayerPlan]) -> list[str]:
     """Names of the base tensors trained fully: ``train``, ``train_buffers`` and BitFit's layer biases."""
     names = select_tensors(model, config.train, buffers=False)
     names += select_tensors(model, config.train_buffers, buffers=True)
@@ -594,7 +594,7 @@ def _count(module: nn.Module) -> int:
     return sum(p.numel() for p in module.parameters() if p.requires_grad)
 
 
-def plan_assignments(model: nn.Module, config: PeftConfig) -> list[Assignment]:
+def plan_layers(model: nn.Module, config: PeftConfig) -> list[LayerPlan]:
     """Discover layers and build adapters for ``config`` without touching ``model``."""
     if any(isinstance(m, AdaptedLayer) for m in model.modules()):
         raise ValueError(
@@ -629,6 +629,6 @@ def get_peft_model(
     """
     _check_name(adapter_name)
     config = _resolve(config, options)
-    assignments = plan_assignments(model, config)
+    assignments = plan_layers(model, config)
     trained_tensor_names(model, config, assignments)  # validates the train patterns before any change
     return PeftModel(model, config, assignments, adapter_name)

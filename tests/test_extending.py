@@ -72,7 +72,10 @@ class DoublerBackend(Backend):
 
 @pytest.fixture
 def clean_registries():
-    saved = {r: dict(r._items) for r in (registry.ADAPTERS, registry.BACKENDS, registry.PRESETS, FAMILIES)}
+    registries = (registry.ADAPTERS, registry.BACKENDS, registry.PRESETS, FAMILIES)
+    for r in registries:  # load the built-ins first: restoring a half-loaded table would lose them for good
+        r.names()
+    saved = {r: dict(r._items) for r in registries}
     yield
     for r, items in saved.items():
         r._items = items

@@ -244,3 +244,19 @@ def test_compiled_mace_gives_the_eager_energies_and_forces(small_mace, name, mer
         energy_c, forces_c = energy_forces(candidate, batch)
         torch.testing.assert_close(energy_c, energy, atol=1e-10, rtol=0)
         torch.testing.assert_close(forces_c, forces, atol=1e-10, rtol=0)
+
+
+def test_adapters_pickled_with_the_former_dynamic_flag_load():
+    """Whole-model pickles from before ``Adapter.dynamic`` was named ``input_dependent`` still run."""
+    import pickle
+
+    layer, _, _ = layer_cases()["o3.Linear"]
+    model = peft_equi.get_peft_model(layer, "mmea")
+    randomize_adapters(model)
+    x = torch.randn(5, model.adapted_layers[""].spec.irreps_in[0].dim)
+    expected = model(x)
+    adapter = model.adapted_layers[""].adapter
+    adapter.__dict__["dynamic"] = adapter.__dict__.pop("input_dependent")  # as the older code stored it
+    loaded = pickle.loads(pickle.dumps(model.base_model))
+    assert loaded.adapter.input_dependent is True and "dynamic" not in loaded.adapter.__dict__
+    assert torch.equal(loaded(x), expected)

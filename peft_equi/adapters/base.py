@@ -7,7 +7,7 @@ An adapter changes one layer ``y = f(x; W, b)`` in up to three ways, each option
 2. **static output affine** :meth:`Adapter.output_affine`: ``y -> g * y + s`` with one
    gain ``g`` per output channel (shared by the ``2l+1`` components) and a shift ``s`` on
    ``0e`` channels only; folded into the weight and bias, so it costs nothing extra;
-3. **input-dependent modulation** :meth:`Adapter.modulate` (``dynamic = True``): any map
+3. **input-dependent modulation** :meth:`Adapter.modulate` (``input_dependent = True``): any map
    of the output and the layer's operands, e.g. gains computed from invariant features.
 
 (1) and (2) are mergeable into the layer.  All three are equivariant when the adapter
@@ -17,7 +17,7 @@ computed from invariants, shifts on ``0e`` only.  Adapters never import a backen
 The three hooks run inside the adapted layer's ``forward``, so they are written in
 TorchScript-compatible code (adapted models compile with ``torch.jit.script`` / e3nn's
 ``jit.compile``): index maps precomputed in ``__init__`` as buffers or plain int/float/bool
-lists, no ``LayerSpec`` or config object at call time.  ``dynamic`` is a TorchScript
+lists, no ``LayerSpec`` or config object at call time.  ``input_dependent`` is a TorchScript
 constant, so a static adapter's ``modulate`` is never compiled, and a branch on it is
 resolved when the model is compiled.
 """
@@ -49,9 +49,9 @@ class Adapter(nn.Module):
     equivariant: ClassVar[bool] = True
     #: Layer kinds the adapter supports.
     kinds: ClassVar[frozenset[LayerKind]] = frozenset(LayerKind)
-    # TorchScript: ``dynamic`` is a compile-time constant (branches on it are resolved), and
+    # TorchScript: ``input_dependent`` is a compile-time constant (branches on it are resolved), and
     # the spec and config are Python objects the hooks do not use at call time
-    __constants__ = ("dynamic",)
+    __constants__ = ("input_dependent",)
     __jit_ignored_attributes__ = ("spec", "config")
 
     def __init__(self, spec: LayerSpec, config: AdapterConfig) -> None:
@@ -59,7 +59,7 @@ class Adapter(nn.Module):
         self.spec = spec
         self.config = config
         #: True when :meth:`modulate` must run (the update depends on the input).
-        self.dynamic = False
+        self.input_dependent = False
         #: True when the layer's own bias parameters are unfrozen too (BitFit).
         self.trains_layer_bias = False
 
@@ -80,7 +80,7 @@ class Adapter(nn.Module):
         return None, None
 
     def modulate(self, y: torch.Tensor, operands: list[torch.Tensor]) -> torch.Tensor:
-        """Input-dependent change of the output (only called when ``self.dynamic``).
+        """Input-dependent change of the output (only called when ``self.input_dependent``).
 
         ``operands``: the layer's feature operands, flat, in ``spec.irreps_in`` order and ``spec.layout``.
         """
@@ -88,12 +88,17 @@ class Adapter(nn.Module):
 
     def merge_blocker(self) -> str | None:
         """Why this adapter cannot be merged into its layer, or ``None``."""
-        if self.dynamic:
+        if self.input_dependent:
             return f"{self.name} is not mergeable: its update depends on the layer's input"
         return None
 
     def extra_repr(self) -> str:
         return f"{self.spec.describe()}, {self.config!r}"
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        if "dynamic" in state:  # pickled (a whole adapted model) before ``dynamic`` became ``input_dependent``
+            state["input_dependent"] = state.pop("dynamic")
+        super().__setstate__(state)
 
 
 class KeyedParameters(nn.ParameterList):

@@ -10,7 +10,7 @@ Running the layer is the job of the :class:`~peft_equi.core.adapted_layer.Adapte
 signature and is TorchScript-compatible, so adapted models compile.  A backend without one
 gets the generic :class:`~peft_equi.core.adapted_layer.AdaptedLayer` (``forward(*args, **kwargs)``,
 eager only), which calls :meth:`Backend.operands`, :meth:`Backend.forward` and
-:meth:`Backend.finish`.
+:meth:`Backend.after_linear`.
 
 Weights and biases cross this interface in the canonical layout of :mod:`peft_equi.core.spec`:
 the flat concatenation of the path blocks, and the bias concatenated over
@@ -34,7 +34,6 @@ class Backend(ABC):
     """Adapter-facing view of one layer type.  Subclasses are stateless."""
 
     name: ClassVar[str]
-    priority: ClassVar[int] = 0
 
     @abstractmethod
     def matches(self, module: nn.Module) -> bool:
@@ -63,7 +62,7 @@ class Backend(ABC):
         ``forward(self, x, y)``), and :meth:`AdaptedLayer.layer_weight` /
         :meth:`AdaptedLayer.layer_bias`, in TorchScript-compatible code.  The default, the
         generic :class:`AdaptedLayer`, runs :meth:`operands`, :meth:`forward` and
-        :meth:`finish` instead: eager only.
+        :meth:`after_linear` instead: eager only.
         """
         return AdaptedLayer
 
@@ -85,12 +84,12 @@ class Backend(ABC):
         """Run the layer's linear part with ``weight``/``bias`` (canonical) instead of its own.
 
         ``weight=None`` means the layer's own weight and bias (the fast path).  For layers
-        with an output nonlinearity the result is the pre-activation; see :meth:`finish`.
+        with an output nonlinearity the result is the pre-activation; see :meth:`after_linear`.
         Used by the generic :class:`AdaptedLayer` only (see :meth:`adapted_layer_class`).
         """
         raise NotImplementedError(f"{type(self).__name__} implements no generic forward()")
 
-    def finish(self, module: nn.Module, y: torch.Tensor) -> torch.Tensor:
+    def after_linear(self, module: nn.Module, y: torch.Tensor) -> torch.Tensor:
         """Whatever the layer does after its linear part (activation, rescaling); generic wrapper only."""
         return y
 

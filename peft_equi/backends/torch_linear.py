@@ -63,13 +63,13 @@ class AdaptedTorchLinear(AdaptedLayer):
     def forward(self, input: torch.Tensor) -> torch.Tensor:  # nn.Linear's argument name
         if not self.adapter_enabled:
             return self.base_layer(input)
-        weight, bias, extra = self.effective_parameters()
+        weight, bias, output_shift = self.effective_parameters()
         if weight is None:
             y = F.linear(input, self.base_layer.weight, self.base_layer.bias)
         else:
             y = F.linear(input, weight.reshape(self.in_features, self.out_features).t().contiguous(), bias)
-        if extra is not None:
-            y = y + extra
-        if self.adapter.dynamic:
+        if output_shift is not None:
+            y = y + output_shift
+        if self.adapter.input_dependent:
             y = self.adapter.modulate(y, [input])
         return y

@@ -1,7 +1,7 @@
 """The module that replaces an adapted layer: base layer + adapter, called like the base.
 
 Forward pass, for base weight ``W``, bias ``b`` and an adapter with weight update ``dW``,
-static gains ``g`` / ``0e`` shift ``s`` and dynamic modulation ``M``:
+static gains ``g`` / ``0e`` shift ``s`` and input-dependent modulation ``M``:
 
 .. math:: y = M\\big(f(x;\\; g \\odot (W + dW),\\; g \\odot b + s),\\; x\\big)
 
@@ -123,7 +123,7 @@ class AdaptedLayer(nn.Module):
         return self.backend.bias(self.base_layer)
 
     def effective_parameters(self) -> tuple[torch.Tensor | None, torch.Tensor | None, torch.Tensor | None]:
-        """``(weight, bias, extra output shift)``; all ``None`` when the adapter leaves them alone."""
+        """``(weight, bias, output_shift output shift)``; all ``None`` when the adapter leaves them alone."""
         delta = self.adapter.delta_weight()
         gain, shift = self.adapter.output_affine()
         if delta is None and gain is None and shift is None:
@@ -136,27 +136,27 @@ class AdaptedLayer(nn.Module):
             weight = weight * gain.index_select(0, self.weight_channel)
             if bias is not None:
                 bias = bias * gain.index_select(0, self.bias_channel)
-        extra: torch.Tensor | None = None
+        output_shift: torch.Tensor | None = None
         if shift is not None:
             if bias is not None:
                 bias = bias + shift.index_select(0, self.bias_scalar_position)
             if self.has_free_scalars:
-                extra = shift.new_zeros(self.output_dim).index_copy(
+                output_shift = shift.new_zeros(self.output_dim).index_copy(
                     0, self.free_scalar_component, shift.index_select(0, self.free_scalar_position)
                 )
-        return weight, bias, extra
+        return weight, bias, output_shift
 
     def forward(self, *args: Any, **kwargs: Any) -> torch.Tensor:
-        """The generic wrapper (eager only): the backend's Python ``forward``/``operands``/``finish``."""
+        """The generic wrapper (eager only): the backend's Python ``forward``/``operands``/``after_linear``."""
         if not self.adapter_enabled:
             return self.base_layer(*args, **kwargs)
-        weight, bias, extra = self.effective_parameters()
+        weight, bias, output_shift = self.effective_parameters()
         y = self.backend.forward(self.base_layer, args, kwargs, weight, bias)
-        if extra is not None:
-            y = y + extra
-        if self.adapter.dynamic:
+        if output_shift is not None:
+            y = y + output_shift
+        if self.adapter.input_dependent:
             y = self.adapter.modulate(y, list(self.backend.operands(self.base_layer, args, kwargs)))
-        return self.backend.finish(self.base_layer, y)
+        return self.backend.after_linear(self.base_layer, y)
 
     # -- named adapters --
 

@@ -23,7 +23,7 @@ from peft_equi.errors import RuleMatchError, UnsupportedLayerError
 
 
 @dataclass(frozen=True)
-class Layer:
+class DiscoveredLayer:
     """A discovered adaptable layer: its module path, module, backend and spec."""
 
     path: str
@@ -32,26 +32,23 @@ class Layer:
     spec: LayerSpec
 
 
-def find_backend(module: nn.Module) -> Backend | None:
-    """The highest-priority registered backend that recognises ``module``."""
-    backends = sorted((BACKENDS.get(n) for n in BACKENDS.names()), key=lambda b: -b.priority)
-    return next((b for b in backends if b.matches(module)), None)
-
-
-def discover(model: nn.Module) -> list[Layer]:
+def discover(model: nn.Module) -> list[DiscoveredLayer]:
     """All adaptable layers of ``model`` in module order (not descending into a found layer).
 
     A layer that already has adapters (an :class:`AdaptedLayer`) is found at its own path,
-    as its base layer: ``module`` is the base layer, with its backend and spec.
+    as its base layer: ``module`` is the base layer, with its backend and spec.  Each module
+    is offered to the registered backends in name order; the first that recognises it
+    (:meth:`Backend.matches`) describes it (built-in backends recognise disjoint types).
     """
+    backends = [BACKENDS.get(name) for name in BACKENDS.names()]
 
-    def walk(module: nn.Module, path: str) -> Iterator[Layer]:
+    def walk(module: nn.Module, path: str) -> Iterator[DiscoveredLayer]:
         if isinstance(module, AdaptedLayer):
-            yield Layer(path, module.base_layer, module.backend, module.spec)
+            yield DiscoveredLayer(path, module.base_layer, module.backend, module.spec)
             return
-        backend = find_backend(module)
+        backend = next((b for b in backends if b.matches(module)), None)
         if backend is not None:
-            yield Layer(path, module, backend, backend.describe(module))
+            yield DiscoveredLayer(path, module, backend, backend.describe(module))
             return
         for name, child in module.named_children():
             yield from walk(child, f"{path}.{name}" if path else name)
@@ -60,16 +57,16 @@ def discover(model: nn.Module) -> list[Layer]:
 
 
 @dataclass
-class Assignment:
+class LayerPlan:
     """What the config says about one layer."""
 
-    layer: Layer
+    layer: DiscoveredLayer
     rule: Rule | None = None
     adapter: Adapter | None = None
     notes: list[str] = field(default_factory=list)
 
 
-def assign(layers: list[Layer], config: PeftConfig, *, strict: bool = True) -> list[Assignment]:
+def assign(layers: list[DiscoveredLayer], config: PeftConfig, *, strict: bool = True) -> list[LayerPlan]:
     """Match layers to rules and build their adapters.
 
     With ``strict``, raise on a matched layer the adapter cannot adapt (rules with
@@ -79,7 +76,7 @@ def assign(layers: list[Layer], config: PeftConfig, *, strict: bool = True) -> l
     refusals: dict[int, list[str]] = {i: [] for i in range(len(config.rules))}
     result = []
     for layer in layers:
-        entry = Assignment(layer)
+        entry = LayerPlan(layer)
         result.append(entry)
         if any(pattern_matches(p, layer.path) for p in config.exclude):
             entry.notes.append("excluded by config")
@@ -98,7 +95,7 @@ def assign(layers: list[Layer], config: PeftConfig, *, strict: bool = True) -> l
                 entry.notes.append(f"skipped by rule {rule.label!r}: {reason}")
                 continue
             entry.rule = rule
-            entry.adapter = _build(cls, layer, options)
+            entry.adapter = build_adapter(cls, layer, options)
             adapted[i] += 1
             break
     if strict:
@@ -109,7 +106,7 @@ def assign(layers: list[Layer], config: PeftConfig, *, strict: bool = True) -> l
     return result
 
 
-def _build(cls: type[Adapter], layer: Layer, options) -> Adapter:
+def build_adapter(cls: type[Adapter], layer: DiscoveredLayer, options) -> Adapter:
     if not cls.equivariant:
         warnings.warn(
             f"the {cls.name!r} adapter is NOT equivariant (layer {layer.path!r}): use it only for ablations",

@@ -285,7 +285,7 @@ def load_adapter(
     ``allow_base_mismatch`` (then a warning is logged).
     """
     from peft_equi.core.plan import assign, discover
-    from peft_equi.model import PeftModel, _check_name, plan_assignments, trained_tensor_names
+    from peft_equi.model import PeftModel, _check_name, plan_layers, trained_tensor_names
 
     directory = Path(directory)
     _check_name(adapter_name)
@@ -298,7 +298,7 @@ def load_adapter(
     meta, tensors = read_adapter(directory)
     config = PeftConfig.model_validate(meta["config"])
     base_model = model if existing is None else existing.base_model
-    assignments = assign(discover(base_model), config) if existing is not None else plan_assignments(model, config)
+    assignments = assign(discover(base_model), config) if existing is not None else plan_layers(model, config)
     planned = {a.layer.path: a.adapter for a in assignments if a.adapter is not None}
     expected: dict[str, tuple[int, ...]] = {}
     for path, adapter in planned.items():

@@ -30,7 +30,7 @@ class ConventionalAdapter(Adapter):
 
     def __init__(self, spec: LayerSpec, config: ConventionalConfig) -> None:
         super().__init__(spec, config)
-        self.dynamic = True
+        self.input_dependent = True
         dim_in = spec.irreps_in[0].dim
         self.scaling = scaling(config.rank, config.alpha)
         self.down = down_factor(dim_in, config.rank, 1.0 / math.sqrt(max(dim_in, 1)))

@@ -82,8 +82,8 @@ class FilmAdapter(Adapter):
         n_gamma, n_beta = spec.num_channels_out, spec.num_scalar_out() if config.shift else 0
         self.gain_scale = config.gain_scale
         self.exp_gain = config.gain == "exp"
-        self.dynamic = config.conditioning == "input"
-        if self.dynamic:
+        self.input_dependent = config.conditioning == "input"
+        if self.input_dependent:
             self.invariants = InvariantReader(spec, _selected_operands(spec, config))
             self.head = nn.Linear(self.invariants.width, config.rank)  # PyTorch's default init
             self.act = nn.SiLU()
@@ -101,7 +101,7 @@ class FilmAdapter(Adapter):
         return torch.exp(t) if self.exp_gain else 1.0 + t
 
     def output_affine(self) -> tuple[torch.Tensor | None, torch.Tensor | None]:
-        if self.dynamic:
+        if self.input_dependent:
             return None, None
         return self._phi(self.gamma), self.beta
 

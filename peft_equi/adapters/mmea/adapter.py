@@ -91,7 +91,7 @@ class MmeaAdapter(Adapter):
 
     def __init__(self, spec: LayerSpec, config: MmeaConfig) -> None:
         super().__init__(spec, config)
-        self.dynamic = True
+        self.input_dependent = True
         self.invariants = InvariantReader(spec)
         index, n_gains = _gain_columns(spec, config)
         self.scale = None

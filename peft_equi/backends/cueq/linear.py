@@ -50,7 +50,7 @@ class CueLinear(FlatWeightBackend):
 class AdaptedCueLinear(AdaptedLayer):
     """``cuet.Linear`` with an adapter, called as ``layer(x)`` (TorchScript-compatible).
 
-    An effective weight goes through the layer's own polynomial ``f``; dynamic adapters read
+    An effective weight goes through the layer's own polynomial ``f``; input-dependent adapters read
     ``x`` reordered into the output layout (the spec's).
     """
 
@@ -70,14 +70,14 @@ class AdaptedCueLinear(AdaptedLayer):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if not self.adapter_enabled:
             return self.base_layer(x)
-        weight, _, extra = self.effective_parameters()
+        weight, _, output_shift = self.effective_parameters()
         if weight is None:
             y = self.base_layer(x)
         else:
             layer = self.base_layer
             y = layer.transpose_out(layer.f([weight.reshape(1, -1), layer.transpose_in(x)])[0])
-        if extra is not None:
-            y = y + extra
-        if self.adapter.dynamic:
+        if output_shift is not None:
+            y = y + output_shift
+        if self.adapter.input_dependent:
             y = self.adapter.modulate(y, [x.index_select(-1, self.input_order) if self.reorder_input else x])
         return y

@@ -278,7 +278,7 @@ class AdaptedCueSymmetricContraction(AdaptedLayer):
     def forward(self, x: torch.Tensor, indices: torch.Tensor) -> torch.Tensor:
         if not self.adapter_enabled:
             return self.base_layer(x, indices)
-        weight, _, extra = self.effective_parameters()
+        weight, _, output_shift = self.effective_parameters()
         if weight is None:
             y = self.base_layer(x, indices)
         else:
@@ -288,9 +288,9 @@ class AdaptedCueSymmetricContraction(AdaptedLayer):
                 stored = torch.einsum("zau,ab->zbu", stored, projection)
             layer = self.base_layer
             y = layer.transpose_out(layer.f([stored.flatten(1), layer.transpose_in(x)], input_indices={0: indices})[0])
-        if extra is not None:
-            y = y + extra
-        if self.adapter.dynamic:
+        if output_shift is not None:
+            y = y + output_shift
+        if self.adapter.input_dependent:
             features = x.index_select(-1, self.input_order) if self.reorder_input else x
             one_hot = nn.functional.one_hot(indices.long(), self.num_elements).to(features.dtype)
             y = self.adapter.modulate(y, [features, one_hot])

@@ -58,7 +58,7 @@ class CueFullyConnectedTensorProduct(FlatWeightBackend):
 class AdaptedCueTensorProduct(AdaptedLayer):
     """``cuet.FullyConnectedTensorProduct`` with an adapter, called as ``layer(x1, x2)`` (TorchScript-compatible).
 
-    An effective weight goes through the layer's own polynomial ``f``; dynamic adapters read
+    An effective weight goes through the layer's own polynomial ``f``; input-dependent adapters read
     the operands reordered into the output layout (the spec's).
     """
 
@@ -79,16 +79,16 @@ class AdaptedCueTensorProduct(AdaptedLayer):
     def forward(self, x1: torch.Tensor, x2: torch.Tensor) -> torch.Tensor:
         if not self.adapter_enabled:
             return self.base_layer(x1, x2)
-        weight, _, extra = self.effective_parameters()
+        weight, _, output_shift = self.effective_parameters()
         if weight is None:
             y = self.base_layer(x1, x2)
         else:
             layer = self.base_layer
             inputs = [weight.reshape(1, -1), layer.transpose_in1(x1), layer.transpose_in2(x2)]
             y = layer.transpose_out(layer.f(inputs)[0])
-        if extra is not None:
-            y = y + extra
-        if self.adapter.dynamic:
+        if output_shift is not None:
+            y = y + output_shift
+        if self.adapter.input_dependent:
             operands = [
                 x1.index_select(-1, self.x1_order) if self.reorder_x1 else x1,
                 x2.index_select(-1, self.x2_order) if self.reorder_x2 else x2,

@@ -24,7 +24,7 @@ class E3nnFullyConnectedLayer(FlatWeightBackend):
 
     It computes ``act(x @ W / sqrt(h_in var_in)) * sqrt(var_out)`` (or, without activation,
     ``x @ W / sqrt(h_in var_in / var_out)``); the division is the path weight and the
-    activation is applied in :meth:`finish`, so adapters see the pre-activation.
+    activation is applied in :meth:`after_linear`, so adapters see the pre-activation.
     """
 
     name = "e3nn.fc"
@@ -67,14 +67,14 @@ class AdaptedE3nnFullyConnected(AdaptedLayer):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if not self.adapter_enabled:
             return self.base_layer(x)
-        weight, _, extra = self.effective_parameters()
+        weight, _, output_shift = self.effective_parameters()
         if weight is None:
             y = x @ (self.base_layer.weight / self.divisor)
         else:
             y = x @ (weight.reshape(self.h_in, self.h_out) / self.divisor)
-        if extra is not None:
-            y = y + extra
-        if self.adapter.dynamic:
+        if output_shift is not None:
+            y = y + output_shift
+        if self.adapter.input_dependent:
             y = self.adapter.modulate(y, [x])
         if self.base_layer.act is None:
             return y

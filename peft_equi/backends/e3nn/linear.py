@@ -92,10 +92,10 @@ class AdaptedE3nnLinear(AdaptedLayer):
     def forward(self, features: torch.Tensor) -> torch.Tensor:
         if not self.adapter_enabled:
             return self.base_layer(features)
-        weight, bias, extra = self.effective_parameters()
+        weight, bias, output_shift = self.effective_parameters()
         y = self.base_layer(features) if weight is None else self.base_layer(features, weight, bias)
-        if extra is not None:
-            y = y + extra
-        if self.adapter.dynamic:
+        if output_shift is not None:
+            y = y + output_shift
+        if self.adapter.input_dependent:
             y = self.adapter.modulate(y, [features])
         return y

@@ -72,10 +72,10 @@ class AdaptedE3nnTensorProduct(AdaptedLayer):
     def forward(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
         if not self.adapter_enabled:
             return self.base_layer(x, y)
-        weight, _, extra = self.effective_parameters()
+        weight, _, output_shift = self.effective_parameters()
         out = self.base_layer(x, y, weight)  # weight=None: the layer's own
-        if extra is not None:
-            out = out + extra
-        if self.adapter.dynamic:
+        if output_shift is not None:
+            out = out + output_shift
+        if self.adapter.input_dependent:
             out = self.adapter.modulate(out, [x, y])
         return out

@@ -67,14 +67,14 @@ class AdaptedNequipScalarLinear(AdaptedLayer):
     def forward(self, input: torch.Tensor) -> torch.Tensor:  # nequip's argument name
         if not self.adapter_enabled:
             return self.base_layer(input)
-        weight, bias, extra = self.effective_parameters()
+        weight, bias, output_shift = self.effective_parameters()
         if weight is None:
             y = self.base_layer(input)
         else:
             scaled = weight.reshape(self.in_features, self.out_features) * self.base_layer.alpha  # nequip's op order
             y = torch.mm(input, scaled) if bias is None else torch.addmm(bias, input, scaled)
-        if extra is not None:
-            y = y + extra
-        if self.adapter.dynamic:
+        if output_shift is not None:
+            y = y + output_shift
+        if self.adapter.input_dependent:
             y = self.adapter.modulate(y, [input])
         return y
