@@ -205,7 +205,7 @@ def test_layers_pickled_before_the_wrappers_load_and_compile():
     from peft_equi.utils.safe_load import load_torch_file
 
     path = FIXTURES / "adapted_layers_pre_torchscript.pt"
-    with pytest.raises(ModuleNotFoundError, match="peft_equi.layer"):
+    with pytest.raises(ModuleNotFoundError, match=r"peft_equi\.layer"):
         torch.load(path, weights_only=False)
     cases = load_torch_file(path, trust_pickle=True, what="a pickle of adapted layers")
     assert len(cases) == 7
