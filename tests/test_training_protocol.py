@@ -8,8 +8,9 @@ import pytest
 import torch
 from test_finetune import _config, files  # noqa: F401 - the module-scoped data fixture
 
-from peft_equi.training import FinetuneConfig, Finetuner
+from peft_equi.training import FinetuneConfig, Finetuner, evaluate
 from peft_equi.training.checkpoint import load_checkpoint
+from peft_equi.training.engine import load_splits
 from peft_equi.training.metrics import weighted_loss
 
 
@@ -45,13 +46,13 @@ def test_stage_two_switches_lr_and_weights_and_restarts_the_best_model_search(fi
     )
     finetuner = Finetuner(config)
     seen = []
-    original = finetuner.validation_loss
+    original = finetuner.loop.validation_loss
 
     def spy(model, prepared):
-        seen.append(finetuner.weights)
+        seen.append(finetuner.loop.weights)
         return original(model, prepared)
 
-    finetuner.validation_loss = spy
+    finetuner.loop.validation_loss = spy
     result = finetuner.run()
     rows = _rows(tmp_path / "swa")
     assert [r["stage"] for r in rows] == ["1", "1", "2", "2"]
@@ -66,7 +67,7 @@ def test_stage_two_switches_lr_and_weights_and_restarts_the_best_model_search(fi
 def _scripted_validation(finetuner: Finetuner, losses: list[float]) -> None:
     """Make the validation loss follow ``losses``, so that the best epoch is known in advance."""
     remaining = iter(losses)
-    finetuner.validation_loss = lambda model, prepared: next(remaining)
+    finetuner.loop.validation_loss = lambda model, prepared: next(remaining)
 
 
 def test_best_model_is_kept_and_evaluated(files, tmp_path):  # noqa: F811
@@ -84,10 +85,9 @@ def test_best_model_is_kept_and_evaluated(files, tmp_path):  # noqa: F811
     final = last_tuner.model.adapter_state_dict()
     assert any(not torch.equal(kept[k], final[k]) for k in kept)
     # the reported errors are those of the kept weights
-    assert (
-        best["after"]["test"].forces_mae
-        == best_tuner.evaluate(best_tuner.model, best_tuner.prepare(best_tuner._load_data()[2])).forces_mae
-    )
+    test = best_tuner.prepare(load_splits(best_tuner.config)[2])
+    again = evaluate(best_tuner.potential, best_tuner.model, test, batch_size=best_tuner.config.eval_batch_size)
+    assert best["after"]["test"].forces_mae == again.forces_mae
     assert best["after"]["test"].forces_mae != last["after"]["test"].forces_mae
 
 
@@ -99,14 +99,14 @@ def test_resume_across_the_stage_switch_equals_a_straight_run(files, tmp_path): 
     options = dict(epochs=4, swa=True, start_swa=2, swa_lr=1e-4, lr=1e-3)
     straight = Finetuner(_config(files, tmp_path / "a", **options)).run()
     interrupted = Finetuner(_config(files, tmp_path / "b", **options))
-    original = interrupted._train_epoch
+    original = interrupted.loop.train_epoch
 
-    def stop_at_stage_two(trained, optimizer, ema, params, train_p, epoch):
+    def stop_at_stage_two(wrapped, state, loader, epoch):
         if epoch == 2:
             raise _Interrupted
-        return original(trained, optimizer, ema, params, train_p, epoch)
+        return original(wrapped, state, loader, epoch)
 
-    interrupted._train_epoch = stop_at_stage_two
+    interrupted.loop.train_epoch = stop_at_stage_two
     with pytest.raises(_Interrupted):
         interrupted.run()
     assert load_checkpoint(tmp_path / "b" / "checkpoint.pt")["epoch"] == 2
