@@ -285,6 +285,7 @@ CLI_ERRORS = {
     "missing energy key": (["--energy-key", "REF_energy"], "data.xyz: structure 0 has no 'REF_energy'"),
     "config option": (["--lr", "-1"], "lr: Input should be greater than 0"),
     "non-empty output": (["--output", "{tmp}/full"], "is not empty"),
+    "unknown device": (["--device", "nonsense"], "device 'nonsense' cannot be used"),
 }
 
 

@@ -29,7 +29,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from peft_equi.errors import PeftEquiError
+from peft_equi.errors import PeftEquiError, first_line
 from peft_equi.families.base import Potential
 from peft_equi.training.checkpoint import atomic_save, checkpoint_state
 from peft_equi.training.config import FinetuneConfig
@@ -48,14 +48,16 @@ def make_fabric(device: str):
     """A Fabric on ``device`` (``cpu``, ``cuda``, ``cuda:1``); under torchrun, DDP over all its processes."""
     from lightning.fabric import Fabric
 
-    kind = torch.device(device)
-    accelerator = "cpu" if kind.type == "cpu" else kind.type
-    if torch.distributed.is_available() and torch.distributed.is_torchelastic_launched():
-        world = int(os.environ["WORLD_SIZE"])
-        local = int(os.environ.get("LOCAL_WORLD_SIZE", world))
-        return Fabric(accelerator=accelerator, devices=local, num_nodes=world // local, strategy="ddp")
-    devices = [kind.index] if kind.index is not None else 1
-    return Fabric(accelerator=accelerator, devices=devices, precision="32-true")
+    try:
+        kind = torch.device(device)
+        if torch.distributed.is_available() and torch.distributed.is_torchelastic_launched():
+            world = int(os.environ["WORLD_SIZE"])
+            local = int(os.environ.get("LOCAL_WORLD_SIZE", world))
+            return Fabric(accelerator=kind.type, devices=local, num_nodes=world // local, strategy="ddp")
+        devices = [kind.index] if kind.index is not None else 1
+        return Fabric(accelerator=kind.type, devices=devices, precision="32-true")
+    except Exception as exc:  # torch and Lightning raise several kinds for a device they cannot use
+        raise PeftEquiError(f"device {device!r} cannot be used: {first_line(exc)}") from None
 
 
 @dataclass
