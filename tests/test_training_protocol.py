@@ -123,3 +123,29 @@ def test_config_round_trips_the_new_options(tmp_path):
     config = FinetuneConfig(model="m", train=tmp_path, swa=True, epochs=10, keep="last", energy_loss="per_atom")
     again = FinetuneConfig.model_validate_json(config.model_dump_json())
     assert again == config
+
+
+def test_process_shares_make_up_the_single_process_batches():
+    """The training sampler: w processes' shares of batch b are one process's batch b, in numpy's per-epoch order."""
+    import numpy as np
+    from torch.utils.data import DataLoader
+
+    from peft_equi.errors import PeftEquiError
+    from peft_equi.training.loader import ShuffledShares
+
+    n, batch, seed = 23, 4, 5
+    one = [b.tolist() for b in DataLoader(range(n), batch_size=batch, sampler=ShuffledShares(n, batch, seed))]
+    shares = [
+        [b.tolist() for b in DataLoader(range(n), batch_size=batch // 2, sampler=ShuffledShares(n, batch, seed, r, 2))]
+        for r in (0, 1)
+    ]
+    assert len(one) == len(shares[0]) == len(shares[1]) == n // batch  # the incomplete last batch is dropped
+    for whole, first, second in zip(one, *shares):
+        assert sorted(whole) == sorted(first + second) and not set(first) & set(second)
+    first_epoch = [i for b in one for i in b]
+    assert first_epoch == np.random.default_rng(seed + 1000).permutation(n)[:20].tolist()
+    sampler = ShuffledShares(n, batch, seed)
+    sampler.use_epoch(3)  # epochs draw new orders; a resumed run draws the same one
+    assert list(sampler) == np.random.default_rng(seed + 4000).permutation(n)[:20].tolist() != first_epoch
+    with pytest.raises(PeftEquiError, match="batch_size 5 is not divisible by 2 processes"):
+        ShuffledShares(n, 5, seed, 0, 2)
