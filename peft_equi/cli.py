@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import inspect
 import json
+import logging
 import os
 import sys
 import types
@@ -36,6 +37,38 @@ MismatchOption = Annotated[
         help="load the run's adapter even if the model's weights differ from those it was trained on (transfer)",
     ),
 ]
+
+
+class _StderrHandler(logging.StreamHandler):
+    """A log handler writing to ``sys.stderr`` as it is when a record comes (test runners swap it)."""
+
+    def __init__(self) -> None:
+        super().__init__(sys.stderr)
+
+    @property
+    def stream(self):  # type: ignore[override]
+        return sys.stderr
+
+    @stream.setter
+    def stream(self, value) -> None:  # the base class sets it; sys.stderr is looked up on each record instead
+        pass
+
+
+def configure_logging(level: int = logging.INFO) -> None:
+    """Show the library's messages (``peft_equi`` loggers) on stderr, one line each, at ``level`` and above."""
+    logger = logging.getLogger("peft_equi")
+    if not any(isinstance(h, _StderrHandler) for h in logger.handlers):
+        handler = _StderrHandler()
+        handler.setFormatter(logging.Formatter("%(message)s"))
+        logger.addHandler(handler)
+    logger.setLevel(level)
+
+
+@app.callback()
+def _main(
+    quiet: Annotated[bool, typer.Option("--quiet", "-q", help="show results and errors only, no progress")] = False,
+) -> None:
+    configure_logging(logging.WARNING if quiet else logging.INFO)
 
 
 def _fail(message: str) -> typer.Exit:
@@ -74,7 +107,8 @@ def _finetune(config: Optional[Path] = None, **flags: Any) -> None:  # noqa: UP0
         run_config = FinetuneConfig.from_file(config, **given) if config else FinetuneConfig.checked(given)
     except (FileNotFoundError, ValueError) as exc:  # ConfigError is a ValueError
         raise _fail(str(exc)) from None
-    from peft_equi.training.engine import Finetuner, format_results
+    from peft_equi.training.engine import Finetuner
+    from peft_equi.training.outputs import format_results
 
     try:
         result = Finetuner(run_config).run()
@@ -195,19 +229,19 @@ def evaluate(
     allow_base_mismatch: MismatchOption = False,
 ) -> None:
     """Energy and force errors of a model (with a fine-tuned adapter from --run) on a data file."""
+    from peft_equi.families.base import load_potential
     from peft_equi.training.data import read_dataset
-    from peft_equi.training.engine import Finetuner
+    from peft_equi.training.evaluation import evaluate as errors_of
 
     try:
         dataset = read_dataset(data, energy_key, forces_key)  # checked before any model is loaded
-        config = FinetuneConfig(model=model, train=data, trust_pickle=trust_pickle, eval_batch_size=batch_size)
-        finetuner = Finetuner(config)
-        network = finetuner.potential.model
-        if run is not None:
-            # the setter takes the elements of the potential (cut when the run cut the model)
-            finetuner.potential, network, finetuner.delta = _adapted(model, run, trust_pickle, allow_base_mismatch)
-        finetuner.potential.check_elements(dataset.atomic_numbers, str(data))
-        errors = finetuner.evaluate(network, finetuner.prepare(dataset))
+        if run is None:
+            potential = load_potential(model, trust_pickle=trust_pickle)
+            network, delta = potential.model, None
+        else:  # the potential is cut when the run cut the model
+            potential, network, delta = _adapted(model, run, trust_pickle, allow_base_mismatch)
+        potential.check_elements(dataset.atomic_numbers, str(data))
+        errors = errors_of(potential, network, dataset, delta=delta, batch_size=batch_size)
     except (PeftEquiError, FileNotFoundError, KeyError, ValidationError) as exc:
         raise _fail(str(exc)) from None
     typer.echo(json.dumps({"structures": len(dataset), **errors.summary()}, indent=2))
@@ -265,7 +299,7 @@ def md(
     import numpy as np
 
     from peft_equi.families.base import load_potential
-    from peft_equi.md import PotentialCalculator, format_reports, md_stability, write_reports
+    from peft_equi.md import format_reports, write_reports
 
     nve = steps if nve_steps is None else nve_steps
     try:
@@ -283,22 +317,8 @@ def md(
             shift = dict(zip(potential.atomic_numbers, np.asarray(delta).tolist()))
             # the same per-element correction for both: a constant shift, it changes neither dynamics nor drift
             models = {"foundation": (base, base.model, shift), "fine-tuned": (potential, peft_model, shift)}
-        reports = {}
-        for name, (pot, module, shift) in models.items():
-            module.to(device)
-            calculator = PotentialCalculator(pot, module, shift)
-            reports[name] = md_stability(
-                calculator,
-                atoms,
-                temperature,
-                steps,
-                nve,
-                timestep,
-                seed,
-                friction=friction,
-                progress=progress,
-                description=name,
-            )
+        settings = dict(temperature=temperature, nvt_steps=steps, nve_steps=nve, timestep=timestep, seed=seed)
+        reports = _md_reports(models, atoms, device, settings | dict(friction=friction, progress=progress))
         paths = write_reports(reports, output, structure=str(structure))
     except (PeftEquiError, FileNotFoundError, ValueError) as exc:
         raise _fail(str(exc)) from None
@@ -307,6 +327,17 @@ def md(
         if report.failure:
             typer.echo(f"{name}: {report.failure}")
     typer.echo(f"outputs: {', '.join(str(p) for p in paths)}")
+
+
+def _md_reports(models: dict[str, tuple], atoms, device: str, settings: dict[str, Any]) -> dict[str, Any]:
+    """:func:`~peft_equi.md.md_stability` of each ``name: (potential, module, shift)``."""
+    from peft_equi.md import PotentialCalculator, md_stability
+
+    reports = {}
+    for name, (pot, module, shift) in models.items():
+        module.to(device)
+        reports[name] = md_stability(PotentialCalculator(pot, module, shift), atoms, **settings, description=name)
+    return reports
 
 
 def _read_structure(path: Path):

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import logging
 import os
 import subprocess
 import sys
@@ -190,7 +191,9 @@ from pathlib import Path
 sys.path.insert(0, {tests!r})
 from peft_equi.training import FinetuneConfig, Finetuner
 config = FinetuneConfig.model_validate_json(Path({config!r}).read_text())
-Finetuner(config).run()
+finetuner = Finetuner(config)
+finetuner.run()
+print(f"process {{finetuner.fabric.global_rank}} of {{finetuner.fabric.world_size}}")
 """
 
 
@@ -204,7 +207,8 @@ def test_two_processes_match_one(files, tmp_path):
         script.write_text(DDP_SCRIPT.format(tests=str(Path(__file__).parent), config=str(tmp_path / f"config{n}.json")))
         env = os.environ | {"OMP_NUM_THREADS": "1"}
         command = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={n}", str(script)]
-        subprocess.run(command, check=True, env=env, capture_output=True, timeout=600)
+        run = subprocess.run(command, check=True, env=env, capture_output=True, text=True, timeout=600)
+        assert all(f"process {rank} of {n}" in run.stdout for rank in range(n)), run.stdout  # Fabric saw torchrun
         results[n] = load_checkpoint(tmp_path / f"ddp{n}" / "checkpoint.pt")["adapter"]
     for key, value in results[1].items():
         torch.testing.assert_close(results[2][key], value, atol=1e-10, rtol=1e-8, msg=key)
@@ -222,9 +226,9 @@ def test_held_out_rest_of_the_training_file(files, tmp_path):
         Finetuner(_config(files, tmp_path / "rest2", test_on_rest=True)).run()
 
 
-def test_cueq_backend_option(files, tmp_path, capsys):
-    result = Finetuner(
-        _config(files, tmp_path / "cueq", epochs=1, backend="cueq", adapter="mmea-paper", adapter_options={"rank": 4})
-    ).run()
-    assert "naive" in capsys.readouterr().out  # no GPU kernels here, and the run says so
+def test_cueq_backend_option(files, tmp_path, caplog):
+    options = dict(epochs=1, backend="cueq", adapter="mmea-paper", adapter_options={"rank": 4})
+    with caplog.at_level(logging.INFO, logger="peft_equi"):
+        result = Finetuner(_config(files, tmp_path / "cueq", **options)).run()
+    assert "naive" in caplog.text  # no GPU kernels here, and the run says so
     assert np.isfinite(result["after"]["test"].forces_mae)

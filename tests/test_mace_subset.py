@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import copy
 import json
+import logging
 
 import numpy as np
 import pytest
@@ -154,11 +155,14 @@ def _run(files, out, **overrides) -> dict:
     return Finetuner(FinetuneConfig(**(options | overrides))).run()
 
 
-def test_engine_cuts_to_the_data_elements_and_cli_rebuilds_the_cut(hcno_files, tmp_path, capsys):
-    cut = _run(hcno_files, tmp_path / "cut")
-    assert "model cut from 4 to the data's elements (H, C, O)" in capsys.readouterr().out
-    whole = _run(hcno_files, tmp_path / "whole", subset_elements=False)
-    assert "model cut" not in capsys.readouterr().out
+def test_engine_cuts_to_the_data_elements_and_cli_rebuilds_the_cut(hcno_files, tmp_path, caplog):
+    with caplog.at_level(logging.INFO, logger="peft_equi"):
+        cut = _run(hcno_files, tmp_path / "cut")
+    assert "model cut from 4 to the data's elements (H, C, O)" in caplog.text
+    caplog.clear()
+    with caplog.at_level(logging.INFO, logger="peft_equi"):
+        whole = _run(hcno_files, tmp_path / "whole", subset_elements=False)
+    assert "model cut" not in caplog.text
 
     base = torch.load(hcno_files / "base.model", weights_only=False)
     expected = peft_equi.get_peft_model(subset_elements(base, HCO), "elora-paper").num_trainable_parameters()
@@ -188,9 +192,10 @@ def test_engine_cuts_to_the_data_elements_and_cli_rebuilds_the_cut(hcno_files, t
         torch.testing.assert_close(got, want, atol=1e-10, rtol=0)
 
 
-def test_engine_cuts_before_moving_to_cueq(hcno_files, tmp_path, capsys):
-    result = _run(hcno_files, tmp_path / "cueq", backend="cueq", adapter="lora", adapter_options={"rank": 2})
-    out = capsys.readouterr().out
+def test_engine_cuts_before_moving_to_cueq(hcno_files, tmp_path, caplog):
+    with caplog.at_level(logging.INFO, logger="peft_equi"):
+        result = _run(hcno_files, tmp_path / "cueq", backend="cueq", adapter="lora", adapter_options={"rank": 2})
+    out = caplog.text
     assert out.index("model cut from 4") < out.index("cuequivariance:")
     assert np.isfinite(result["after"]["test"].forces_mae)
     assert json.loads((tmp_path / "cueq" / "energy_correction.json").read_text())["atomic_numbers"] == list(HCO)

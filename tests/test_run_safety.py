@@ -198,14 +198,14 @@ def test_resume_from_another_place_and_no_duplicate_rows(files, tmp_path, monkey
     """Item 8: resume compares what changes training (files by content), keeps integer epochs, no duplicates."""
     options = dict(epochs=5, checkpoint_every=2, plots=False)
     interrupted = Finetuner(_config(files, tmp_path / "run", **options))
-    original = interrupted._train_epoch
+    original = interrupted.loop.train_epoch
 
-    def stop(trained, optimizer, ema, params, train_p, epoch):
+    def stop(wrapped, state, loader, epoch):
         if epoch == 3:  # after epoch 3's row, the checkpoint is epoch 2's
             raise _Interrupted
-        return original(trained, optimizer, ema, params, train_p, epoch)
+        return original(wrapped, state, loader, epoch)
 
-    interrupted._train_epoch = stop
+    interrupted.loop.train_epoch = stop
     with pytest.raises(_Interrupted):
         interrupted.run()
     assert load_checkpoint(tmp_path / "run" / "checkpoint.pt")["epoch"] == 2
@@ -285,6 +285,7 @@ CLI_ERRORS = {
     "missing energy key": (["--energy-key", "REF_energy"], "data.xyz: structure 0 has no 'REF_energy'"),
     "config option": (["--lr", "-1"], "lr: Input should be greater than 0"),
     "non-empty output": (["--output", "{tmp}/full"], "is not empty"),
+    "unknown device": (["--device", "nonsense"], "device 'nonsense' cannot be used"),
 }
 
 

@@ -8,8 +8,9 @@ import pytest
 import torch
 from test_finetune import _config, files  # noqa: F401 - the module-scoped data fixture
 
-from peft_equi.training import FinetuneConfig, Finetuner
+from peft_equi.training import FinetuneConfig, Finetuner, evaluate
 from peft_equi.training.checkpoint import load_checkpoint
+from peft_equi.training.engine import load_splits
 from peft_equi.training.metrics import weighted_loss
 
 
@@ -45,13 +46,13 @@ def test_stage_two_switches_lr_and_weights_and_restarts_the_best_model_search(fi
     )
     finetuner = Finetuner(config)
     seen = []
-    original = finetuner.validation_loss
+    original = finetuner.loop.validation_loss
 
     def spy(model, prepared):
-        seen.append(finetuner.weights)
+        seen.append(finetuner.loop.weights)
         return original(model, prepared)
 
-    finetuner.validation_loss = spy
+    finetuner.loop.validation_loss = spy
     result = finetuner.run()
     rows = _rows(tmp_path / "swa")
     assert [r["stage"] for r in rows] == ["1", "1", "2", "2"]
@@ -66,7 +67,7 @@ def test_stage_two_switches_lr_and_weights_and_restarts_the_best_model_search(fi
 def _scripted_validation(finetuner: Finetuner, losses: list[float]) -> None:
     """Make the validation loss follow ``losses``, so that the best epoch is known in advance."""
     remaining = iter(losses)
-    finetuner.validation_loss = lambda model, prepared: next(remaining)
+    finetuner.loop.validation_loss = lambda model, prepared: next(remaining)
 
 
 def test_best_model_is_kept_and_evaluated(files, tmp_path):  # noqa: F811
@@ -84,10 +85,9 @@ def test_best_model_is_kept_and_evaluated(files, tmp_path):  # noqa: F811
     final = last_tuner.model.adapter_state_dict()
     assert any(not torch.equal(kept[k], final[k]) for k in kept)
     # the reported errors are those of the kept weights
-    assert (
-        best["after"]["test"].forces_mae
-        == best_tuner.evaluate(best_tuner.model, best_tuner.prepare(best_tuner._load_data()[2])).forces_mae
-    )
+    test = best_tuner.prepare(load_splits(best_tuner.config)[2])
+    again = evaluate(best_tuner.potential, best_tuner.model, test, batch_size=best_tuner.config.eval_batch_size)
+    assert best["after"]["test"].forces_mae == again.forces_mae
     assert best["after"]["test"].forces_mae != last["after"]["test"].forces_mae
 
 
@@ -99,14 +99,14 @@ def test_resume_across_the_stage_switch_equals_a_straight_run(files, tmp_path): 
     options = dict(epochs=4, swa=True, start_swa=2, swa_lr=1e-4, lr=1e-3)
     straight = Finetuner(_config(files, tmp_path / "a", **options)).run()
     interrupted = Finetuner(_config(files, tmp_path / "b", **options))
-    original = interrupted._train_epoch
+    original = interrupted.loop.train_epoch
 
-    def stop_at_stage_two(trained, optimizer, ema, params, train_p, epoch):
+    def stop_at_stage_two(wrapped, state, loader, epoch):
         if epoch == 2:
             raise _Interrupted
-        return original(trained, optimizer, ema, params, train_p, epoch)
+        return original(wrapped, state, loader, epoch)
 
-    interrupted._train_epoch = stop_at_stage_two
+    interrupted.loop.train_epoch = stop_at_stage_two
     with pytest.raises(_Interrupted):
         interrupted.run()
     assert load_checkpoint(tmp_path / "b" / "checkpoint.pt")["epoch"] == 2
@@ -123,3 +123,29 @@ def test_config_round_trips_the_new_options(tmp_path):
     config = FinetuneConfig(model="m", train=tmp_path, swa=True, epochs=10, keep="last", energy_loss="per_atom")
     again = FinetuneConfig.model_validate_json(config.model_dump_json())
     assert again == config
+
+
+def test_process_shares_make_up_the_single_process_batches():
+    """The training sampler: w processes' shares of batch b are one process's batch b, in numpy's per-epoch order."""
+    import numpy as np
+    from torch.utils.data import DataLoader
+
+    from peft_equi.errors import PeftEquiError
+    from peft_equi.training.loader import ShuffledShares
+
+    n, batch, seed = 23, 4, 5
+    one = [b.tolist() for b in DataLoader(range(n), batch_size=batch, sampler=ShuffledShares(n, batch, seed))]
+    shares = [
+        [b.tolist() for b in DataLoader(range(n), batch_size=batch // 2, sampler=ShuffledShares(n, batch, seed, r, 2))]
+        for r in (0, 1)
+    ]
+    assert len(one) == len(shares[0]) == len(shares[1]) == n // batch  # the incomplete last batch is dropped
+    for whole, first, second in zip(one, *shares):
+        assert sorted(whole) == sorted(first + second) and not set(first) & set(second)
+    first_epoch = [i for b in one for i in b]
+    assert first_epoch == np.random.default_rng(seed + 1000).permutation(n)[:20].tolist()
+    sampler = ShuffledShares(n, batch, seed)
+    sampler.use_epoch(3)  # epochs draw new orders; a resumed run draws the same one
+    assert list(sampler) == np.random.default_rng(seed + 4000).permutation(n)[:20].tolist() != first_epoch
+    with pytest.raises(PeftEquiError, match="batch_size 5 is not divisible by 2 processes"):
+        ShuffledShares(n, 5, seed, 0, 2)

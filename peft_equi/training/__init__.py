@@ -2,5 +2,6 @@
 
 from peft_equi.training.config import FinetuneConfig
 from peft_equi.training.engine import Finetuner, TrainingDivergedError
+from peft_equi.training.evaluation import evaluate
 
-__all__ = ["FinetuneConfig", "Finetuner", "TrainingDivergedError"]
+__all__ = ["FinetuneConfig", "Finetuner", "TrainingDivergedError", "evaluate"]

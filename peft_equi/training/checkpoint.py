@@ -1,15 +1,17 @@
-"""Atomic checkpoint files: written to a temporary name in the same directory, then renamed."""
+"""Checkpoints: written atomically (a temporary name in the same directory, then renamed), read with
+``weights_only``, and checked before a run resumes from one (options, input files by content, elements)."""
 
 from __future__ import annotations
 
+import json
 import pickle
 from pathlib import Path
 from typing import Any
 
 import torch
 
-from peft_equi.errors import PeftEquiError, UntrustedPickleError, first_line
-from peft_equi.utils.files import atomic_write
+from peft_equi.errors import ConfigError, PeftEquiError, UntrustedPickleError, first_line
+from peft_equi.utils.files import atomic_write, sha256
 from peft_equi.utils.safe_load import unsafe_globals
 
 
@@ -40,3 +42,78 @@ def load_checkpoint(path: str | Path) -> dict[str, Any]:
         ) from None
     except Exception as exc:  # truncated or not a torch file
         raise PeftEquiError(f"{path}: cannot read the checkpoint ({first_line(exc)})") from None
+
+
+#: Options naming files that are read: compared by content when resuming.
+INPUT_FILES = ("model", "train", "valid", "e0s")
+
+
+def input_digests(config) -> dict[str, str]:
+    """SHA-256 of the files a run of ``config`` reads (model, data, isolated atoms)."""
+    digests = {}
+    for key in INPUT_FILES:
+        value = getattr(config, key)
+        if value is not None and Path(value).is_file():
+            digests[key] = sha256(value)
+    return digests
+
+
+def check_resumable(config, checkpoint: dict[str, Any], digests: dict[str, str]) -> None:
+    """Refuse to resume when an option that changes training differs from the checkpoint's.
+
+    A file read whose digest the checkpoint recorded is compared by content only (``digests``:
+    today's, from :func:`input_digests`): changed exactly when its digest differs, whatever the
+    path (the same run may resume from another working directory, through an absolute or
+    relative path or copied; a file edited in place, or a relative path now naming another
+    file, is refused).  Paths are compared only for options without a recorded digest (a model
+    given by name).
+    """
+    saved = json.loads(checkpoint["config"])
+    recorded = json.loads(checkpoint.get("inputs", "{}"))
+    current = config.training_options()
+
+    def differs(key: str) -> bool:
+        return recorded[key] != digests.get(key) if key in recorded else saved.get(key) != current[key]
+
+    changed = sorted(k for k in current if differs(k))
+    # with swa and no start_swa, stage two starts at 3/4 of the epochs: more epochs move it
+    saved_start, start = int(checkpoint.get("stage_two_start", -1)), config.stage_two_start()
+    if (
+        not {"swa", "start_swa"} & set(changed)
+        and saved_start >= 0
+        and start is not None
+        and saved_start != start
+        and int(checkpoint["epoch"]) > min(saved_start, start)
+    ):
+        changed.append("epochs (it moves the start of stage two: give start_swa)")
+    if changed:
+        raise ConfigError(f"cannot resume: options changed since the checkpoint: {', '.join(changed)}")
+
+
+def check_elements(checkpoint: dict[str, Any], elements: list[int]) -> None:
+    """Refuse to resume when the model was cut to other elements than now."""
+    if "elements" in checkpoint and checkpoint["elements"].tolist() != list(elements):
+        raise PeftEquiError(
+            f"cannot resume: the model was cut to elements {checkpoint['elements'].tolist()} at the checkpoint, "
+            f"{list(elements)} now (data with other elements, or subset_elements changed?)"
+        )
+
+
+def run_state(config, delta, elements: list[int], digests: dict[str, str]) -> dict[str, Any]:
+    """What a checkpoint records about the run besides the training state (see :func:`checkpoint_state`)."""
+    start = config.stage_two_start()
+    return {
+        "delta": torch.as_tensor(delta),
+        "config": config.model_dump_json(exclude={"resume"}),
+        "inputs": json.dumps(digests),
+        "elements": torch.as_tensor(elements, dtype=torch.long),
+        "stage_two_start": -1 if start is None else start,
+    }
+
+
+def checkpoint_state(training: dict[str, Any], run: dict[str, Any]) -> dict[str, Any]:
+    """A checkpoint: the training state (epoch, adapter, optimizer, scheduler, ema, best) and the run's
+    :func:`run_state`, in the engine's key order."""
+    state = training | run
+    order = ("epoch", "adapter", "optimizer", "scheduler", "ema", "delta", "best", "config", "inputs", "elements")
+    return {key: state[key] for key in order} | {"stage_two_start": state["stage_two_start"]}

@@ -1,0 +1,81 @@
+"""Errors and losses of a model on labelled structures (``peft-equi evaluate`` calls :func:`evaluate`)."""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+from torch import nn
+
+from peft_equi.families.base import Potential
+from peft_equi.training.data import Dataset
+from peft_equi.training.loader import Batch, Collate, Prepared, eval_loader, prepare
+from peft_equi.training.metrics import Errors, weighted_loss
+
+
+def _collate(potential: Potential, model: nn.Module) -> Collate:
+    """Batches on the device and in the floating dtype of ``model``'s parameters."""
+    parameter = next((p for p in model.parameters() if p.is_floating_point()), None)
+    if parameter is None:
+        return Collate(potential, torch.device("cpu"), torch.get_default_dtype())
+    return Collate(potential, parameter.device, parameter.dtype)
+
+
+def predict(
+    potential: Potential, model: nn.Module, prepared: Prepared, batch_size: int, collate: Collate | None = None
+) -> tuple[np.ndarray, np.ndarray]:
+    """``model``'s energies (with the energy correction) and forces on every structure of ``prepared``, in order."""
+    energies, forces = [], []
+    for batch in eval_loader(prepared, collate or _collate(potential, model), batch_size):
+        energy, force = potential.energy_forces(model, batch.inputs, training=False)
+        energies.append((energy + batch.shift).detach().cpu().numpy())
+        forces.append(force.detach().cpu().numpy())
+    return np.concatenate(energies), np.concatenate(forces)
+
+
+def evaluate(
+    potential: Potential,
+    model: nn.Module,
+    data: Dataset | Prepared,
+    *,
+    delta: np.ndarray | None = None,
+    batch_size: int = 10,
+    collate: Collate | None = None,
+) -> Errors:
+    """Energy and force errors of ``model`` (a module of ``potential``'s family) on ``data``.
+
+    ``delta``: per-element energy correction (eV, in the order of ``potential.atomic_numbers``)
+    added to the model's energies; for a :class:`Prepared` set it was applied when preparing.
+    """
+    prepared = data if isinstance(data, Prepared) else prepare(potential, data, delta)
+    energies, forces = predict(potential, model, prepared, batch_size, collate)
+    return Errors.of(energies, prepared.data.energies, forces, np.concatenate(prepared.data.forces))
+
+
+def batch_loss(
+    potential: Potential,
+    model: nn.Module,
+    batch: Batch,
+    weights: tuple[float, float],
+    energy_loss: str,
+    training: bool,
+    totals: tuple[int, int] | torch.Tensor | None = None,
+) -> torch.Tensor:
+    """The weighted energy-forces loss of ``model`` on ``batch`` (:func:`~peft_equi.training.metrics.weighted_loss`)."""
+    energy, forces = potential.energy_forces(model, batch.inputs, training=training)
+    return weighted_loss(
+        energy + batch.shift, forces, batch.energy, batch.forces, batch.n_atoms, *weights, totals, energy_loss
+    )
+
+
+def validation_loss(
+    potential: Potential,
+    model: nn.Module,
+    prepared: Prepared,
+    weights: tuple[float, float],
+    energy_loss: str,
+    batch_size: int,
+    collate: Collate | None = None,
+) -> float:
+    """Mean loss over the batches of ``prepared``."""
+    loader = eval_loader(prepared, collate or _collate(potential, model), batch_size)
+    return float(np.mean([batch_loss(potential, model, b, weights, energy_loss, False).item() for b in loader]))
