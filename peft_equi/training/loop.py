@@ -36,6 +36,7 @@ from peft_equi.training.config import FinetuneConfig
 from peft_equi.training.evaluation import batch_loss, evaluate, validation_loss
 from peft_equi.training.loader import Collate, Prepared, train_loader
 from peft_equi.training.logs import MetricsLog
+from peft_equi.utils.save_and_load import set_adapter_tensors
 
 log = logging.getLogger(__name__)
 
@@ -270,7 +271,4 @@ class TrainingLoop:
 
 
 def _copy_into(model: nn.Module, tensors: dict[str, torch.Tensor]) -> None:
-    state = model.adapter_state_dict()
-    with torch.no_grad():
-        for key, value in tensors.items():
-            state[key].copy_(value)
+    set_adapter_tensors(model, tensors, what="the checkpoint's adapter tensors")

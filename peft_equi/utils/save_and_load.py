@@ -49,7 +49,7 @@ from torch import nn
 from peft_equi.backends.base import Backend
 from peft_equi.core.config import PeftConfig
 from peft_equi.core.plan import base_tensors
-from peft_equi.errors import AdapterLoadError, BaseMismatchError, ConfigError, one_line
+from peft_equi.errors import AdapterLoadError, BaseMismatchError, one_line
 from peft_equi.utils.files import atomic_write
 
 if TYPE_CHECKING:
@@ -262,6 +262,62 @@ def _check_base(meta: dict, current: dict[str, dict], directory: Path, allow_bas
     logger.warning("%s; loaded anyway (allow_base_mismatch)", message)
 
 
+def adapter_key(path: str, name: str) -> str:
+    """The key of adapter tensor ``name`` of the layer at ``path``: ``adapters.<path>.<name>``."""
+    return f"adapters.{path}.{name}" if path else f"adapters.{name}"
+
+
+def set_adapter_tensors(
+    model: PeftModel, tensors: dict[str, torch.Tensor], adapter_name: str | None = None, *, what: str = "the tensors"
+) -> None:
+    """Copy ``tensors`` into adapter ``adapter_name`` (default: the active one) of ``model``, in place.
+
+    The one way saved values get into a model (saved adapters, checkpoints, conversions): keys
+    are those of :meth:`PeftModel.adapter_state_dict` (``adapters.<path>.<name>`` and
+    ``base.<name>``), all of them, with their shapes; otherwise :class:`AdapterLoadError`
+    lists what does not fit (``what`` names the source) and nothing is changed.
+    """
+    current = model.adapter_state_dict(adapter_name)
+    problems = _mismatches({k: tuple(v.shape) for k, v in current.items()}, tensors)
+    if problems:
+        raise AdapterLoadError(f"{what} do not fit the adapter: " + "; ".join(problems))
+    with torch.no_grad():
+        for key, value in tensors.items():
+            current[key].copy_(value)
+
+
+def _mismatches(expected: dict[str, tuple[int, ...]], tensors: dict[str, torch.Tensor]) -> list[str]:
+    """Missing and unexpected keys and shape mismatches of ``tensors`` against ``expected`` shapes, in words."""
+    shapes = sorted(
+        f"{k} saved {tuple(tensors[k].shape)} vs model {shape}"
+        for k, shape in expected.items()
+        if k in tensors and tuple(tensors[k].shape) != shape
+    )
+    return [
+        _listing(title, items)
+        for title, items in [
+            ("missing keys", sorted(k for k in expected if k not in tensors)),
+            ("unexpected keys", sorted(k for k in tensors if k not in expected)),
+            ("shape mismatches", shapes),
+        ]
+        if items
+    ]
+
+
+def _expected_shapes(base_model: nn.Module, planned: dict[str, Any], trained: list[str]) -> dict[str, tuple[int, ...]]:
+    """The keys and shapes an adapter of these layers (``path -> adapter``) and trained tensors saves."""
+    expected = {
+        adapter_key(path, name): tuple(tensor.shape)
+        for path, adapter in planned.items()
+        for name, tensor in adapter.state_dict().items()
+    }
+    owners = base_tensors(base_model, buffers=True)
+    for name in trained:
+        owner, attr = owners[name]
+        expected[f"base.{name}"] = tuple(getattr(owner, attr).shape)
+    return expected
+
+
 def load_adapter(
     model: nn.Module | PeftModel,
     directory: str | Path,
@@ -285,66 +341,39 @@ def load_adapter(
     ``allow_base_mismatch`` (then a warning is logged).
     """
     from peft_equi.core.plan import assign, discover
-    from peft_equi.model import PeftModel, _check_name, plan_layers, trained_tensor_names
+    from peft_equi.model import PeftModel, plan_layers
+    from peft_equi.named_adapters import check_name, trained_tensor_names
 
     directory = Path(directory)
-    _check_name(adapter_name)
     existing = model if isinstance(model, PeftModel) else None
-    if existing is not None and adapter_name in existing.peft_config:
-        raise ConfigError(
-            f"adapter name {adapter_name!r} is already in use (adapters: {', '.join(existing.peft_config)}); "
-            "delete_adapter it first or choose another name"
-        )
+    check_name(adapter_name, existing.peft_config if existing is not None else ())
     meta, tensors = read_adapter(directory)
     config = PeftConfig.model_validate(meta["config"])
     base_model = model if existing is None else existing.base_model
     assignments = assign(discover(base_model), config) if existing is not None else plan_layers(model, config)
     planned = {a.layer.path: a.adapter for a in assignments if a.adapter is not None}
-    expected: dict[str, tuple[int, ...]] = {}
-    for path, adapter in planned.items():
-        for name, tensor in adapter.state_dict().items():
-            expected[f"adapters.{path}.{name}" if path else f"adapters.{name}"] = tuple(tensor.shape)
     trained = trained_tensor_names(base_model, config, assignments)
-    for name in trained:
-        owner, attr = base_tensors(base_model, buffers=True)[name]
-        expected[f"base.{name}"] = tuple(getattr(owner, attr).shape)
     saved_layers = set(meta.get("layers", {}))
     problems = [
         _listing(title, items)
         for title, items in [
             ("layers adapted when saved but not now", sorted(saved_layers - set(planned))),
             ("layers adapted now but not when saved", sorted(set(planned) - saved_layers)),
-            ("missing keys", sorted(k for k in expected if k not in tensors)),
-            ("unexpected keys", sorted(k for k in tensors if k not in expected)),
-            (
-                "shape mismatches",
-                sorted(
-                    f"{k} saved {tuple(tensors[k].shape)} vs model {shape}"
-                    for k, shape in expected.items()
-                    if k in tensors and tuple(tensors[k].shape) != shape
-                ),
-            ),
         ]
         if items
-    ]
+    ] + _mismatches(_expected_shapes(base_model, planned, trained), tensors)
     if problems:
         raise AdapterLoadError(f"adapter in {directory} does not fit this model:\n  " + "\n  ".join(problems))
     # the base as this adapter will see it: tensors another adapter trains hold their base values
     with contextlib.nullcontext() if existing is None else existing._trained_values_of(None):
-        fingerprint = base_fingerprint(
-            ((a.layer.path, a.layer.module, a.layer.backend) for a in assignments if a.adapter is not None),
-            trained,
-        )
-    _check_base(meta, fingerprint, directory, allow_base_mismatch)
+        layers = ((a.layer.path, a.layer.module, a.layer.backend) for a in assignments if a.adapter is not None)
+        _check_base(meta, base_fingerprint(layers, trained), directory, allow_base_mismatch)
     if existing is None:
         peft_model = PeftModel(model, config, assignments, adapter_name)
     else:
         peft_model = existing
         peft_model._inject(adapter_name, config, assignments)
-    current = peft_model.adapter_state_dict(adapter_name)
-    with torch.no_grad():
-        for key, value in tensors.items():
-            current[key].copy_(value)
+    set_adapter_tensors(peft_model, tensors, adapter_name, what=f"the tensors in {directory}")
     peft_model._set_trainable(adapter_name, is_trainable)
     if not is_trainable:
         peft_model.eval()

@@ -17,9 +17,9 @@ import copy
 import torch
 from torch import nn
 
-from peft_equi.errors import PeftEquiError
 from peft_equi.model import PeftModel, get_peft_model
 from peft_equi.utils.dtype import torch_default_dtype
+from peft_equi.utils.save_and_load import set_adapter_tensors
 
 _CUET_POLYNOMIAL = "cuequivariance_torch.primitives.segmented_polynomial"
 
@@ -36,17 +36,7 @@ def _reattach(converted: nn.Module, adapters: dict[str, tuple], active: str) -> 
     for name, (config, _, _) in others:
         model.add_adapter(name, config)
     for name, (_, state, trainable) in adapters.items():
-        current = model.adapter_state_dict(name)
-        missing, unexpected = sorted(set(current) - set(state)), sorted(set(state) - set(current))
-        if missing or unexpected:
-            raise PeftEquiError(
-                f"the adapters do not map onto the converted model: missing {missing[:5]}, unexpected {unexpected[:5]}"
-            )
-        with torch.no_grad():
-            for key, value in state.items():
-                if current[key].shape != value.shape:
-                    raise PeftEquiError(f"{key}: shape {tuple(value.shape)} becomes {tuple(current[key].shape)}")
-                current[key].copy_(value)
+        set_adapter_tensors(model, state, name, what=f"the values of adapter {name!r} on the converted model")
         if not trainable:
             model._set_trainable(name, False)
     model.set_adapter(active)

@@ -14,6 +14,7 @@ from torch import nn
 from peft_equi.backends.e3nn.linear import E3nnLinear
 from peft_equi.errors import PeftEquiError
 from peft_equi.model import PeftModel, get_peft_model
+from peft_equi.utils.save_and_load import adapter_key, set_adapter_tensors
 
 
 def _wrappers(model: nn.Module) -> dict[str, nn.Module]:
@@ -67,6 +68,6 @@ def import_mace_lora(model: nn.Module) -> PeftModel:
     layers = peft_model.adapted_layers
     if set(layers) != set(factors):
         raise PeftEquiError(f"mace-lora adapts {sorted(set(layers) ^ set(factors))} differently from MACE's LoRA")
-    for path, state in factors.items():
-        layers[path].adapter.load_state_dict(state)
+    tensors = {adapter_key(path, name): value for path, state in factors.items() for name, value in state.items()}
+    set_adapter_tensors(peft_model, tensors, what="MACE's LoRA factors")
     return peft_model
