@@ -108,6 +108,17 @@ class FlatWeightBackend(Backend):
         copy_into(module.weight, weight)
 
 
+class FlatWeightAdaptedLayer(AdaptedLayer):
+    """The :class:`AdaptedLayer` of a layer whose ``weight``, flattened, is the canonical flat weight and
+    that has no bias of its own (TorchScript-compatible; subclasses add the layer's ``forward``)."""
+
+    def layer_weight(self) -> torch.Tensor:
+        return self.base_layer.weight.reshape(-1)
+
+    def layer_bias(self) -> torch.Tensor | None:
+        return None
+
+
 class DenseBackend(Backend):
     """Shared parts of dense layers on invariant features with an optional ``bias`` Parameter,
     called as ``layer(input)``."""

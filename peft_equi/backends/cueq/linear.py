@@ -8,7 +8,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from peft_equi.backends.base import FlatWeightBackend
+from peft_equi.backends.base import FlatWeightAdaptedLayer, FlatWeightBackend
 from peft_equi.backends.cueq.common import has_internal_weight, is_cue_irreps, layout_of, layout_order, polynomial
 from peft_equi.core.adapted_layer import AdaptedLayer
 from peft_equi.core.irreps import Irreps
@@ -47,7 +47,7 @@ class CueLinear(FlatWeightBackend):
         return AdaptedCueLinear
 
 
-class AdaptedCueLinear(AdaptedLayer):
+class AdaptedCueLinear(FlatWeightAdaptedLayer):
     """``cuet.Linear`` with an adapter, called as ``layer(x)`` (TorchScript-compatible).
 
     An effective weight goes through the layer's own polynomial ``f``; input-dependent adapters read
@@ -61,11 +61,7 @@ class AdaptedCueLinear(AdaptedLayer):
         order = layout_order(Irreps(base_layer.irreps_in), source, target)
         self.register_buffer("input_order", order, persistent=False)
 
-    def layer_weight(self) -> torch.Tensor:
-        return self.base_layer.weight.reshape(-1)
 
-    def layer_bias(self) -> torch.Tensor | None:
-        return None
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if not self.adapter_enabled:

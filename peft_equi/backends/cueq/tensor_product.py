@@ -8,7 +8,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from peft_equi.backends.base import FlatWeightBackend
+from peft_equi.backends.base import FlatWeightAdaptedLayer, FlatWeightBackend
 from peft_equi.backends.cueq.common import has_internal_weight, is_cue_irreps, layout_of, layout_order, polynomial
 from peft_equi.core.adapted_layer import AdaptedLayer
 from peft_equi.core.irreps import Irreps
@@ -55,7 +55,7 @@ class CueFullyConnectedTensorProduct(FlatWeightBackend):
         return AdaptedCueTensorProduct
 
 
-class AdaptedCueTensorProduct(AdaptedLayer):
+class AdaptedCueTensorProduct(FlatWeightAdaptedLayer):
     """``cuet.FullyConnectedTensorProduct`` with an adapter, called as ``layer(x1, x2)`` (TorchScript-compatible).
 
     An effective weight goes through the layer's own polynomial ``f``; input-dependent adapters read
@@ -70,11 +70,7 @@ class AdaptedCueTensorProduct(AdaptedLayer):
         self.register_buffer("x1_order", layout_order(Irreps(base_layer.irreps_in1), source1, target), persistent=False)
         self.register_buffer("x2_order", layout_order(Irreps(base_layer.irreps_in2), source2, target), persistent=False)
 
-    def layer_weight(self) -> torch.Tensor:
-        return self.base_layer.weight.reshape(-1)
 
-    def layer_bias(self) -> torch.Tensor | None:
-        return None
 
     def forward(self, x1: torch.Tensor, x2: torch.Tensor) -> torch.Tensor:
         if not self.adapter_enabled:

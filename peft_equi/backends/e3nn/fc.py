@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from peft_equi.backends.base import FlatWeightBackend
+from peft_equi.backends.base import FlatWeightAdaptedLayer, FlatWeightBackend
 from peft_equi.core.adapted_layer import AdaptedLayer
 from peft_equi.core.registry import register_backend
 from peft_equi.core.spec import LayerSpec, dense_spec
@@ -44,7 +44,7 @@ class E3nnFullyConnectedLayer(FlatWeightBackend):
         return AdaptedE3nnFullyConnected
 
 
-class AdaptedE3nnFullyConnected(AdaptedLayer):
+class AdaptedE3nnFullyConnected(FlatWeightAdaptedLayer):
     """A ``FullyConnectedNet`` layer with an adapter, called as ``layer(x)`` (TorchScript-compatible).
 
     The linear part runs here with the layer's own float operations (bit-identical to e3nn's
@@ -58,11 +58,7 @@ class AdaptedE3nnFullyConnected(AdaptedLayer):
         self.divisor = float(_divisor(base_layer))
         self.output_scale = float(base_layer.var_out**0.5)
 
-    def layer_weight(self) -> torch.Tensor:
-        return self.base_layer.weight.reshape(-1)
 
-    def layer_bias(self) -> torch.Tensor | None:
-        return None
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if not self.adapter_enabled:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from peft_equi.backends.base import FlatWeightBackend
+from peft_equi.backends.base import FlatWeightAdaptedLayer, FlatWeightBackend
 from peft_equi.backends.e3nn.linear import has_internal_flat_weight
 from peft_equi.core.adapted_layer import AdaptedLayer
 from peft_equi.core.irreps import Irreps
@@ -60,14 +60,10 @@ class E3nnTensorProduct(FlatWeightBackend):
         return AdaptedE3nnTensorProduct
 
 
-class AdaptedE3nnTensorProduct(AdaptedLayer):
+class AdaptedE3nnTensorProduct(FlatWeightAdaptedLayer):
     """An e3nn tensor product with an adapter, called as ``layer(x, y)`` (TorchScript-compatible)."""
 
-    def layer_weight(self) -> torch.Tensor:
-        return self.base_layer.weight
 
-    def layer_bias(self) -> torch.Tensor | None:
-        return None
 
     def forward(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
         if not self.adapter_enabled:
