@@ -5,13 +5,17 @@
     from peft_equi.testing import assert_equivariant, randomize_adapters
     randomize_adapters(peft_model)              # adapters start as the identity: randomise first
     assert_equivariant(peft_model, ["16x0e+8x1o"], "8x0e+4x1o")
+    assert_equivariant(peft_model.base_model)   # one adapted layer: irreps and layout from its spec
 
-The representation matrices default to e3nn's real Wigner matrices (``D_from_matrix``,
-which handles improper rotations through parity); pass ``rep`` for another basis.
+The representation matrices default to e3nn's real Wigner matrices (those of
+``D_from_matrix``, which handles improper rotations through parity, computed exactly to
+float64 rounding: see :func:`wigner_d`); pass ``rep`` for another basis.  The default
+tolerance depends on the dtype of the outputs (:data:`DEFAULT_ATOL`).
 """
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -19,6 +23,7 @@ import torch
 from torch import nn
 
 from peft_equi.core.irreps import Irreps, Layout
+from peft_equi.core.spec import LayerSpec
 
 Rep = Callable[[Irreps, torch.Tensor], torch.Tensor]
 
@@ -34,11 +39,52 @@ def random_orthogonal(
     return -q if inversion else q
 
 
-def e3nn_rep(irreps: Irreps, rotation: torch.Tensor) -> torch.Tensor:
-    """Block-diagonal Wigner matrix of ``irreps`` (``mul_ir`` layout) in e3nn's basis."""
+@functools.cache
+def _generator_eigh(l: int, axis: int) -> tuple[torch.Tensor, torch.Tensor]:  # noqa: E741
+    """``(frequencies m, eigenvectors V)`` of e3nn's real ``so(3)`` generator ``X = V diag(i m) V^H``."""
     from e3nn import o3
 
-    return o3.Irreps(str(irreps)).D_from_matrix(rotation)
+    generator = o3.so3_generators(l)[axis].to(torch.float64)
+    # X is real antisymmetric, so iX is Hermitian: eigh is accurate to rounding
+    m, v = torch.linalg.eigh(1j * generator.to(torch.complex128))
+    return -m, v
+
+
+def _rotation_exp(l: int, axis: int, angle: torch.Tensor) -> torch.Tensor:  # noqa: E741
+    """``exp(angle X_axis)`` for e3nn's generator, by its eigendecomposition."""
+    m, v = _generator_eigh(l, axis)
+    phases = torch.exp(1j * m * angle.to(torch.float64))
+    return ((v * phases) @ v.conj().t()).real
+
+
+def wigner_d(l: int, alpha: torch.Tensor, beta: torch.Tensor, gamma: torch.Tensor) -> torch.Tensor:  # noqa: E741
+    """e3nn's ``o3.wigner_D(l, alpha, beta, gamma)`` to float64 rounding.
+
+    e3nn exponentiates its generators with ``torch.matrix_exp``, which on CPU is off by up to
+    ~2e-10 for rotation angles in ``[0, 2 pi)``: linear layers do not notice (the same matrix
+    acts on both sides), but polynomial layers (tensor products, MACE's contraction) see
+    ``D`` fail to be a representation by that much.  The eigendecomposition is exact to rounding.
+    """
+    return _rotation_exp(l, 1, alpha) @ _rotation_exp(l, 0, beta) @ _rotation_exp(l, 1, gamma)
+
+
+def e3nn_rep(irreps: Irreps, rotation: torch.Tensor) -> torch.Tensor:
+    """Block-diagonal Wigner matrix of ``irreps`` (``mul_ir`` layout) in e3nn's basis.
+
+    The same matrix as e3nn's ``Irreps.D_from_matrix`` (improper rotations through parity),
+    computed to float64 rounding (see :func:`wigner_d`).
+    """
+    from e3nn import o3
+
+    rotation = rotation.to(torch.float64)
+    sign = torch.sign(torch.det(rotation))
+    alpha, beta, gamma = o3.matrix_to_angles(rotation * sign)
+    improper = bool(sign < 0)
+    blocks = []
+    for block in Irreps(irreps):
+        d = wigner_d(block.ir.l, alpha, beta, gamma) * (block.ir.p if improper else 1)
+        blocks += [d] * block.mul
+    return torch.block_diag(*blocks) if blocks else torch.zeros(0, 0, dtype=torch.float64)
 
 
 def layout_permutation(irreps: Irreps, layout: Layout | str) -> torch.Tensor:
@@ -64,57 +110,167 @@ def _as_tuple(value: Any) -> tuple:
     return value if isinstance(value, tuple) else (value,)
 
 
-def equivariance_error(
+#: Default ``atol`` of :func:`assert_equivariant` by the dtype of the checked outputs: float64
+#: keeps ~1e-16 relative rounding, so 1e-10 leaves room for sums over thousands of terms of
+#: size ~1; float32 keeps ~1e-7, hence 1e-4.  Other dtypes need an explicit ``atol``.
+DEFAULT_ATOL: dict[torch.dtype, float] = {torch.float64: 1e-10, torch.float32: 1e-4}
+
+
+def layer_spec(fn: Any) -> LayerSpec | None:
+    """The :class:`LayerSpec` behind ``fn``, or ``None``: an adapted layer's, a :class:`PeftModel`
+    whose base model is one adapted layer, or a module a backend describes as a whole."""
+    from peft_equi.core.adapted_layer import AdaptedLayer
+    from peft_equi.model import PeftModel
+
+    if isinstance(fn, PeftModel):
+        fn = fn.base_model
+    if isinstance(fn, AdaptedLayer):
+        return fn.spec
+    if not isinstance(fn, nn.Module):
+        return None
+    if any(isinstance(m, AdaptedLayer) for m in fn.modules()):
+        return None  # a model with adapters inside: not one layer
+    from peft_equi.core.plan import discover
+
+    found = [layer for layer in discover(fn) if layer.path == ""]
+    return found[0].spec if found else None
+
+
+def _resolve(
+    fn: Any,
+    irreps_in: Sequence[Irreps | str | None] | None,
+    irreps_out: Sequence[Irreps | str] | Irreps | str | None,
+    spec: LayerSpec | None,
+    layout: Layout | str | None,
+) -> tuple[list[Irreps | str | None], list[Irreps | str], Layout]:
+    """Irreps and layout from the arguments, else from ``spec``, else from the layer ``fn`` is.
+
+    ``fn``'s own spec is read only when irreps are missing: given irreps and no ``spec``
+    keep the ``mul_ir`` default layout (as before specs were read).
+    """
+    if spec is None and (irreps_in is None or irreps_out is None):
+        spec = layer_spec(fn)
+    if spec is None and (irreps_in is None or irreps_out is None):
+        raise ValueError(
+            "give irreps_in and irreps_out, or spec=LayerSpec, or pass an adapted layer (or a module a "
+            f"backend describes) as fn; {fn!r} is none of these"
+        )
+    irreps_in = list(spec.irreps_in) if irreps_in is None else list(irreps_in)
+    irreps_out = spec.irreps_out if irreps_out is None else irreps_out
+    irreps_out = [irreps_out] if isinstance(irreps_out, (str, Irreps)) else list(irreps_out)
+    layout = Layout(layout) if layout is not None else (spec.layout if spec is not None else Layout.MUL_IR)
+    return irreps_in, irreps_out, layout
+
+
+def _equivariance_error(
     fn: Callable[..., Any],
-    irreps_in: Sequence[Irreps | str | None],
-    irreps_out: Sequence[Irreps | str] | Irreps | str,
+    irreps_in: Sequence[Irreps | str | None] | None,
+    irreps_out: Sequence[Irreps | str] | Irreps | str | None,
     *,
+    spec: LayerSpec | None = None,
     args: Sequence[torch.Tensor] | None = None,
-    layout: Layout | str = Layout.MUL_IR,
+    layout: Layout | str | None = None,
+    layout_in: Sequence[Layout | str | None] | None = None,
     batch: int = 7,
     trials: int = 2,
     rep: Rep = e3nn_rep,
     generator: torch.Generator | None = None,
+    dtype: torch.dtype = torch.float64,
+) -> tuple[float, torch.dtype]:
+    """:func:`equivariance_error` and the least precise dtype among the checked outputs."""
+    irreps_in, irreps_out, layout = _resolve(fn, irreps_in, irreps_out, spec, layout)
+    layouts_in = [layout] * len(irreps_in) if layout_in is None else [layout if x is None else x for x in layout_in]
+    if len(layouts_in) != len(irreps_in):
+        raise ValueError(f"layout_in has {len(layouts_in)} entries for {len(irreps_in)} arguments")
+    if args is None:
+        if any(i is None for i in irreps_in):
+            raise ValueError("arguments with irreps None are passed unchanged: give them in args")
+        args = [torch.randn(batch, Irreps(i).dim, generator=generator, dtype=dtype) for i in irreps_in]
+    worst, out_dtype = 0.0, None
+    for inversion in (False, True):
+        for _ in range(trials):
+            rotation = random_orthogonal(inversion=inversion, generator=generator)
+            rotated = [
+                x if irreps is None else x @ representation(irreps, rotation, lay, rep).to(x.dtype).t()
+                for x, irreps, lay in zip(args, irreps_in, layouts_in)
+            ]
+            outputs = _as_tuple(fn(*args))
+            rotated_outputs = _as_tuple(fn(*rotated))
+            for out, out_rot, irreps in zip(outputs, rotated_outputs, irreps_out):
+                expected = out @ representation(irreps, rotation, layout, rep).to(out.dtype).t()
+                worst = max(worst, (out_rot - expected).abs().max().item())
+                if out_dtype is None or torch.finfo(out.dtype).eps > torch.finfo(out_dtype).eps:
+                    out_dtype = out.dtype
+    return worst, out_dtype or dtype
+
+
+def equivariance_error(
+    fn: Callable[..., Any],
+    irreps_in: Sequence[Irreps | str | None] | None = None,
+    irreps_out: Sequence[Irreps | str] | Irreps | str | None = None,
+    *,
+    spec: LayerSpec | None = None,
+    args: Sequence[torch.Tensor] | None = None,
+    layout: Layout | str | None = None,
+    layout_in: Sequence[Layout | str | None] | None = None,
+    batch: int = 7,
+    trials: int = 2,
+    rep: Rep = e3nn_rep,
+    generator: torch.Generator | None = None,
+    dtype: torch.dtype = torch.float64,
 ) -> float:
     """Largest ``|f(D x) - D f(x)|`` over ``trials`` rotations and ``trials`` improper rotations.
 
     ``irreps_in`` has one entry per positional argument; ``None`` marks an argument passed
     unchanged (it must be invariant), which then has to be given in ``args``.  Random
-    float64 inputs are drawn for the others unless ``args`` provides them.
+    inputs of ``dtype`` (float64) are drawn for the others unless ``args`` provides them.
+
+    ``irreps_in``, ``irreps_out`` and ``layout`` default to those of ``spec``; when irreps
+    are missing and no ``spec`` is given, to those of ``fn`` itself if it is an adapted
+    layer, a :class:`~peft_equi.PeftModel` of one adapted layer or a module a backend
+    describes (``equivariance_error(layer)``).  Explicit values win.  ``layout`` (default
+    ``mul_ir`` without a spec) is the layout of the outputs and of every input;
+    ``layout_in`` gives one layout per argument where the inputs differ (``None``: ``layout``).
     """
-    irreps_out = [irreps_out] if isinstance(irreps_out, (str, Irreps)) else list(irreps_out)
-    if args is None:
-        if any(i is None for i in irreps_in):
-            raise ValueError("arguments with irreps None are passed unchanged: give them in args")
-        args = [torch.randn(batch, Irreps(i).dim, generator=generator, dtype=torch.float64) for i in irreps_in]
-    worst = 0.0
-    for inversion in (False, True):
-        for _ in range(trials):
-            rotation = random_orthogonal(inversion=inversion, generator=generator)
-            rotated = [
-                x if irreps is None else x @ representation(irreps, rotation, layout, rep).t()
-                for x, irreps in zip(args, irreps_in)
-            ]
-            outputs = _as_tuple(fn(*args))
-            rotated_outputs = _as_tuple(fn(*rotated))
-            for out, out_rot, irreps in zip(outputs, rotated_outputs, irreps_out):
-                expected = out @ representation(irreps, rotation, layout, rep).t()
-                worst = max(worst, (out_rot - expected).abs().max().item())
-    return worst
+    return _equivariance_error(
+        fn,
+        irreps_in,
+        irreps_out,
+        spec=spec,
+        args=args,
+        layout=layout,
+        layout_in=layout_in,
+        batch=batch,
+        trials=trials,
+        rep=rep,
+        generator=generator,
+        dtype=dtype,
+    )[0]
 
 
 def assert_equivariant(
     fn: Callable[..., Any],
-    irreps_in: Sequence[Irreps | str | None],
-    irreps_out: Sequence[Irreps | str] | Irreps | str,
+    irreps_in: Sequence[Irreps | str | None] | None = None,
+    irreps_out: Sequence[Irreps | str] | Irreps | str | None = None,
     *,
-    atol: float = 1e-10,
+    atol: float | None = None,
     **kwargs: Any,
 ) -> float:
-    """Raise ``AssertionError`` when :func:`equivariance_error` exceeds ``atol``; return the error."""
-    error = equivariance_error(fn, irreps_in, irreps_out, **kwargs)
+    """Raise ``AssertionError`` when :func:`equivariance_error` exceeds ``atol``; return the error.
+
+    Takes the arguments of :func:`equivariance_error`: ``assert_equivariant(adapted_layer)``
+    reads the irreps and layout from the layer's spec, ``assert_equivariant(fn, spec=spec)``
+    from a :class:`LayerSpec`.  ``atol`` defaults by the dtype of the outputs
+    (:data:`DEFAULT_ATOL`: 1e-10 in float64, 1e-4 in float32).  Pytest reports the caller's line.
+    """
+    __tracebackhide__ = True
+    error, dtype = _equivariance_error(fn, irreps_in, irreps_out, **kwargs)
+    if atol is None:
+        if dtype not in DEFAULT_ATOL:
+            raise ValueError(f"no default tolerance for {dtype}: pass atol")
+        atol = DEFAULT_ATOL[dtype]
     if not error <= atol:
-        raise AssertionError(f"not equivariant: max |f(Dx) - D f(x)| = {error:.3e} > {atol:.1e}")
+        raise AssertionError(f"not equivariant: max |f(Dx) - D f(x)| = {error:.3e} > {atol:.1e} ({dtype})")
     return error
 
 

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable, Iterator, Mapping
+
 import torch
 from e3nn import nn as enn
 from e3nn import o3
@@ -16,20 +18,40 @@ NET_IN = LINEAR_IN
 NET_OUT = "1x0e+1x1o"
 
 
-def layer_cases() -> dict[str, tuple[torch.nn.Module, list[str | None], str]]:
-    """name -> (layer, operand irreps, output irreps) for every layer kind the e3nn backend adapts."""
-    return {
-        "o3.Linear+bias": (o3.Linear(LINEAR_IN, LINEAR_OUT, biases=True), [LINEAR_IN], LINEAR_OUT),
-        "o3.Linear": (o3.Linear(LINEAR_IN, LINEAR_OUT), [LINEAR_IN], LINEAR_OUT),
-        "FullyConnectedTensorProduct": (
-            o3.FullyConnectedTensorProduct(TP_IN1, TP_IN2, TP_OUT),
-            [TP_IN1, TP_IN2],
-            TP_OUT,
-        ),
-        "FullyConnectedNet.layer": (enn.FullyConnectedNet([6, 9], torch.tanh).layer0, ["6x0e"], "9x0e"),
-        "FullyConnectedNet.last": (enn.FullyConnectedNet([6, 9, 4]).layer1, ["9x0e"], "4x0e"),
-        "nn.Linear": (torch.nn.Linear(6, 5), ["6x0e"], "5x0e"),
-    }
+class _Cases(Mapping):
+    """name -> case, each layer built when its name is looked up (building all of e3nn's takes seconds)."""
+
+    def __init__(self, factories: dict[str, Callable[[], tuple[torch.nn.Module, list[str | None], str]]]) -> None:
+        self._factories = factories
+
+    def __getitem__(self, name: str) -> tuple[torch.nn.Module, list[str | None], str]:
+        return self._factories[name]()
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._factories)
+
+    def __len__(self) -> int:
+        return len(self._factories)
+
+
+def layer_cases() -> Mapping[str, tuple[torch.nn.Module, list[str | None], str]]:
+    """name -> (layer, operand irreps, output irreps) for every layer kind the e3nn backend adapts.
+
+    Each lookup builds a new layer (from the current RNG state)."""
+    return _Cases(
+        {
+            "o3.Linear+bias": lambda: (o3.Linear(LINEAR_IN, LINEAR_OUT, biases=True), [LINEAR_IN], LINEAR_OUT),
+            "o3.Linear": lambda: (o3.Linear(LINEAR_IN, LINEAR_OUT), [LINEAR_IN], LINEAR_OUT),
+            "FullyConnectedTensorProduct": lambda: (
+                o3.FullyConnectedTensorProduct(TP_IN1, TP_IN2, TP_OUT),
+                [TP_IN1, TP_IN2],
+                TP_OUT,
+            ),
+            "FullyConnectedNet.layer": lambda: (enn.FullyConnectedNet([6, 9], torch.tanh).layer0, ["6x0e"], "9x0e"),
+            "FullyConnectedNet.last": lambda: (enn.FullyConnectedNet([6, 9, 4]).layer1, ["9x0e"], "4x0e"),
+            "nn.Linear": lambda: (torch.nn.Linear(6, 5), ["6x0e"], "5x0e"),
+        }
+    )
 
 
 class MixedNet(torch.nn.Module):

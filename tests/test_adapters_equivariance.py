@@ -1,42 +1,16 @@
-"""Every adapter x every layer kind: identity at init, equivariance (rotations and inversion), merging."""
+"""Special cases of the adapters on e3nn layers: which merge, parameter counts, what they may change.
+
+The contract every adapter keeps on every layer kind (identity at init, equivariance under
+rotations and inversion, merging, saving, TorchScript) is ``test_contract.py``."""
 
 import copy
-import warnings
 
 import pytest
 import torch
 from models import layer_cases
 
 import peft_equi
-from peft_equi.testing import assert_equivariant, equivariance_error, randomize_adapters
-
-EQUIVARIANT = ["lora", "elora", "mmea", "bitfit", "film"]
-# option sets beyond the defaults that change the math
-VARIANTS = {
-    "mmea": [
-        {},
-        {"gain": "one_plus"},
-        {"activation": "identity"},
-        {"heads": "separate"},
-        {"scalar_modulation": False},
-        {"higher_order_modulation": False},
-        {"gain_sharing": "irrep"},
-        {"init": "reference"},
-    ],
-    "film": [
-        {},
-        {"gain": "one_plus", "max_gain": 1.5},
-        {"rank": 2, "shift": False},
-        {"conditioning": "static"},
-        {"conditioning": "static", "shift": False},
-        {"conditioning": "static", "gain": "one_plus"},
-    ],
-    "lora": [{}, {"rank": 3, "alpha": 2.0}],
-    "elora": [{}, {"rank": 2, "alpha": 4.0}],
-    "bitfit": [{}, {"train_existing": False}],
-}
-CASES = [(adapter, options) for adapter in EQUIVARIANT for options in VARIANTS[adapter]]
-LAYERS = list(layer_cases())
+from peft_equi.testing import assert_equivariant, randomize_adapters
 
 
 def _inputs(irreps_in):
@@ -45,44 +19,6 @@ def _inputs(irreps_in):
 
 def _adapt(layer, adapter, options):
     return peft_equi.get_peft_model(layer, adapter, **options)
-
-
-@pytest.mark.parametrize("layer_name", LAYERS)
-@pytest.mark.parametrize(("adapter", "options"), CASES, ids=[f"{a}{o or ''}" for a, o in CASES])
-def test_adapter_on_layer(adapter, options, layer_name):
-    layer, irreps_in, irreps_out = layer_cases()[layer_name]
-    args = _inputs(irreps_in)
-    expected = layer(*args)
-    try:
-        model = _adapt(layer, adapter, options)
-    except peft_equi.RuleMatchError as exc:
-        # the only combinations an adapter may refuse: nothing it can act on in this layer
-        refusals = {"mmea": "nothing to modulate", "bitfit": "nothing to train"}
-        assert refusals.get(adapter, "-") in str(exc), exc
-        return
-    assert isinstance(model.base_model, peft_equi.AdaptedLayer)
-    if options.get("init") != "reference":
-        assert torch.equal(model(*args), expected), "adapter must be the identity at initialisation"
-    randomize_adapters(model, std=0.3)
-    if adapter == "bitfit" and options.get("train_existing", True):
-        with torch.no_grad():  # BitFit also trains the layer's own bias
-            for p in model.parameters():
-                if p.requires_grad:
-                    p.normal_()
-    adapted = model(*args)
-    changed = not torch.allclose(adapted, expected)
-    assert changed or model.num_trainable_parameters() == 0
-    assert_equivariant(model, irreps_in, irreps_out, atol=1e-10)
-
-    blocker = model.adapted_layers[""].merge_blocker()
-    if blocker is None:
-        merged = model.merge_and_unload()
-        assert type(merged) is type(layer)
-        assert not any(isinstance(m, peft_equi.AdaptedLayer) for m in merged.modules())
-        torch.testing.assert_close(merged(*args), adapted, atol=1e-10, rtol=0)
-    else:
-        with pytest.raises(peft_equi.NotMergeableError, match=adapter):
-            model.merge_and_unload()
 
 
 def test_dynamic_adapters_refuse_to_merge_and_static_ones_merge():
@@ -109,16 +45,6 @@ def test_bitfit_needs_a_layer_bias_to_merge():
     model = _adapt(with_bias, "bitfit", {})
     assert model.num_trainable_parameters() == 9  # the layer's own biases, unfrozen
     assert model.adapted_layers[""].adapter.bias is None
-
-
-def test_conventional_adapter_warns_and_breaks_equivariance():
-    layer, irreps_in, irreps_out = layer_cases()["o3.Linear"]
-    with pytest.warns(UserWarning, match="NOT equivariant"):
-        model = peft_equi.get_peft_model(layer, "conventional")
-    assert model.adapted_layers[""].adapter.equivariant is False
-    assert equivariance_error(model, irreps_in, irreps_out) == pytest.approx(0, abs=1e-12)  # identity at init
-    randomize_adapters(model, std=0.3)
-    assert equivariance_error(model, irreps_in, irreps_out) > 1e-3
 
 
 def test_adapters_change_only_what_equivariance_allows():
@@ -191,11 +117,3 @@ def test_lora_bottleneck_equals_weight_update():
         b.weight.copy_(torch.cat([adapter.lora_B[k].reshape(-1) for k in ["0", "1", "2"]]))
     x = torch.randn(4, a.irreps_in.dim)
     torch.testing.assert_close(model(x), base(x) + alpha / rank * b(a(x)), atol=1e-12, rtol=0)
-
-
-def test_warning_free_for_equivariant_adapters():
-    layer, _, _ = layer_cases()["FullyConnectedTensorProduct"]
-    with warnings.catch_warnings():
-        warnings.simplefilter("error")
-        for name in EQUIVARIANT:
-            peft_equi.get_peft_model(copy.deepcopy(layer), name)

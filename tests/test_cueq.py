@@ -1,100 +1,37 @@
-"""cuequivariance-torch layers (naive CPU path): adapters in both layouts, MACE e3nn <-> cueq with adapters."""
+"""cuequivariance-torch (naive CPU path): the cueq spec equals e3nn's, MACE e3nn <-> cueq with adapters.
+
+Every adapter on cuet.Linear / FullyConnectedTensorProduct (both layouts) and
+SymmetricContraction (both CG bases) is in the contract tests (``test_contract.py``)."""
 
 from __future__ import annotations
 
 import copy
 
-import cuequivariance as cue
-import cuequivariance_torch as cuet
 import pytest
 import torch
+from contract_cases import CUE_IN, CUE_OUT, LAYERS_BY_NAME
 from mace_models import batch_of, build_mace, energy_forces, molecules
 
 import peft_equi
 from peft_equi.core.spec import LayerKind
 from peft_equi.families.mace.cueq import _compiled_modules, to_cueq, to_e3nn
-from peft_equi.testing import assert_equivariant, energy_forces_equivariance_error, randomize_adapters
+from peft_equi.testing import energy_forces_equivariance_error, randomize_adapters
 from peft_equi.utils.dtype import torch_default_dtype
 
-IN, OUT = "8x0e+8x0e+4x1o+2x2e+3x0o+2x1e", "6x0e+4x1o+2x2e+2x0o+1x1e"
-TP_IN2 = "3x0e+1x1o"
-ADAPTERS = ["lora", "elora", "mmea", "bitfit", "film"]
 MERGEABLE = {"lora", "elora"}
-
-
-def _layer(kind: str, layout):
-    irreps = lambda s: cue.Irreps("O3", s)  # noqa: E731
-    if kind == "linear":
-        module = cuet.Linear(irreps(IN), irreps(OUT), layout=layout, method="naive", dtype=torch.float64)
-        return module, [IN], OUT
-    module = cuet.FullyConnectedTensorProduct(
-        irreps(OUT), irreps(TP_IN2), irreps(IN), layout=layout, method="naive", dtype=torch.float64
-    )
-    return module, [OUT, TP_IN2], IN
-
-
-@pytest.mark.parametrize("layout", ["mul_ir", "ir_mul"])
-@pytest.mark.parametrize("kind", ["linear", "tensor_product"])
-@pytest.mark.parametrize("name", ADAPTERS)
-def test_adapters_on_cuet_layers(kind, layout, name):
-    module, irreps_in, irreps_out = _layer(kind, getattr(cue, layout))
-    (layer,) = peft_equi.discover(module)
-    assert layer.backend.name == f"cueq.{kind}" and layer.spec.layout.value == layout
-    args = [torch.randn(5, peft_equi.Irreps(i).dim) for i in irreps_in]
-    expected = module(*args)
-    model = peft_equi.get_peft_model(module, name)
-    assert torch.equal(model(*args), expected)
-    randomize_adapters(model, std=0.2)
-    adapted = model(*args)
-    assert not torch.allclose(adapted, expected)
-    assert_equivariant(model, irreps_in, irreps_out, layout=layout)  # cue's O3 basis is e3nn 0.6's
-    if name in MERGEABLE:
-        torch.testing.assert_close(model.merge_and_unload()(*args), adapted, atol=1e-10, rtol=0)
 
 
 def test_cuet_linear_spec_matches_e3nn():
     from e3nn import o3
 
-    module, _, _ = _layer("linear", cue.ir_mul)
+    module, _ = LAYERS_BY_NAME["cuet.Linear(ir_mul)"].make()
     (cueq_layer,) = peft_equi.discover(module)
-    (e3nn_layer,) = peft_equi.discover(o3.Linear(IN, OUT))
+    (e3nn_layer,) = peft_equi.discover(o3.Linear(CUE_IN, CUE_OUT))
     strip = lambda spec: [(p.inputs, p.output, p.shape, p.offset, p.name) for p in spec.paths]  # noqa: E731
     assert strip(cueq_layer.spec) == strip(e3nn_layer.spec)
     assert [p.path_weight for p in cueq_layer.spec.paths] == pytest.approx(
         [p.path_weight for p in e3nn_layer.spec.paths]
     )
-
-
-SC_IN, SC_OUT = "4x0e+4x1o+4x2e", "4x0e+4x1o"
-
-
-@pytest.mark.parametrize("original_mace", [True, False], ids=["original_cg", "reduced_cg"])
-@pytest.mark.parametrize("name", ADAPTERS)
-def test_adapters_on_cuet_symmetric_contraction(original_mace, name):
-    from mace.tools.cg import O3_e3nn
-
-    module = cuet.SymmetricContraction(
-        cue.Irreps(O3_e3nn, SC_IN),
-        cue.Irreps(O3_e3nn, SC_OUT),
-        contraction_degree=2,
-        num_elements=3,
-        layout=cue.ir_mul,
-        original_mace=original_mace,
-        dtype=torch.float64,
-        method="naive",
-    )
-    (layer,) = peft_equi.discover(module)
-    assert layer.backend.name == "cueq.symmetric_contraction"
-    x, indices = torch.randn(6, peft_equi.Irreps(SC_IN).dim), torch.tensor([0, 1, 2, 2, 1, 0])
-    expected = module(x, indices)
-    model = peft_equi.get_peft_model(module, name)
-    assert torch.equal(model(x, indices), expected)  # the identity at initialisation, bit for bit
-    randomize_adapters(model, std=0.2)
-    adapted = model(x, indices)
-    assert not torch.allclose(adapted, expected)
-    assert_equivariant(lambda x: model(x, indices), [SC_IN], SC_OUT, args=[x], layout="ir_mul")
-    if name in MERGEABLE:
-        torch.testing.assert_close(model.merge_and_unload()(x, indices), adapted, atol=1e-10, rtol=0)
 
 
 CG_BASES = {"original_cg": False, "reduced_cg": True}
