@@ -6,7 +6,7 @@ import csv
 
 import pytest
 import torch
-from test_finetune import _config, files  # noqa: F401 - the module-scoped data fixture
+from finetune_setup import finetune_config
 
 from peft_equi.training import FinetuneConfig, Finetuner, evaluate
 from peft_equi.training.checkpoint import load_checkpoint
@@ -27,12 +27,12 @@ def test_total_energy_loss_is_n_squared_stronger_than_per_atom():
         weighted_loss(*args, energy_loss="huber")
 
 
-def test_total_energy_loss_is_the_default_and_validated(files, tmp_path):  # noqa: F811
-    assert _config(files, tmp_path).energy_loss == "total"
+def test_total_energy_loss_is_the_default_and_validated(files, tmp_path):
+    assert finetune_config(files, tmp_path).energy_loss == "total"
     with pytest.raises(ValueError, match="start_swa"):
-        _config(files, tmp_path, swa=True, start_swa=2, epochs=2)
-    assert _config(files, tmp_path, swa=True, epochs=8).stage_two_start() == 6  # mace: epochs // 4 * 3
-    assert _config(files, tmp_path, epochs=8).stage_two_start() is None
+        finetune_config(files, tmp_path, swa=True, start_swa=2, epochs=2)
+    assert finetune_config(files, tmp_path, swa=True, epochs=8).stage_two_start() == 6  # mace: epochs // 4 * 3
+    assert finetune_config(files, tmp_path, epochs=8).stage_two_start() is None
 
 
 def _rows(run) -> list[dict[str, str]]:
@@ -40,8 +40,8 @@ def _rows(run) -> list[dict[str, str]]:
         return list(csv.DictReader(handle))
 
 
-def test_stage_two_switches_lr_and_weights_and_restarts_the_best_model_search(files, tmp_path):  # noqa: F811
-    config = _config(
+def test_stage_two_switches_lr_and_weights_and_restarts_the_best_model_search(files, tmp_path):
+    config = finetune_config(
         files, tmp_path / "swa", epochs=4, swa=True, start_swa=2, swa_lr=1e-4, swa_energy_weight=7.0, lr=1e-3
     )
     finetuner = Finetuner(config)
@@ -70,10 +70,10 @@ def _scripted_validation(finetuner: Finetuner, losses: list[float]) -> None:
     finetuner.loop.validation_loss = lambda model, prepared: next(remaining)
 
 
-def test_best_model_is_kept_and_evaluated(files, tmp_path):  # noqa: F811
+def test_best_model_is_kept_and_evaluated(files, tmp_path):
     runs = {}
     for keep in ("best", "last"):
-        finetuner = Finetuner(_config(files, tmp_path / keep, epochs=4, keep=keep))
+        finetuner = Finetuner(finetune_config(files, tmp_path / keep, epochs=4, keep=keep))
         _scripted_validation(finetuner, [3.0, 1.0, 2.0, 4.0])
         runs[keep] = (finetuner, finetuner.run())
     (best_tuner, best), (last_tuner, last) = runs["best"], runs["last"]
@@ -95,10 +95,10 @@ class _Interrupted(Exception):
     pass
 
 
-def test_resume_across_the_stage_switch_equals_a_straight_run(files, tmp_path):  # noqa: F811
+def test_resume_across_the_stage_switch_equals_a_straight_run(files, tmp_path):
     options = dict(epochs=4, swa=True, start_swa=2, swa_lr=1e-4, lr=1e-3)
-    straight = Finetuner(_config(files, tmp_path / "a", **options)).run()
-    interrupted = Finetuner(_config(files, tmp_path / "b", **options))
+    straight = Finetuner(finetune_config(files, tmp_path / "a", **options)).run()
+    interrupted = Finetuner(finetune_config(files, tmp_path / "b", **options))
     original = interrupted.loop.train_epoch
 
     def stop_at_stage_two(wrapped, state, loader, epoch):
@@ -110,7 +110,7 @@ def test_resume_across_the_stage_switch_equals_a_straight_run(files, tmp_path): 
     with pytest.raises(_Interrupted):
         interrupted.run()
     assert load_checkpoint(tmp_path / "b" / "checkpoint.pt")["epoch"] == 2
-    resumed = Finetuner(_config(files, tmp_path / "b", resume=True, **options)).run()
+    resumed = Finetuner(finetune_config(files, tmp_path / "b", resume=True, **options)).run()
     a = load_checkpoint(tmp_path / "a" / "checkpoint.pt")
     b = load_checkpoint(tmp_path / "b" / "checkpoint.pt")
     assert all(torch.equal(a["adapter"][k], b["adapter"][k]) for k in a["adapter"])

@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 from ase.calculators.singlepoint import SinglePointCalculator
 from ase.io import read, write
-from test_finetune import _config, files  # noqa: F401 - the module-scoped data fixture
+from finetune_setup import finetune_config
 from typer.testing import CliRunner
 
 from peft_equi.cli import app
@@ -24,14 +24,14 @@ MISSING_MODEL = "no-such-model.model"  # loading it would fail: errors below com
 
 
 @pytest.fixture(scope="module")
-def finished(files, tmp_path_factory):  # noqa: F811
+def finished(files, tmp_path_factory):
     """A finished one-epoch LoRA run (mergeable)."""
     run = tmp_path_factory.mktemp("finished") / "run"
-    Finetuner(_config(files, run, epochs=1, plots=False)).run()
+    Finetuner(finetune_config(files, run, epochs=1, plots=False)).run()
     return run
 
 
-def _structures(files):  # noqa: F811
+def _structures(files):
     return read(files / "data.xyz", index=":")
 
 
@@ -45,7 +45,7 @@ def _relabel(atoms, energy=None, forces=None):
     return atoms
 
 
-def _bad_extxyz(files, tmp_path, kind):  # noqa: F811
+def _bad_extxyz(files, tmp_path, kind):
     """A copy of the training file with structure 3 broken in one way, an intact copy, and the forces key."""
     structures = _structures(files)
     for atoms in structures:
@@ -78,15 +78,17 @@ def _bad_extxyz(files, tmp_path, kind):  # noqa: F811
     ],
 )
 @pytest.mark.parametrize("role", ["train", "valid", "test"])
-def test_bad_values_are_named_before_the_model_is_loaded(files, tmp_path, kind, message, role):  # noqa: F811
+def test_bad_values_are_named_before_the_model_is_loaded(files, tmp_path, kind, message, role):
     """Item 5: non-finite or misshaped data: the file and the structure, before any model is loaded."""
     bad, good, key = _bad_extxyz(files, tmp_path, kind)
-    config = _config(files, tmp_path / "run", model=MISSING_MODEL, forces_key=key, **({"train": good} | {role: bad}))
+    config = finetune_config(
+        files, tmp_path / "run", model=MISSING_MODEL, forces_key=key, **({"train": good} | {role: bad})
+    )
     with pytest.raises(DataError, match=rf"bad\.xyz: structure 3: {message}"):
         Finetuner(config).run()
 
 
-def test_bad_rmd17_files_are_named(files, tmp_path):  # noqa: F811
+def test_bad_rmd17_files_are_named(files, tmp_path):
     n, atoms = 6, 5
     arrays = {
         "nuclear_charges": np.array([6, 1, 1, 1, 1]),
@@ -97,10 +99,10 @@ def test_bad_rmd17_files_are_named(files, tmp_path):  # noqa: F811
     arrays["energies"][4] = np.nan
     np.savez(tmp_path / "nan.npz", **arrays)
     with pytest.raises(DataError, match=r"nan\.npz: structure 4: non-finite energy"):
-        Finetuner(_config(files, tmp_path / "run", model=MISSING_MODEL, train=tmp_path / "nan.npz")).run()
+        Finetuner(finetune_config(files, tmp_path / "run", model=MISSING_MODEL, train=tmp_path / "nan.npz")).run()
     np.savez(tmp_path / "shape.npz", **(arrays | {"forces": np.zeros((n, atoms + 1, 3))}))
     with pytest.raises(DataError, match=r"shape\.npz: forces has shape \(6, 6, 3\), expected \(6, 5, 3\)"):
-        Finetuner(_config(files, tmp_path / "run", model=MISSING_MODEL, train=tmp_path / "shape.npz")).run()
+        Finetuner(finetune_config(files, tmp_path / "run", model=MISSING_MODEL, train=tmp_path / "shape.npz")).run()
 
 
 def test_data_errors_are_data_errors(tmp_path):
@@ -132,14 +134,14 @@ def test_data_errors_are_data_errors(tmp_path):
     assert len(read_rmd17(tmp_path / "ok.npz", indices=[3, 0])) == 2
 
 
-def test_e0s_file_is_checked_before_the_model_is_loaded(files, tmp_path):  # noqa: F811
+def test_e0s_file_is_checked_before_the_model_is_loaded(files, tmp_path):
     (tmp_path / "iso.xyz").write_text('1\nProperties=species:S:1:pos:R:3 energy=-13.6 pbc="F F F"\nH 0 0 0\n')
-    config = _config(files, tmp_path / "run", model=MISSING_MODEL, e0s=str(tmp_path / "iso.xyz"))
+    config = finetune_config(files, tmp_path / "run", model=MISSING_MODEL, e0s=str(tmp_path / "iso.xyz"))
     with pytest.raises(PeftEquiError, match=r"iso\.xyz has no isolated-atom energy for atomic numbers \[6, 8\]"):
         Finetuner(config).run()
 
 
-def test_non_empty_output_is_refused_and_overwrite_clears_only_a_run(files, tmp_path):  # noqa: F811
+def test_non_empty_output_is_refused_and_overwrite_clears_only_a_run(files, tmp_path):
     """Item 7: no silent overwrite; --overwrite deletes the old run (no stale merged.model), never foreign files."""
     run = tmp_path / "run"
     (run / "adapter").mkdir(parents=True)
@@ -147,24 +149,24 @@ def test_non_empty_output_is_refused_and_overwrite_clears_only_a_run(files, tmp_
     for name in ("metrics.csv", "results.json", "merged.model", "checkpoint.pt"):
         (run / name).write_text("old")
     with pytest.raises(PeftEquiError, match=r"is not empty .*--resume.*--overwrite"):
-        Finetuner(_config(files, run, model=MISSING_MODEL)).run()
+        Finetuner(finetune_config(files, run, model=MISSING_MODEL)).run()
     assert (run / "merged.model").read_text() == "old"
 
     (run / "notes.txt").write_text("mine")
     with pytest.raises(PeftEquiError, match=r"not overwriting .*notes\.txt"):
-        Finetuner(_config(files, run, model=MISSING_MODEL, overwrite=True)).run()
+        Finetuner(finetune_config(files, run, model=MISSING_MODEL, overwrite=True)).run()
     assert (run / "notes.txt").read_text() == "mine" and (run / "merged.model").is_file()
     (run / "notes.txt").unlink()
 
-    result = Finetuner(_config(files, run, epochs=1, overwrite=True, adapter="mmea", adapter_options={})).run()
+    result = Finetuner(finetune_config(files, run, epochs=1, overwrite=True, adapter="mmea", adapter_options={})).run()
     assert result["merged_model"] is None  # MMEA is input-dependent: nothing merged ...
     assert not (run / "merged.model").exists()  # ... and the old run's merged model is gone
     assert json.loads((run / "results.json").read_text())["kept"]["epoch"] == 1
     with pytest.raises(ValueError, match="not both"):
-        _config(files, run, resume=True, overwrite=True)
+        finetune_config(files, run, resume=True, overwrite=True)
 
 
-def test_overwrite_keeps_the_previous_run_until_the_model_is_loaded(files, finished, tmp_path):  # noqa: F811
+def test_overwrite_keeps_the_previous_run_until_the_model_is_loaded(files, finished, tmp_path):
     """Item 7 (review): --overwrite deletes the old run only once the model is loaded and fits the data."""
     from ase.build import molecule
 
@@ -181,7 +183,7 @@ def test_overwrite_keeps_the_previous_run_until_the_model_is_loaded(files, finis
     ]
     for options, error, message in failures:
         with pytest.raises(error, match=message):
-            Finetuner(_config(files, run, overwrite=True, **options)).run()
+            Finetuner(finetune_config(files, run, overwrite=True, **options)).run()
         assert sorted(str(p.relative_to(run)) for p in run.rglob("*")) == listing, options
 
 
@@ -194,10 +196,10 @@ def _metric_rows(run):
         return list(csv.DictReader(handle))
 
 
-def test_resume_from_another_place_and_no_duplicate_rows(files, tmp_path, monkeypatch):  # noqa: F811
+def test_resume_from_another_place_and_no_duplicate_rows(files, tmp_path, monkeypatch):
     """Item 8: resume compares what changes training (files by content), keeps integer epochs, no duplicates."""
     options = dict(epochs=5, checkpoint_every=2, plots=False)
-    interrupted = Finetuner(_config(files, tmp_path / "run", **options))
+    interrupted = Finetuner(finetune_config(files, tmp_path / "run", **options))
     original = interrupted.loop.train_epoch
 
     def stop(wrapped, state, loader, epoch):
@@ -218,16 +220,16 @@ def test_resume_from_another_place_and_no_duplicate_rows(files, tmp_path, monkey
     monkeypatch.chdir(tmp_path)
     moved = dict(options, checkpoint_every=1, plots=True, progress=False, train="data.xyz")
     with pytest.raises(ConfigError, match=r"options changed since the checkpoint: lr$"):
-        Finetuner(_config(files, "copy", resume=True, **(moved | {"lr": 1e-3}))).run()
+        Finetuner(finetune_config(files, "copy", resume=True, **(moved | {"lr": 1e-3}))).run()
     with pytest.raises(ConfigError, match=r"options changed since the checkpoint: train$"):
-        Finetuner(_config(files, "copy", resume=True, **(moved | {"train": files / "test.xyz"}))).run()
-    Finetuner(_config(files, "copy", resume=True, **moved)).run()
+        Finetuner(finetune_config(files, "copy", resume=True, **(moved | {"train": files / "test.xyz"}))).run()
+    Finetuner(finetune_config(files, "copy", resume=True, **moved)).run()
     rows = _metric_rows(tmp_path / "copy")
     assert [r["epoch"] for r in rows] == ["1", "2", "3", "4", "5"]
     assert {r["stage"] for r in rows} == {"1"}
 
 
-def test_resume_refuses_changed_content_at_the_same_path(files, tmp_path, monkeypatch):  # noqa: F811
+def test_resume_refuses_changed_content_at_the_same_path(files, tmp_path, monkeypatch):
     """Item 8 (review): a recorded file is compared by content only: edited in place, or a relative path now naming
     another file, it has changed, whatever the path says."""
     first, second = tmp_path / "first", tmp_path / "second"
@@ -240,24 +242,24 @@ def test_resume_refuses_changed_content_at_the_same_path(files, tmp_path, monkey
     write(second / "data.xyz", edited)
     monkeypatch.chdir(first)
     options = dict(epochs=1, plots=False, train="data.xyz", model="base.model")
-    Finetuner(_config(files, tmp_path / "run", **options)).run()
+    Finetuner(finetune_config(files, tmp_path / "run", **options)).run()
     resume = dict(options, epochs=2, resume=True)
 
     monkeypatch.chdir(second)  # the same relative paths: another training file, the same model bytes
     with pytest.raises(ConfigError, match=r"options changed since the checkpoint: train$"):
-        Finetuner(_config(files, tmp_path / "run", **resume)).run()
+        Finetuner(finetune_config(files, tmp_path / "run", **resume)).run()
     monkeypatch.chdir(first)
     write(first / "data.xyz", edited)  # the training file edited in place
     with pytest.raises(ConfigError, match=r"options changed since the checkpoint: train$"):
-        Finetuner(_config(files, tmp_path / "run", **resume)).run()
+        Finetuner(finetune_config(files, tmp_path / "run", **resume)).run()
     shutil.copy(files / "data.xyz", first / "data.xyz")
     with (first / "base.model").open("ab") as model:  # the model file changed in place
         model.write(b"\0")
     with pytest.raises(ConfigError, match=r"options changed since the checkpoint: model$"):
-        Finetuner(_config(files, tmp_path / "run", **resume)).run()
+        Finetuner(finetune_config(files, tmp_path / "run", **resume)).run()
 
 
-def test_merge_refuses_to_overwrite(files, finished, tmp_path):  # noqa: F811
+def test_merge_refuses_to_overwrite(files, finished, tmp_path):
     """Item 9."""
     args = ["merge", "--model", str(files / "base.model"), "--trust-pickle", "--run", str(finished)]
     args += ["--output", str(tmp_path / "merged")]
@@ -290,7 +292,7 @@ CLI_ERRORS = {
 
 
 @pytest.mark.parametrize("case", list(CLI_ERRORS))
-def test_cli_errors_are_one_line(files, tmp_path, case):  # noqa: F811
+def test_cli_errors_are_one_line(files, tmp_path, case):
     """Item 10 (and 5, 7 through the CLI): rc 2 and a single 'error:' line, before the model is loaded."""
     (tmp_path / "empty.xyz").write_text("")
     (tmp_path / "garbage.xyz").write_text("this is\nnot an extxyz file\n")
@@ -308,7 +310,7 @@ def test_cli_errors_are_one_line(files, tmp_path, case):  # noqa: F811
     assert expected in result.output
 
 
-def test_none_values(files, tmp_path):  # noqa: F811
+def test_none_values(files, tmp_path):
     """Item 11: 'none' turns optional options off, from flags (over a config file) and from YAML."""
     config = tmp_path / "run.yaml"
     config.write_text(
@@ -328,7 +330,7 @@ def test_none_values(files, tmp_path):  # noqa: F811
 
 
 @pytest.mark.parametrize("rank, prints", [("0", True), ("1", False)])
-def test_only_rank_zero_reports(files, tmp_path, monkeypatch, rank, prints):  # noqa: F811
+def test_only_rank_zero_reports(files, tmp_path, monkeypatch, rank, prints):
     """Item 12: under torchrun only the first process prints the trainable parameters and the table."""
     result = {"trainable_parameters": 7, "before": {}, "after": {}, "kept": {"keep": "best", "epoch": 1}}
     monkeypatch.setattr(Finetuner, "run", lambda self: result)

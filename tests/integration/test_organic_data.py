@@ -12,12 +12,12 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from paths import ROOT
 from rdkit import Chem
 
-ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "benchmarks"))
 
-import make_organic_xtb  # noqa: E402
+import make_organic_xtb
 
 #: Every benchmark molecule, which the foundation model must never have seen (tautomers included).
 BENCHMARK_MOLECULES = {

@@ -13,19 +13,19 @@ import copy
 import math
 import sys
 import warnings
-from pathlib import Path
 
 import pydantic
 import pytest
 import torch
 from mace_models import energy_forces
+from paths import ROOT
 
 import peft_equi
 from peft_equi.adapters.elora import EloraAdapter, EloraConfig
 from peft_equi.core.presets import resolve_config
 from peft_equi.families.mace.presets import mmea_paper
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
+sys.path.insert(0, str(ROOT / "benchmarks"))
 import comparison
 
 

@@ -3,19 +3,19 @@
 from __future__ import annotations
 
 import copy
-from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
 from mace_models import batch_of
+from paths import SHARED_DATA
 
 import peft_equi
 from peft_equi.families.mace.architectures import HCO, build_mace
 from peft_equi.training.data import read_isolated_atom_energies, read_rmd17
 from peft_equi.utils.dtype import torch_default_dtype
 
-DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
+DATA = SHARED_DATA
 ETHANOL = DATA / "rmd17" / "rmd17_ethanol_train_01.npz"
 E0S = DATA / "botnet_isolated_atoms" / "isolated_atoms_pbe_def2svp.xyz"
 

@@ -10,20 +10,18 @@ from __future__ import annotations
 
 import copy
 import io
-from pathlib import Path
 
 import pytest
 import torch
 from contract_cases import LAYERS_BY_NAME
 from mace_models import batch_of, build_mace, energy_forces, molecules
 from models import MixedNet, layer_cases, net_inputs
+from paths import FIXTURES
 
 import peft_equi
 from peft_equi.adapters.base import KeyedParameters
 from peft_equi.testing import randomize_adapters
 from peft_equi.utils.dtype import torch_default_dtype
-
-FIXTURES = Path(__file__).resolve().parent / "fixtures"
 
 
 def _adapted(layer_name, adapter, options):

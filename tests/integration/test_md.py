@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -11,6 +10,7 @@ import torch
 from ase.build import molecule
 from ase.calculators.calculator import Calculator, all_changes
 from ase.io import write
+from paths import ROOT
 from typer.testing import CliRunner
 
 import peft_equi
@@ -18,7 +18,7 @@ from peft_equi.cli import app
 from peft_equi.families.base import load_potential
 from peft_equi.md import PotentialCalculator, bond_graph, energy_drift, md_stability, write_reports
 
-MODEL = Path(__file__).resolve().parents[1] / "benchmarks" / "models" / "mace-small-no-aspirin.pt"
+MODEL = ROOT / "benchmarks" / "models" / "mace-small-no-aspirin.pt"
 runner = CliRunner()
 
 

@@ -30,14 +30,13 @@ import runpy
 import textwrap
 import warnings
 from dataclasses import dataclass
-from pathlib import Path
 
 import pytest
 import yaml
+from paths import ROOT
 
 import peft_equi
 
-ROOT = Path(__file__).resolve().parents[1]
 DOC_FILES = sorted(["README.md", *(p.relative_to(ROOT).as_posix() for p in (ROOT / "docs").rglob("*.md"))])
 
 #: Blocks fenced ``python title="not run: ..."``, per file; every other ```python block runs.

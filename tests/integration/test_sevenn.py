@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import copy
 import json
-from pathlib import Path
 
 import pytest
 import torch
+from paths import ROOT
 from typer.testing import CliRunner
 
 import peft_equi
@@ -16,7 +16,6 @@ from peft_equi.families.base import load_potential
 from peft_equi.testing import energy_forces_equivariance_error, randomize_adapters
 from peft_equi.training.data import read_dataset
 
-ROOT = Path(__file__).resolve().parents[1]
 ACETAMIDE = ROOT / "examples" / "data" / "acetamide_gfn2xtb_md.extxyz"
 RMD17_ETHANOL = ROOT.parent / "shared" / "data" / "rmd17" / "rmd17_ethanol_train_01.npz"
 CPU = torch.device("cpu")

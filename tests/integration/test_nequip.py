@@ -10,6 +10,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from paths import ROOT
 
 import peft_equi
 from peft_equi.families.nequip.potential import NequipPotential, preserved_global_state, set_nequip_global_state
@@ -17,7 +18,7 @@ from peft_equi.testing import energy_forces_equivariance_error, randomize_adapte
 from peft_equi.training import FinetuneConfig, Finetuner
 from peft_equi.training.data import read_dataset
 
-ACETAMIDE = Path(__file__).resolve().parents[1] / "examples" / "data" / "acetamide_gfn2xtb_md.extxyz"
+ACETAMIDE = ROOT / "examples" / "data" / "acetamide_gfn2xtb_md.extxyz"
 TYPES = ["H", "C", "N", "O"]
 CPU = torch.device("cpu")
 
@@ -198,7 +199,7 @@ training_module:
 
 
 BIN = Path(sys.executable).parent
-EXAMPLE = Path(__file__).resolve().parents[1] / "examples" / "nequip" / "finetune-package.yaml"
+EXAMPLE = ROOT / "examples" / "nequip" / "finetune-package.yaml"
 COMPILE_FIELDS = ["pos", "edge_index", "atom_types", "cell", "edge_cell_shift"]
 
 

@@ -7,64 +7,26 @@ import logging
 import os
 import subprocess
 import sys
-from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
 from ase.calculators.singlepoint import SinglePointCalculator
 from ase.io import write
-from mace_models import molecules
+from finetune_setup import finetune_config
+from paths import ROOT
 from typer.testing import CliRunner
 
 from peft_equi.cli import app
 from peft_equi.errors import DataError, PeftEquiError
-from peft_equi.families.mace.architectures import HCO, build_mace
-from peft_equi.families.mace.potential import mace_batch
-from peft_equi.training import FinetuneConfig, Finetuner, TrainingDivergedError
+from peft_equi.training import Finetuner, TrainingDivergedError
 from peft_equi.training.checkpoint import load_checkpoint
-from peft_equi.utils.dtype import torch_default_dtype
 
 runner = CliRunner()
 
 
-@pytest.fixture(scope="module")
-def files(tmp_path_factory):
-    """A base MACE model file and a dataset labelled by a different random MACE (the 'new level of theory')."""
-    with torch_default_dtype(torch.float64):
-        root = tmp_path_factory.mktemp("finetune")
-        torch.save(build_mace("small", HCO, [-10.0, -1000.0, -2000.0], seed=1), root / "base.model")
-        teacher = build_mace("small", HCO, [-13.0, -1030.0, -2040.0], seed=2)
-        structures = molecules(24, seed=3)
-        out = teacher(mace_batch(structures, HCO, 5.0), compute_force=True)
-        forces = np.split(out["forces"].detach().numpy(), np.cumsum([len(a) for a in structures])[:-1])
-        for atoms, energy, force in zip(structures, out["energy"].detach().numpy(), forces):
-            atoms.calc = SinglePointCalculator(atoms, energy=float(energy), forces=force)
-        write(root / "data.xyz", structures[:16])
-        write(root / "test.xyz", structures[16:])
-        yield root
-
-
-def _config(files: Path, out: Path, **overrides) -> FinetuneConfig:
-    options = dict(
-        model=str(files / "base.model"),
-        trust_pickle=True,
-        train=files / "data.xyz",
-        test=files / "test.xyz",
-        valid_fraction=0.25,
-        epochs=2,
-        batch_size=4,
-        eval_batch_size=8,
-        output=out,
-        progress=False,
-        adapter="lora",
-        adapter_options={"rank": 2},
-    )
-    return FinetuneConfig(**(options | overrides))
-
-
 def test_finetune_end_to_end_writes_everything(files, tmp_path):
-    result = Finetuner(_config(files, tmp_path / "run", epochs=3)).run()
+    result = Finetuner(finetune_config(files, tmp_path / "run", epochs=3)).run()
     run = tmp_path / "run"
     for name in [
         "metrics.csv",
@@ -85,21 +47,21 @@ def test_finetune_end_to_end_writes_everything(files, tmp_path):
 
 
 def test_resume_gives_identical_results(files, tmp_path):
-    straight = Finetuner(_config(files, tmp_path / "a", epochs=4)).run()
-    Finetuner(_config(files, tmp_path / "b", epochs=2)).run()
+    straight = Finetuner(finetune_config(files, tmp_path / "a", epochs=4)).run()
+    Finetuner(finetune_config(files, tmp_path / "b", epochs=2)).run()
     assert load_checkpoint(tmp_path / "b" / "checkpoint.pt")["epoch"] == 2
-    resumed = Finetuner(_config(files, tmp_path / "b", epochs=4, resume=True)).run()
+    resumed = Finetuner(finetune_config(files, tmp_path / "b", epochs=4, resume=True)).run()
     a = load_checkpoint(tmp_path / "a" / "checkpoint.pt")
     b = load_checkpoint(tmp_path / "b" / "checkpoint.pt")
     assert a["epoch"] == b["epoch"] == 4
     assert all(torch.equal(a["adapter"][k], b["adapter"][k]) for k in a["adapter"])
     assert resumed["after"]["test"].forces_mae == straight["after"]["test"].forces_mae
     with pytest.raises(PeftEquiError, match="options changed since the checkpoint: lr"):
-        Finetuner(_config(files, tmp_path / "b", epochs=5, resume=True, lr=1e-3)).run()
+        Finetuner(finetune_config(files, tmp_path / "b", epochs=5, resume=True, lr=1e-3)).run()
 
 
 def test_nan_loss_stops_with_a_message_and_keeps_the_last_checkpoint(files, tmp_path):
-    config = _config(files, tmp_path / "nan", epochs=3)
+    config = finetune_config(files, tmp_path / "nan", epochs=3)
     finetuner = Finetuner(config)
     calls = {"n": 0}
     original = finetuner.potential.energy_forces
@@ -117,16 +79,16 @@ def test_nan_loss_stops_with_a_message_and_keeps_the_last_checkpoint(files, tmp_
 
 def test_bad_inputs_are_named(files, tmp_path):
     with pytest.raises(FileNotFoundError, match=r"missing\.xyz"):
-        Finetuner(_config(files, tmp_path / "x", train=files / "missing.xyz")).run()
+        Finetuner(finetune_config(files, tmp_path / "x", train=files / "missing.xyz")).run()
     with pytest.raises(DataError, match=r"'REF_energy'.*available keys: .*energy"):
-        Finetuner(_config(files, tmp_path / "x", energy_key="REF_energy")).run()
+        Finetuner(finetune_config(files, tmp_path / "x", energy_key="REF_energy")).run()
     from ase.build import molecule
 
     nitrogen = molecule("NH3")
     nitrogen.calc = SinglePointCalculator(nitrogen, energy=-1.0, forces=np.zeros((4, 3)))
     write(tmp_path / "nh3.xyz", [nitrogen] * 4)
     with pytest.raises(PeftEquiError, match=r"does not know: N \(Z=7\)"):
-        Finetuner(_config(files, tmp_path / "x", test=tmp_path / "nh3.xyz")).run()
+        Finetuner(finetune_config(files, tmp_path / "x", test=tmp_path / "nh3.xyz")).run()
 
 
 def test_cli_commands(files, tmp_path):
@@ -180,7 +142,7 @@ def test_cli_commands(files, tmp_path):
 
 @pytest.mark.parametrize("name", ["mmea", "bitfit", "film"])
 def test_every_adapter_runs_through_the_engine(files, tmp_path, name):
-    result = Finetuner(_config(files, tmp_path / name, epochs=1, adapter=name, adapter_options={})).run()
+    result = Finetuner(finetune_config(files, tmp_path / name, epochs=1, adapter=name, adapter_options={})).run()
     assert result["trainable_parameters"] > 0
     assert np.isfinite(result["after"]["test"].forces_mae)
 
@@ -201,10 +163,10 @@ def test_two_processes_match_one(files, tmp_path):
     """torchrun with 2 CPU processes (gloo) follows the same trajectory as one process."""
     results = {}
     for n in (1, 2):
-        config = _config(files, tmp_path / f"ddp{n}", epochs=2, ema_decay=None)
+        config = finetune_config(files, tmp_path / f"ddp{n}", epochs=2, ema_decay=None)
         (tmp_path / f"config{n}.json").write_text(config.model_dump_json())
         script = tmp_path / "run.py"
-        script.write_text(DDP_SCRIPT.format(tests=str(Path(__file__).parent), config=str(tmp_path / f"config{n}.json")))
+        script.write_text(DDP_SCRIPT.format(tests=str(ROOT / "tests"), config=str(tmp_path / f"config{n}.json")))
         env = os.environ | {"OMP_NUM_THREADS": "1"}
         command = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={n}", str(script)]
         run = subprocess.run(command, check=True, env=env, capture_output=True, text=True, timeout=600)
@@ -216,19 +178,21 @@ def test_two_processes_match_one(files, tmp_path):
 
 
 def test_held_out_rest_of_the_training_file(files, tmp_path):
-    result = Finetuner(_config(files, tmp_path / "rest", epochs=1, test=None, test_on_rest=True, n_train=12)).run()
+    result = Finetuner(
+        finetune_config(files, tmp_path / "rest", epochs=1, test=None, test_on_rest=True, n_train=12)
+    ).run()
     from peft_equi.training.data import read_dataset, select_and_split
 
     _, _, rest = select_and_split(read_dataset(files / "data.xyz"), 12, 0.25, 0)
     assert len(rest) == 4
     assert np.array_equal(result["after"]["test"].reference_forces, np.concatenate(rest.forces))
     with pytest.raises(PeftEquiError, match="either a test file or test_on_rest"):
-        Finetuner(_config(files, tmp_path / "rest2", test_on_rest=True)).run()
+        Finetuner(finetune_config(files, tmp_path / "rest2", test_on_rest=True)).run()
 
 
 def test_cueq_backend_option(files, tmp_path, caplog):
     options = dict(epochs=1, backend="cueq", adapter="mmea-paper", adapter_options={"rank": 4})
     with caplog.at_level(logging.INFO, logger="peft_equi"):
-        result = Finetuner(_config(files, tmp_path / "cueq", **options)).run()
+        result = Finetuner(finetune_config(files, tmp_path / "cueq", **options)).run()
     assert "naive" in caplog.text  # no GPU kernels here, and the run says so
     assert np.isfinite(result["after"]["test"].forces_mae)

@@ -3,19 +3,18 @@
 from __future__ import annotations
 
 import json
-from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
 from ase import Atoms
 from mace_models import build_mace
+from paths import FIXTURES
 
 from peft_equi.errors import PeftEquiError
 from peft_equi.families.mace.loading import load_mace_model, save_mace_state
 from peft_equi.families.mace.potential import mace_batch
 
-FIXTURES = Path(__file__).parent / "fixtures"
 OLD_MODEL = FIXTURES / "mace_e3nn044_small.model"  # written by make_e3nn044_mace.py under e3nn 0.4.4
 
 

@@ -4,17 +4,16 @@ from __future__ import annotations
 
 import json
 import sys
-from pathlib import Path
 
 import torch
+from paths import ROOT
 
-ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "benchmarks"))
 
-import pretrain_organic  # noqa: E402
-from test_organic_data import run_generator  # noqa: E402
+import pretrain_organic
+from test_organic_data import run_generator
 
-from peft_equi.families.mace.loading import load_mace_model  # noqa: E402
+from peft_equi.families.mace.loading import load_mace_model
 
 
 def test_pretraining_writes_both_model_files_and_resumes(tmp_path):

@@ -12,6 +12,7 @@ import torch
 from ase.calculators.singlepoint import SinglePointCalculator
 from ase.io import write
 from mace_models import energy_forces, molecules
+from paths import FIXTURES
 from typer.testing import CliRunner
 
 import peft_equi
@@ -203,13 +204,12 @@ def test_engine_cuts_before_moving_to_cueq(hcno_files, tmp_path, caplog):
 
 def test_cut_of_a_model_file_written_under_e3nn_044():
     """A MACE file like the released ones (e3nn 0.4.4 pickle, original CG basis), cut to H and O: water unchanged."""
-    from pathlib import Path
 
     from ase import Atoms
 
     from peft_equi.families.mace.loading import load_mace_model
 
-    fixtures = Path(__file__).parent / "fixtures"
+    fixtures = FIXTURES
     reference = json.loads((fixtures / "mace_e3nn044_small_ref.json").read_text())
     water = next(s for s in reference["structures"] if s["name"] == "H2O")
     cut = subset_elements(load_mace_model(fixtures / "mace_e3nn044_small.model", trust_pickle=True), [1, 8])

@@ -4,20 +4,19 @@ from __future__ import annotations
 
 import json
 import sys
-from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
+from paths import ROOT
 
 import peft_equi
 
-ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "benchmarks"))
 
-import bpa3  # noqa: E402
-import comparison  # noqa: E402
-import rmd17  # noqa: E402
+import bpa3
+import comparison
+import rmd17
 
 SHARED = ROOT.parent / "shared" / "data"
 

@@ -1,10 +1,10 @@
 """Library authors add adapters, backends and presets without touching the core."""
 
 from importlib.metadata import EntryPoint
-from pathlib import Path
 
 import pytest
 import torch
+from paths import ROOT
 from pydantic import Field
 from torch import nn
 
@@ -181,7 +181,7 @@ def test_backend_entry_point_naming_a_class(monkeypatch, clean_registries):
 
 def test_entry_point_groups_are_the_documented_ones():
     """docs/extending.md names these groups; a package registering through them relies on the names."""
-    text = (Path(__file__).parents[1] / "docs" / "extending.md").read_text()
+    text = (ROOT / "docs" / "extending.md").read_text()
     groups = {registry.ADAPTERS.group, registry.BACKENDS.group, registry.PRESETS.group}
     assert groups == {"peft_equi.adapters", "peft_equi.backends", "peft_equi.presets"}
     assert all(f"`{group}`" in text for group in groups)
