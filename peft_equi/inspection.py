@@ -65,11 +65,12 @@ def _trainable(entry) -> int:
 
 def format_inspection(reports: list[LayerReport]) -> str:
     """A plain-text table of :func:`inspect_model` rows."""
-    header = ("layer", "backend", "irreps in -> out", "adapter", "params", "note")
+    header = ("layer", "backend", "kind", "irreps in -> out", "rule", "adapter", "params", "note")
     rows = [
-        (r.path, r.backend, f"{r.irreps_in} -> {r.irreps_out}", r.adapter or "-", f"{r.trainable:,}", r.note)
+        (r.path, r.backend, r.kind, f"{r.irreps_in} -> {r.irreps_out}", r.rule or "-", r.adapter or "-",
+         f"{r.trainable:,}", r.note)
         for r in reports
-    ]
+    ]  # fmt: skip
     widths = [max(len(str(x)) for x in column) for column in zip(header, *rows)]
     lines = ["  ".join(str(x).ljust(w) for x, w in zip(row, widths)).rstrip() for row in [header, *rows]]
     lines.insert(1, "  ".join("-" * w for w in widths))

@@ -309,3 +309,11 @@ def randomize_adapters(model: nn.Module, std: float = 0.1, generator: torch.Gene
             if isinstance(module, AdaptedLayer):
                 for param in module.adapter.parameters():
                     param.copy_(torch.randn(param.shape, generator=generator, dtype=param.dtype) * std)
+
+
+def equivariant_adapters() -> list[str]:
+    """Sorted names of the registered adapters that keep equivariance: every adapter but ablations
+    such as ``conventional`` (``Adapter.equivariant``), i.e. the ones a model's tests should cover."""
+    from peft_equi.core.registry import ADAPTERS
+
+    return [name for name in ADAPTERS.names() if ADAPTERS.get(name).equivariant]

@@ -12,6 +12,7 @@ from paths import SHARED_DATA
 
 import peft_equi
 from peft_equi.families.mace.architectures import HCO, build_mace
+from peft_equi.testing import equivariant_adapters
 from peft_equi.training.data import read_isolated_atom_energies, read_rmd17
 from peft_equi.utils.dtype import torch_default_dtype
 
@@ -42,7 +43,7 @@ def _loss(model, batch):
     return energy + 10.0 * forces
 
 
-@pytest.mark.parametrize("name", ["lora", "elora", "mmea", "bitfit", "film", "mmea-paper"])
+@pytest.mark.parametrize("name", [*equivariant_adapters(), "mmea-paper"])
 def test_adapted_mace_trains_on_rmd17_ethanol(ethanol, name):
     base, batch = ethanol
     torch.manual_seed(0)

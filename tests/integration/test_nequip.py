@@ -14,7 +14,7 @@ from paths import ROOT
 
 import peft_equi
 from peft_equi.families.nequip.potential import NequipPotential, preserved_global_state, set_nequip_global_state
-from peft_equi.testing import energy_forces_equivariance_error, randomize_adapters
+from peft_equi.testing import energy_forces_equivariance_error, equivariant_adapters, randomize_adapters
 from peft_equi.training import FinetuneConfig, Finetuner
 from peft_equi.training.data import read_dataset
 
@@ -69,7 +69,7 @@ def test_discovery_finds_nequip_layers(nequip_model):
     assert not any(p.endswith("tp_scatter.tp") for p in found)  # external weights
 
 
-@pytest.mark.parametrize("name", ["lora", "elora", "mmea", "bitfit", "film"])
+@pytest.mark.parametrize("name", equivariant_adapters())
 def test_adapters_on_nequip(nequip_model, acetamide, name):
     _check_adapter(nequip_model, acetamide.atoms[:2], name, lambda scale: 1e-9)  # rotations and inversion
 
@@ -111,7 +111,7 @@ def allegro_model():
     )
 
 
-@pytest.mark.parametrize("name", ["lora", "elora", "mmea", "bitfit", "film"])
+@pytest.mark.parametrize("name", equivariant_adapters())
 def test_adapters_on_allegro(allegro_model, acetamide, name):
     """Allegro (nequip-allegro): its scalar-track MLPs are adapted; identity at init, O(3)-equivariant, merges."""
     potential = allegro_model

@@ -13,7 +13,7 @@ from typer.testing import CliRunner
 import peft_equi
 from peft_equi.cli import app
 from peft_equi.families.base import load_potential
-from peft_equi.testing import energy_forces_equivariance_error, randomize_adapters
+from peft_equi.testing import energy_forces_equivariance_error, equivariant_adapters, randomize_adapters
 from peft_equi.training.data import read_dataset
 
 ACETAMIDE = ROOT / "examples" / "data" / "acetamide_gfn2xtb_md.extxyz"
@@ -51,7 +51,7 @@ def test_readout_only_preset_finds_the_sevennet_readout(sevennet):
     assert trained == {"reduce_input_to_hidden.linear.weight", "reduce_hidden_to_energy.linear.weight"}
 
 
-@pytest.mark.parametrize("name", ["lora", "elora", "mmea", "bitfit", "film"])
+@pytest.mark.parametrize("name", equivariant_adapters())
 def test_adapters_on_sevennet0_identity_then_rotation_equivariant(sevennet, acetamide, name):
     model = peft_equi.get_peft_model(copy.deepcopy(sevennet.model), name)
     energy0, forces0 = _energy_forces(sevennet, sevennet.model, acetamide.atoms)
@@ -105,7 +105,7 @@ def test_scripted_adapted_sevennet0_gives_the_eager_energies_and_forces(acetamid
     torch.testing.assert_close(out["inferred_force"], forces.detach(), atol=1e-5, rtol=1e-6)
 
 
-@pytest.mark.parametrize("name", ["lora", "elora", "mmea", "bitfit", "film"])
+@pytest.mark.parametrize("name", equivariant_adapters())
 def test_cli_finetunes_sevennet0_on_rmd17_with_every_adapter(name, tmp_path):
     data = RMD17_ETHANOL if RMD17_ETHANOL.is_file() else ACETAMIDE  # CI has ../shared/data
     result = CliRunner().invoke(

@@ -16,8 +16,12 @@ def test_inspect_without_and_with_config():
     by_path = {r.path: r for r in rows}
     assert by_path["embedding"].adapter == "mmea" and by_path["embedding"].trainable > 0
     assert by_path["tp"].adapter is None
-    table = peft_equi.format_inspection(rows)
-    assert "embedding" in table and "mmea" in table
+    table = peft_equi.format_inspection(rows).splitlines()
+    header = ["layer", "backend", "kind", "irreps", "in", "->", "out", "rule", "adapter", "params", "note"]
+    assert table[0].split() == header
+    embedding = next(line for line in table if line.startswith("embedding"))
+    assert embedding.split()[:3] == ["embedding", "e3nn.linear", "linear"] and "mmea" in embedding
+    assert by_path["embedding"].rule in embedding.split()
     assert not any(isinstance(m, peft_equi.AdaptedLayer) for m in net.modules())
 
 

@@ -14,9 +14,9 @@ from mace_models import batch_of, build_mace, energy_forces, molecules
 import peft_equi
 from peft_equi.families.mace.calculator import mace_calculator
 from peft_equi.families.mace.lora_import import import_mace_lora
-from peft_equi.testing import energy_forces_equivariance_error, randomize_adapters
+from peft_equi.testing import energy_forces_equivariance_error, equivariant_adapters, randomize_adapters
 
-ADAPTERS = ["lora", "elora", "mmea", "bitfit", "film"]
+ADAPTERS = equivariant_adapters()
 # mmea-paper starts from the reference init, which is not the identity (its shift weights; see
 # tests/test_reference_inits.py): the identity is tested with init="identity"
 PRESETS = [

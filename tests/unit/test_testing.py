@@ -63,3 +63,10 @@ def test_wigner_matrices_are_a_representation_to_rounding():
             torch.testing.assert_close(e3nn_rep(irreps, r1 @ r2), product, atol=1e-13, rtol=0)
             torch.testing.assert_close(e3nn_rep(irreps, r1), o3.Irreps(irreps).D_from_matrix(r1), atol=1e-9, rtol=0)
             torch.testing.assert_close(e3nn_rep("1x1o", r1), r1, atol=1e-14, rtol=0)  # e3nn 0.6: (x, y, z)
+
+
+def test_equivariant_adapters_are_the_registered_ones_but_the_ablation():
+    from peft_equi.testing import equivariant_adapters
+
+    assert equivariant_adapters() == ["bitfit", "elora", "film", "lora", "mmea"]
+    assert set(peft_equi.list_adapters()) - set(equivariant_adapters()) == {"conventional"}
