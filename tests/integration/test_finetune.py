@@ -159,6 +159,7 @@ print(f"process {{finetuner.fabric.global_rank}} of {{finetuner.fabric.world_siz
 """
 
 
+@pytest.mark.slow
 def test_two_processes_match_one(files, tmp_path):
     """torchrun with 2 CPU processes (gloo) follows the same trajectory as one process."""
     results = {}

@@ -222,6 +222,7 @@ def package(acetamide, tmp_path_factory):
     return folder / "base.nequip.zip", folder / "data.xyz"
 
 
+@pytest.mark.slow
 def test_packaged_nequip_model_by_path(package, tmp_path):
     """A `.nequip.zip` loaded by path: the package's own classes are discovered and fine-tuned."""
     from peft_equi.errors import PeftEquiError
@@ -277,6 +278,7 @@ def _check_compiled(checkpoint, compiled_path, potential, trained, atoms, energy
         torch.testing.assert_close(out["forces"], _energy_forces(potential, trained, [one])[1], atol=1e-9, rtol=0)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("adapter", ["mmea", "elora"])
 def test_nequip_train_example_config_on_a_package(package, acetamide, tmp_path, adapter):
     """examples/nequip/finetune-package.yaml trains an adapter on a `.nequip.zip` through nequip-train.
@@ -424,6 +426,7 @@ def test_adapters_with_nequip_cuequivariance_modifier(nequip_model, acetamide, a
     assert energy_forces_equivariance_error(fn, torch.tensor(one.positions)) < 1e-9
 
 
+@pytest.mark.slow
 def test_nequip_train_with_adapters_from_a_package(package, tmp_path):
     """A nequip-train config (the test template) whose model is a `.nequip.zip` wrapped by peft_equi's `_target_`."""
     package_path, data = package

@@ -92,6 +92,7 @@ def _generate(out: Path) -> None:
     run_generator("--out-dir", str(out), "--workers", "1", "--temperatures", "300", "1200", *options)
 
 
+@pytest.mark.slow
 def test_generator_writes_labelled_resumable_deterministic_shards(tmp_path):
     _generate(tmp_path / "a")
     record = json.loads((tmp_path / "a" / "record.json").read_text())

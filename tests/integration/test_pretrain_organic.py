@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import sys
 
+import pytest
 import torch
 from paths import ROOT
 
@@ -16,6 +17,7 @@ from test_organic_data import run_generator
 from peft_equi.families.mace.loading import load_mace_model
 
 
+@pytest.mark.slow
 def test_pretraining_writes_both_model_files_and_resumes(tmp_path):
     data, out, models = tmp_path / "data", tmp_path / "pretrain", tmp_path / "models"
     tiny = ["--limit", "6", "--configs-per-temperature", "3", "--stride", "3", "--equilibration-steps", "2"]

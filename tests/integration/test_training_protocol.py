@@ -95,6 +95,7 @@ class _Interrupted(Exception):
     pass
 
 
+@pytest.mark.slow
 def test_resume_across_the_stage_switch_equals_a_straight_run(files, tmp_path):
     options = dict(epochs=4, swa=True, start_swa=2, swa_lr=1e-4, lr=1e-3)
     straight = Finetuner(finetune_config(files, tmp_path / "a", **options)).run()

@@ -166,6 +166,7 @@ def test_mace_lora_matches_mace_inject_lora(small_mace, batch):
             torch.testing.assert_close(merged_ours[key], value, atol=1e-12, rtol=0, msg=key)
 
 
+@pytest.mark.slow
 def test_merged_model_runs_with_mace_alone(small_mace, batch, tmp_path):
     model = peft_equi.get_peft_model(copy.deepcopy(small_mace), "elora-paper")
     randomize_adapters(model, std=0.05)
