@@ -237,11 +237,11 @@ def evaluate(
         dataset = read_dataset(data, energy_key, forces_key)  # checked before any model is loaded
         if run is None:
             potential = load_potential(model, trust_pickle=trust_pickle)
-            network, delta = potential.model, None
+            network, energy_shift = potential.model, None
         else:  # the potential is cut when the run cut the model
-            potential, network, delta = _adapted(model, run, trust_pickle, allow_base_mismatch)
+            potential, network, energy_shift = _adapted(model, run, trust_pickle, allow_base_mismatch)
         potential.check_elements(dataset.atomic_numbers, str(data))
-        errors = errors_of(potential, network, dataset, delta=delta, batch_size=batch_size)
+        errors = errors_of(potential, network, dataset, energy_shift=energy_shift, batch_size=batch_size)
     except (PeftEquiError, FileNotFoundError, KeyError, ValidationError) as exc:
         raise _fail(str(exc)) from None
     typer.echo(json.dumps({"structures": len(dataset), **errors.summary()}, indent=2))
@@ -312,9 +312,9 @@ def md(
         base.check_elements(atoms.numbers, str(structure))
         models = {"foundation": (base, base.model, {})}
         if run is not None:
-            potential, peft_model, delta = _adapted(model, run, trust_pickle, allow_base_mismatch)
+            potential, peft_model, energy_shift = _adapted(model, run, trust_pickle, allow_base_mismatch)
             potential.check_elements(atoms.numbers, str(structure))
-            shift = dict(zip(potential.atomic_numbers, np.asarray(delta).tolist()))
+            shift = dict(zip(potential.atomic_numbers, np.asarray(energy_shift).tolist()))
             # the same per-element correction for both: a constant shift, it changes neither dynamics nor drift
             models = {"foundation": (base, base.model, shift), "fine-tuned": (potential, peft_model, shift)}
         settings = dict(temperature=temperature, nvt_steps=steps, nve_steps=nve, timestep=timestep, seed=seed)

@@ -99,11 +99,11 @@ def check_elements(checkpoint: dict[str, Any], elements: list[int]) -> None:
         )
 
 
-def run_state(config, delta, elements: list[int], digests: dict[str, str]) -> dict[str, Any]:
+def run_state(config, energy_shift, elements: list[int], digests: dict[str, str]) -> dict[str, Any]:
     """What a checkpoint records about the run besides the training state (see :func:`checkpoint_state`)."""
     start = config.stage_two_start()
     return {
-        "delta": torch.as_tensor(delta),
+        "delta": torch.as_tensor(energy_shift),  # the key of earlier checkpoints
         "config": config.model_dump_json(exclude={"resume"}),
         "inputs": json.dumps(digests),
         "elements": torch.as_tensor(elements, dtype=torch.long),

@@ -32,9 +32,9 @@ from peft_equi.training.config import FinetuneConfig
 from peft_equi.training.data import Dataset, read_dataset, read_isolated_atom_energies
 from peft_equi.training.data import select_and_split as split_data
 from peft_equi.training.evaluation import evaluate
-from peft_equi.training.loader import Collate, Prepared, prepare
+from peft_equi.training.loader import Collate, GraphDataset, prepare
 from peft_equi.training.loop import TrainingDivergedError, TrainingLoop, make_fabric, new_state
-from peft_equi.training.metrics import Errors
+from peft_equi.training.metrics import ErrorMetrics
 from peft_equi.training.outputs import RUN_FILES, check_output, clear_output, format_results, write_outputs
 from peft_equi.training.reference import energy_correction
 
@@ -75,7 +75,7 @@ def load_splits(config: FinetuneConfig) -> tuple[Dataset, Dataset, Dataset | Non
 class Finetuner:
     """Runs :class:`FinetuneConfig`; ``potential`` may be given to skip loading by name.
 
-    After :meth:`run`, :attr:`model` is the trained PeftModel and :attr:`delta` the energy
+    After :meth:`run`, :attr:`model` is the trained PeftModel and :attr:`energy_shift` the energy
     correction; :attr:`loop` is the :class:`~peft_equi.training.loop.TrainingLoop`.
     """
 
@@ -87,7 +87,7 @@ class Finetuner:
         self.output = Path(config.output)
         self.loop = TrainingLoop(config, self.fabric, self.output)
         self._potential: Potential | None = None
-        self.delta = np.zeros(0)
+        self.energy_shift = np.zeros(0)
         if potential is not None:
             potential.model.to(device=self.device, dtype=self.dtype)
             self.potential = potential
@@ -106,7 +106,7 @@ class Finetuner:
     @potential.setter
     def potential(self, potential: Potential) -> None:
         self._potential = potential
-        self.delta = np.zeros(len(potential.atomic_numbers))
+        self.energy_shift = np.zeros(len(potential.atomic_numbers))
 
     @property
     def elements(self) -> list[int]:
@@ -118,9 +118,9 @@ class Finetuner:
         """Batches on this process's device, in the run's dtype."""
         return Collate(self.potential, self.device, self.dtype)
 
-    def prepare(self, data: Dataset) -> Prepared:
+    def prepare(self, data: Dataset) -> GraphDataset:
         """Model inputs for ``data`` with the current energy correction."""
-        return prepare(self.potential, data, self.delta)
+        return prepare(self.potential, data, self.energy_shift)
 
     def run(self) -> dict[str, Any]:
         """Fine-tune; returns the before/after errors (and writes everything under ``output``)."""
@@ -136,7 +136,7 @@ class Finetuner:
         if checkpoint is not None:
             state.load(checkpoint)
         self.loop.resumed, self.loop.checkpoint_written = checkpoint is not None, False
-        self.loop.run_state = run_state(c, self.delta, self.elements, digests)
+        self.loop.run_state = run_state(c, self.energy_shift, self.elements, digests)
         self.fabric.launch()
         kept_epoch = self.loop.fit(self.potential, state, splits["train"], splits["valid"])
         result = {
@@ -147,11 +147,11 @@ class Finetuner:
         }
         self.model = model  # the trained PeftModel stays usable after the run
         if self.fabric.is_global_zero:
-            write_outputs(self.output, self.potential, model, self.delta, result, self.loop.metrics, c.plots)
+            write_outputs(self.output, self.potential, model, self.energy_shift, result, self.loop.metrics, c.plots)
         self.fabric.barrier()
         return result
 
-    def _start(self) -> tuple[Any, dict[str, Any] | None, dict[str, str], dict[str, Prepared]]:
+    def _start(self) -> tuple[Any, dict[str, Any] | None, dict[str, str], dict[str, GraphDataset]]:
         """Everything before training: checks (those that need no model first), the model, the energy correction.
 
         Returns the adapter config, the checkpoint (resuming), the input files' digests and the prepared splits.
@@ -173,9 +173,9 @@ class Finetuner:
         clear_output(self.output, previous_run)  # overwrite: only now that the model loaded and fits the data
         if checkpoint is not None:
             check_elements(checkpoint, self.elements)
-            self.delta = np.asarray(checkpoint["delta"])
+            self.energy_shift = np.asarray(checkpoint["delta"])
         else:
-            self.delta = energy_correction(
+            self.energy_shift = energy_correction(
                 self.potential, self.potential.model, train, c.e0s, c.eval_batch_size, self.collate
             )
         splits = {"train": self.prepare(train), "valid": self.prepare(valid)}
@@ -208,7 +208,7 @@ class Finetuner:
         except PeftEquiError as exc:
             raise PeftEquiError(f"{exc} (subset_elements: false keeps all the model's elements)") from exc
 
-    def _errors(self, model: torch.nn.Module, splits: dict[str, Prepared]) -> dict[str, Errors]:
+    def _errors(self, model: torch.nn.Module, splits: dict[str, GraphDataset]) -> dict[str, ErrorMetrics]:
         """Errors of ``model`` on validation and (when given) test."""
         size, collate = self.config.eval_batch_size, self.collate
         return {
@@ -218,7 +218,7 @@ class Finetuner:
         }
 
 
-def _brief(errors: dict[str, Errors]) -> str:
+def _brief(errors: dict[str, ErrorMetrics]) -> str:
     """One line of energy and force MAEs per split."""
     return "; ".join(f"{s} E MAE {e.energy_mae:.1f} meV, F MAE {e.forces_mae:.1f} meV/A" for s, e in errors.items())
 

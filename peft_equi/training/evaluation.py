@@ -8,8 +8,8 @@ from torch import nn
 
 from peft_equi.families.base import Potential
 from peft_equi.training.data import Dataset
-from peft_equi.training.loader import Batch, Collate, Prepared, eval_loader, prepare
-from peft_equi.training.metrics import Errors, weighted_loss
+from peft_equi.training.loader import Batch, Collate, GraphDataset, eval_loader, prepare
+from peft_equi.training.metrics import ErrorMetrics, weighted_loss
 
 
 def _collate(potential: Potential, model: nn.Module) -> Collate:
@@ -21,7 +21,7 @@ def _collate(potential: Potential, model: nn.Module) -> Collate:
 
 
 def predict(
-    potential: Potential, model: nn.Module, prepared: Prepared, batch_size: int, collate: Collate | None = None
+    potential: Potential, model: nn.Module, prepared: GraphDataset, batch_size: int, collate: Collate | None = None
 ) -> tuple[np.ndarray, np.ndarray]:
     """``model``'s energies (with the energy correction) and forces on every structure of ``prepared``, in order."""
     energies, forces = [], []
@@ -35,20 +35,20 @@ def predict(
 def evaluate(
     potential: Potential,
     model: nn.Module,
-    data: Dataset | Prepared,
+    data: Dataset | GraphDataset,
     *,
-    delta: np.ndarray | None = None,
+    energy_shift: np.ndarray | None = None,
     batch_size: int = 10,
     collate: Collate | None = None,
-) -> Errors:
+) -> ErrorMetrics:
     """Energy and force errors of ``model`` (a module of ``potential``'s family) on ``data``.
 
-    ``delta``: per-element energy correction (eV, in the order of ``potential.atomic_numbers``)
-    added to the model's energies; for a :class:`Prepared` set it was applied when preparing.
+    ``energy_shift``: per-element energy correction (eV, in the order of ``potential.atomic_numbers``)
+    added to the model's energies; for a :class:`GraphDataset` set it was applied when preparing.
     """
-    prepared = data if isinstance(data, Prepared) else prepare(potential, data, delta)
+    prepared = data if isinstance(data, GraphDataset) else prepare(potential, data, energy_shift)
     energies, forces = predict(potential, model, prepared, batch_size, collate)
-    return Errors.of(energies, prepared.data.energies, forces, np.concatenate(prepared.data.forces))
+    return ErrorMetrics.of(energies, prepared.data.energies, forces, np.concatenate(prepared.data.forces))
 
 
 def batch_loss(
@@ -70,7 +70,7 @@ def batch_loss(
 def validation_loss(
     potential: Potential,
     model: nn.Module,
-    prepared: Prepared,
+    prepared: GraphDataset,
     weights: tuple[float, float],
     energy_loss: str,
     batch_size: int,

@@ -1,6 +1,6 @@
 """Batches for the engine: prepared structures in a torch ``DataLoader``.
 
-A :class:`Prepared` set holds a :class:`~peft_equi.training.data.Dataset` with the model
+A :class:`GraphDataset` set holds a :class:`~peft_equi.training.data.Dataset` with the model
 inputs (neighbour lists, computed once) and each structure's energy correction.  Evaluation
 reads it in order (:func:`eval_loader`); training (:func:`train_loader`) draws a new order
 every epoch with :class:`ShuffledShares`, which has the semantics of torch's
@@ -26,7 +26,7 @@ from peft_equi.training.data import Dataset, composition_matrix
 
 
 @dataclass
-class Prepared(torch.utils.data.Dataset):
+class GraphDataset(torch.utils.data.Dataset):
     """A dataset turned into model inputs, with the per-structure energy correction."""
 
     data: Dataset
@@ -41,11 +41,11 @@ class Prepared(torch.utils.data.Dataset):
         return self.graphs[i], self.data.energies[i], self.data.forces[i], self.shifts[i], len(self.data.atoms[i])
 
 
-def prepare(potential: Potential, data: Dataset, delta: np.ndarray | None = None) -> Prepared:
-    """Model inputs for ``data``, with the energy correction ``delta`` (per element of ``potential``; default 0)."""
+def prepare(potential: Potential, data: Dataset, energy_shift: np.ndarray | None = None) -> GraphDataset:
+    """Model inputs for ``data`` with the per-element ``energy_shift`` (eV, in ``potential``'s order; default 0)."""
     elements = potential.atomic_numbers
-    delta = np.zeros(len(elements)) if delta is None else np.asarray(delta)
-    return Prepared(data, potential.graphs(data.atoms), composition_matrix(data, elements) @ delta)
+    energy_shift = np.zeros(len(elements)) if energy_shift is None else np.asarray(energy_shift)
+    return GraphDataset(data, potential.graphs(data.atoms), composition_matrix(data, elements) @ energy_shift)
 
 
 @dataclass
@@ -60,7 +60,7 @@ class Batch:
 
 
 class Collate:
-    """``collate_fn``: items of a :class:`Prepared` set to a :class:`Batch` (the family batches the graphs)."""
+    """``collate_fn``: items of a :class:`GraphDataset` set to a :class:`Batch` (the family batches the graphs)."""
 
     def __init__(self, potential: Potential, device: torch.device, dtype: torch.dtype) -> None:
         self.potential, self.device, self.dtype = potential, device, dtype
@@ -105,13 +105,13 @@ class ShuffledShares(Sampler[int]):
 
 
 def train_loader(
-    prepared: Prepared, collate: Collate, batch_size: int, seed: int, rank: int = 0, world: int = 1
+    prepared: GraphDataset, collate: Collate, batch_size: int, seed: int, rank: int = 0, world: int = 1
 ) -> DataLoader:
     """Shuffled whole batches of ``batch_size`` structures over all processes (this process's share of each)."""
     sampler = ShuffledShares(len(prepared), batch_size, seed, rank, world)
     return DataLoader(prepared, batch_size=batch_size // world, sampler=sampler, collate_fn=collate)
 
 
-def eval_loader(prepared: Prepared, collate: Collate, batch_size: int) -> DataLoader:
+def eval_loader(prepared: GraphDataset, collate: Collate, batch_size: int) -> DataLoader:
     """Every structure, in order, ``batch_size`` at a time."""
     return DataLoader(prepared, batch_size=batch_size, shuffle=False, collate_fn=collate)

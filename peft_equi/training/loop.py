@@ -34,7 +34,7 @@ from peft_equi.families.base import Potential
 from peft_equi.training.checkpoint import atomic_save, checkpoint_state
 from peft_equi.training.config import FinetuneConfig
 from peft_equi.training.evaluation import batch_loss, evaluate, validation_loss
-from peft_equi.training.loader import Collate, Prepared, train_loader
+from peft_equi.training.loader import Collate, GraphDataset, train_loader
 from peft_equi.training.logs import MetricsLog
 from peft_equi.utils.save_and_load import set_adapter_tensors
 
@@ -158,7 +158,7 @@ class TrainingLoop:
     def collate(self) -> Collate:
         return Collate(self.potential, self.fabric.device, self.config.torch_dtype())
 
-    def fit(self, potential: Potential, state: State, train: Prepared, valid: Prepared) -> int:
+    def fit(self, potential: Potential, state: State, train: GraphDataset, valid: GraphDataset) -> int:
         """Train from ``state.epoch`` to ``epochs``; load the kept weights into ``state.model``; the kept epoch."""
         c, fabric = self.config, self.fabric
         self.potential = potential
@@ -231,7 +231,7 @@ class TrainingLoop:
             state.ema.update(state.params)
         return whole.item()
 
-    def validation_loss(self, model: nn.Module, prepared: Prepared) -> float:
+    def validation_loss(self, model: nn.Module, prepared: GraphDataset) -> float:
         """Mean loss over validation batches, with the current stage's weights."""
         c = self.config
         return validation_loss(

@@ -47,7 +47,7 @@ def weighted_loss(
 
 
 @dataclass
-class Errors:
+class ErrorMetrics:
     """Errors of predictions against references, and the values themselves (for parity plots)."""
 
     energy_mae: float  # meV per structure
@@ -58,7 +58,7 @@ class Errors:
     reference_forces: np.ndarray
 
     @classmethod
-    def of(cls, energy, ref_energy, forces, ref_forces) -> Errors:
+    def of(cls, energy, ref_energy, forces, ref_forces) -> ErrorMetrics:
         """Errors from eV / eV/A arrays."""
         de = (np.asarray(energy) - np.asarray(ref_energy)) * 1000.0
         df = (np.asarray(forces) - np.asarray(ref_forces)) * 1000.0

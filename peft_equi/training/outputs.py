@@ -88,7 +88,7 @@ def write_outputs(
     output: Path,
     potential: Potential,
     model: nn.Module,
-    delta: np.ndarray,
+    energy_shift: np.ndarray,
     result: dict[str, Any],
     metrics: MetricsLog | None,
     plots: bool = True,
@@ -96,7 +96,9 @@ def write_outputs(
     """The adapter, the energy correction, the merged model (when mergeable; ``result`` says), results and plots."""
     model.save_pretrained(output / "adapter")
     (output / "energy_correction.json").write_text(
-        json.dumps({"atomic_numbers": potential.atomic_numbers, "delta_eV": np.asarray(delta).tolist()}, indent=2)
+        json.dumps(
+            {"atomic_numbers": potential.atomic_numbers, "delta_eV": np.asarray(energy_shift).tolist()}, indent=2
+        )
     )
     try:
         merged_path = potential.save(copy.deepcopy(model).merge_and_unload(), output / "merged")
