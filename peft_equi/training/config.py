@@ -138,6 +138,17 @@ class FinetuneConfig(BaseModel):
         "otherwise refused, and so is one holding files a run does not write",
     )
     plots: bool = Field(True, description="write learning-curve and force-parity PNGs")
+    retain: list[Path] = Field(
+        [],
+        description="structure files on which to measure forgetting (comma-separated on the command line): "
+        "errors against the foundation's labels before, every retain_every epochs and after fine-tuning",
+    )
+    retain_labels: Literal["foundation", "file"] = Field(
+        "foundation",
+        description="labels of the retain structures: 'foundation', the foundation model's own energies and forces "
+        "(computed once before fine-tuning; any foundation, no data needed) or 'file', those in the files",
+    )
+    retain_every: PositiveInt = Field(1, description="evaluate the retain files every n epochs (and the last)")
     progress: bool = Field(True, description="show progress bars")
 
     @model_validator(mode="before")
@@ -165,6 +176,13 @@ class FinetuneConfig(BaseModel):
         if not self.swa:
             return None
         return self.start_swa if self.start_swa is not None else max(1, self.epochs // 4 * 3)
+
+    @field_validator("retain", mode="before")
+    @classmethod
+    def _retain(cls, value: Any) -> Any:
+        if isinstance(value, (str, Path)):  # one flag value: comma-separated paths
+            return [part.strip() for part in str(value).split(",") if part.strip()]
+        return value
 
     @field_validator("e0s")
     @classmethod

@@ -37,6 +37,8 @@ from peft_equi.training.loop import TrainingDivergedError, TrainingLoop, make_fa
 from peft_equi.training.metrics import ErrorMetrics
 from peft_equi.training.outputs import RUN_FILES, check_output, clear_output, format_results, write_outputs
 from peft_equi.training.reference import energy_correction
+from peft_equi.training.retention import PREFIX as RETAIN_PREFIX
+from peft_equi.training.retention import check_retain_files, retain_sets
 
 __all__ = ["RUN_FILES", "Finetuner", "TrainingDivergedError", "format_results", "load_splits"]
 
@@ -48,6 +50,7 @@ def load_splits(config: FinetuneConfig) -> tuple[Dataset, Dataset, Dataset | Non
     c = config
     if c.test is not None and c.test_on_rest:
         raise PeftEquiError("give either a test file or test_on_rest, not both")
+    check_retain_files(c)
     full = read_dataset(c.train, c.energy_key, c.forces_key)
     try:
         train, valid, rest = split_data(full, c.n_train, c.valid_fraction if c.valid is None else 0.0, c.seed)
@@ -138,7 +141,8 @@ class Finetuner:
         self.loop.resumed, self.loop.checkpoint_written = checkpoint is not None, False
         self.loop.run_state = run_state(c, self.energy_shift, self.elements, digests)
         self.fabric.launch()
-        kept_epoch = self.loop.fit(self.potential, state, splits["train"], splits["valid"])
+        retain = {name: data for name, data in splits.items() if name.startswith(RETAIN_PREFIX)}
+        kept_epoch = self.loop.fit(self.potential, state, splits["train"], splits["valid"], retain)
         result = {
             "before": before,
             "after": self._errors(model, splits),
@@ -181,6 +185,7 @@ class Finetuner:
         splits = {"train": self.prepare(train), "valid": self.prepare(valid)}
         if test is not None:
             splits["test"] = self.prepare(test)
+        splits |= retain_sets(c, self.potential, self.potential.model, self.collate)  # before any adapter
         return peft_config, checkpoint, digests, splits
 
     def _prepare_model(self, datasets: Sequence[Dataset | None]) -> None:
@@ -209,12 +214,12 @@ class Finetuner:
             raise PeftEquiError(f"{exc} (subset_elements: false keeps all the model's elements)") from exc
 
     def _errors(self, model: torch.nn.Module, splits: dict[str, GraphDataset]) -> dict[str, ErrorMetrics]:
-        """Errors of ``model`` on validation and (when given) test."""
+        """Errors of ``model`` on every split but training: validation, test (when given), the retain files."""
         size, collate = self.config.eval_batch_size, self.collate
         return {
-            split: evaluate(self.potential, model, splits[split], batch_size=size, collate=collate)
-            for split in ("valid", "test")
-            if split in splits
+            split: evaluate(self.potential, model, data, batch_size=size, collate=collate)
+            for split, data in splits.items()
+            if split != "train"
         }
 
 

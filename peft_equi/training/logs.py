@@ -52,7 +52,7 @@ INTEGER_COLUMNS = ("epoch", "stage")
 
 
 def plot_learning_curves(rows: list[dict[str, Any]], path: Path) -> Path:
-    """Training and validation loss, and validation errors, against epoch."""
+    """Training and validation loss, and validation (and retention) errors, against epoch."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -66,7 +66,11 @@ def plot_learning_curves(rows: list[dict[str, Any]], path: Path) -> Path:
     ax_loss.legend()
     ax_err.plot(epochs, [r["valid_energy_mae_meV"] for r in rows], label="energy MAE (meV)")
     ax_err.plot(epochs, [r["valid_forces_mae_meV_per_A"] for r in rows], label="force MAE (meV/A)")
-    ax_err.set(xlabel="epoch", title="validation errors")
+    for key in [k for k in rows[0] if k.startswith("retain_") and k.endswith("_forces_mae_meV_per_A")]:
+        points = [(r["epoch"], r[key]) for r in rows if np.isfinite(r[key])]  # evaluated every retain_every epochs
+        name = key.removesuffix("_forces_mae_meV_per_A")
+        ax_err.plot(*zip(*points), "o--", label=f"{name}: force MAE vs foundation labels (meV/A)")
+    ax_err.set(xlabel="epoch", title="validation errors (and retention)")
     ax_err.legend()
     fig.tight_layout()
     fig.savefig(path, dpi=120)

@@ -36,6 +36,7 @@ from peft_equi.training.config import FinetuneConfig
 from peft_equi.training.evaluation import batch_loss, evaluate, validation_loss
 from peft_equi.training.loader import Collate, GraphDataset, train_loader
 from peft_equi.training.logs import MetricsLog
+from peft_equi.training.metrics import SUMMARY_KEYS
 from peft_equi.utils.save_and_load import set_adapter_tensors
 
 log = logging.getLogger(__name__)
@@ -158,8 +159,20 @@ class TrainingLoop:
     def collate(self) -> Collate:
         return Collate(self.potential, self.fabric.device, self.config.torch_dtype())
 
-    def fit(self, potential: Potential, state: State, train: GraphDataset, valid: GraphDataset) -> int:
-        """Train from ``state.epoch`` to ``epochs``; load the kept weights into ``state.model``; the kept epoch."""
+    def fit(
+        self,
+        potential: Potential,
+        state: State,
+        train: GraphDataset,
+        valid: GraphDataset,
+        retain: dict[str, GraphDataset] | None = None,
+    ) -> int:
+        """Train from ``state.epoch`` to ``epochs``; load the kept weights into ``state.model``; the kept epoch.
+
+        The ``retain`` splits (:mod:`~peft_equi.training.retention`) are evaluated every
+        ``retain_every`` epochs and at the last, with the validation weights; other epochs
+        record NaN in their columns.
+        """
         c, fabric = self.config, self.fabric
         self.potential = potential
         trained, optimizer = fabric.setup(state.model, state.optimizer)
@@ -175,16 +188,30 @@ class TrainingLoop:
             with state.ema.average_parameters() if state.ema is not None else nullcontext():
                 valid_loss = self.validation_loss(state.model, valid)
                 errors = evaluate(potential, state.model, valid, batch_size=c.eval_batch_size, collate=self.collate)
+                retained = self.retention(state.model, retain or {}, epoch)
                 state.best.offer(valid_loss, epoch + 1, state.model)
             if stage == 1:
                 state.scheduler.step(valid_loss)
             state.epoch = epoch + 1
             row = {"epoch": epoch + 1, "stage": stage, "lr": state.optimizer.param_groups[0]["lr"]}
             row |= {"train_loss": train_loss, "valid_loss": valid_loss, "time_s": time.perf_counter() - started}
-            self._record(row | {f"valid_{k}": v for k, v in errors.summary().items()})
+            self._record(row | {f"valid_{k}": v for k, v in errors.summary().items()} | retained)
             if (epoch + 1) % c.checkpoint_every == 0 or epoch + 1 == c.epochs:
                 self.save_checkpoint(state)
         return self.keep(state)
+
+    def retention(self, model: nn.Module, retain: dict[str, GraphDataset], epoch: int) -> dict[str, float]:
+        """``<split>_<metric>`` columns of the retain splits at ``epoch`` (0-based); NaN between evaluations."""
+        c = self.config
+        due = (epoch + 1) % c.retain_every == 0 or epoch + 1 == c.epochs
+        columns = {}
+        for name, data in retain.items():
+            if due:
+                errors = evaluate(self.potential, model, data, batch_size=c.eval_batch_size, collate=self.collate)
+                columns |= {f"{name}_{k}": v for k, v in errors.summary().items()}
+            else:
+                columns |= {f"{name}_{k}": float("nan") for k in SUMMARY_KEYS}
+        return columns
 
     def set_stage(self, epoch: int, stage_two: int | None, state: State) -> int:
         """Loss weights and lr of ``epoch`` (0-based); entering stage two resets the best-model search."""
@@ -263,10 +290,15 @@ class TrainingLoop:
         if self.metrics is None:
             return
         self.metrics.append(row)
+        retention = "".join(
+            f"; {key.removesuffix('_forces_mae_meV_per_A')} F MAE {value:.1f} meV/A"
+            for key, value in row.items()
+            if key.startswith("retain_") and key.endswith("_forces_mae_meV_per_A") and np.isfinite(value)
+        )
         log.info(
-            "epoch %d/%d (stage %d): train loss %.4g, valid loss %.4g, valid E MAE %.1f meV, F MAE %.1f meV/A",
+            "epoch %d/%d (stage %d): train loss %.4g, valid loss %.4g, valid E MAE %.1f meV, F MAE %.1f meV/A%s",
             row["epoch"], self.config.epochs, row["stage"], row["train_loss"], row["valid_loss"],
-            row["valid_energy_mae_meV"], row["valid_forces_mae_meV_per_A"],
+            row["valid_energy_mae_meV"], row["valid_forces_mae_meV_per_A"], retention,
         )  # fmt: skip
 
 

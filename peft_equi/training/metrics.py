@@ -72,10 +72,9 @@ class ErrorMetrics:
         )
 
     def summary(self) -> dict[str, float]:
-        """The four numbers, for logs."""
-        return {
-            "energy_mae_meV": self.energy_mae,
-            "energy_rmse_meV": self.energy_rmse,
-            "forces_mae_meV_per_A": self.forces_mae,
-            "forces_rmse_meV_per_A": self.forces_rmse,
-        }
+        """The four numbers, for logs (keys :data:`SUMMARY_KEYS`)."""
+        return dict(zip(SUMMARY_KEYS, (self.energy_mae, self.energy_rmse, self.forces_mae, self.forces_rmse)))
+
+
+#: The keys of :meth:`ErrorMetrics.summary` (``metrics.csv`` columns after a split's prefix).
+SUMMARY_KEYS = ("energy_mae_meV", "energy_rmse_meV", "forces_mae_meV_per_A", "forces_rmse_meV_per_A")
