@@ -149,6 +149,18 @@ class FinetuneConfig(BaseModel):
         "(computed once before fine-tuning; any foundation, no data needed) or 'file', those in the files",
     )
     retain_every: PositiveInt = Field(1, description="evaluate the retain files every n epochs (and the last)")
+    replay: list[Path] = Field(
+        [],
+        description="structure files replayed in every training batch to keep the foundation's behaviour "
+        "(comma-separated on the command line)",
+    )
+    replay_labels: Literal["foundation", "file"] = Field(
+        "foundation",
+        description="labels of the replay structures: 'foundation' (pseudo-labels of the frozen foundation, computed "
+        "once) or 'file'",
+    )
+    replay_ratio: float = Field(1.0, ge=0, description="replay structures per training structure in each batch")
+    replay_weight: float = Field(1.0, ge=0, description="weight of the replay loss beside the training loss")
     progress: bool = Field(True, description="show progress bars")
 
     @model_validator(mode="before")
@@ -171,13 +183,17 @@ class FinetuneConfig(BaseModel):
             raise ValueError("give resume (continue the run in output) or overwrite (replace it), not both")
         return self
 
+    def replay_batch_size(self) -> int:
+        """Replay structures per optimisation step: ``round(replay_ratio * batch_size)`` (0 without replay)."""
+        return round(self.replay_ratio * self.batch_size) if self.replay else 0
+
     def stage_two_start(self) -> int | None:
         """Epochs of stage one when ``swa`` is on (mace's rule for ``start_swa=None``), else None."""
         if not self.swa:
             return None
         return self.start_swa if self.start_swa is not None else max(1, self.epochs // 4 * 3)
 
-    @field_validator("retain", mode="before")
+    @field_validator("retain", "replay", mode="before")
     @classmethod
     def _retain(cls, value: Any) -> Any:
         if isinstance(value, (str, Path)):  # one flag value: comma-separated paths

@@ -32,13 +32,13 @@ from peft_equi.training.config import FinetuneConfig
 from peft_equi.training.data import Dataset, read_dataset, read_isolated_atom_energies
 from peft_equi.training.data import select_and_split as split_data
 from peft_equi.training.evaluation import evaluate
+from peft_equi.training.foundation_data import PREFIX as RETAIN_PREFIX
+from peft_equi.training.foundation_data import check_files, replay_set, retain_sets
 from peft_equi.training.loader import Collate, GraphDataset, prepare
 from peft_equi.training.loop import TrainingDivergedError, TrainingLoop, make_fabric, new_state
 from peft_equi.training.metrics import ErrorMetrics
 from peft_equi.training.outputs import RUN_FILES, check_output, clear_output, format_results, write_outputs
 from peft_equi.training.reference import energy_correction
-from peft_equi.training.retention import PREFIX as RETAIN_PREFIX
-from peft_equi.training.retention import check_retain_files, retain_sets
 
 __all__ = ["RUN_FILES", "Finetuner", "TrainingDivergedError", "format_results", "load_splits"]
 
@@ -50,7 +50,7 @@ def load_splits(config: FinetuneConfig) -> tuple[Dataset, Dataset, Dataset | Non
     c = config
     if c.test is not None and c.test_on_rest:
         raise PeftEquiError("give either a test file or test_on_rest, not both")
-    check_retain_files(c)
+    check_files(c)
     full = read_dataset(c.train, c.energy_key, c.forces_key)
     try:
         train, valid, rest = split_data(full, c.n_train, c.valid_fraction if c.valid is None else 0.0, c.seed)
@@ -95,6 +95,7 @@ class Finetuner:
             potential.model.to(device=self.device, dtype=self.dtype)
             self.potential = potential
         self.model: torch.nn.Module | None = None  # the PeftModel, after run()
+        self.replay: GraphDataset | None = None  # the replay structures (foundation_data), when replaying
 
     @property
     def potential(self) -> Potential:
@@ -142,7 +143,7 @@ class Finetuner:
         self.loop.run_state = run_state(c, self.energy_shift, self.elements, digests)
         self.fabric.launch()
         retain = {name: data for name, data in splits.items() if name.startswith(RETAIN_PREFIX)}
-        kept_epoch = self.loop.fit(self.potential, state, splits["train"], splits["valid"], retain)
+        kept_epoch = self.loop.fit(self.potential, state, splits["train"], splits["valid"], retain, self.replay)
         result = {
             "before": before,
             "after": self._errors(model, splits),
@@ -186,6 +187,7 @@ class Finetuner:
         if test is not None:
             splits["test"] = self.prepare(test)
         splits |= retain_sets(c, self.potential, self.potential.model, self.collate)  # before any adapter
+        self.replay = replay_set(c, self.potential, self.potential.model, self.collate)
         return peft_config, checkpoint, digests, splits
 
     def _prepare_model(self, datasets: Sequence[Dataset | None]) -> None:

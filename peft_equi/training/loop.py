@@ -166,17 +166,23 @@ class TrainingLoop:
         train: GraphDataset,
         valid: GraphDataset,
         retain: dict[str, GraphDataset] | None = None,
+        replay: GraphDataset | None = None,
     ) -> int:
         """Train from ``state.epoch`` to ``epochs``; load the kept weights into ``state.model``; the kept epoch.
 
-        The ``retain`` splits (:mod:`~peft_equi.training.retention`) are evaluated every
+        The ``retain`` splits (:mod:`~peft_equi.training.foundation_data`) are evaluated every
         ``retain_every`` epochs and at the last, with the validation weights; other epochs
-        record NaN in their columns.
+        record NaN in their columns.  ``replay`` structures join every training step
+        (``replay_batch_size`` of them, drawn in a seeded order per epoch: resumable).
         """
         c, fabric = self.config, self.fabric
         self.potential = potential
         trained, optimizer = fabric.setup(state.model, state.optimizer)
         loader = train_loader(train, self.collate, c.batch_size, c.seed, fabric.global_rank, fabric.world_size)
+        replays = None
+        if replay is not None:
+            rank, world = fabric.global_rank, fabric.world_size
+            replays = train_loader(replay, self.collate, c.replay_batch_size(), c.seed + 1, rank, world)
         if fabric.is_global_zero:
             self.metrics = MetricsLog(self.output, resume=self.resumed, upto_epoch=state.epoch)
         stage_two = c.stage_two_start()
@@ -184,7 +190,7 @@ class TrainingLoop:
             started = time.perf_counter()
             stage = self.set_stage(epoch, stage_two, state)
             loader.sampler.use_epoch(epoch)
-            train_loss = self.train_epoch((trained, optimizer), state, loader, epoch)
+            train_loss = self.train_epoch((trained, optimizer), state, loader, epoch, replays)
             with state.ema.average_parameters() if state.ema is not None else nullcontext():
                 valid_loss = self.validation_loss(state.model, valid)
                 errors = evaluate(potential, state.model, valid, batch_size=c.eval_batch_size, collate=self.collate)
@@ -226,24 +232,27 @@ class TrainingLoop:
             state.best.reset()
         return 2
 
-    def train_epoch(self, wrapped: tuple[nn.Module, Any], state: State, loader, epoch: int) -> float:
-        """One pass over the training batches; the mean (whole-batch) loss."""
+    def train_epoch(self, wrapped: tuple[nn.Module, Any], state: State, loader, epoch: int, replays=None) -> float:
+        """One pass over the training batches (each with a replay batch when replaying); the mean loss."""
         c, fabric = self.config, self.fabric
         batches = loader
         if c.progress and fabric.is_global_zero:
             from tqdm import tqdm
 
             batches = tqdm(loader, desc=f"epoch {epoch + 1}/{c.epochs}", leave=False)
-        losses = [self.step(wrapped, state, batch, epoch, b) for b, batch in enumerate(batches)]
+        replayed = _cycle(replays, epoch) if replays is not None else iter(lambda: None, 0)
+        losses = [self.step(wrapped, state, (batch, next(replayed)), epoch, b) for b, batch in enumerate(batches)]
         return float(np.mean(losses))
 
-    def step(self, wrapped: tuple[nn.Module, Any], state: State, batch, epoch: int, index: int) -> float:
-        """One optimisation step on this process's share of a batch; the whole batch's loss."""
+    def step(self, wrapped: tuple[nn.Module, Any], state: State, batches, epoch: int, index: int) -> float:
+        """One optimisation step on this process's share of a batch (and of its replay batch, when given);
+        the whole batch's loss, the replay loss times ``replay_weight`` added."""
         fabric, (trained, optimizer) = self.fabric, wrapped
-        share = torch.tensor([len(batch.energy), len(batch.forces)], dtype=torch.float64, device=fabric.device)
-        totals = tuple(int(v) for v in fabric.all_reduce(share, reduce_op="sum").tolist())
+        batch, replayed = batches
         optimizer.zero_grad(set_to_none=True)
-        loss = batch_loss(self.potential, trained, batch, self.weights, self.config.energy_loss, True, totals)
+        loss = self._batch_loss(trained, batch)
+        if replayed is not None:
+            loss = loss + self.config.replay_weight * self._batch_loss(trained, replayed)
         whole = fabric.all_reduce(loss.detach(), reduce_op="sum")  # the shares add up to the batch's loss
         if not torch.isfinite(whole):
             raise TrainingDivergedError(
@@ -257,6 +266,12 @@ class TrainingLoop:
         if state.ema is not None:
             state.ema.update(state.params)
         return whole.item()
+
+    def _batch_loss(self, trained: nn.Module, batch) -> torch.Tensor:
+        """This process's share of the loss of a batch, normalised by the whole batch's structures and atoms."""
+        share = torch.tensor([len(batch.energy), len(batch.forces)], dtype=torch.float64, device=self.fabric.device)
+        totals = tuple(int(v) for v in self.fabric.all_reduce(share, reduce_op="sum").tolist())
+        return batch_loss(self.potential, trained, batch, self.weights, self.config.energy_loss, True, totals)
 
     def validation_loss(self, model: nn.Module, prepared: GraphDataset) -> float:
         """Mean loss over validation batches, with the current stage's weights."""
@@ -304,3 +319,12 @@ class TrainingLoop:
 
 def _copy_into(model: nn.Module, tensors: dict[str, torch.Tensor]) -> None:
     set_adapter_tensors(model, tensors, what="the checkpoint's adapter tensors")
+
+
+def _cycle(loader, epoch: int):
+    """Replay batches without end: passes over ``loader`` in the orders of ``epoch``'s own seeds (resumable)."""
+    passes = 0
+    while True:
+        loader.sampler.use_epoch(epoch * 1_000_003 + passes)
+        yield from loader
+        passes += 1
