@@ -161,10 +161,12 @@ print(f"process {{finetuner.fabric.global_rank}} of {{finetuner.fabric.world_siz
 
 @pytest.mark.slow
 def test_two_processes_match_one(files, tmp_path):
-    """torchrun with 2 CPU processes (gloo) follows the same trajectory as one process."""
+    """torchrun with 2 CPU processes (gloo) follows the same trajectory as one process, replay included
+    (each process takes its share of the replay batches as of the training batches)."""
     results = {}
+    replay = {"replay": [files / "test.xyz"], "replay_ratio": 0.5, "replay_weight": 10.0}
     for n in (1, 2):
-        config = finetune_config(files, tmp_path / f"ddp{n}", epochs=2, ema_decay=None)
+        config = finetune_config(files, tmp_path / f"ddp{n}", epochs=2, ema_decay=None, **replay)
         (tmp_path / f"config{n}.json").write_text(config.model_dump_json())
         script = tmp_path / "run.py"
         script.write_text(DDP_SCRIPT.format(tests=str(ROOT / "tests"), config=str(tmp_path / f"config{n}.json")))
