@@ -19,8 +19,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-import torch
-from record import finished, run_record, write_json
+from record import add_run_arguments, finished, start_run, write_json
 
 from peft_equi.training.config import FinetuneConfig
 from peft_equi.training.engine import Finetuner, TrainingDivergedError
@@ -68,17 +67,13 @@ def add_common_arguments(parser) -> None:
     parser.add_argument("--trust-pickle", action="store_true", help="allow a pickled model file (runs its code)")
     parser.add_argument("--methods", nargs="+", help="subset of method labels (default: all that apply)")
     parser.add_argument("--epochs", type=int, help="override the mode's epochs")
-    parser.add_argument("--dtype", choices=("float32", "float64"), help="override the mode's dtype")
-    parser.add_argument("--threads", type=int, help="torch threads (default: torch's choice)")
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--output", type=Path, help="results folder (default: under benchmarks/results/)")
+    add_run_arguments(parser, dtype=None, dtype_help="override the mode's dtype")
 
 
 def start(args, quick: dict, full: dict) -> tuple[dict, int, str]:
     """The run record (taken now), and the epochs and dtype of the chosen mode after overrides; sets threads."""
-    record = run_record()
-    if args.threads:
-        torch.set_num_threads(args.threads)
+    record = start_run(args)
     mode = quick if args.quick else full
     return record, args.epochs or mode["epochs"], args.dtype or mode["dtype"]
 

@@ -26,7 +26,7 @@ from pathlib import Path
 
 import torch
 from comparison import METHODS
-from record import ROOT, finished, run_record, write_json
+from record import ROOT, add_run_arguments, finished, start_run, write_json
 from timing import interleaved_medians
 
 import peft_equi
@@ -48,13 +48,9 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--model", default="7net-0")
     p.add_argument("--repeats", type=int, default=5)
     p.add_argument("--batch", type=int, default=5, help="structures per batch")
-    p.add_argument("--dtype", choices=("float32", "float64"), default="float32")
-    p.add_argument("--threads", type=int, help="torch threads (default: torch's choice)")
-    p.add_argument("--output", type=Path)
+    add_run_arguments(p)
     args = p.parse_args(argv)
-    record = run_record()
-    if args.threads:
-        torch.set_num_threads(args.threads)
+    record = start_run(args)
     dtype = getattr(torch, args.dtype)
     potential = load_potential(args.model, dtype=dtype)
     data_path = ASPIRIN if ASPIRIN.is_file() else ACETAMIDE

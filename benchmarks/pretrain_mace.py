@@ -24,7 +24,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from record import ROOT, finished, run_record, write_json
+from record import ROOT, add_run_arguments, finished, start_run, write_json
 
 from peft_equi.families.mace.architectures import HCO, build_mace
 from peft_equi.families.mace.loading import save_mace_state
@@ -45,15 +45,11 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--lr", type=float, default=0.01)
     p.add_argument("--batch-size", type=int, default=10)
     p.add_argument("--forces-weight", type=float, default=10.0, help="loss weight of forces (energy: 1 per atom)")
-    p.add_argument("--dtype", choices=("float32", "float64"), default="float32")
     p.add_argument("--data-dir", type=Path, default=SHARED)
-    p.add_argument("--threads", type=int)
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--output", type=Path)
+    add_run_arguments(p)
     args = p.parse_args(argv)
-    record = run_record()
-    if args.threads:
-        torch.set_num_threads(args.threads)
+    record = start_run(args)
     isolated = args.data_dir / "botnet_isolated_atoms" / "isolated_atoms_pbe_def2svp.xyz"
     if not isolated.is_file():
         sys.exit(f"isolated-atom energies not found: {isolated} (give --data-dir)")

@@ -80,3 +80,20 @@ def write_json(path: Path, data: Any) -> None:
     tmp = path.with_suffix(path.suffix + ".tmp")
     tmp.write_text(json.dumps(data, indent=2, default=str))
     tmp.replace(path)
+
+
+def add_run_arguments(parser, dtype: str | None = "float32", dtype_help: str = "floating-point precision") -> None:
+    """The flags every benchmark that runs a model shares: ``--dtype``, ``--threads``, ``--output``."""
+    parser.add_argument("--dtype", choices=("float32", "float64"), default=dtype, help=dtype_help)
+    parser.add_argument("--threads", type=int, help="torch threads (default: torch's choice)")
+    parser.add_argument("--output", type=Path, help="results folder (default: under benchmarks/results/)")
+
+
+def start_run(args) -> dict[str, Any]:
+    """The run record, taken now (before any result exists), and torch's threads set from ``--threads``."""
+    record = run_record()
+    if args.threads:
+        import torch  # here, not at the top: data generators import this module before torch (tblite)
+
+        torch.set_num_threads(args.threads)
+    return record
