@@ -6,7 +6,7 @@ One command, deterministic, resumable, on every core::
 
 Molecules: ``benchmarks/data/organic_molecules.csv`` (name, SMILES, category; H, C, N, O only, at
 most 20 heavy atoms; how they were chosen is written in ``benchmarks/data/README.md``).  No rMD17
-molecule, 3BPA or acetylacetone is among them (``tests/test_organic_data.py`` checks InChIKeys).
+molecule, 3BPA or acetylacetone is among them (``tests/integration/test_organic_data.py`` checks InChIKeys).
 
 Per molecule and per bath temperature (300, 600 and 1200 K by default), a separate trajectory:
 RDKit ETKDGv3 conformer (seeded), MMFF94 relaxation, Maxwell-Boltzmann velocities, Langevin

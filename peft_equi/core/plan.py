@@ -114,6 +114,8 @@ def build_adapter(cls: type[Adapter], layer: DiscoveredLayer, options) -> Adapte
             stacklevel=4,
         )
     adapter = cls(layer.spec, options)
+    if "dynamic" in vars(adapter):  # the flag's name before input_dependent: modulate() would never run
+        raise TypeError(f"adapter {cls.name!r} sets self.dynamic: the flag is now called self.input_dependent")
     weight = layer.backend.weight(layer.module)
     return adapter.to(device=weight.device, dtype=weight.dtype)
 

@@ -46,15 +46,21 @@ def load_checkpoint(path: str | Path) -> dict[str, Any]:
 
 #: Options naming files that are read: compared by content when resuming.
 INPUT_FILES = ("model", "train", "valid", "e0s")
+#: Options naming lists of files that are read (compared by the contents of each, in order).
+INPUT_FILE_LISTS = ("retain", "replay")
 
 
 def input_digests(config) -> dict[str, str]:
-    """SHA-256 of the files a run of ``config`` reads (model, data, isolated atoms)."""
+    """SHA-256 of the files a run of ``config`` reads (model, data, isolated atoms, retain and replay files)."""
     digests = {}
     for key in INPUT_FILES:
         value = getattr(config, key)
         if value is not None and Path(value).is_file():
             digests[key] = sha256(value)
+    for key in INPUT_FILE_LISTS:
+        paths = getattr(config, key)
+        if paths and all(Path(p).is_file() for p in paths):
+            digests[key] = ",".join(sha256(p) for p in paths)
     return digests
 
 

@@ -181,6 +181,11 @@ class FinetuneConfig(BaseModel):
             raise ValueError(f"start_swa ({self.start_swa}) must be less than epochs ({self.epochs})")
         if self.resume and self.overwrite:
             raise ValueError("give resume (continue the run in output) or overwrite (replace it), not both")
+        if self.replay and self.replay_ratio > 0 and self.replay_batch_size() == 0:
+            raise ValueError(
+                f"replay_ratio {self.replay_ratio} x batch_size {self.batch_size} rounds to no replay structure "
+                "per batch: raise replay_ratio (or set it to 0 to train without replay)"
+            )
         return self
 
     def replay_batch_size(self) -> int:

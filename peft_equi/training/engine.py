@@ -33,7 +33,7 @@ from peft_equi.training.data import Dataset, read_dataset, read_isolated_atom_en
 from peft_equi.training.data import select_and_split as split_data
 from peft_equi.training.evaluation import evaluate
 from peft_equi.training.foundation_data import PREFIX as RETAIN_PREFIX
-from peft_equi.training.foundation_data import check_files, replay_set, retain_sets
+from peft_equi.training.foundation_data import check_files, foundation_elements, replay_set, retain_sets
 from peft_equi.training.loader import Collate, GraphDataset, prepare
 from peft_equi.training.loop import TrainingDivergedError, TrainingLoop, make_fabric, new_state
 from peft_equi.training.metrics import ErrorMetrics
@@ -163,6 +163,12 @@ class Finetuner:
         """
         c = self.config
         peft_config = validate_options(c.adapter, c.adapter_options)
+        world = self.fabric.world_size
+        if c.replay_batch_size() % world:
+            raise PeftEquiError(
+                f"the replay batch, round(replay_ratio x batch_size) = {c.replay_batch_size()}, is not divisible by "
+                f"{world} processes: change replay_ratio"
+            )
         train, valid, test = load_splits(c)
         previous_run = check_output(self.output, c.resume, c.overwrite, self.fabric.global_rank == 0)
         checkpoint = load_checkpoint(self.output / "checkpoint.pt") if c.resume else None
@@ -174,7 +180,7 @@ class Finetuner:
         for name, data in (("training data", train), ("validation data", valid), ("test data", test)):
             if data is not None:
                 self.potential.check_elements(data.atomic_numbers, f"the {name}")
-        self._prepare_model([train, valid, test])
+        self._prepare_model([train, valid, test], foundation_elements(c))
         clear_output(self.output, previous_run)  # overwrite: only now that the model loaded and fits the data
         if checkpoint is not None:
             check_elements(checkpoint, self.elements)
@@ -190,14 +196,15 @@ class Finetuner:
         self.replay = replay_set(c, self.potential, self.potential.model, self.collate)
         return peft_config, checkpoint, digests, splits
 
-    def _prepare_model(self, datasets: Sequence[Dataset | None]) -> None:
+    def _prepare_model(self, datasets: Sequence[Dataset | None], others: Sequence[int] = ()) -> None:
         """Cut the model to the data's elements (``subset_elements``), then move it to cuequivariance (``backend``).
 
         The cut comes first (it works on e3nn models) and before the energy correction and
-        the adapters, which are then sized for the cut model.
+        the adapters, which are then sized for the cut model.  ``others``: elements the model
+        must keep besides the data's (those of the retain and replay files).
         """
         c, first = self.config, self.fabric.is_global_zero
-        used = sorted({z for data in datasets if data is not None for z in data.atomic_numbers})
+        used = sorted({z for data in datasets if data is not None for z in data.atomic_numbers} | set(others))
         before = len(self.elements)
         if c.subset_elements and set(used) < set(self.elements) and self._subset(used):
             self.potential = self.potential  # the setter takes the cut model's elements (and a zero correction)

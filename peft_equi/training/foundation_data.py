@@ -69,9 +69,12 @@ def read_structures(path: str | Path) -> list:
     from ase.io import read
 
     try:
-        return list(read(str(path), index=":"))
-    except Exception as exc:
+        atoms = list(read(str(path), index=":"))
+    except Exception as exc:  # any reader error is a problem of this file
         raise DataError(f"{path}: cannot read structures ({one_line(exc)})") from None
+    if not atoms:
+        raise DataError(f"{path}: no structures")
+    return atoms
 
 
 def pseudo_labelled(
@@ -95,8 +98,19 @@ def labelled(
     ``foundation`` is the model before adapters."""
     data = read_dataset(path, config.energy_key, config.forces_key) if labels == "file" else None
     atoms = data.atoms if data is not None else read_structures(path)
-    potential.check_elements(sorted({int(z) for a in atoms for z in a.numbers}), f"the {path}")
-    return data or pseudo_labelled(potential, foundation, atoms, config.eval_batch_size, collate)
+    potential.check_elements(_elements(atoms), f"the {path}")
+    if data is not None:
+        return data
+    return pseudo_labelled(potential, foundation, atoms, config.eval_batch_size, collate)
+
+
+def _elements(atoms: list) -> list[int]:
+    return sorted({int(z) for a in atoms for z in a.numbers})
+
+
+def foundation_elements(config: FinetuneConfig) -> list[int]:
+    """The elements of the retain and replay files (the model keeps them when it is cut to the data's)."""
+    return sorted({z for path in [*config.retain, *config.replay] for z in _elements(read_structures(path))})
 
 
 def retain_sets(

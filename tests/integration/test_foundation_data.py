@@ -8,7 +8,7 @@ import math
 import pytest
 from finetune_setup import finetune_config
 
-from peft_equi.errors import DataError
+from peft_equi.errors import ConfigError, DataError
 from peft_equi.families.base import load_potential
 from peft_equi.training import FinetuneConfig, Finetuner
 from peft_equi.training.data import read_dataset
@@ -82,18 +82,24 @@ def test_replay_with_ratio_zero_is_no_replay_and_replay_keeps_the_foundation(fil
 
 @pytest.mark.slow
 def test_replay_resumes_to_the_straight_run(files, tmp_path):
-    options = {"replay": [files / "test.xyz"], "replay_ratio": 0.5, "plots": False}
+    replay = tmp_path / "replay.xyz"
+    replay.write_text((files / "test.xyz").read_text())
+    options = {"replay": [replay], "replay_ratio": 0.5, "plots": False}
     straight = Finetuner(finetune_config(files, tmp_path / "straight", epochs=2, **options)).run()
     Finetuner(finetune_config(files, tmp_path / "resumed", epochs=1, **options)).run()
     resumed = Finetuner(finetune_config(files, tmp_path / "resumed", epochs=2, resume=True, **options)).run()
     assert resumed["after"]["valid"].forces_mae == straight["after"]["valid"].forces_mae
     assert resumed["after"]["valid"].energy_mae == straight["after"]["valid"].energy_mae
+    replay.write_text((files / "data.xyz").read_text())  # other replay data at the same path: not the same run
+    with pytest.raises(ConfigError, match="options changed since the checkpoint: replay"):
+        Finetuner(finetune_config(files, tmp_path / "resumed", epochs=3, resume=True, **options)).run()
 
 
 def test_replay_options_and_batch_size(files):
-    config = FinetuneConfig.checked(
-        {"model": "m.model", "train": files / "data.xyz", "replay": f"{files / 'test.xyz'}"}
-    )
+    options = {"model": "m.model", "train": files / "data.xyz", "replay": f"{files / 'test.xyz'}"}
+    config = FinetuneConfig.checked(options)
     assert config.replay == [files / "test.xyz"] and config.replay_batch_size() == config.batch_size
     assert config.model_copy(update={"replay_ratio": 0.5, "batch_size": 4}).replay_batch_size() == 2
     assert config.model_copy(update={"replay": []}).replay_batch_size() == 0
+    with pytest.raises(ConfigError, match="rounds to no replay structure"):
+        FinetuneConfig.checked(options | {"replay_ratio": 0.1, "batch_size": 4})

@@ -217,3 +217,17 @@ def test_cut_of_a_model_file_written_under_e3nn_044():
     energy, forces = energy_forces(cut, mace_batch([atoms], (1, 8), reference["r_max"]))
     assert abs(energy.item() - water["energy"]) < 1e-10
     assert np.abs(forces.numpy() - np.asarray(water["forces"])).max() < 1e-10
+
+
+@pytest.mark.slow
+def test_the_cut_keeps_the_elements_of_retain_and_replay_files(hcno_files, tmp_path, caplog):
+    """Retain/replay structures of other elements than the data's (N here) stay in the model when it is cut."""
+    from ase.build import molecule
+    from ase.io import write
+
+    write(tmp_path / "amines.xyz", [molecule("CH3CN"), molecule("NH3")])
+    with caplog.at_level(logging.INFO, logger="peft_equi"):
+        result = _run(hcno_files, tmp_path / "run", retain=[tmp_path / "amines.xyz"], replay=[tmp_path / "amines.xyz"],
+                      replay_ratio=0.5, batch_size=4)  # fmt: skip
+    assert "model cut" not in caplog.text  # H, C, N, O: nothing to cut
+    assert result["before"]["retain_amines"].forces_mae < 1e-9 < result["after"]["retain_amines"].forces_mae

@@ -18,7 +18,7 @@ from peft_equi.testing import energy_forces_equivariance_error, equivariant_adap
 
 ADAPTERS = equivariant_adapters()
 # mmea-paper starts from the reference init, which is not the identity (its shift weights; see
-# tests/test_reference_inits.py): the identity is tested with init="identity"
+# tests/unit/test_reference_inits.py): the identity is tested with init="identity"
 PRESETS = [
     ("mmea-paper", {"init": "identity"}),
     ("elora-paper", {}),
