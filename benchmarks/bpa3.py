@@ -30,6 +30,7 @@ import torch
 from comparison import (
     add_common_arguments,
     engine_options,
+    md_settings,
     optimisation_settings,
     protocol,
     results_table,
@@ -145,6 +146,7 @@ def main(argv: list[str] | None = None) -> None:
         describe,
         {"settings": settings, "notes": notes},
         record,
+        md_settings(args),
     )
 
 

@@ -69,6 +69,15 @@ def add_common_arguments(parser) -> None:
     parser.add_argument("--epochs", type=int, help="override the mode's epochs")
     parser.add_argument("--seed", type=int, default=0)
     add_run_arguments(parser, dtype=None, dtype_help="override the mode's dtype")
+    parser.add_argument(
+        "--retain", type=Path, nargs="+", default=[],
+        help="structure files from the foundation's domain: forgetting measured against the foundation's own labels",
+    )
+    parser.add_argument("--retain-every", type=int, default=10, help="evaluate the retain files every n epochs")
+    parser.add_argument("--md-structure", type=Path, help="starting structure of the MD stability check (off without)")
+    parser.add_argument("--md-steps", type=int, default=1000, help="Langevin NVT steps (0.5 fs) of the MD check")
+    parser.add_argument("--md-temperature", type=float, default=500.0, help="MD check temperature (K)")
+    parser.add_argument("--md-seeds", type=int, default=3, help="MD check trajectories per method")  # fmt: skip
 
 
 def start(args, quick: dict, full: dict) -> tuple[dict, int, str]:
@@ -95,6 +104,8 @@ def engine_options(args, train: Path, test: Path, n_train: int, valid_fraction: 
         "progress": False,
         "plots": False,
         "energy_loss": "total",  # the papers' mace --loss=ef
+        "retain": list(getattr(args, "retain", [])),
+        "retain_every": getattr(args, "retain_every", 10),
     } | stage_two(epochs)
 
 
@@ -148,11 +159,46 @@ def _read_metrics(path: Path) -> list[dict[str, float]]:
         return [{k: float(v) for k, v in row.items()} for row in csv.DictReader(f)]
 
 
-def run_method(label: str, adapter: str, options: dict, potential, config: dict, folder: Path) -> dict[str, Any]:
+def md_settings(args) -> dict[str, Any] | None:
+    """The MD stability check of a comparison (``--md-structure`` ...), or ``None`` when off."""
+    if args.md_structure is None:
+        return None
+    return {"structure": str(args.md_structure), "temperature_K": args.md_temperature, "nvt_steps": args.md_steps,
+            "nve_steps": args.md_steps, "seeds": args.md_seeds}  # fmt: skip
+
+
+def md_check(potential, model, md: dict[str, Any]) -> dict[str, Any]:
+    """``md_`` numbers of a trained model: :func:`peft_equi.md.md_stability` from ``md['structure']``, per seed."""
+    from ase.io import read
+
+    from peft_equi.md import PotentialCalculator, md_stability
+
+    atoms = read(md["structure"], index=0)
+    runs = [
+        md_stability(PotentialCalculator(potential, model), atoms, md["temperature_K"], md["nvt_steps"],
+                     md["nve_steps"], seed=seed).summary()
+        for seed in range(md["seeds"])
+    ]  # fmt: skip
+    drifts = [r["nve_drift_eV_per_atom_per_ps"] for r in runs if r["nve_drift_eV_per_atom_per_ps"] is not None]
+    return {
+        "md_settings": md,
+        "md_intact": sum(r["intact"] for r in runs),
+        "md_runs": len(runs),
+        "md_stable_ps_mean": sum(r["stable_ps"] for r in runs) / len(runs),
+        "md_nve_drift_meV_per_atom_per_ps_mean": 1000 * sum(drifts) / len(drifts) if drifts else None,
+        "md_max_force_eV_A": max(r["max_force_eV_A"] for r in runs),
+        "md_seeds": runs,
+    }
+
+
+def run_method(
+    label: str, adapter: str, options: dict, potential, config: dict, folder: Path, md: dict[str, Any] | None = None
+) -> dict[str, Any]:
     """Fine-tune a copy of ``potential`` with one method (or reuse its finished run); its numbers.
 
     A run whose loss becomes non-finite is recorded as ``diverged`` (with the engine's
-    message) and the comparison goes on.
+    message) and the comparison goes on.  With ``md`` (:func:`md_settings`), the trained
+    model also runs the MD stability check (``md_`` fields).
     """
     done = folder / "method.json"
     if done.is_file():
@@ -188,6 +234,8 @@ def run_method(label: str, adapter: str, options: dict, potential, config: dict,
         "wall_time_s": time.perf_counter() - started,
         "curve": [{k: r[k] for k in CURVE_KEYS} for r in rows],
     }
+    if md is not None:
+        numbers |= md_check(finetuner.potential, finetuner.model, md)
     write_json(done, numbers)
     return numbers
 
@@ -218,10 +266,12 @@ def results_table(results: list[dict[str, Any]]) -> list[str]:
     finished_runs = [r for r in results if "diverged" not in r]
     best = min((c["valid_forces_mae_meV_per_A"] for r in finished_runs for c in r["curve"]), default=float("nan"))
     target = TARGET_FACTOR * best
+    checks = _check_columns(finished_runs)
     lines = [
         "| method | trainable | % of model | test E MAE (meV) | test F MAE (meV/A) | before: E / F | "
-        f"epochs to valid F MAE <= {target:.3g} | kept epoch | s/epoch | mergeable |",
-        "|---|---:|---:|---:|---:|---:|---:|---:|---:|---|",
+        f"epochs to valid F MAE <= {target:.3g} | kept epoch | s/epoch | mergeable |"
+        + "".join(f" {title} |" for title, _ in checks),
+        "|---|---:|---:|---:|---:|---:|---:|---:|---:|---|" + "---:|" * len(checks),
     ]
     for r in results:
         if "diverged" in r:
@@ -236,6 +286,7 @@ def results_table(results: list[dict[str, Any]]) -> list[str]:
             f"{after['forces_mae_meV_per_A']:.1f} | {before['energy_mae_meV']:.1f} / "
             f"{before['forces_mae_meV_per_A']:.1f} | {reached if reached is not None else 'not reached'} | "
             f"{r.get('kept_epoch', 'last')} | {r['epoch_time_s']:.1f} | {'yes' if r['mergeable'] else 'no'} |"
+            + "".join(f" {cell(r)} |" for _, cell in checks)
         )
     diverged = [f"- {r['label']}: {r['diverged'].split(': stopping')[0]}." for r in results if "diverged" in r]
     return [
@@ -248,6 +299,26 @@ def results_table(results: list[dict[str, Any]]) -> list[str]:
         "the kept epoch is the one with the lowest validation loss of the last stage (the model tested); "
         "s/epoch is the median wall time of an epoch (training + validation).",
     ]
+
+
+def _check_columns(results: list[dict[str, Any]]) -> list[tuple[str, Callable[[dict[str, Any]], str]]]:
+    """Extra columns when the runs measured them: retention (F MAE against the foundation's labels, after)
+    and MD stability (intact trajectories, mean stable time, NVE drift)."""
+    columns: list[tuple[str, Callable[[dict[str, Any]], str]]] = []
+    retained = sorted({s for r in results for s in r["after"] if s.startswith("retain_")})
+    for split in retained:
+        name = split.removeprefix("retain_")
+        columns.append((f"{name}: F MAE vs foundation (meV/A)",
+                        lambda r, s=split: f"{r['after'][s]['forces_mae_meV_per_A']:.1f}" if s in r["after"] else ""))
+    if any("md_runs" in r for r in results):
+        def md_cell(r: dict[str, Any]) -> str:
+            if "md_runs" not in r:
+                return ""
+            drift = r["md_nve_drift_meV_per_atom_per_ps_mean"]
+            drift_text = f"{drift:.2f}" if drift is not None else "-"
+            return f"{r['md_intact']}/{r['md_runs']} intact, {r['md_stable_ps_mean']:.2f} ps, drift {drift_text}"
+        columns.append(("MD: intact, stable ps, NVE drift (meV/atom/ps)", md_cell))
+    return columns  # fmt: skip
 
 
 def plot(results: list[dict[str, Any]], folder: Path, title: str) -> None:
@@ -296,13 +367,16 @@ def run_comparison(
     describe: Callable[[list[dict[str, Any]]], str],
     extra: dict[str, Any],
     record: dict[str, Any],
+    md: dict[str, Any] | None = None,
 ) -> list[dict[str, Any]]:
-    """Run every method in turn, rewriting results.md (``describe(results)``), results.json and plots after each."""
+    """Run every method in turn, rewriting results.md (``describe(results)``), results.json and plots after each.
+
+    ``md``: the MD stability check of every trained model (:func:`md_settings`), or ``None``."""
     results = []
     for label, (adapter, options) in methods.items():
         print(f"[{label}] {adapter} {options}", flush=True)
         slug = re.sub(r"[^a-z0-9-]+", "_", label.lower()).strip("_")
-        results.append(run_method(label, adapter, options, potential, config, folder / "runs" / slug))
+        results.append(run_method(label, adapter, options, potential, config, folder / "runs" / slug, md))
         if "diverged" in results[-1]:
             print(f"[{label}] diverged: {results[-1]['diverged']}")
         else:

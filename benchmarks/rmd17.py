@@ -34,6 +34,7 @@ import torch
 from comparison import (
     add_common_arguments,
     engine_options,
+    md_settings,
     optimisation_settings,
     protocol,
     results_table,
@@ -149,6 +150,7 @@ def main(argv: list[str] | None = None) -> None:
         lambda results: describe(results, settings, notes),
         {"settings": settings, "notes": notes},
         record,
+        md_settings(args),
     )
 
 

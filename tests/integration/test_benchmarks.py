@@ -56,19 +56,29 @@ def test_bpa3_hot_test_set_is_hotter_than_every_300k_configuration(tmp_path):
 @pytest.mark.skipif(not (SHARED / "rmd17").is_dir(), reason="needs ../shared/data/rmd17")
 def test_rmd17_script_end_to_end_on_a_small_mace(tmp_path):
     """One epoch of two methods on a small MACE file: tables, plots and the run record are written."""
+    from ase.build import molecule
+    from ase.io import write
+
     from peft_equi.families.mace.architectures import build_mace
 
     torch.save(build_mace("small"), tmp_path / "small.model")
+    write(tmp_path / "methanol.xyz", [molecule("CH3OH"), molecule("HCOOH")])
     out = tmp_path / "out"
     model_args = ["--model", str(tmp_path / "small.model"), "--trust-pickle"]
     run_args = ["--methods", "mmea-paper", "bitfit", "--epochs", "1", "--n-test", "4", "--output", str(out)]
-    rmd17.main(["--quick", "--molecule", "ethanol", *model_args, *run_args])
+    checks = ["--retain", str(tmp_path / "methanol.xyz"), "--md-structure", str(tmp_path / "methanol.xyz"),
+              "--md-steps", "5", "--md-seeds", "2"]  # fmt: skip
+    rmd17.main(["--quick", "--molecule", "ethanol", *model_args, *run_args, *checks])
     results = json.loads((out / "results.json").read_text())
     assert [m["label"] for m in results["methods"]] == ["mmea-paper", "bitfit"]
     assert all(np.isfinite(m["after"]["test"]["forces_mae_meV_per_A"]) for m in results["methods"])
     assert results["record"]["git_commit"] and results["record"]["packages"]["torch"]
+    for method in results["methods"]:  # retention (zero before: the foundation's own labels) and the MD check
+        assert method["before"]["retain_methanol"]["forces_mae_meV_per_A"] < 1e-6
+        assert method["md_runs"] == 2 and len(method["md_seeds"]) == 2 and method["md_settings"]["nvt_steps"] == 5
     table = (out / "results.md").read_text()
     assert "| mmea-paper |" in table and "Differences from the papers" in table
+    assert "methanol: F MAE vs foundation (meV/A)" in table and "intact" in table
     assert (out / "validation_forces.png").stat().st_size > 0 and (out / "test_errors.png").stat().st_size > 0
 
 
