@@ -37,6 +37,7 @@ from comparison import (
     run_comparison,
     select_methods,
     start,
+    with_replay,
 )
 from record import ROOT
 
@@ -138,7 +139,7 @@ def main(argv: list[str] | None = None) -> None:
         )
 
     run_comparison(
-        methods,
+        with_replay(methods, args),
         potential,
         config,
         folder,

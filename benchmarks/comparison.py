@@ -70,14 +70,27 @@ def add_common_arguments(parser) -> None:
     parser.add_argument("--seed", type=int, default=0)
     add_run_arguments(parser, dtype=None, dtype_help="override the mode's dtype")
     parser.add_argument(
-        "--retain", type=Path, nargs="+", default=[],
+        "--retain",
+        type=Path,
+        nargs="+",
+        default=[],
         help="structure files from the foundation's domain: forgetting measured against the foundation's own labels",
     )
     parser.add_argument("--retain-every", type=int, default=10, help="evaluate the retain files every n epochs")
     parser.add_argument("--md-structure", type=Path, help="starting structure of the MD stability check (off without)")
     parser.add_argument("--md-steps", type=int, default=1000, help="Langevin NVT steps (0.5 fs) of the MD check")
     parser.add_argument("--md-temperature", type=float, default=500.0, help="MD check temperature (K)")
-    parser.add_argument("--md-seeds", type=int, default=3, help="MD check trajectories per method")  # fmt: skip
+    parser.add_argument("--md-seeds", type=int, default=3, help="MD check trajectories per method")
+    parser.add_argument(
+        "--replay",
+        type=Path,
+        nargs="+",
+        default=[],
+        help="structure files replayed with the foundation's pseudo-labels, for the --replay-methods",
+    )
+    parser.add_argument("--replay-methods", nargs="+", default=[], help="methods also run with replay ('+ replay')")
+    parser.add_argument("--replay-weight", type=float, default=100.0, help="weight of the replay loss")
+    parser.add_argument("--replay-ratio", type=float, default=1.0, help="replay structures per training structure")
 
 
 def start(args, quick: dict, full: dict) -> tuple[dict, int, str]:
@@ -157,6 +170,26 @@ def select_methods(selected: list[str] | None, ablations: bool, is_mace: bool) -
 def _read_metrics(path: Path) -> list[dict[str, float]]:
     with path.open() as f:
         return [{k: float(v) for k, v in row.items()} for row in csv.DictReader(f)]
+
+
+def with_replay(methods: Methods, args) -> list[tuple[str, str, dict[str, Any], dict[str, Any]]]:
+    """``(label, adapter, options, engine overrides)`` of every run: the methods, then ``<label> + replay`` for each
+    of ``--replay-methods`` (the same method with ``--replay`` files, pseudo-labelled by the foundation)."""
+    runs = [(label, adapter, options, {}) for label, (adapter, options) in methods.items()]
+    replay = getattr(args, "replay", [])
+    chosen = getattr(args, "replay_methods", [])
+    if chosen and not replay:
+        sys.exit("--replay-methods needs --replay files")
+    unknown = [m for m in chosen if m not in methods]
+    if unknown:
+        sys.exit(f"--replay-methods {unknown} are not among the methods run: {list(methods)}")
+    overrides = {
+        "replay": [str(p) for p in replay],
+        "replay_labels": "foundation",
+        "replay_weight": getattr(args, "replay_weight", 100.0),
+        "replay_ratio": getattr(args, "replay_ratio", 1.0),
+    }
+    return runs + [(f"{m} + replay", *methods[m], overrides) for m in chosen]
 
 
 def md_settings(args) -> dict[str, Any] | None:
@@ -308,15 +341,21 @@ def _check_columns(results: list[dict[str, Any]]) -> list[tuple[str, Callable[[d
     retained = sorted({s for r in results for s in r["after"] if s.startswith("retain_")})
     for split in retained:
         name = split.removeprefix("retain_")
-        columns.append((f"{name}: F MAE vs foundation (meV/A)",
-                        lambda r, s=split: f"{r['after'][s]['forces_mae_meV_per_A']:.1f}" if s in r["after"] else ""))
+        columns.append(
+            (
+                f"{name}: F MAE vs foundation (meV/A)",
+                lambda r, s=split: f"{r['after'][s]['forces_mae_meV_per_A']:.1f}" if s in r["after"] else "",
+            )
+        )
     if any("md_runs" in r for r in results):
+
         def md_cell(r: dict[str, Any]) -> str:
             if "md_runs" not in r:
                 return ""
             drift = r["md_nve_drift_meV_per_atom_per_ps_mean"]
             drift_text = f"{drift:.2f}" if drift is not None else "-"
             return f"{r['md_intact']}/{r['md_runs']} intact, {r['md_stable_ps_mean']:.2f} ps, drift {drift_text}"
+
         columns.append(("MD: intact, stable ps, NVE drift (meV/atom/ps)", md_cell))
     return columns  # fmt: skip
 
@@ -371,12 +410,14 @@ def run_comparison(
 ) -> list[dict[str, Any]]:
     """Run every method in turn, rewriting results.md (``describe(results)``), results.json and plots after each.
 
-    ``md``: the MD stability check of every trained model (:func:`md_settings`), or ``None``."""
+    ``methods``: a label -> (adapter, options) table, or :func:`with_replay`'s runs (with engine
+    overrides).  ``md``: the MD stability check of every trained model (:func:`md_settings`), or ``None``."""
+    runs = methods if isinstance(methods, list) else [(k, a, o, {}) for k, (a, o) in methods.items()]
     results = []
-    for label, (adapter, options) in methods.items():
+    for label, adapter, options, overrides in runs:
         print(f"[{label}] {adapter} {options}", flush=True)
         slug = re.sub(r"[^a-z0-9-]+", "_", label.lower()).strip("_")
-        results.append(run_method(label, adapter, options, potential, config, folder / "runs" / slug, md))
+        results.append(run_method(label, adapter, options, potential, config | overrides, folder / "runs" / slug, md))
         if "diverged" in results[-1]:
             print(f"[{label}] diverged: {results[-1]['diverged']}")
         else:

@@ -41,6 +41,7 @@ from comparison import (
     run_comparison,
     select_methods,
     start,
+    with_replay,
 )
 from record import ROOT
 
@@ -142,7 +143,7 @@ def main(argv: list[str] | None = None) -> None:
         )
     title = f"rMD17 {args.molecule}, {model_name} ({mode_name})"
     run_comparison(
-        methods,
+        with_replay(methods, args),
         potential,
         config,
         folder,

@@ -54,6 +54,7 @@ def test_bpa3_hot_test_set_is_hotter_than_every_300k_configuration(tmp_path):
 
 
 @pytest.mark.skipif(not (SHARED / "rmd17").is_dir(), reason="needs ../shared/data/rmd17")
+@pytest.mark.slow
 def test_rmd17_script_end_to_end_on_a_small_mace(tmp_path):
     """One epoch of two methods on a small MACE file: tables, plots and the run record are written."""
     from ase.build import molecule
@@ -67,12 +68,15 @@ def test_rmd17_script_end_to_end_on_a_small_mace(tmp_path):
     model_args = ["--model", str(tmp_path / "small.model"), "--trust-pickle"]
     run_args = ["--methods", "mmea-paper", "bitfit", "--epochs", "1", "--n-test", "4", "--output", str(out)]
     checks = ["--retain", str(tmp_path / "methanol.xyz"), "--md-structure", str(tmp_path / "methanol.xyz"),
-              "--md-steps", "5", "--md-seeds", "2"]  # fmt: skip
+              "--md-steps", "5", "--md-seeds", "2", "--replay", str(tmp_path / "methanol.xyz"),
+              "--replay-methods", "bitfit", "--replay-ratio", "0.4"]  # fmt: skip
     rmd17.main(["--quick", "--molecule", "ethanol", *model_args, *run_args, *checks])
     results = json.loads((out / "results.json").read_text())
-    assert [m["label"] for m in results["methods"]] == ["mmea-paper", "bitfit"]
+    assert [m["label"] for m in results["methods"]] == ["mmea-paper", "bitfit", "bitfit + replay"]
     assert all(np.isfinite(m["after"]["test"]["forces_mae_meV_per_A"]) for m in results["methods"])
     assert results["record"]["git_commit"] and results["record"]["packages"]["torch"]
+    bitfit, replayed = results["methods"][1:]
+    assert replayed["after"]["test"] != bitfit["after"]["test"]  # the replay loss changed the training
     for method in results["methods"]:  # retention (zero before: the foundation's own labels) and the MD check
         assert method["before"]["retain_methanol"]["forces_mae_meV_per_A"] < 1e-6
         assert method["md_runs"] == 2 and len(method["md_seeds"]) == 2 and method["md_settings"]["nvt_steps"] == 5
