@@ -202,10 +202,10 @@ def test_resume_from_another_place_and_no_duplicate_rows(files, tmp_path, monkey
     interrupted = Finetuner(finetune_config(files, tmp_path / "run", **options))
     original = interrupted.loop.train_epoch
 
-    def stop(wrapped, state, loader, epoch):
+    def stop(wrapped, state, loader, epoch, replays=None):
         if epoch == 3:  # after epoch 3's row, the checkpoint is epoch 2's
             raise _Interrupted
-        return original(wrapped, state, loader, epoch)
+        return original(wrapped, state, loader, epoch, replays)
 
     interrupted.loop.train_epoch = stop
     with pytest.raises(_Interrupted):

@@ -102,10 +102,10 @@ def test_resume_across_the_stage_switch_equals_a_straight_run(files, tmp_path):
     interrupted = Finetuner(finetune_config(files, tmp_path / "b", **options))
     original = interrupted.loop.train_epoch
 
-    def stop_at_stage_two(wrapped, state, loader, epoch):
+    def stop_at_stage_two(wrapped, state, loader, epoch, replays=None):
         if epoch == 2:
             raise _Interrupted
-        return original(wrapped, state, loader, epoch)
+        return original(wrapped, state, loader, epoch, replays)
 
     interrupted.loop.train_epoch = stop_at_stage_two
     with pytest.raises(_Interrupted):
