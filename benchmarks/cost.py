@@ -1,15 +1,21 @@
 """Cost of each method on a real potential: trainable parameters, step times and optimizer memory, as ratios.
 
-Usage: python benchmarks/cost.py [--model 7net-0] [--repeats 5] [--batch 5]
+Usage: python benchmarks/cost.py [--model 7net-0 | --architecture mace_off23_medium] [--repeats 5] [--batch 5]
 
 On one batch of rMD17 aspirin structures (``../shared/data``) or, without it, of the bundled
-acetamide data, for every method of the rMD17 comparison:
+acetamide data, for every method of the rMD17 comparison (on MACE models also the papers'
+presets and ``mmea on o3.Linear``, MMEA alone where the MMEA paper puts it):
 
 - **forward + forces** (evaluation) time, relative to the unadapted model;
+- on MACE models, the same **compiled with TorchScript** (e3nn's ``jit.compile``, as mace's
+  LAMMPS and OpenMM routes compile), relative to the same model run eagerly;
 - **training step** (forward, forces with their graph, E/F loss, backward, Adam step) time,
   relative to full fine-tuning of the same model;
 - the **merged** model's forward + forces time, where the adapter merges;
 - **optimizer state** bytes after one Adam (amsgrad) step, relative to full fine-tuning.
+
+``--architecture`` times one of :func:`peft_equi.families.mace.architectures.build_mace`'s
+architectures with random weights (H, C, O): cost does not depend on the weights' values.
 
 Times are medians over ``--repeats`` rounds in which every variant runs in turn, so drift of
 the (shared) machine hits all alike; only the ratios within one run are meaningful.  Writes
@@ -25,18 +31,50 @@ import copy
 from pathlib import Path
 
 import torch
-from comparison import METHODS
+from comparison import MACE_PRESETS, METHODS
 from record import ROOT, add_run_arguments, finished, start_run, write_json
 from timing import interleaved_medians
 
 import peft_equi
+from peft_equi.core.config import PeftConfig, Rule
 from peft_equi.families import load_potential
+from peft_equi.families.base import Potential
+from peft_equi.families.mace.architectures import HCO, build_mace
+from peft_equi.families.mace.potential import MacePotential
 from peft_equi.testing import randomize_adapters
 from peft_equi.training.data import read_dataset
+from peft_equi.utils.dtype import torch_default_dtype
 
 ASPIRIN = ROOT.parent / "shared" / "data" / "rmd17" / "rmd17_aspirin_train_01.npz"
 ACETAMIDE = ROOT / "examples" / "data" / "acetamide_gfn2xtb_md.extxyz"
 CPU = torch.device("cpu")
+#: MMEA alone on every ``o3.Linear`` (the MMEA paper's placement, without the recipe's ELoRA/LoRA parts).
+MMEA_ON_LINEAR = PeftConfig(rules=[Rule(adapter="mmea", kinds=["linear"], options={"rank": 16})])
+
+
+def _potential(args, dtype: torch.dtype) -> tuple[Potential, str]:
+    """The model to time and its name for the results folder."""
+    if args.architecture:
+        with torch_default_dtype(dtype):
+            model = build_mace(args.architecture, HCO)
+        return MacePotential(model, args.architecture), f"{args.architecture}-architecture"
+    potential = load_potential(args.model, dtype=dtype, trust_pickle=args.trust_pickle)
+    return potential, Path(args.model).stem if Path(args.model).is_file() else args.model
+
+
+def _methods(potential: Potential) -> dict[str, tuple]:
+    """``label -> (adapter, preset or config, options)`` of every method timed on this model."""
+    if potential.family != "mace":
+        return dict(METHODS)
+    return METHODS | {"mmea on o3.Linear": (MMEA_ON_LINEAR, {})} | MACE_PRESETS
+
+
+def _compiled(model: torch.nn.Module) -> torch.nn.Module:
+    """``model`` (a copy) compiled as mace's deployment routes compile: e3nn's ``jit.compile``."""
+    from e3nn.util import jit
+
+    plain = model.base_model if isinstance(model, peft_equi.PeftModel) else model
+    return jit.compile(copy.deepcopy(plain))
 
 
 def _state_bytes(optimizer: torch.optim.Optimizer) -> int:
@@ -45,14 +83,18 @@ def _state_bytes(optimizer: torch.optim.Optimizer) -> int:
 
 def main(argv: list[str] | None = None) -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--model", default="7net-0")
+    which = p.add_mutually_exclusive_group()
+    which.add_argument("--model", default="7net-0", help="a model name or file")
+    which.add_argument("--architecture", choices=["mace_off23_medium"], help="a MACE architecture, random weights")
+    p.add_argument("--trust-pickle", action="store_true", help="allow a pickled model file (runs its code)")
     p.add_argument("--repeats", type=int, default=5)
     p.add_argument("--batch", type=int, default=5, help="structures per batch")
     add_run_arguments(p)
     args = p.parse_args(argv)
     record = start_run(args)
     dtype = getattr(torch, args.dtype)
-    potential = load_potential(args.model, dtype=dtype)
+    potential, model_name = _potential(args, dtype)
+    methods = _methods(potential)
     data_path = ASPIRIN if ASPIRIN.is_file() else ACETAMIDE
     data = read_dataset(data_path).subset(range(args.batch))
     batch = potential.collate(potential.graphs(data.atoms), CPU, dtype)
@@ -60,7 +102,7 @@ def main(argv: list[str] | None = None) -> None:
     reference_energy = torch.as_tensor(data.energies, dtype=dtype)
 
     models, optimizers, counts = {"base": potential.model}, {}, {}
-    for label, (adapter, options) in METHODS.items():
+    for label, (adapter, options) in methods.items():
         torch.manual_seed(0)
         model = peft_equi.get_peft_model(copy.deepcopy(potential.model), adapter, **options)
         randomize_adapters(model)
@@ -89,25 +131,29 @@ def main(argv: list[str] | None = None) -> None:
         return run
 
     fns = {(key, "forward"): evaluate(model) for key, model in models.items()}
-    fns |= {(label, "step"): train_step(models[label], optimizers[label]) for label in METHODS}
-    times = interleaved_medians(fns, args.repeats)
-    state = {label: _state_bytes(optimizers[label]) for label in METHODS}
+    scripted = potential.family == "mace"
+    if scripted:
+        fns |= {(key, "scripted"): evaluate(_compiled(models[key])) for key in ["base", *methods]}
+    fns |= {(label, "step"): train_step(models[label], optimizers[label]) for label in methods}
+    times = interleaved_medians(fns, args.repeats, warmup=3)
+    state = {label: _state_bytes(optimizers[label]) for label in methods}
 
     rows = []
-    for label in METHODS:
+    for label in methods:
         merged = times.get((f"{label} merged", "forward"))
+        script = times.get((label, "scripted"))
         rows.append(
             {
                 "method": label,
                 "trainable_parameters": counts[label],
                 "forward_forces_vs_base": times[label, "forward"] / times["base", "forward"],
+                "scripted_vs_eager": None if script is None else script / times[label, "forward"],
                 "train_step_vs_full": times[label, "step"] / times["full", "step"],
                 "merged_forward_forces_vs_base": None if merged is None else merged / times["base", "forward"],
                 "optimizer_state_bytes": state[label],
                 "optimizer_state_vs_full": state[label] / state["full"],
             }
         )
-    model_name = Path(args.model).stem if Path(args.model).is_file() else args.model
     folder = args.output or ROOT / "benchmarks" / "results" / "cost" / model_name
     folder.mkdir(parents=True, exist_ok=True)
     header = (
@@ -115,19 +161,23 @@ def main(argv: list[str] | None = None) -> None:
         f"One batch of {args.batch} structures from `{data_path.name}`, {args.dtype}, "
         f"{torch.get_num_threads()} threads; medians of {args.repeats} interleaved rounds. "
         f"Base model: forward + forces {1e3 * times['base', 'forward']:.0f} ms; "
-        f"full fine-tuning step {1e3 * times['full', 'step']:.0f} ms.\n"
+        f"full fine-tuning step {1e3 * times['full', 'step']:.0f} ms."
     )
+    if scripted:
+        ratio = times["base", "scripted"] / times["base", "forward"]
+        header += f" Base model compiled with TorchScript / eager: {ratio:.3f}."
     lines = [
-        header,
-        "| method | trainable | fwd+forces / base | train step / full | merged fwd+forces / base | "
-        "optimizer state (MB) | optimizer state / full |",
-        "|---|---:|---:|---:|---:|---:|---:|",
+        header + "\n",
+        "| method | trainable | fwd+forces / base | TorchScript / eager | train step / full | "
+        "merged fwd+forces / base | optimizer state (MB) | optimizer state / full |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|",
     ]
     for r in rows:
-        merged = r["merged_forward_forces_vs_base"]
+        merged, script = r["merged_forward_forces_vs_base"], r["scripted_vs_eager"]
         lines.append(
-            f"| {r['method']} | {r['trainable_parameters']:,} | {r['forward_forces_vs_base']:.2f} | "
-            f"{r['train_step_vs_full']:.2f} | {'not mergeable' if merged is None else f'{merged:.2f}'} | "
+            f"| {r['method']} | {r['trainable_parameters']:,} | {r['forward_forces_vs_base']:.3f} | "
+            f"{'-' if script is None else f'{script:.3f}'} | {r['train_step_vs_full']:.2f} | "
+            f"{'not mergeable' if merged is None else f'{merged:.3f}'} | "
             f"{r['optimizer_state_bytes'] / 2**20:.2f} | {r['optimizer_state_vs_full']:.3f} |"
         )
     lines.append(

@@ -7,11 +7,18 @@ import time
 from collections.abc import Callable, Hashable
 
 
-def interleaved_medians(fns: dict[Hashable, Callable[[], object]], repeats: int) -> dict[Hashable, float]:
-    """Median wall time of each function over ``repeats`` rounds (one warm-up call each first)."""
+def interleaved_medians(
+    fns: dict[Hashable, Callable[[], object]], repeats: int, warmup: int = 1
+) -> dict[Hashable, float]:
+    """Median wall time of each function over ``repeats`` rounds (``warmup`` untimed calls each first).
+
+    TorchScript functions need a few warm-up calls: the profiling executor optimises the graph
+    after the first runs.
+    """
     samples: dict[Hashable, list[float]] = {key: [] for key in fns}
     for fn in fns.values():
-        fn()
+        for _ in range(warmup):
+            fn()
     for _ in range(repeats):
         for key, fn in fns.items():
             start = time.perf_counter()
