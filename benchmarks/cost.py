@@ -14,6 +14,9 @@ presets and ``mmea on o3.Linear``, MMEA alone where the MMEA paper puts it):
 - the **merged** model's forward + forces time, where the adapter merges;
 - **optimizer state** bytes after one Adam (amsgrad) step, relative to full fine-tuning.
 
+``--fusion off`` compiles with TorchScript's graph specialisation and fusion switched off
+(``torch.jit.set_fusion_strategy([("STATIC", 0), ("DYNAMIC", 0)])``, for the whole run);
+``--methods`` times a subset (with ``full``, the reference of the training ratios).
 ``--architecture`` times one of :func:`peft_equi.families.mace.architectures.build_mace`'s
 architectures with random weights (H, C, O): cost does not depend on the weights' values.
 
@@ -28,6 +31,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import copy
+import sys
 from pathlib import Path
 
 import torch
@@ -49,6 +53,7 @@ ASPIRIN = ROOT.parent / "shared" / "data" / "rmd17" / "rmd17_aspirin_train_01.np
 ACETAMIDE = ROOT / "examples" / "data" / "acetamide_gfn2xtb_md.extxyz"
 CPU = torch.device("cpu")
 #: MMEA alone on every ``o3.Linear`` (the MMEA paper's placement, without the recipe's ELoRA/LoRA parts).
+FUSION_OFF = [("STATIC", 0), ("DYNAMIC", 0)]  # TorchScript compiles without specialising or fusing
 MMEA_ON_LINEAR = PeftConfig(rules=[Rule(adapter="mmea", kinds=["linear"], options={"rank": 16})])
 
 
@@ -62,11 +67,16 @@ def _potential(args, dtype: torch.dtype) -> tuple[Potential, str]:
     return potential, Path(args.model).stem if Path(args.model).is_file() else args.model
 
 
-def _methods(potential: Potential) -> dict[str, tuple]:
-    """``label -> (adapter, preset or config, options)`` of every method timed on this model."""
-    if potential.family != "mace":
-        return dict(METHODS)
-    return METHODS | {"mmea on o3.Linear": (MMEA_ON_LINEAR, {})} | MACE_PRESETS
+def _methods(potential: Potential, selected: list[str] | None) -> dict[str, tuple]:
+    """``label -> (adapter, preset or config, options)`` of the methods timed on this model (``selected``: a subset)."""
+    available = dict(METHODS)
+    if potential.family == "mace":
+        available |= {"mmea on o3.Linear": (MMEA_ON_LINEAR, {})} | MACE_PRESETS
+    unknown = sorted(set(selected or []) - set(available))
+    if unknown:
+        sys.exit(f"unknown method(s) {unknown}; available here: {list(available)}")
+    chosen = ["full", *(label for label in selected if label != "full")] if selected else list(available)
+    return {label: available[label] for label in chosen}
 
 
 def _compiled(model: torch.nn.Module) -> torch.nn.Module:
@@ -87,14 +97,27 @@ def main(argv: list[str] | None = None) -> None:
     which.add_argument("--model", default="7net-0", help="a model name or file")
     which.add_argument("--architecture", choices=["mace_off23_medium"], help="a MACE architecture, random weights")
     p.add_argument("--trust-pickle", action="store_true", help="allow a pickled model file (runs its code)")
+    p.add_argument("--methods", nargs="+", help="subset of method labels (default: all that apply)")
+    p.add_argument("--fusion", choices=["default", "off"], default="default", help="TorchScript fusion strategy")
     p.add_argument("--repeats", type=int, default=5)
     p.add_argument("--batch", type=int, default=5, help="structures per batch")
     add_run_arguments(p)
     args = p.parse_args(argv)
+    # a global setting of torch.jit: put back afterwards (main may run inside another program, e.g. the tests)
+    previous = torch.jit.set_fusion_strategy(FUSION_OFF) if args.fusion == "off" else None
+    try:
+        measure(args)
+    finally:
+        if previous is not None:
+            torch.jit.set_fusion_strategy(previous)
+
+
+def measure(args: argparse.Namespace) -> None:
+    """Time every method and write the results (see the module docstring)."""
     record = start_run(args)
     dtype = getattr(torch, args.dtype)
     potential, model_name = _potential(args, dtype)
-    methods = _methods(potential)
+    methods = _methods(potential, args.methods)
     data_path = ASPIRIN if ASPIRIN.is_file() else ACETAMIDE
     data = read_dataset(data_path).subset(range(args.batch))
     batch = potential.collate(potential.graphs(data.atoms), CPU, dtype)
@@ -154,7 +177,8 @@ def main(argv: list[str] | None = None) -> None:
                 "optimizer_state_vs_full": state[label] / state["full"],
             }
         )
-    folder = args.output or ROOT / "benchmarks" / "results" / "cost" / model_name
+    variant = "-fusion-off" if args.fusion == "off" else ""
+    folder = args.output or ROOT / "benchmarks" / "results" / "cost" / f"{model_name}{variant}"
     folder.mkdir(parents=True, exist_ok=True)
     header = (
         f"# Cost per method: {model_name}\n\n"
@@ -165,7 +189,7 @@ def main(argv: list[str] | None = None) -> None:
     )
     if scripted:
         ratio = times["base", "scripted"] / times["base", "forward"]
-        header += f" Base model compiled with TorchScript / eager: {ratio:.3f}."
+        header += f" Base model compiled with TorchScript (fusion strategy: {args.fusion}) / eager: {ratio:.3f}."
     lines = [
         header + "\n",
         "| method | trainable | fwd+forces / base | TorchScript / eager | train step / full | "

@@ -16,6 +16,7 @@ sys.path.insert(0, str(ROOT / "benchmarks"))
 
 import bpa3
 import comparison
+import cost
 import rmd17
 
 SHARED = ROOT.parent / "shared" / "data"
@@ -84,6 +85,25 @@ def test_rmd17_script_end_to_end_on_a_small_mace(tmp_path):
     assert "| mmea-paper |" in table and "Differences from the papers" in table
     assert "methanol: F MAE vs foundation (meV/A)" in table and "intact" in table
     assert (out / "validation_forces.png").stat().st_size > 0 and (out / "test_errors.png").stat().st_size > 0
+
+
+def test_cost_script_times_methods_eager_and_compiled(tmp_path):
+    """benchmarks/cost.py on a small MACE file: the chosen methods (after full), TorchScript and merged ratios."""
+    from peft_equi.families.mace.architectures import build_mace
+
+    torch.save(build_mace("small"), tmp_path / "small.model")
+    out = tmp_path / "out"
+    args = ["--model", str(tmp_path / "small.model"), "--trust-pickle", "--repeats", "1", "--batch", "1"]
+    cost.main([*args, "--methods", "mmea on o3.Linear", "elora", "--fusion", "off", "--output", str(out)])
+    rows = {r["method"]: r for r in json.loads((out / "results.json").read_text())["rows"]}
+    assert list(rows) == ["full", "mmea on o3.Linear", "elora"]
+    assert rows["mmea on o3.Linear"]["merged_forward_forces_vs_base"] is None  # MMEA cannot be merged
+    assert rows["elora"]["merged_forward_forces_vs_base"] > 0 and rows["full"]["train_step_vs_full"] == 1.0
+    assert all(r["scripted_vs_eager"] > 0 for r in rows.values())
+    assert rows["mmea on o3.Linear"]["trainable_parameters"] < rows["elora"]["trainable_parameters"]
+    assert "fusion strategy: off" in (out / "results.md").read_text()
+    with pytest.raises(SystemExit, match="unknown method"):
+        cost.main([*args, "--methods", "mmea-papr", "--output", str(out)])
 
 
 def test_results_table_reports_a_diverged_method():
