@@ -117,6 +117,42 @@ def mace_arguments(args: argparse.Namespace, folder: Path, files: dict[str, Path
     ]  # fmt: skip
 
 
+def _latest_checkpoint(checkpoints: Path) -> Path | None:
+    """mace's checkpoint with the highest epoch index (``<name>_run-<seed>_epoch-<index>.pt``), or ``None``."""
+    found = list(checkpoints.glob(f"{NAME}_run-*_epoch-*.pt"))
+    return max(found, key=lambda f: int(f.stem.rsplit("-", 1)[1])) if found else None
+
+
+def start_second_stage(checkpoints: Path, lr: float) -> str | None:
+    """Set the learning rate in mace's latest checkpoint to ``lr`` and restart its plateau scheduler.
+
+    The second, low-learning-rate stage of MACE's recipe.  mace's own ``--swa`` (Stage Two)
+    crashes on this stack at its first weight-averaging update (``../shared/NOTES-anchors.md``),
+    so the stage is a resumed run with the lower rate written into the checkpoint (mace restores
+    the optimizer's rate from it) and, as ``main`` passes them, the stage's loss weights.  The
+    scheduler's best loss is forgotten (the loss changes with the weights).  Returns a line for
+    the log, or ``None`` when the checkpoint already runs at ``lr``.
+    """
+    import torch
+
+    path = _latest_checkpoint(checkpoints)
+    if path is None:
+        raise SystemExit(f"--stage-two-lr resumes a run, but {checkpoints} holds no checkpoint")
+    state = torch.load(path, map_location="cpu", weights_only=True)
+    groups = state["optimizer"]["param_groups"]
+    old = groups[0]["lr"]
+    if old == lr:
+        return None
+    for group in groups:
+        group["lr"] = lr
+    scheduler = state["lr_scheduler"]
+    scheduler.update(_last_lr=[lr] * len(groups), best=scheduler["mode_worse"], num_bad_epochs=0)
+    tmp = path.with_suffix(".tmp")
+    torch.save(state, tmp)
+    tmp.replace(path)
+    return f"second stage: learning rate {old} -> {lr} in {path.name} (plateau scheduler restarted)"
+
+
 def held_out_errors(model_file: Path, data: Path, split: str) -> dict[str, float]:
     """Energy-per-atom and force errors of the model on one split's molecules (meV, meV/A)."""
     import torch
@@ -152,6 +188,11 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--lr", type=float, default=0.01)
     p.add_argument("--energy-weight", type=float, default=1.0, help="weight of the per-atom energy MSE")
     p.add_argument("--forces-weight", type=float, default=100.0)
+    p.add_argument(
+        "--stage-two-lr",
+        type=float,
+        help="resume at this learning rate (the second stage; give its loss weights too)",
+    )
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--device", default="cpu", help="torch device for mace_run_train: cpu or cuda")
     p.add_argument("--output", type=Path, default=ROOT / "benchmarks" / "results" / "pretrain" / NAME)
@@ -168,6 +209,9 @@ def main(argv: list[str] | None = None) -> None:
     started = time.perf_counter()
     with (folder / "log.txt").open("a") as log:
         log.write(f"\n# pretrain_organic.py {' '.join(sys.argv[1:] if argv is None else argv)}\n")
+        if args.stage_two_lr is not None:
+            change = start_second_stage(folder / "checkpoints", args.stage_two_lr)
+            log.write(f"# {change or 'second stage continues'}\n")
         log.flush()
         command = [str(Path(sys.executable).with_name("mace_run_train")), *mace_arguments(args, folder, files, e0s)]
         # unbuffered: log.txt shows every epoch as it ends, also when the run is stopped midway

@@ -40,3 +40,12 @@ def test_pretraining_writes_both_model_files_and_resumes(tmp_path):
     for split in ("valid", "test"):
         assert second["held_out"][split]["structures"] == 1 * 2 * 3  # 1 molecule x 2 temperatures x 3 snapshots
     assert "| test |" in (out / "results.md").read_text()
+
+    # the second stage: resumed at a lower learning rate (written into mace's checkpoint), other loss weights
+    pretrain_organic.main([*run, "--epochs", "3", "--stage-two-lr", "0.001", "--energy-weight", "10"])
+    third_run = (out / "log.txt").read_text().split("\n# pretrain_organic.py")[-1]
+    assert "second stage: learning rate 0.01 -> 0.001" in third_run
+    assert "WeightedEnergyForcesLoss(energy_weight=10.000, forces_weight=100.000)" in third_run
+    checkpoint = pretrain_organic._latest_checkpoint(out / "checkpoints")
+    saved = torch.load(checkpoint, map_location="cpu", weights_only=True)
+    assert {group["lr"] for group in saved["optimizer"]["param_groups"]} == {0.001}
