@@ -31,13 +31,14 @@ from __future__ import annotations
 import argparse
 import contextlib
 import copy
+import statistics
 import sys
 from pathlib import Path
 
 import torch
 from comparison import MACE_PRESETS, METHODS
 from record import ROOT, add_run_arguments, finished, start_run, write_json
-from timing import interleaved_medians
+from timing import interleaved_samples, round_ratios
 
 import peft_equi
 from peft_equi.core.config import PeftConfig, Rule
@@ -158,24 +159,31 @@ def measure(args: argparse.Namespace) -> None:
     if scripted:
         fns |= {(key, "scripted"): evaluate(_compiled(models[key])) for key in ["base", *methods]}
     fns |= {(label, "step"): train_step(models[label], optimizers[label]) for label in methods}
-    times = interleaved_medians(fns, args.repeats, warmup=3)
+    samples = interleaved_samples(fns, args.repeats, warmup=3)
+    times = {key: statistics.median(values) for key, values in samples.items()}
+    quartiles = {}  # (key, reference) -> quartiles over rounds of key / reference
+
+    def ratio(key, reference) -> float | None:
+        if key not in samples:
+            return None
+        quartiles[key, reference] = round_ratios(samples, key, reference)
+        return quartiles[key, reference][1]
+
     state = {label: _state_bytes(optimizers[label]) for label in methods}
 
     rows = []
     for label in methods:
-        merged = times.get((f"{label} merged", "forward"))
-        script = times.get((label, "scripted"))
+        measured = {
+            "forward_forces_vs_base": ((label, "forward"), ("base", "forward")),
+            "scripted_vs_eager": ((label, "scripted"), (label, "forward")),
+            "train_step_vs_full": ((label, "step"), ("full", "step")),
+            "merged_forward_forces_vs_base": ((f"{label} merged", "forward"), ("base", "forward")),
+        }
         rows.append(
-            {
-                "method": label,
-                "trainable_parameters": counts[label],
-                "forward_forces_vs_base": times[label, "forward"] / times["base", "forward"],
-                "scripted_vs_eager": None if script is None else script / times[label, "forward"],
-                "train_step_vs_full": times[label, "step"] / times["full", "step"],
-                "merged_forward_forces_vs_base": None if merged is None else merged / times["base", "forward"],
-                "optimizer_state_bytes": state[label],
-                "optimizer_state_vs_full": state[label] / state["full"],
-            }
+            {"method": label, "trainable_parameters": counts[label]}
+            | {name: ratio(*keys) for name, keys in measured.items()}
+            | {f"{name}_quartiles": quartiles.get(keys) for name, keys in measured.items()}
+            | {"optimizer_state_bytes": state[label], "optimizer_state_vs_full": state[label] / state["full"]}
         )
     variant = "-fusion-off" if args.fusion == "off" else ""
     folder = args.output or ROOT / "benchmarks" / "results" / "cost" / f"{model_name}{variant}"
@@ -183,13 +191,14 @@ def measure(args: argparse.Namespace) -> None:
     header = (
         f"# Cost per method: {model_name}\n\n"
         f"One batch of {args.batch} structures from `{data_path.name}`, {args.dtype}, "
-        f"{torch.get_num_threads()} threads; medians of {args.repeats} interleaved rounds. "
+        f"{torch.get_num_threads()} threads, {args.repeats} interleaved rounds; a ratio is the median over rounds "
+        "of the ratio within a round (quartiles in brackets: what is left of the machine's noise). "
         f"Base model: forward + forces {1e3 * times['base', 'forward']:.0f} ms; "
         f"full fine-tuning step {1e3 * times['full', 'step']:.0f} ms."
     )
     if scripted:
-        ratio = times["base", "scripted"] / times["base", "forward"]
-        header += f" Base model compiled with TorchScript (fusion strategy: {args.fusion}) / eager: {ratio:.3f}."
+        base_ratio = ratio(("base", "scripted"), ("base", "forward"))
+        header += f" Base model compiled with TorchScript (fusion strategy: {args.fusion}) / eager: {base_ratio:.3f}."
     lines = [
         header + "\n",
         "| method | trainable | fwd+forces / base | TorchScript / eager | train step / full | "
@@ -197,11 +206,10 @@ def measure(args: argparse.Namespace) -> None:
         "|---|---:|---:|---:|---:|---:|---:|---:|",
     ]
     for r in rows:
-        merged, script = r["merged_forward_forces_vs_base"], r["scripted_vs_eager"]
         lines.append(
-            f"| {r['method']} | {r['trainable_parameters']:,} | {r['forward_forces_vs_base']:.3f} | "
-            f"{'-' if script is None else f'{script:.3f}'} | {r['train_step_vs_full']:.2f} | "
-            f"{'not mergeable' if merged is None else f'{merged:.3f}'} | "
+            f"| {r['method']} | {r['trainable_parameters']:,} | {_cell(r, 'forward_forces_vs_base')} | "
+            f"{_cell(r, 'scripted_vs_eager', '-')} | {_cell(r, 'train_step_vs_full')} | "
+            f"{_cell(r, 'merged_forward_forces_vs_base', 'not mergeable')} | "
             f"{r['optimizer_state_bytes'] / 2**20:.2f} | {r['optimizer_state_vs_full']:.3f} |"
         )
     lines.append(
@@ -215,6 +223,15 @@ def measure(args: argparse.Namespace) -> None:
     )
     _plot(rows, folder / "cost.png", model_name)
     print("\n".join(lines))
+
+
+def _cell(row: dict, name: str, missing: str = "") -> str:
+    """A ratio of the table with its quartiles: ``1.013 (0.998-1.021)``, or ``missing``."""
+    quartiles = row[f"{name}_quartiles"]
+    if quartiles is None:
+        return missing
+    low, median, high = quartiles
+    return f"{median:.3f} ({low:.3f}-{high:.3f})"
 
 
 def _plot(rows: list[dict], path: Path, title: str) -> None:

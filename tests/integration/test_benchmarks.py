@@ -87,19 +87,29 @@ def test_rmd17_script_end_to_end_on_a_small_mace(tmp_path):
     assert (out / "validation_forces.png").stat().st_size > 0 and (out / "test_errors.png").stat().st_size > 0
 
 
+def test_ratios_are_taken_within_each_round():
+    from timing import round_ratios
+
+    samples = {"adapted": [2.0, 4.0, 6.0, 3.0], "base": [1.0, 2.0, 2.0, 3.0]}  # the machine slows in rounds 2-3
+    assert round_ratios(samples, "adapted", "base") == (1.75, 2.0, 2.25)  # ratios 2, 2, 3, 1
+    assert round_ratios({"a": [3.0], "b": [2.0]}, "a", "b") == (1.5, 1.5, 1.5)
+
+
 def test_cost_script_times_methods_eager_and_compiled(tmp_path):
     """benchmarks/cost.py on a small MACE file: the chosen methods (after full), TorchScript and merged ratios."""
     from peft_equi.families.mace.architectures import build_mace
 
     torch.save(build_mace("small"), tmp_path / "small.model")
     out = tmp_path / "out"
-    args = ["--model", str(tmp_path / "small.model"), "--trust-pickle", "--repeats", "1", "--batch", "1"]
+    args = ["--model", str(tmp_path / "small.model"), "--trust-pickle", "--repeats", "2", "--batch", "1"]
     cost.main([*args, "--methods", "mmea on o3.Linear", "elora", "--fusion", "off", "--output", str(out)])
     rows = {r["method"]: r for r in json.loads((out / "results.json").read_text())["rows"]}
     assert list(rows) == ["full", "mmea on o3.Linear", "elora"]
     assert rows["mmea on o3.Linear"]["merged_forward_forces_vs_base"] is None  # MMEA cannot be merged
     assert rows["elora"]["merged_forward_forces_vs_base"] > 0 and rows["full"]["train_step_vs_full"] == 1.0
     assert all(r["scripted_vs_eager"] > 0 for r in rows.values())
+    low, median, high = rows["elora"]["forward_forces_vs_base_quartiles"]
+    assert low <= median <= high and median == rows["elora"]["forward_forces_vs_base"]
     assert rows["mmea on o3.Linear"]["trainable_parameters"] < rows["elora"]["trainable_parameters"]
     assert "fusion strategy: off" in (out / "results.md").read_text()
     with pytest.raises(SystemExit, match="unknown method"):
