@@ -174,7 +174,7 @@ class InvariantReader(nn.Module):
     def forward(self, operands: list[torch.Tensor]) -> torch.Tensor:
         parts: list[torch.Tensor] = []
         for reader in self.channels:
-            parts.append(operands[reader.operand].index_select(-1, reader.index))
+            parts.append(reader.read(operands[reader.operand]))
         if len(parts) == 1:
             return parts[0]
         leading = parts[0].shape[:-1]
@@ -184,12 +184,35 @@ class InvariantReader(nn.Module):
 
 
 class _OperandChannels(nn.Module):
-    """The positions of operand ``operand``'s ``0e`` channels (a non-persistent buffer)."""
+    """The positions of operand ``operand``'s ``0e`` channels (a non-persistent buffer).
+
+    When they form one contiguous range (``start``, ``length``; e3nn and MACE put the ``0e``
+    block first), they are read with ``narrow``, whose backward copies a slice where
+    ``index_select``'s scatters: measured about 5-15 % of MMEA's cost on MACE's widest layer.
+    """
 
     def __init__(self, operand: int, index: torch.Tensor) -> None:
         super().__init__()
         self.operand = operand
         self.register_buffer("index", index, persistent=False)
+        self._find_range()
+
+    def _find_range(self) -> None:
+        self.length = len(self.index)
+        self.start = int(self.index[0]) if self.length else 0
+        expected = torch.arange(self.start, self.start + self.length, device=self.index.device)
+        self.contiguous = self.length > 0 and torch.equal(self.index, expected)
+
+    def read(self, operand: torch.Tensor) -> torch.Tensor:
+        """The ``0e`` channels of ``operand`` (last dimension)."""
+        if self.contiguous:
+            return operand.narrow(-1, self.start, self.length)
+        return operand.index_select(-1, self.index)
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        super().__setstate__(state)
+        if "contiguous" not in state:  # pickled (torch.save of a whole model) before the range was kept
+            self._find_range()
 
 
 def no_invariant_input_reason(name: str, spec: LayerSpec, option: str) -> str | None:

@@ -81,3 +81,28 @@ def test_component_channel_index_follows_layout(layout):
     else:
         assert index == [0, 1, 2, 1, 2, 1, 2]
     assert spec.scalar_component_index().tolist() == [0]
+
+
+@pytest.mark.parametrize(
+    ("irreps_in", "contiguous"),
+    [("3x0e+2x1o+1x0o", True), ("2x1o+3x0e+1x0o+2x0e", False), ("2x1o+1x0o", False)],
+)
+def test_invariant_reader_reads_the_0e_channels_of_any_layout(irreps_in, contiguous):
+    """Contiguous 0e channels are read with ``narrow``, scattered ones by index; both give the same values."""
+    import pickle
+
+    from peft_equi.adapters.base import InvariantReader
+
+    spec = E3nnLinear().describe(o3.Linear(irreps_in, "2x0e+1x1o"))
+    reader = InvariantReader(spec)
+    x = torch.randn(5, Irreps(irreps_in).dim, dtype=torch.float64)
+    index = spec.invariant_input_index(0)
+    assert reader.channels[0].contiguous is contiguous
+    torch.testing.assert_close(reader([x]), x[:, index], rtol=0, atol=0)
+    torch.testing.assert_close(torch.jit.script(reader)([x]), x[:, index], rtol=0, atol=0)
+    old = pickle.loads(pickle.dumps(reader))  # a pickle from before the range was kept: found again on loading
+    for channels in old.channels:
+        for name in ("start", "length", "contiguous"):
+            del channels.__dict__[name]
+    upgraded = pickle.loads(pickle.dumps(old))
+    torch.testing.assert_close(upgraded([x]), x[:, index], rtol=0, atol=0)
