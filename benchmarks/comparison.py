@@ -100,6 +100,15 @@ def start(args, quick: dict, full: dict) -> tuple[dict, int, str]:
     return record, args.epochs or mode["epochs"], args.dtype or mode["dtype"]
 
 
+def schedule_name(quick: bool, epochs: int, dtype: str, quick_mode: dict, full_mode: dict) -> str:
+    """``quick``, ``full`` (the papers' schedule), or ``e<epochs>-<dtype>`` when ``--epochs``/``--dtype`` change
+    the mode's: runs of one molecule on different schedules get different results folders."""
+    mode = quick_mode if quick else full_mode
+    if epochs == mode["epochs"] and dtype == mode["dtype"]:
+        return "quick" if quick else "full"
+    return ("quick-" if quick else "") + f"e{epochs}-{dtype}"
+
+
 def engine_options(args, train: Path, test: Path, n_train: int, valid_fraction: float, epochs: int, dtype: str) -> dict:
     """The :class:`FinetuneConfig` options every method of a comparison shares (``args``: the script's flags)."""
     return {

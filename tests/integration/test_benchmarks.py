@@ -17,9 +17,34 @@ sys.path.insert(0, str(ROOT / "benchmarks"))
 import bpa3
 import comparison
 import cost
+import sample_organic
 import rmd17
 
 SHARED = ROOT.parent / "shared" / "data"
+
+
+def test_schedule_names_tell_overridden_schedules_apart():
+    quick, full = rmd17.QUICK, rmd17.FULL
+    assert comparison.schedule_name(False, 500, "float64", quick, full) == "full"
+    assert comparison.schedule_name(True, 10, "float32", quick, full) == "quick"
+    assert comparison.schedule_name(False, 150, "float32", quick, full) == "e150-float32"
+    assert comparison.schedule_name(True, 10, "float64", quick, full) == "quick-e10-float64"
+
+
+def test_organic_sample_spreads_over_the_split_and_keeps_the_labels(tmp_path):
+    from peft_equi.training.data import read_dataset
+
+    out = tmp_path / "retain.extxyz"
+    sample_organic.main(["--split", "test", "--n", "15", "--out", str(out)])
+    images = sample_organic.sample(sample_organic.DATA, "test", 15, seed=0)
+    test_molecules = json.loads((sample_organic.DATA / "split.json").read_text())["test"]
+    counts = [sum(a.info["molecule"] == m for a in images) for m in test_molecules]
+    assert len(images) == 15 and max(counts) - min(counts) <= 1  # spread evenly over every test molecule
+    data = read_dataset(out)  # the xTB labels travel with the sample
+    assert np.allclose(data.energies, [a.info["energy"] for a in images])
+    assert np.allclose(np.concatenate(data.forces), np.concatenate([a.arrays["forces"] for a in images]))
+    other = sample_organic.sample(sample_organic.DATA, "test", 15, seed=1)
+    assert [a.positions.tobytes() for a in other] != [a.positions.tobytes() for a in images]
 
 
 def test_method_selection():
