@@ -236,7 +236,8 @@ def md_check(potential, model, md: dict[str, Any]) -> dict[str, Any]:
 def run_method(
     label: str, adapter: str, options: dict, potential, config: dict, folder: Path, md: dict[str, Any] | None = None
 ) -> dict[str, Any]:
-    """Fine-tune a copy of ``potential`` with one method (or reuse its finished run); its numbers.
+    """Fine-tune a copy of ``potential`` with one method (or reuse its finished run, or continue an interrupted
+    one); its numbers.
 
     A run whose loss becomes non-finite is recorded as ``diverged`` (with the engine's
     message) and the comparison goes on.  With ``md`` (:func:`md_settings`), the trained
@@ -246,9 +247,13 @@ def run_method(
     if done.is_file():
         return json.loads(done.read_text())
     started = time.perf_counter()
+    # a folder without method.json holds an interrupted run: continue it from its last checkpoint (the engine
+    # refuses when anything that changes training differs, the model and data files by content), or start it again
+    resume = (folder / "checkpoint.pt").is_file()
     finetuner = Finetuner(
-        # a folder without method.json holds an interrupted run: start it again (the engine refuses otherwise)
-        FinetuneConfig(adapter=adapter, adapter_options=options, output=folder, overwrite=True, **config),
+        FinetuneConfig(
+            adapter=adapter, adapter_options=options, output=folder, resume=resume, overwrite=not resume, **config
+        ),
         potential=copy.deepcopy(potential),
     )
     try:

@@ -17,8 +17,8 @@ sys.path.insert(0, str(ROOT / "benchmarks"))
 import bpa3
 import comparison
 import cost
-import sample_organic
 import rmd17
+import sample_organic
 
 SHARED = ROOT.parent / "shared" / "data"
 
@@ -139,6 +139,36 @@ def test_cost_script_times_methods_eager_and_compiled(tmp_path):
     assert "fusion strategy: off" in (out / "results.md").read_text()
     with pytest.raises(SystemExit, match="unknown method"):
         cost.main([*args, "--methods", "mmea-papr", "--output", str(out)])
+
+
+def test_an_interrupted_method_continues_from_its_checkpoint(tmp_path, monkeypatch):
+    """A comparison stopped inside a method resumes that method where its last checkpoint left it."""
+    import csv
+
+    from peft_equi.families.mace.architectures import build_mace
+    from peft_equi.training.loop import TrainingLoop
+
+    torch.save(build_mace("small"), tmp_path / "small.model")
+    out = tmp_path / "out"
+    argv = ["--quick", "--molecule", "ethanol", "--model", str(tmp_path / "small.model"), "--trust-pickle",
+            "--methods", "bitfit", "--epochs", "3", "--n-test", "4", "--output", str(out)]  # fmt: skip
+    original = TrainingLoop.train_epoch
+
+    def stop_in_epoch_3(self, wrapped, state, loader, epoch, replays=None):
+        if epoch == 2:  # 0-based: the checkpoint of epoch 2 is written
+            raise KeyboardInterrupt
+        return original(self, wrapped, state, loader, epoch, replays)
+
+    monkeypatch.setattr(TrainingLoop, "train_epoch", stop_in_epoch_3)
+    with pytest.raises(KeyboardInterrupt):
+        rmd17.main(argv)
+    monkeypatch.setattr(TrainingLoop, "train_epoch", original)
+    run = out / "runs" / "bitfit"
+    assert (run / "checkpoint.pt").is_file() and not (run / "method.json").exists()
+    rmd17.main(argv)
+    with (run / "metrics.csv").open() as handle:
+        assert [row["epoch"] for row in csv.DictReader(handle)] == ["1", "2", "3"]  # continued, not restarted
+    assert json.loads((run / "method.json").read_text())["kept_epoch"] >= 1
 
 
 def test_results_table_reports_a_diverged_method():
