@@ -117,6 +117,17 @@ def mace_arguments(args: argparse.Namespace, folder: Path, files: dict[str, Path
     ]  # fmt: skip
 
 
+def mace_environment(threads: int) -> dict[str, str]:
+    """The environment of ``mace_run_train``: unbuffered output, ``threads`` OpenMP/BLAS threads.
+
+    make_organic_xtb (imported here for the splits) sets one thread in this process's
+    environment, for tblite; mace_run_train must not inherit that (it did until 2026-12-02: the
+    first four passes of mace-organic-xtb ran on one core).
+    """
+    threads_vars = ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS")
+    return os.environ | {"PYTHONUNBUFFERED": "1"} | {var: str(threads) for var in threads_vars}
+
+
 def _latest_checkpoint(checkpoints: Path) -> Path | None:
     """mace's checkpoint with the highest epoch index (``<name>_run-<seed>_epoch-<index>.pt``), or ``None``."""
     found = list(checkpoints.glob(f"{NAME}_run-*_epoch-*.pt"))
@@ -194,6 +205,7 @@ def main(argv: list[str] | None = None) -> None:
         help="resume at this learning rate (the second stage; give its loss weights too)",
     )
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--threads", type=int, default=os.cpu_count(), help="CPU threads of mace_run_train")
     p.add_argument("--device", default="cpu", help="torch device for mace_run_train: cpu or cuda")
     p.add_argument("--output", type=Path, default=ROOT / "benchmarks" / "results" / "pretrain" / NAME)
     p.add_argument("--models-dir", type=Path, default=ROOT / "benchmarks" / "models", help="where the model files go")
@@ -215,8 +227,7 @@ def main(argv: list[str] | None = None) -> None:
         log.flush()
         command = [str(Path(sys.executable).with_name("mace_run_train")), *mace_arguments(args, folder, files, e0s)]
         # unbuffered: log.txt shows every epoch as it ends, also when the run is stopped midway
-        env = os.environ | {"PYTHONUNBUFFERED": "1"}
-        subprocess.run(command, check=True, stdout=log, stderr=subprocess.STDOUT, env=env)
+        subprocess.run(command, check=True, stdout=log, stderr=subprocess.STDOUT, env=mace_environment(args.threads))
     wall = time.perf_counter() - started
 
     args.models_dir.mkdir(parents=True, exist_ok=True)

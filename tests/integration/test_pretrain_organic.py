@@ -17,6 +17,15 @@ from test_organic_data import run_generator
 from peft_equi.families.mace.loading import load_mace_model
 
 
+def test_mace_run_train_gets_the_threads_asked_for():
+    import os
+
+    assert os.environ["OMP_NUM_THREADS"] == "1"  # set by make_organic_xtb on import, for tblite
+    env = pretrain_organic.mace_environment(2)
+    assert env["OMP_NUM_THREADS"] == env["MKL_NUM_THREADS"] == env["OPENBLAS_NUM_THREADS"] == "2"
+    assert env["PYTHONUNBUFFERED"] == "1"
+
+
 @pytest.mark.slow
 def test_pretraining_writes_both_model_files_and_resumes(tmp_path):
     data, out, models = tmp_path / "data", tmp_path / "pretrain", tmp_path / "models"
