@@ -27,8 +27,9 @@ the run record), ``log.txt`` (mace's log, appended), and the models
 from __future__ import annotations
 
 import argparse
-import json
+import datetime
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -164,6 +165,56 @@ def start_second_stage(checkpoints: Path, lr: float) -> str | None:
     return f"second stage: learning rate {old} -> {lr} in {path.name} (plateau scheduler restarted)"
 
 
+_LINE = re.compile(r"^(\d{4}-\d\d-\d\d \d\d:\d\d:\d\d\.\d+) INFO: (.*)$")
+_LOSS = re.compile(r"WeightedEnergyForcesLoss\(energy_weight=([\d.]+), forces_weight=([\d.]+)\)")
+_STAGE = re.compile(r"second stage: learning rate \S+ -> (\S+) in")
+_VALID = re.compile(r"^(Initial|Epoch \d+): .*MAE_E_per_atom=\s*([\d.]+) meV, MAE_F=\s*([\d.]+) meV / A")
+
+
+def learning_curve(folder: Path, lr: float) -> list[dict]:
+    """Every finished pass over the training set, from mace's logs (``log.txt`` and ``runs/logs/*.log``).
+
+    mace writes an ``Initial`` validation when a run starts or resumes and an ``Epoch <index>``
+    line when a pass ends; its epoch index repeats after a resume, so passes are counted from
+    the lines, in time order (both logs hold some of the same lines: deduplicated).  A pass's
+    wall time runs from the line before it (a start or the previous pass); its loss weights
+    are the last ones mace printed before it, its learning rate ``lr`` (mace's plateau
+    schedule from it) or the last ``--stage-two-lr`` written into ``log.txt`` before it.
+    """
+    lines = set()
+    for log in [folder / "log.txt", *sorted((folder / "runs" / "logs").glob("*.log"))]:
+        if not log.is_file():
+            continue
+        pending = []  # our own lines carry no time: they take the time of mace's next line
+        for text in log.read_text().splitlines():
+            if text.startswith("# second stage: learning rate"):
+                pending.append(text)
+            elif m := _LINE.match(text):
+                lines.update((m.group(1), 0, marker) for marker in pending)
+                lines.add((m.group(1), 1, m.group(2)))
+                pending = []
+    curve, weights, previous = [], (None, None), None
+    for stamp, _, message in sorted(lines):
+        when = datetime.datetime.fromisoformat(stamp)
+        if stage := _STAGE.search(message):
+            lr = float(stage.group(1))
+        elif loss := _LOSS.search(message):
+            weights = (float(loss.group(1)), float(loss.group(2)))
+        elif valid := _VALID.match(message):
+            if valid.group(1) != "Initial" and previous is not None:
+                curve.append({
+                    "finished": stamp[:16],
+                    "wall_s": (when - previous).total_seconds(),
+                    "lr": lr,
+                    "energy_weight": weights[0],
+                    "forces_weight": weights[1],
+                    "valid_energy_per_atom_mae_meV": float(valid.group(2)),
+                    "valid_forces_mae_meV_per_A": float(valid.group(3)),
+                })  # fmt: skip
+            previous = when
+    return curve
+
+
 def held_out_errors(model_file: Path, data: Path, split: str) -> dict[str, float]:
     """Energy-per-atom and force errors of the model on one split's molecules (meV, meV/A)."""
     import torch
@@ -238,8 +289,8 @@ def main(argv: list[str] | None = None) -> None:
     model = load_mace_model(model_file, trust_pickle=True)
     save_mace_state(model, args.models_dir / f"{NAME}.pt")
     errors = {split: held_out_errors(args.models_dir / f"{NAME}.pt", args.data, split) for split in ("valid", "test")}
-    previous = json.loads((folder / "results.json").read_text()) if (folder / "results.json").is_file() else {}
-    wall_total = previous.get("wall_time_s_total", 0.0) + wall
+    curve = learning_curve(folder, args.lr)
+    wall_total = sum(row["wall_s"] for row in curve)
     parameters = sum(t.numel() for t in model.parameters())
     summary = {
         "architecture": {"hidden_irreps": f"{args.width}x0e+{args.width}x1o", "max_ell": 3, "correlation": 3,
@@ -248,6 +299,7 @@ def main(argv: list[str] | None = None) -> None:
         "data": {"folder": str(args.data), "configurations": counts,
                  "record_sha256": sha256(args.data / "record.json")},
         "training": {k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items()},
+        "passes": curve,
         "wall_time_s_this_invocation": wall,
         "wall_time_s_total": wall_total,
         "held_out": errors,
@@ -257,9 +309,9 @@ def main(argv: list[str] | None = None) -> None:
         f"# {NAME}: MACE-OFF23-medium's structure at width {args.width}, pretrained on GFN2-xTB",
         "",
         f"{parameters:,} parameters. Trained with `mace_run_train` on {counts['train']:,} configurations of the "
-        f"training molecules, validated on {counts['valid']:,} of whole held-out molecules; {args.epochs} epochs "
-        f"in all, batch {args.batch_size}, lr {args.lr}, per-atom energy weight {args.energy_weight}, forces weight "
-        f"{args.forces_weight}, float32; {wall_total / 3600:.2f} h of wall time on this machine in all.",
+        f"training molecules, validated on {counts['valid']:,} of whole held-out molecules: {len(curve)} passes "
+        f"over the training set, batch {args.batch_size}, float32, EMA 0.99, amsgrad; {wall_total / 3600:.2f} h of "
+        "training wall time on this machine in all (passes below; a run stopped midway is not counted).",
         "",
         "| held-out molecules | structures | E/atom MAE (meV) | E/atom RMSE (meV) | F MAE (meV/A) | F RMSE (meV/A) |",
         "|---|---:|---:|---:|---:|---:|",
@@ -267,6 +319,17 @@ def main(argv: list[str] | None = None) -> None:
             f"| {split} | {e['structures']} | {e['energy_per_atom_mae_meV']:.2f} | {e['energy_per_atom_rmse_meV']:.2f} "
             f"| {e['forces_mae_meV_per_A']:.1f} | {e['forces_rmse_meV_per_A']:.1f} |"
             for split, e in errors.items()
+        ],
+        "",
+        "Validation (the held-out `valid` molecules, EMA weights) after each pass, from mace's logs:",
+        "",
+        "| pass | finished (UTC) | wall (min) | lr | loss weights E / F | E/atom MAE (meV) | F MAE (meV/A) |",
+        "|---:|---|---:|---:|---|---:|---:|",
+        *[
+            f"| {i} | {row['finished']} | {row['wall_s'] / 60:.0f} | {row['lr']:g} | "
+            f"{row['energy_weight']:g} / {row['forces_weight']:g} | {row['valid_energy_per_atom_mae_meV']:.2f} | "
+            f"{row['valid_forces_mae_meV_per_A']:.2f} |"
+            for i, row in enumerate(curve, 1)
         ],
         "",
         f"Models: `benchmarks/models/{NAME}.model` (MACE's format; pickled: `--trust-pickle`) and "

@@ -58,3 +58,8 @@ def test_pretraining_writes_both_model_files_and_resumes(tmp_path):
     checkpoint = pretrain_organic._latest_checkpoint(out / "checkpoints")
     saved = torch.load(checkpoint, map_location="cpu", weights_only=True)
     assert {group["lr"] for group in saved["optimizer"]["param_groups"]} == {0.001}
+    passes = json.loads((out / "results.json").read_text())["passes"]  # the learning curve, from mace's logs
+    assert len(second["passes"]) > len(first["passes"]) >= 1 and len(passes) > len(second["passes"])
+    assert passes[-1]["lr"] == 0.001 and passes[-1]["energy_weight"] == 10.0
+    assert all(row["lr"] == 0.01 and row["energy_weight"] == 1.0 for row in second["passes"])
+    assert "| 0.001 | 10 / 100 |" in (out / "results.md").read_text()
