@@ -241,6 +241,19 @@ def held_out_errors(model_file: Path, data: Path, split: str) -> dict[str, float
     }
 
 
+def train(args: argparse.Namespace, folder: Path, files: dict[str, Path], e0s: dict[int, float], argv) -> None:
+    """Run (or resume) ``mace_run_train``, appending its output to ``log.txt``."""
+    with (folder / "log.txt").open("a") as log:
+        log.write(f"\n# pretrain_organic.py {' '.join(sys.argv[1:] if argv is None else argv)}\n")
+        if args.stage_two_lr is not None:
+            change = start_second_stage(folder / "checkpoints", args.stage_two_lr)
+            log.write(f"# {change or 'second stage continues'}\n")
+        log.flush()
+        command = [str(Path(sys.executable).with_name("mace_run_train")), *mace_arguments(args, folder, files, e0s)]
+        # unbuffered: log.txt shows every epoch as it ends, also when the run is stopped midway
+        subprocess.run(command, check=True, stdout=log, stderr=subprocess.STDOUT, env=mace_environment(args.threads))
+
+
 def main(argv: list[str] | None = None) -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawTextHelpFormatter)
     p.add_argument("--data", type=Path, default=DATA, help="output folder of make_organic_xtb.py")
@@ -254,6 +267,11 @@ def main(argv: list[str] | None = None) -> None:
         "--stage-two-lr",
         type=float,
         help="resume at this learning rate (the second stage; give its loss weights too)",
+    )
+    p.add_argument(
+        "--export-only",
+        action="store_true",
+        help="only write the model files and results from the model mace last wrote (no training)",
     )
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--threads", type=int, default=os.cpu_count(), help="CPU threads of mace_run_train")
@@ -270,15 +288,11 @@ def main(argv: list[str] | None = None) -> None:
     counts = {split: write_split(args.data, split, path) for split, path in files.items()}
     e0s = isolated_energies(args.data)
     started = time.perf_counter()
-    with (folder / "log.txt").open("a") as log:
-        log.write(f"\n# pretrain_organic.py {' '.join(sys.argv[1:] if argv is None else argv)}\n")
-        if args.stage_two_lr is not None:
-            change = start_second_stage(folder / "checkpoints", args.stage_two_lr)
-            log.write(f"# {change or 'second stage continues'}\n")
-        log.flush()
-        command = [str(Path(sys.executable).with_name("mace_run_train")), *mace_arguments(args, folder, files, e0s)]
-        # unbuffered: log.txt shows every epoch as it ends, also when the run is stopped midway
-        subprocess.run(command, check=True, stdout=log, stderr=subprocess.STDOUT, env=mace_environment(args.threads))
+    if args.export_only:
+        if not (folder / "runs" / f"{NAME}.model").is_file():
+            sys.exit(f"--export-only: mace wrote no model in {folder / 'runs'} yet")
+    else:
+        train(args, folder, files, e0s, argv)
     wall = time.perf_counter() - started
 
     args.models_dir.mkdir(parents=True, exist_ok=True)

@@ -63,3 +63,9 @@ def test_pretraining_writes_both_model_files_and_resumes(tmp_path):
     assert passes[-1]["lr"] == 0.001 and passes[-1]["energy_weight"] == 10.0
     assert all(row["lr"] == 0.01 and row["energy_weight"] == 1.0 for row in second["passes"])
     assert "| 0.001 | 10 / 100 |" in (out / "results.md").read_text()
+
+    (models / "mace-organic-xtb.pt").unlink()  # --export-only writes the files again from mace's model, no training
+    pretrain_organic.main([*run, "--export-only"])
+    exported = json.loads((out / "results.json").read_text())
+    assert exported["passes"] == passes and (models / "mace-organic-xtb.pt").is_file()
+    assert exported["training"]["export_only"] is True
