@@ -53,8 +53,8 @@ from peft_equi.utils.dtype import torch_default_dtype
 ASPIRIN = ROOT.parent / "shared" / "data" / "rmd17" / "rmd17_aspirin_train_01.npz"
 ACETAMIDE = ROOT / "examples" / "data" / "acetamide_gfn2xtb_md.extxyz"
 CPU = torch.device("cpu")
-#: MMEA alone on every ``o3.Linear`` (the MMEA paper's placement, without the recipe's ELoRA/LoRA parts).
 FUSION_OFF = [("STATIC", 0), ("DYNAMIC", 0)]  # TorchScript compiles without specialising or fusing
+#: MMEA alone on every ``o3.Linear`` (the MMEA paper's placement, without the recipe's ELoRA/LoRA parts).
 MMEA_ON_LINEAR = PeftConfig(rules=[Rule(adapter="mmea", kinds=["linear"], options={"rank": 16})])
 
 
@@ -161,13 +161,10 @@ def measure(args: argparse.Namespace) -> None:
     fns |= {(label, "step"): train_step(models[label], optimizers[label]) for label in methods}
     samples = interleaved_samples(fns, args.repeats, warmup=3)
     times = {key: statistics.median(values) for key, values in samples.items()}
-    quartiles = {}  # (key, reference) -> quartiles over rounds of key / reference
 
-    def ratio(key, reference) -> float | None:
-        if key not in samples:
-            return None
-        quartiles[key, reference] = round_ratios(samples, key, reference)
-        return quartiles[key, reference][1]
+    def quartiles(key, reference) -> tuple[float, ...] | None:
+        """Quartiles over rounds of ``key`` / ``reference`` (``None``: ``key`` was not timed)."""
+        return round_ratios(samples, key, reference) if key in samples else None
 
     state = {label: _state_bytes(optimizers[label]) for label in methods}
 
@@ -179,10 +176,11 @@ def measure(args: argparse.Namespace) -> None:
             "train_step_vs_full": ((label, "step"), ("full", "step")),
             "merged_forward_forces_vs_base": ((f"{label} merged", "forward"), ("base", "forward")),
         }
+        ratios = {name: quartiles(*keys) for name, keys in measured.items()}
         rows.append(
             {"method": label, "trainable_parameters": counts[label]}
-            | {name: ratio(*keys) for name, keys in measured.items()}
-            | {f"{name}_quartiles": quartiles.get(keys) for name, keys in measured.items()}
+            | {name: None if q is None else q[1] for name, q in ratios.items()}
+            | {f"{name}_quartiles": q for name, q in ratios.items()}
             | {"optimizer_state_bytes": state[label], "optimizer_state_vs_full": state[label] / state["full"]}
         )
     variant = "-fusion-off" if args.fusion == "off" else ""
@@ -197,7 +195,7 @@ def measure(args: argparse.Namespace) -> None:
         f"full fine-tuning step {1e3 * times['full', 'step']:.0f} ms."
     )
     if scripted:
-        base_ratio = ratio(("base", "scripted"), ("base", "forward"))
+        base_ratio = quartiles(("base", "scripted"), ("base", "forward"))[1]
         header += f" Base model compiled with TorchScript (fusion strategy: {args.fusion}) / eager: {base_ratio:.3f}."
     lines = [
         header + "\n",
