@@ -348,6 +348,34 @@ def results_table(results: list[dict[str, Any]]) -> list[str]:
     ]
 
 
+def md_cell(r: dict[str, Any]) -> str:
+    """The MD stability numbers of one run (:func:`md_check`'s fields) as one table cell."""
+    if "md_runs" not in r:
+        return ""
+    drift = r["md_nve_drift_meV_per_atom_per_ps_mean"]
+    drift_text = f"{drift:.2f}" if drift is not None else "-"
+    return f"{r['md_intact']}/{r['md_runs']} intact, {r['md_stable_ps_mean']:.2f} ps, drift {drift_text}"
+
+
+def foundation_md(potential, folder: Path, md: dict[str, Any]) -> dict[str, Any]:
+    """:func:`md_check` of the foundation itself (the 'before' of the MD columns), kept in
+    ``runs/foundation-md.json`` and reused while the settings are the same."""
+    path = folder / "runs" / "foundation-md.json"
+    if path.is_file():
+        kept = json.loads(path.read_text())
+        if kept["md_settings"] == md:
+            return kept
+    numbers = md_check(potential, potential.model, md)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    write_json(path, numbers)
+    return numbers
+
+
+def _with_foundation_md(describe: Callable[[list[dict[str, Any]]], str], before: dict[str, Any]):
+    """``describe`` followed by a line on the foundation's own MD check (``before``)."""
+    return lambda results: describe(results) + f"\nMD of the foundation before fine-tuning: {md_cell(before)}.\n"
+
+
 def _check_columns(results: list[dict[str, Any]]) -> list[tuple[str, Callable[[dict[str, Any]], str]]]:
     """Extra columns when the runs measured them: retention (F MAE against the foundation's labels, after)
     and MD stability (intact trajectories, mean stable time, NVE drift)."""
@@ -362,13 +390,6 @@ def _check_columns(results: list[dict[str, Any]]) -> list[tuple[str, Callable[[d
             )
         )
     if any("md_runs" in r for r in results):
-
-        def md_cell(r: dict[str, Any]) -> str:
-            if "md_runs" not in r:
-                return ""
-            drift = r["md_nve_drift_meV_per_atom_per_ps_mean"]
-            drift_text = f"{drift:.2f}" if drift is not None else "-"
-            return f"{r['md_intact']}/{r['md_runs']} intact, {r['md_stable_ps_mean']:.2f} ps, drift {drift_text}"
 
         columns.append(("MD: intact, stable ps, NVE drift (meV/atom/ps)", md_cell))
     return columns  # fmt: skip
@@ -427,6 +448,10 @@ def run_comparison(
     ``methods``: a label -> (adapter, options) table, or :func:`with_replay`'s runs (with engine
     overrides).  ``md``: the MD stability check of every trained model (:func:`md_settings`), or ``None``."""
     runs = methods if isinstance(methods, list) else [(k, a, o, {}) for k, (a, o) in methods.items()]
+    if md is not None:
+        before = foundation_md(potential, folder, md)
+        extra = extra | {"foundation_md": before}
+        describe = _with_foundation_md(describe, before)
     results = []
     for label, adapter, options, overrides in runs:
         print(f"[{label}] {adapter} {options}", flush=True)

@@ -111,7 +111,12 @@ class FinetuneConfig(BaseModel):
         None, description="stage two begins after this many epochs (mace's --start_swa); 'none': 3/4 of the epochs"
     )
     swa_lr: PositiveFloat = Field(1e-3, description="learning rate of stage two")
-    swa_energy_weight: float = Field(1000.0, ge=0, description="energy weight of stage two")
+    swa_energy_loss: Literal["total", "per_atom"] = Field(
+        "per_atom",
+        description="energy error of stage two: mace's stage two uses its per-atom 'weighted' loss "
+        "(WeightedEnergyForcesLoss) whatever --loss is, so the papers' 1000 weighs ((E - E_ref)/N)^2",
+    )
+    swa_energy_weight: float = Field(1000.0, ge=0, description="energy weight of stage two (see swa_energy_loss)")
     swa_forces_weight: float = Field(100.0, ge=0, description="forces weight of stage two")
     keep: Literal["best", "last"] = Field(
         "best", description="model kept and tested: lowest validation loss (as mace) or the last epoch"

@@ -149,6 +149,7 @@ class TrainingLoop:
     def __init__(self, config: FinetuneConfig, fabric, output: Path) -> None:
         self.config, self.fabric, self.output = config, fabric, output
         self.weights = (config.energy_weight, config.forces_weight)  # the current stage's loss weights
+        self.energy_loss = config.energy_loss  # and its energy error (total or per atom)
         self.potential: Potential | None = None
         self.metrics: MetricsLog | None = None
         self.checkpoint_written = False
@@ -223,9 +224,9 @@ class TrainingLoop:
         """Loss weights and lr of ``epoch`` (0-based); entering stage two resets the best-model search."""
         c = self.config
         if stage_two is None or epoch < stage_two:
-            self.weights = (c.energy_weight, c.forces_weight)
+            self.weights, self.energy_loss = (c.energy_weight, c.forces_weight), c.energy_loss
             return 1
-        self.weights = (c.swa_energy_weight, c.swa_forces_weight)
+        self.weights, self.energy_loss = (c.swa_energy_weight, c.swa_forces_weight), c.swa_energy_loss
         for group in state.optimizer.param_groups:
             group["lr"] = c.swa_lr
         if epoch == stage_two:
@@ -271,13 +272,13 @@ class TrainingLoop:
         """This process's share of the loss of a batch, normalised by the whole batch's structures and atoms."""
         share = torch.tensor([len(batch.energy), len(batch.forces)], dtype=torch.float64, device=self.fabric.device)
         totals = tuple(int(v) for v in self.fabric.all_reduce(share, reduce_op="sum").tolist())
-        return batch_loss(self.potential, trained, batch, self.weights, self.config.energy_loss, True, totals)
+        return batch_loss(self.potential, trained, batch, self.weights, self.energy_loss, True, totals)
 
     def validation_loss(self, model: nn.Module, prepared: GraphDataset) -> float:
         """Mean loss over validation batches, with the current stage's weights."""
         c = self.config
         return validation_loss(
-            self.potential, model, prepared, self.weights, c.energy_loss, c.eval_batch_size, self.collate
+            self.potential, model, prepared, self.weights, self.energy_loss, c.eval_batch_size, self.collate
         )
 
     def keep(self, state: State) -> int:

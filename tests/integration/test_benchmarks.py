@@ -17,6 +17,7 @@ sys.path.insert(0, str(ROOT / "benchmarks"))
 import bpa3
 import comparison
 import cost
+import organic_summary
 import rmd17
 import sample_organic
 
@@ -109,6 +110,9 @@ def test_rmd17_script_end_to_end_on_a_small_mace(tmp_path):
     table = (out / "results.md").read_text()
     assert "| mmea-paper |" in table and "Differences from the papers" in table
     assert "methanol: F MAE vs foundation (meV/A)" in table and "intact" in table
+    foundation = results["foundation_md"]  # the foundation's own MD check, the 'before' of the MD column
+    assert foundation["md_runs"] == 2
+    assert f"MD of the foundation before fine-tuning: {foundation['md_intact']}/2" in table
     assert (out / "validation_forces.png").stat().st_size > 0 and (out / "test_errors.png").stat().st_size > 0
 
 
@@ -213,3 +217,34 @@ def test_compare_results_matches_methods_by_label_and_alias():
     assert "| full | 102.5 / 144.4 | 5529.3 / 124.6 | 102.5 / 144.4 | 7 |" in rows
     assert any(r.startswith("| mmea-paper |") and "152.1 / 119.5" in r for r in rows)
     assert any(r.startswith("| bitfit |") and "not run" in r for r in rows)
+
+
+def _method(label: str, forces: float) -> dict:
+    errors = {"energy_mae_meV": forces / 4, "forces_mae_meV_per_A": forces}
+    return {"label": label, "trainable_parameters": 10, "base_parameters": 100, "after": {"test": errors},
+            "before": {"test": {"energy_mae_meV": 60.0, "forces_mae_meV_per_A": 300.0}}}  # fmt: skip
+
+
+def test_organic_summary_picks_the_best_peft_method_and_spreads_seeds(tmp_path):
+    """The summary's numbers come from the results files: best PEFT per molecule, seeds as mean +- sd."""
+    runs = {
+        "aspirin-e50-float32": {"full": 30.0, "mace-lora": 40.0, "elora-paper": 33.0, "mmea-paper": 27.0},
+        "aspirin-e50-float32-seed1": {"full": 32.0, "mmea-paper": 29.0},
+        "aspirin-e50-float32-seed2": {"full": 34.0, "mmea-paper": 31.0},
+        "ethanol-e50-float32": {"full": 20.0, "mmea-paper": 22.0, "elora-paper": 21.0},
+    }
+    for name, methods in runs.items():
+        folder = tmp_path / "rmd17" / f"mace-organic-xtb-{name}"
+        folder.mkdir(parents=True)
+        results = {"methods": [_method(label, f) for label, f in methods.items()]}
+        (folder / "results.json").write_text(json.dumps(results))
+    organic_summary.main(["--results", str(tmp_path)])
+    summary = json.loads((tmp_path / "mace-organic-xtb-summary.json").read_text())
+    by_molecule = {row["molecule"]: row for row in summary["molecules"]}
+    assert by_molecule["aspirin"]["best_peft"] == "mmea-paper" and by_molecule["aspirin"]["best_peft_forces"] == 27.0
+    assert by_molecule["ethanol"]["best_peft"] == "elora-paper" and by_molecule["ethanol"]["full_forces"] == 20.0
+    assert summary["aspirin"]["methods"]["full"]["forces_over_seeds"] == [30.0, 32.0, 34.0]
+    text = (tmp_path / "mace-organic-xtb-summary.md").read_text()
+    assert "| ethanol | 5.0 / 20.0 | not run | 5.2 / 21.0 | 5.5 / 22.0 | elora-paper | +5 % |" in text
+    assert "32.0 +- 2.0 (n=3)" in text and "29.0 +- 2.0 (n=3)" in text  # full and mmea-paper over seeds
+    assert "9.7 / 23.9" in text  # the published aspirin numbers next to ours

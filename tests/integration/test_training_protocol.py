@@ -49,7 +49,7 @@ def test_stage_two_switches_lr_and_weights_and_restarts_the_best_model_search(fi
     original = finetuner.loop.validation_loss
 
     def spy(model, prepared):
-        seen.append(finetuner.loop.weights)
+        seen.append((finetuner.loop.energy_loss, *finetuner.loop.weights))
         return original(model, prepared)
 
     finetuner.loop.validation_loss = spy
@@ -57,7 +57,8 @@ def test_stage_two_switches_lr_and_weights_and_restarts_the_best_model_search(fi
     rows = _rows(tmp_path / "swa")
     assert [r["stage"] for r in rows] == ["1", "1", "2", "2"]
     assert [float(r["lr"]) for r in rows[2:]] == [1e-4, 1e-4]
-    assert seen == [(1.0, 1000.0)] * 2 + [(7.0, 100.0)] * 2
+    # stage two weighs the per-atom energy error, as mace's stage two does whatever --loss is
+    assert seen == [("total", 1.0, 1000.0)] * 2 + [("per_atom", 7.0, 100.0)] * 2
     kept = result["kept"]
     assert kept["stage_two_from_epoch"] == 3 and kept["epoch"] in (3, 4)  # chosen among stage-two epochs only
     stage_two_losses = [float(r["valid_loss"]) for r in rows[2:]]
