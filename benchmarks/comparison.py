@@ -89,7 +89,7 @@ def add_common_arguments(parser) -> None:
         help="structure files replayed with the foundation's pseudo-labels, for the --replay-methods",
     )
     parser.add_argument("--replay-methods", nargs="+", default=[], help="methods also run with replay ('+ replay')")
-    parser.add_argument("--replay-weight", type=float, default=100.0, help="weight of the replay loss")
+    parser.add_argument("--replay-weight", type=float, default=1.0, help="weight of the replay loss (the engine's)")
     parser.add_argument("--replay-ratio", type=float, default=1.0, help="replay structures per training structure")
 
 
