@@ -390,7 +390,6 @@ def _check_columns(results: list[dict[str, Any]]) -> list[tuple[str, Callable[[d
             )
         )
     if any("md_runs" in r for r in results):
-
         columns.append(("MD: intact, stable ps, NVE drift (meV/atom/ps)", md_cell))
     return columns  # fmt: skip
 

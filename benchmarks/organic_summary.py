@@ -49,8 +49,8 @@ def forces(method: dict[str, Any] | None) -> float | None:
 
 def errors(method: dict[str, Any] | None) -> str:
     """'E / F' test MAE cell."""
-    if method is None:
-        return "not run"
+    if method is None or "diverged" in method:
+        return "not run" if method is None else "diverged"
     test = method["after"]["test"]
     return f"{test['energy_mae_meV']:.1f} / {test['forces_mae_meV_per_A']:.1f}"
 
@@ -133,8 +133,8 @@ def ablation_rows(results: Path, mode: str) -> list[str]:
 
 def stage_one_best(method: dict[str, Any] | None) -> str:
     """Lowest validation force MAE of stage one (meV/A; the EMA weights), a cell."""
-    if method is None:
-        return "not run"
+    if method is None or "diverged" in method:
+        return "not run" if method is None else "diverged"
     return f"{min(c['valid_forces_mae_meV_per_A'] for c in method['curve'] if c['stage'] == 1):.1f}"
 
 

@@ -109,6 +109,8 @@ def test_rmd17_script_end_to_end_on_a_small_mace(tmp_path):
         assert method["md_runs"] == 2 and len(method["md_seeds"]) == 2 and method["md_settings"]["nvt_steps"] == 5
     table = (out / "results.md").read_text()
     assert "| mmea-paper |" in table and "Differences from the papers" in table
+    assert "Published" not in table  # only aspirin's published numbers are on record
+    assert "full 9.7 / 23.9" in "".join(rmd17.published("aspirin"))
     assert "methanol: F MAE vs foundation (meV/A)" in table and "intact" in table
     foundation = results["foundation_md"]  # the foundation's own MD check, the 'before' of the MD column
     assert foundation["md_runs"] == 2
@@ -221,8 +223,9 @@ def test_compare_results_matches_methods_by_label_and_alias():
 
 def _method(label: str, forces: float) -> dict:
     errors = {"energy_mae_meV": forces / 4, "forces_mae_meV_per_A": forces}
+    curve = [{"epoch": e, "stage": 1, "valid_forces_mae_meV_per_A": forces + 3 - e} for e in (1, 2)]
     return {"label": label, "trainable_parameters": 10, "base_parameters": 100, "after": {"test": errors},
-            "before": {"test": {"energy_mae_meV": 60.0, "forces_mae_meV_per_A": 300.0}}}  # fmt: skip
+            "before": {"test": {"energy_mae_meV": 60.0, "forces_mae_meV_per_A": 300.0}}, "curve": curve}  # fmt: skip
 
 
 def test_organic_summary_picks_the_best_peft_method_and_spreads_seeds(tmp_path):
@@ -248,3 +251,4 @@ def test_organic_summary_picks_the_best_peft_method_and_spreads_seeds(tmp_path):
     assert "| ethanol | 5.0 / 20.0 | not run | 5.2 / 21.0 | 5.5 / 22.0 | elora-paper | +5 % |" in text
     assert "32.0 +- 2.0 (n=3)" in text and "29.0 +- 2.0 (n=3)" in text  # full and mmea-paper over seeds
     assert "9.7 / 23.9" in text  # the published aspirin numbers next to ours
+    assert "| full | 5.0 / 20.0 | 21.0 | not run | not run |" in text  # ethanol's schedules: e150 not run here
