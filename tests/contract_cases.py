@@ -349,6 +349,12 @@ REFUSALS: dict[tuple[str, str], str] = {
     ("o3.Linear+bias", "bitfit-train_existing=False"): "nothing to train",
     ("nn.Linear", "bitfit-train_existing=False"): "nothing to train",
     ("nn.Linear", "mmea-scalar_modulation=False"): "nothing to modulate",  # 0e outputs only
+    # bias-free radial-network layers must map zero to zero: no bias, no shift (0e outputs only)
+    **{
+        (dense, adapter): "must map zero to zero"
+        for dense in ("FullyConnectedNet.layer", "FullyConnectedNet.last", "nequip.ScalarLinearLayer")
+        for adapter in ("bitfit", "mmea")
+    },
 }
 
 CASES: list[tuple[LayerCase, AdapterCase]] = [

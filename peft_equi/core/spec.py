@@ -28,6 +28,15 @@ adapter options can select paths by.
 
 Biases exist only on ``0e`` output blocks; ``bias_blocks`` lists the output blocks for
 which the layer itself stores a bias (concatenated in that order).
+
+``keeps_zero`` marks a layer that maps zero to zero and must keep doing so: a bias-free
+dense layer such as a radial network (e3nn ``FullyConnectedNet`` in MACE, NequIP and
+SevenNet), whose input is a radial basis times a cutoff envelope, so that each edge's
+contribution vanishes smoothly at ``r_max``.  A constant added there (a BitFit bias, a
+FiLM or MMEA shift) makes the energy jump whenever an atom crosses ``r_max`` (measured on
+mace-organic-xtb: 17 meV (BitFit) and 111 meV (FiLM) per pair of atoms, and an NVE drift
+of -5.8 meV/atom/ps for BitFit on aspirin); adapters add only multiplicative or weight
+updates to such layers.
 """
 
 from __future__ import annotations
@@ -93,6 +102,7 @@ class LayerSpec:
     paths: tuple[WeightPath, ...]
     layout: Layout = Layout.MUL_IR
     bias_blocks: tuple[int, ...] = ()
+    keeps_zero: bool = False
 
     def __post_init__(self) -> None:
         for i in self.bias_blocks:
@@ -126,6 +136,10 @@ class LayerSpec:
     def num_scalar_out(self) -> int:
         """Number of ``0e`` output channels."""
         return sum(self.irreps_out[i].mul for i in self.scalar_blocks())
+
+    def num_shiftable_out(self) -> int:
+        """Number of output channels an adapter may add a constant to: the ``0e`` ones, none if ``keeps_zero``."""
+        return 0 if self.keeps_zero else self.num_scalar_out()
 
     def num_invariant_in(self) -> int:
         """Number of ``0e`` channels over all operands (what invariant gates can read)."""
@@ -184,7 +198,10 @@ class LayerSpec:
 
 
 def dense_spec(h_in: int, h_out: int, path_weight: float, *, bias: bool = False) -> LayerSpec:
-    """Spec of a map between invariant features, ``h_in x 0e -> h_out x 0e``: one ``(in, out)`` path."""
+    """Spec of a map between invariant features, ``h_in x 0e -> h_out x 0e``: one ``(in, out)`` path.
+
+    A dense layer without a bias keeps zero (``keeps_zero``): radial networks are built so.
+    """
     scalar = Irrep(0, 1)
     return LayerSpec(
         LayerKind.DENSE,
@@ -192,6 +209,7 @@ def dense_spec(h_in: int, h_out: int, path_weight: float, *, bias: bool = False)
         Irreps([MulIrrep(h_out, scalar)]),
         (WeightPath((0,), 0, (h_in, h_out), 0, path_weight, name="weight"),),
         bias_blocks=(0,) if bias else (),
+        keeps_zero=not bias,
     )
 
 

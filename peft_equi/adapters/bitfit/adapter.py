@@ -3,9 +3,11 @@
 A bias is a constant added to the output; only ``0e`` channels are left unchanged by every
 rotation and inversion, so only they may receive one (``y_{0e} <- y_{0e} + b``).  The
 layer's own biases are unfrozen; ``0e`` output blocks without a bias of their own get a
-new zero-initialised one.  Merging writes the new biases into the layer, which is possible
-only when the layer stores a bias for those blocks (``nn.Linear(bias=True)``, e3nn
-``Linear(biases=True)``); otherwise merging raises and names the layer.
+new zero-initialised one, except in layers that must map zero to zero (``keeps_zero``:
+radial networks, whose output has to vanish at the cutoff), which BitFit leaves alone.
+Merging writes the new biases into the layer, which is possible only when the layer stores
+a bias for those blocks (``nn.Linear(bias=True)``, e3nn ``Linear(biases=True)``);
+otherwise merging raises and names the layer.
 """
 
 from __future__ import annotations
@@ -22,6 +24,8 @@ from peft_equi.core.spec import LayerSpec
 def _free_scalar_positions(spec: LayerSpec) -> torch.Tensor:
     """Positions, among the 0e output channels, of those the layer stores no bias for."""
     positions, start = [], 0
+    if spec.keeps_zero:
+        return torch.zeros(0, dtype=torch.long)
     for i in spec.scalar_blocks():
         mul = spec.irreps_out[i].mul
         if i not in spec.bias_blocks:
@@ -41,6 +45,11 @@ class BitfitAdapter(Adapter):
     def unsupported_reason(cls, spec: LayerSpec, config: BitfitConfig) -> str | None:
         if spec.num_scalar_out() == 0:
             return f"bitfit needs 0e outputs to hold biases; outputs are {spec.irreps_out}"
+        if spec.keeps_zero:
+            return (
+                "bitfit adds no bias to a layer that must map zero to zero (a bias-free radial network: a "
+                "constant there makes the energy jump at the cutoff)"
+            )
         if not config.train_existing and len(_free_scalar_positions(spec)) == 0:
             return "bitfit with train_existing=False has nothing to train: the layer has a bias on every 0e output"
         return super().unsupported_reason(spec, config)

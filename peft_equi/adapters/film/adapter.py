@@ -41,7 +41,9 @@ class FilmAdapter(Adapter):
     with the bounded gain ``phi(u) = exp(s tanh u)`` (``gain='exp'``, ``s = ln max_gain``,
     so ``phi`` lies in ``[1/max_gain, max_gain]``) or ``phi(u) = 1 + s tanh u``
     (``gain='one_plus'``, ``s = max_gain - 1``, ``phi`` in ``[2 - max_gain, max_gain]``).
-    Parameters: ``(m + 1) r + (r + 1)(N + N_0e)`` (``N_0e`` only with ``shift``).  Bounded
+    Parameters: ``(m + 1) r + (r + 1)(N + N_0e)`` (``N_0e`` only with ``shift``, and ``0``
+    in a layer that must map zero to zero, ``LayerSpec.keeps_zero``: radial networks get gains
+    only, so their output still vanishes at the cutoff).  Bounded
     gains cannot blow up however far training pushes ``u``, which keeps deep stacks of
     adapted layers stable; the bottleneck keeps the count near MMEA's.
 
@@ -79,7 +81,7 @@ class FilmAdapter(Adapter):
 
     def __init__(self, spec: LayerSpec, config: FilmConfig) -> None:
         super().__init__(spec, config)
-        n_gamma, n_beta = spec.num_channels_out, spec.num_scalar_out() if config.shift else 0
+        n_gamma, n_beta = spec.num_channels_out, spec.num_shiftable_out() if config.shift else 0
         self.gain_scale = config.gain_scale
         self.exp_gain = config.gain == "exp"
         self.input_dependent = config.conditioning == "input"

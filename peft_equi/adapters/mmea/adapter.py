@@ -11,8 +11,9 @@ For a layer with output ``y`` and invariant (``0e``) input channels ``x0`` (``m0
 
 with ``sigma`` = SiLU and ``phi`` = exp (or ``1 + x``).  ``gamma`` is invariant and shared
 by the ``2l+1`` components of a channel, so ``phi(gamma) D(g) y = D(g) phi(gamma) y``; the
-shift touches only ``0e`` channels (never ``0o``, which flips sign under inversion).  With
-one shared head the parameter count is ``(m0 + 1) r + (r + 1) sum(mul_out)``.
+shift touches only ``0e`` channels (never ``0o``, which flips sign under inversion), and
+none in a layer that must map zero to zero (``LayerSpec.keeps_zero``: radial networks).
+With one shared head the parameter count is ``(m0 + 1) r + (r + 1) sum(mul_out)``.
 
 Initialisation (as the reference code, except where ``init="identity"`` says otherwise):
 ``W_h`` PyTorch's default ``nn.Linear`` init, ``b_h = 0``; ``W_s = 0, b_s = 0``; ``b_a = 0``
@@ -83,10 +84,12 @@ class MmeaAdapter(Adapter):
         if reason is None and config.on_missing_invariants == "error":
             reason = no_invariant_input_reason(cls.name, spec, "on_missing_invariants='constant'")
         if reason is None:
-            has_scalar = spec.num_scalar_out() > 0
+            has_scalar = spec.num_shiftable_out() > 0
             has_other = spec.num_scalar_out() < spec.num_channels_out
             if not ((config.scalar_modulation and has_scalar) or (config.higher_order_modulation and has_other)):
                 reason = f"mmea with these options has nothing to modulate on outputs {spec.irreps_out}"
+                if spec.keeps_zero:
+                    reason += " (the layer must map zero to zero, so its 0e outputs get no shift)"
         return reason
 
     def __init__(self, spec: LayerSpec, config: MmeaConfig) -> None:
@@ -101,8 +104,8 @@ class MmeaAdapter(Adapter):
             nn.init.zeros_(self.scale.bias)
             self.register_buffer("gain_index", index, persistent=False)
         self.shift = None
-        if config.scalar_modulation and spec.num_scalar_out() > 0:
-            self.shift = nn.Linear(config.rank, spec.num_scalar_out())
+        if config.scalar_modulation and spec.num_shiftable_out() > 0:
+            self.shift = nn.Linear(config.rank, spec.num_shiftable_out())
             nn.init.zeros_(self.shift.bias)
             if config.init == "identity":
                 nn.init.zeros_(self.shift.weight)
