@@ -299,7 +299,6 @@ class PeftModel(NamedAdapters, Merging, nn.Module):
         self._activate(self.active_adapter)
 
 
-
 def _count(module: nn.Module) -> int:
     return sum(p.numel() for p in module.parameters() if p.requires_grad)
 

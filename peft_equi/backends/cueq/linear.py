@@ -61,8 +61,6 @@ class AdaptedCueLinear(FlatWeightAdaptedLayer):
         order = layout_order(Irreps(base_layer.irreps_in), source, target)
         self.register_buffer("input_order", order, persistent=False)
 
-
-
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if not self.adapter_enabled:
             return self.base_layer(x)

@@ -70,8 +70,6 @@ class AdaptedCueTensorProduct(FlatWeightAdaptedLayer):
         self.register_buffer("x1_order", layout_order(Irreps(base_layer.irreps_in1), source1, target), persistent=False)
         self.register_buffer("x2_order", layout_order(Irreps(base_layer.irreps_in2), source2, target), persistent=False)
 
-
-
     def forward(self, x1: torch.Tensor, x2: torch.Tensor) -> torch.Tensor:
         if not self.adapter_enabled:
             return self.base_layer(x1, x2)

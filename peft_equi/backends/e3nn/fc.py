@@ -58,8 +58,6 @@ class AdaptedE3nnFullyConnected(FlatWeightAdaptedLayer):
         self.divisor = float(_divisor(base_layer))
         self.output_scale = float(base_layer.var_out**0.5)
 
-
-
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if not self.adapter_enabled:
             return self.base_layer(x)

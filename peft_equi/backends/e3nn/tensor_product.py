@@ -63,8 +63,6 @@ class E3nnTensorProduct(FlatWeightBackend):
 class AdaptedE3nnTensorProduct(FlatWeightAdaptedLayer):
     """An e3nn tensor product with an adapter, called as ``layer(x, y)`` (TorchScript-compatible)."""
 
-
-
     def forward(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
         if not self.adapter_enabled:
             return self.base_layer(x, y)
