@@ -118,6 +118,10 @@ def test_adapters_on_allegro(allegro_model, acetamide, name):
     found = {layer.path: layer.backend.name for layer in peft_equi.discover(potential.model)}
     assert "model.func.allegro.latents.0.mlp.0" in found and "model.func.edge_readout.mlp_module.mlp.2" in found
     assert not any(".tps." in p for p in found)  # the tensor-track Contracter has no backend (see docs/nequip.md)
+    if name in ("bitfit", "mmea"):  # every Allegro MLP is bias-free, so must map zero to zero: no constants
+        with pytest.raises(peft_equi.RuleMatchError, match="must map zero to zero"):
+            peft_equi.get_peft_model(copy.deepcopy(potential.model), name)
+        return
     # random FiLM gains compound through Allegro's MLP stacks (outputs up to ~1e4 eV/A): relative to the output scale
     _check_adapter(potential, acetamide.atoms[:2], name, lambda scale: 1e-12 * scale)
 

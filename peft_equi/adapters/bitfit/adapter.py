@@ -47,8 +47,8 @@ class BitfitAdapter(Adapter):
             return f"bitfit needs 0e outputs to hold biases; outputs are {spec.irreps_out}"
         if spec.keeps_zero:
             return (
-                "bitfit adds no bias to a layer that must map zero to zero (a bias-free radial network: a "
-                "constant there makes the energy jump at the cutoff)"
+                "bitfit adds no bias to a layer that must map zero to zero (a bias-free dense layer, as the "
+                "radial networks are: a constant there makes the energy jump at the cutoff)"
             )
         if not config.train_existing and len(_free_scalar_positions(spec)) == 0:
             return "bitfit with train_existing=False has nothing to train: the layer has a bias on every 0e output"
