@@ -24,8 +24,6 @@ from peft_equi.core.spec import LayerSpec
 def _free_scalar_positions(spec: LayerSpec) -> torch.Tensor:
     """Positions, among the 0e output channels, of those the layer stores no bias for."""
     positions, start = [], 0
-    if spec.keeps_zero:
-        return torch.zeros(0, dtype=torch.long)
     for i in spec.scalar_blocks():
         mul = spec.irreps_out[i].mul
         if i not in spec.bias_blocks:
