@@ -179,8 +179,9 @@ def main(argv: list[str] | None = None) -> None:
     text = [
         f"# {MODEL} -> rMD17 and 3BPA: the papers' transfer experiment ({args.mode})",
         "",
-        "Made by `python benchmarks/organic_summary.py` from the results.json files named in "
-        f"`{args.out.with_suffix('.json').name}` (each with its run record). Test errors: energy MAE per "
+        "Made by `python benchmarks/organic_summary.py` from the results.json files (each with its run "
+        f"record) of `rmd17/{MODEL}-<molecule>-{args.mode}[-seed<n>|-ablations]/` and "
+        f"`3bpa/{MODEL}-e5-float32/`. Test errors: energy MAE per "
         "configuration (meV) / force-component MAE (meV/A), 1000 test configurations, 50 training structures.",
         "",
         "## Core methods per molecule",
