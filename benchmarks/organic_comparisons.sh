@@ -16,12 +16,14 @@
 # Schedule: 50 epochs in float32 (the papers: 500 in float64); benchmarks/README.md gives the
 # measured cost of this choice on ethanol (150 and 500 epochs side by side). Jobs run in order of
 # what the issues need: aspirin with every method (retention, MD stability, mmea-paper + replay),
-# ethanol, two more molecules, the aspirin seeds, the MMEA ablations, then 3BPA and salicylic acid.
+# ethanol, two more molecules, the aspirin seeds, the MMEA ablations, then 3BPA, salicylic acid and
+# the core methods on ethanol with the papers' schedule.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PY=.venv/bin/python
 QUEUE=benchmarks/results/.organic-queue
-COMMON=(--model benchmarks/models/mace-organic-xtb.pt --threads 1 --epochs 50 --dtype float32)
+PAPERS=(--model benchmarks/models/mace-organic-xtb.pt --threads 1)
+COMMON=("${PAPERS[@]}" --epochs 50 --dtype float32)
 CORE=(full mace-lora elora-paper mmea-paper)
 ALL=(full readout-only "freeze 1" "freeze 5" mace-lora elora-paper mmea-paper "mmea-paper r32" bitfit film)
 VARIANTS=("no activation" "no input-head reuse" "no scalar modulation" "no higher-order modulation"
@@ -54,10 +56,13 @@ job() {
         # 450 training structures: 90 steps an epoch, so 5 epochs take as many steps as 50 on rMD17
         23) $PY benchmarks/bpa3.py "${COMMON[@]}" --epochs 5 --methods full elora-paper mmea-paper ;;
         24) "${RMD17[@]}" --molecule salicylic "${COMMON[@]}" --methods "${CORE[@]}" ;;
+        # the papers' own schedule (500 epochs, float64) on ethanol, to measure what 50 in float32 costs
+        25) "${RMD17[@]}" --molecule ethanol "${PAPERS[@]}" --methods full mace-lora ;;
+        26) "${RMD17[@]}" --molecule ethanol "${PAPERS[@]}" --methods elora-paper mmea-paper ;;
         *) return 3 ;;
     esac
 }
-JOBS=24
+JOBS=26
 
 lane() {
     mkdir -p "$QUEUE"
@@ -103,6 +108,7 @@ collect() {
         table "$out-aspirin-e50-float32-seed$seed" "${RMD17[@]}" --molecule aspirin --seed "$seed" "${COMMON[@]}" \
             -- full mmea-paper
     done
+    table "$out-ethanol-full" "${RMD17[@]}" --molecule ethanol "${PAPERS[@]}" -- "${CORE[@]}"
     table benchmarks/results/3bpa/mace-organic-xtb-e5-float32 $PY benchmarks/bpa3.py "${COMMON[@]}" --epochs 5 \
         -- full elora-paper mmea-paper
 }
