@@ -3,7 +3,9 @@
 # off by two lanes of one thread each (two single-threaded runs use 2 cores better than one run on
 # two threads), then one pass that rewrites every results table from the finished runs.
 #
-# Usage: bash benchmarks/organic_comparisons.sh [start|lane|collect]
+# Usage: [SCHEDULE=e50|papers] bash benchmarks/organic_comparisons.sh [start|lane|collect]
+#   SCHEDULE=e50 (default): 50 epochs in float32, results in <folder>-e50-float32
+#   SCHEDULE=papers:        the papers' 500 epochs in float64, results in <folder>-full; the same jobs
 #   start (default): both lanes in the background, then collect; log in
 #                    benchmarks/results/organic-comparisons.log (not committed)
 #   lane:            work off unclaimed jobs in this shell
@@ -11,19 +13,25 @@
 #
 # Resumable: rmd17.py / bpa3.py keep finished methods (runs/<method>/method.json) and continue an
 # interrupted one from its checkpoint, so starting again after a stop continues where it stopped.
-# A lane claims job n by creating $QUEUE/n; `start` clears the claims.
+# A lane claims job n by creating $QUEUE/n (one queue per schedule); `start` clears the claims.
 #
-# Schedule: 50 epochs in float32 (the papers: 500 in float64); benchmarks/README.md gives the
-# measured cost of this choice on ethanol (150 and 500 epochs side by side). Jobs run in order of
+# The e50 schedule fits the CPU budget; benchmarks/README.md gives what it costs against the
+# papers' schedule on ethanol, and the papers' schedule's estimated time. Jobs run in order of
 # what the issues need: aspirin with every method (retention, MD stability, mmea-paper + replay),
-# ethanol, two more molecules, the aspirin seeds, the MMEA ablations, then 3BPA, salicylic acid and
-# the core methods on ethanol with the papers' schedule.
+# ethanol, two more molecules, the aspirin seeds, the MMEA ablations, then 3BPA and salicylic acid.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PY=.venv/bin/python
-QUEUE=benchmarks/results/.organic-queue
+SCHEDULE=${SCHEDULE:-e50}
+QUEUE=benchmarks/results/.organic-queue-$SCHEDULE
 PAPERS=(--model benchmarks/models/mace-organic-xtb.pt --threads 1)
-COMMON=("${PAPERS[@]}" --epochs 50 --dtype float32)
+# 3BPA has 450 training structures, 90 steps an epoch: a tenth of the epochs takes as many steps
+case $SCHEDULE in
+    e50) COMMON=("${PAPERS[@]}" --epochs 50 --dtype float32) MODE=e50-float32 BPA=(--epochs 5) ;;
+    papers) COMMON=("${PAPERS[@]}") MODE=full BPA=(--epochs 50 --dtype float64) ;;
+    *) echo "SCHEDULE must be e50 or papers, not '$SCHEDULE'" >&2; exit 2 ;;
+esac
+BPA_MODE=e${BPA[1]}-${BPA[3]:-float32}
 CORE=(full mace-lora elora-paper mmea-paper)
 ALL=(full readout-only "freeze 1" "freeze 5" mace-lora elora-paper mmea-paper "mmea-paper r32" bitfit film)
 VARIANTS=("no activation" "no input-head reuse" "no scalar modulation" "no higher-order modulation"
@@ -53,16 +61,12 @@ job() {
         16 | 17 | 18 | 19 | 20 | 21)
             "${RMD17[@]}" --molecule aspirin --ablations "${COMMON[@]}" --methods "${VARIANTS[$1 - 16]}" ;;
         22) "${RMD17[@]}" --molecule aspirin --ablations "${COMMON[@]}" --methods mmea-paper "readout only (baseline)" ;;
-        # 450 training structures: 90 steps an epoch, so 5 epochs take as many steps as 50 on rMD17
-        23) $PY benchmarks/bpa3.py "${COMMON[@]}" --epochs 5 --methods full elora-paper mmea-paper ;;
+        23) $PY benchmarks/bpa3.py "${PAPERS[@]}" "${BPA[@]}" --methods full elora-paper mmea-paper ;;
         24) "${RMD17[@]}" --molecule salicylic "${COMMON[@]}" --methods "${CORE[@]}" ;;
-        # the papers' own schedule (500 epochs, float64) on ethanol, to measure what 50 in float32 costs
-        25) "${RMD17[@]}" --molecule ethanol "${PAPERS[@]}" --methods full mace-lora ;;
-        26) "${RMD17[@]}" --molecule ethanol "${PAPERS[@]}" --methods elora-paper mmea-paper ;;
         *) return 3 ;;
     esac
 }
-JOBS=26
+JOBS=24
 
 lane() {
     mkdir -p "$QUEUE"
@@ -97,30 +101,31 @@ table() {
 
 collect() {
     local out=benchmarks/results/rmd17/mace-organic-xtb replay=()
-    if [[ -f $out-aspirin-e50-float32/runs/mmea-paper_replay/method.json ]]; then replay=("${REPLAY[@]}"); fi
-    table "$out-aspirin-e50-float32" "${RMD17[@]}" "${ASPIRIN[@]}" "${replay[@]}" -- "${ALL[@]}"
-    table "$out-aspirin-e50-float32-ablations" "${RMD17[@]}" --molecule aspirin --ablations "${COMMON[@]}" \
+    if [[ -f $out-aspirin-$MODE/runs/mmea-paper_replay/method.json ]]; then replay=("${REPLAY[@]}"); fi
+    table "$out-aspirin-$MODE" "${RMD17[@]}" "${ASPIRIN[@]}" "${replay[@]}" -- "${ALL[@]}"
+    table "$out-aspirin-$MODE-ablations" "${RMD17[@]}" --molecule aspirin --ablations "${COMMON[@]}" \
         -- mmea-paper "${VARIANTS[@]}" "readout only (baseline)"
     for molecule in ethanol malonaldehyde toluene salicylic; do
-        table "$out-$molecule-e50-float32" "${RMD17[@]}" --molecule "$molecule" "${COMMON[@]}" -- "${CORE[@]}"
+        table "$out-$molecule-$MODE" "${RMD17[@]}" --molecule "$molecule" "${COMMON[@]}" -- "${CORE[@]}"
     done
     for seed in 1 2; do
-        table "$out-aspirin-e50-float32-seed$seed" "${RMD17[@]}" --molecule aspirin --seed "$seed" "${COMMON[@]}" \
+        table "$out-aspirin-$MODE-seed$seed" "${RMD17[@]}" --molecule aspirin --seed "$seed" "${COMMON[@]}" \
             -- full mmea-paper
     done
-    table "$out-ethanol-full" "${RMD17[@]}" --molecule ethanol "${PAPERS[@]}" -- "${CORE[@]}"
-    table benchmarks/results/3bpa/mace-organic-xtb-e5-float32 $PY benchmarks/bpa3.py "${COMMON[@]}" --epochs 5 \
+    table "benchmarks/results/3bpa/mace-organic-xtb-$BPA_MODE" $PY benchmarks/bpa3.py "${PAPERS[@]}" "${BPA[@]}" \
         -- full elora-paper mmea-paper
+    $PY benchmarks/organic_summary.py --mode "$MODE" --bpa-mode "$BPA_MODE"
 }
 
 case "${1:-start}" in
     start)
         rm -rf "$QUEUE"
         mkdir -p benchmarks/results
-        nohup bash -c "bash '$0' lane > benchmarks/results/organic-comparisons-a.log 2>&1 &
-                       bash '$0' lane > benchmarks/results/organic-comparisons-b.log 2>&1 &
-                       wait; bash '$0' collect" > benchmarks/results/organic-comparisons.log 2>&1 &
-        echo "lanes started; logs: benchmarks/results/organic-comparisons{,-a,-b}.log"
+        log=benchmarks/results/organic-comparisons-$SCHEDULE
+        nohup bash -c "bash '$0' lane > $log-a.log 2>&1 &
+                       bash '$0' lane > $log-b.log 2>&1 &
+                       wait; bash '$0' collect" > "$log.log" 2>&1 &
+        echo "lanes started; logs: $log{,-a,-b}.log"
         exit ;;
     lane) lane; exit ;;
     collect) collect; exit ;;  # exit: the script can be edited while lanes run (bash reads it as it goes)

@@ -2,11 +2,15 @@
 
 Usage::
 
-    python benchmarks/organic_summary.py            # after benchmarks/organic_comparisons.sh
+    python benchmarks/organic_summary.py                 # the 50-epoch float32 comparisons
+    python benchmarks/organic_summary.py --mode full \
+        --bpa-mode e50-float64                           # SCHEDULE=papers: 500 epochs, float64
+
+organic_comparisons.sh's ``collect`` runs it for its schedule.
 
 Reads the ``results.json`` of every comparison that exists (rMD17 molecules, aspirin seeds and
-ablations, the schedule references, 3BPA) and writes ``mace-organic-xtb-summary.{md,json}`` under
-``benchmarks/results/``: per molecule the test errors of the core methods and how the best
+ablations, the schedule references, 3BPA) and writes ``mace-organic-xtb-<mode>-summary.{md,json}``
+under ``benchmarks/results/``: per molecule the test errors of the core methods and how the best
 parameter-efficient method compares with full fine-tuning; aspirin with every method, retention
 (forgetting) and MD stability; seeds as mean and spread; the ablations; what the shorter schedule
 costs; 3BPA.  It only tabulates: every number comes from a results.json with its run record.
@@ -157,9 +161,9 @@ def schedule_rows(results: Path, molecule: str, modes: tuple[str, ...]) -> list[
     return lines
 
 
-def bpa_rows(results: Path) -> list[str]:
+def bpa_rows(results: Path, mode: str) -> list[str]:
     """3BPA: trained at 300 K, tested on hotter configurations."""
-    data = load(results / "3bpa" / f"{MODEL}-e5-float32")
+    data = load(results / "3bpa" / f"{MODEL}-{mode}")
     if data is None:
         return ["(not run)"]
     lines = ["| method | trainable | test (hot) E / F MAE |", "|---|---:|---:|"]
@@ -170,10 +174,11 @@ def bpa_rows(results: Path) -> list[str]:
 def main(argv: list[str] | None = None) -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--mode", default="e50-float32", help="the comparisons' schedule (results folder suffix)")
+    p.add_argument("--bpa-mode", default="e5-float32", help="3BPA's schedule (results folder suffix)")
     p.add_argument("--results", type=Path, default=RESULTS, help="the benchmarks' results folder")
-    p.add_argument("--out", type=Path, help="default: <results>/mace-organic-xtb-summary.md")
+    p.add_argument("--out", type=Path, help="default: <results>/mace-organic-xtb-<mode>-summary.md")
     args = p.parse_args(argv)
-    args.out = args.out or args.results / f"{MODEL}-summary.md"
+    args.out = args.out or args.results / f"{MODEL}-{args.mode}-summary.md"
     molecules, molecule_summary = molecule_rows(args.results, args.mode)
     aspirin, aspirin_summary = aspirin_rows(args.results, args.mode)
     text = [
@@ -181,7 +186,7 @@ def main(argv: list[str] | None = None) -> None:
         "",
         "Made by `python benchmarks/organic_summary.py` from the results.json files (each with its run "
         f"record) of `rmd17/{MODEL}-<molecule>-{args.mode}[-seed<n>|-ablations]/` and "
-        f"`3bpa/{MODEL}-e5-float32/`. Test errors: energy MAE per "
+        f"`3bpa/{MODEL}-{args.bpa_mode}/`. Test errors: energy MAE per "
         "configuration (meV) / force-component MAE (meV/A), 1000 test configurations, 50 training structures.",
         "",
         "## Core methods per molecule",
@@ -203,15 +208,15 @@ def main(argv: list[str] | None = None) -> None:
         "## What the shorter schedule costs (ethanol)",
         "",
         "`full` is the papers' schedule (500 epochs, float64); the others name epochs and precision. The "
-        "e150 and full runs of ethanol were made before stage two was fixed (it weighed the total energy by "
-        "1000 instead of mace's per-atom energy, docs/finetuning.md), so only their stage-one column compares "
+        "e150 runs of ethanol were made before stage two was fixed (it weighed the total energy by 1000 "
+        "instead of mace's per-atom energy, docs/finetuning.md), so only their stage-one column compares "
         "schedules cleanly.",
         "",
-        *schedule_rows(args.results, "ethanol", (args.mode, "e150-float32", "full")),
+        *schedule_rows(args.results, "ethanol", ("e50-float32", "e150-float32", "full")),
         "",
         "## 3BPA (300 K -> hotter configurations)",
         "",
-        *bpa_rows(args.results),
+        *bpa_rows(args.results, args.bpa_mode),
         "",
     ]
     args.out.write_text("\n".join(text))

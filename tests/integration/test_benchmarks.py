@@ -242,12 +242,12 @@ def test_organic_summary_picks_the_best_peft_method_and_spreads_seeds(tmp_path):
         results = {"methods": [_method(label, f) for label, f in methods.items()]}
         (folder / "results.json").write_text(json.dumps(results))
     organic_summary.main(["--results", str(tmp_path)])
-    summary = json.loads((tmp_path / "mace-organic-xtb-summary.json").read_text())
+    summary = json.loads((tmp_path / "mace-organic-xtb-e50-float32-summary.json").read_text())
     by_molecule = {row["molecule"]: row for row in summary["molecules"]}
     assert by_molecule["aspirin"]["best_peft"] == "mmea-paper" and by_molecule["aspirin"]["best_peft_forces"] == 27.0
     assert by_molecule["ethanol"]["best_peft"] == "elora-paper" and by_molecule["ethanol"]["full_forces"] == 20.0
     assert summary["aspirin"]["methods"]["full"]["forces_over_seeds"] == [30.0, 32.0, 34.0]
-    text = (tmp_path / "mace-organic-xtb-summary.md").read_text()
+    text = (tmp_path / "mace-organic-xtb-e50-float32-summary.md").read_text()
     assert "| ethanol | 5.0 / 20.0 | not run | 5.2 / 21.0 | 5.5 / 22.0 | elora-paper | +5 % |" in text
     assert "32.0 +- 2.0 (n=3)" in text and "29.0 +- 2.0 (n=3)" in text  # full and mmea-paper over seeds
     assert "9.7 / 23.9" in text  # the published aspirin numbers next to ours
