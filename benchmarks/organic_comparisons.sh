@@ -6,8 +6,8 @@
 # Usage: [SCHEDULE=e50|papers] bash benchmarks/organic_comparisons.sh [start|lane|collect]
 #   SCHEDULE=e50 (default): 50 epochs in float32, results in <folder>-e50-float32
 #   SCHEDULE=papers:        the papers' 500 epochs in float64, results in <folder>-full; the same jobs
-#   start (default): both lanes in the background, then collect; log in
-#                    benchmarks/results/organic-comparisons.log (not committed)
+#   start (default): both lanes in the background, then collect; logs in
+#                    benchmarks/results/organic-comparisons-$SCHEDULE{,-a,-b}.log (not committed)
 #   lane:            work off unclaimed jobs in this shell
 #   collect:         rewrite the results tables from the finished runs (trains nothing)
 #

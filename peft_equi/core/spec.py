@@ -31,8 +31,8 @@ which the layer itself stores a bias (concatenated in that order).
 
 ``keeps_zero`` marks a layer that maps zero to zero and must keep doing so: a bias-free
 dense layer such as a radial network (e3nn ``FullyConnectedNet`` in MACE and SevenNet,
-``ScalarLinearLayer`` MLPs in NequIP), whose input is a radial basis times a cutoff envelope, so that each edge's
-contribution vanishes smoothly at ``r_max``.  A constant added there (a BitFit bias, a
+``ScalarLinearLayer`` MLPs in NequIP), whose input is a radial basis times a cutoff
+envelope, so that each edge's contribution vanishes smoothly at ``r_max``.  A constant added there (a BitFit bias, a
 FiLM or MMEA shift) makes the energy jump whenever an atom crosses ``r_max`` (measured on
 mace-organic-xtb: 17 meV (BitFit) and 111 meV (FiLM) per pair of atoms, and an NVE drift
 of -5.8 meV/atom/ps for BitFit on aspirin); adapters add only multiplicative or weight
