@@ -8,6 +8,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, ClassVar
 
+import numpy as np
 import torch
 from torch import nn
 
@@ -55,6 +56,16 @@ class Potential(ABC):
     def saved_path(self, path: str | Path) -> Path:
         """Where :meth:`save` writes for ``path``: ``path`` with the family's :attr:`suffix`."""
         return Path(path).with_suffix(self.suffix)
+
+    def atomic_energies(self) -> np.ndarray:
+        """The model's own per-element reference energies :math:`E_{0,z}` (eV, in :attr:`atomic_numbers` order).
+
+        ``e0s: average`` replaces them (mace's ``--E0s=average``); families without them refuse.
+        """
+        raise PeftEquiError(
+            f"e0s 'average' replaces the model's per-element energies, which the {self.family} family does not "
+            "expose here: use e0s 'fit' (a correction on top of the model) or an isolated-atoms file"
+        )
 
     def to_cueq(self, device: str) -> str:
         """Move the model to cuequivariance layers; returns a line saying which kernels run."""

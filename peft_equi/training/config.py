@@ -51,6 +51,9 @@ RESUMABLE_CHANGES = frozenset(
     }
 )
 
+#: The ``e0s`` options that are not a file (:mod:`~peft_equi.training.reference`).
+E0S_MODES = ("fit", "average", "none")
+
 
 class FinetuneConfig(BaseModel):
     """Everything a fine-tuning run needs; read from flags, YAML or JSON."""
@@ -85,8 +88,10 @@ class FinetuneConfig(BaseModel):
     n_test: PositiveInt | None = Field(None, description="evaluate only the first n test structures")
     e0s: str = Field(
         "fit",
-        description="per-element reference energies: 'fit' (least squares on training residuals), "
-        "a path to an isolated-atoms extxyz file, or 'none'",
+        description="per-element reference energies: 'fit' (least squares of the training residuals after the "
+        "model's prediction, added on top: mace's --E0s=estimated), 'average' (mace's --E0s=average, as the "
+        "MMEA/ELoRA papers: least squares of the raw training energies, replacing the model's own per-element "
+        "energies; MACE), a path to an isolated-atoms extxyz file, or 'none'",
     )
 
     epochs: PositiveInt = Field(100, description="training epochs")
@@ -213,8 +218,8 @@ class FinetuneConfig(BaseModel):
     @field_validator("e0s")
     @classmethod
     def _e0s(cls, value: str) -> str:
-        if value not in ("fit", "none") and not Path(value).is_file():
-            raise ValueError(f"e0s must be 'fit', 'none' or an existing isolated-atoms file, got {value!r}")
+        if value not in E0S_MODES and not Path(value).is_file():
+            raise ValueError(f"e0s must be 'fit', 'average', 'none' or an existing isolated-atoms file, got {value!r}")
         return value
 
     @classmethod

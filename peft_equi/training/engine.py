@@ -28,7 +28,7 @@ from peft_equi.core.presets import validate_options
 from peft_equi.errors import DataError, PeftEquiError, element_names
 from peft_equi.families.base import Potential, load_potential
 from peft_equi.training.checkpoint import check_elements, check_resumable, input_digests, load_checkpoint, run_state
-from peft_equi.training.config import FinetuneConfig
+from peft_equi.training.config import E0S_MODES, FinetuneConfig
 from peft_equi.training.data import Dataset, read_dataset, read_isolated_atom_energies
 from peft_equi.training.data import select_and_split as split_data
 from peft_equi.training.evaluation import evaluate
@@ -39,6 +39,7 @@ from peft_equi.training.loop import TrainingDivergedError, TrainingLoop, make_fa
 from peft_equi.training.metrics import ErrorMetrics
 from peft_equi.training.outputs import RUN_FILES, check_output, clear_output, format_results, write_outputs
 from peft_equi.training.reference import energy_correction
+from peft_equi.utils.save_and_load import set_adapter_tensors
 
 __all__ = ["RUN_FILES", "Finetuner", "TrainingDivergedError", "format_results", "load_splits"]
 
@@ -68,7 +69,7 @@ def load_splits(config: FinetuneConfig) -> tuple[Dataset, Dataset, Dataset | Non
             f"{len(train)} training / {len(valid)} validation structures: need at least one batch "
             f"({c.batch_size}) for training and one structure for validation"
         )
-    if c.e0s not in ("fit", "none"):  # checked now; used after the model is loaded
+    if c.e0s not in E0S_MODES:  # checked now; used after the model is loaded
         missing = sorted(set(train.atomic_numbers) - set(read_isolated_atom_energies(c.e0s)))
         if missing:
             raise PeftEquiError(f"{c.e0s} has no isolated-atom energy for atomic numbers {missing}")
@@ -150,6 +151,9 @@ class Finetuner:
             "trainable_parameters": model.num_trainable_parameters(),
             "kept": {"keep": c.keep, "epoch": kept_epoch, "stage_two_from_epoch": _one_based(c.stage_two_start())},
         }
+        if state.stage_one_best is not None and state.stage_one_best.state is not None:
+            result["stage_one_best"] = self._stage_one_errors(model, state.stage_one_best.state, splits)
+            result["kept"]["stage_one_best_epoch"] = state.stage_one_best.epoch
         self.model = model  # the trained PeftModel stays usable after the run
         if self.fabric.is_global_zero:
             write_outputs(self.output, self.potential, model, self.energy_shift, result, self.loop.metrics, c.plots)
@@ -221,6 +225,18 @@ class Finetuner:
             return self.potential.subset_elements(elements)
         except PeftEquiError as exc:
             raise PeftEquiError(f"{exc} (subset_elements: false keeps all the model's elements)") from exc
+
+    def _stage_one_errors(
+        self, model: torch.nn.Module, tensors: dict[str, torch.Tensor], splits: dict[str, GraphDataset]
+    ) -> dict[str, ErrorMetrics]:
+        """The errors of stage one's best model (``tensors``), as mace tests it beside stage two's; ``model``
+        keeps its own tensors."""
+        kept = {k: v.detach().clone() for k, v in model.adapter_state_dict().items()}
+        set_adapter_tensors(model, tensors, what="stage one's best adapter tensors")
+        try:
+            return self._errors(model, splits)
+        finally:
+            set_adapter_tensors(model, kept, what="the kept adapter tensors")
 
     def _errors(self, model: torch.nn.Module, splits: dict[str, GraphDataset]) -> dict[str, ErrorMetrics]:
         """Errors of ``model`` on every split but training: validation, test (when given), the retain files."""

@@ -34,6 +34,10 @@ RUN_FILES = frozenset(
 )
 
 
+#: The errors a run's result holds: the base model, the kept model and (with stage two) stage one's best model.
+ERROR_PHASES = ("before", "after", "stage_one_best")
+
+
 def check_output(output: Path, resume: bool, overwrite: bool, first_process: bool = True) -> list[str]:
     """Refuse a non-empty ``output`` unless resuming or overwriting a run; the previous run's entries to delete.
 
@@ -106,12 +110,10 @@ def write_outputs(
     except NotMergeableError as exc:
         result["merged_model"] = None
         result["not_merged_because"] = str(exc)
-    summary = {
-        phase: {split: errors.summary() for split, errors in splits.items()}
-        for phase, splits in (("before", result["before"]), ("after", result["after"]))
-    }
+    phases = [phase for phase in ERROR_PHASES if phase in result]
+    summary = {phase: {split: errors.summary() for split, errors in result[phase].items()} for phase in phases}
     (output / "results.json").write_text(
-        json.dumps(summary | {k: v for k, v in result.items() if k not in ("before", "after")}, indent=2)
+        json.dumps(summary | {k: v for k, v in result.items() if k not in phases}, indent=2)
     )
     if plots and metrics is not None and metrics.rows:
         plot_learning_curves(metrics.rows, output / "learning_curves.png")

@@ -30,6 +30,8 @@ def test_schedule_names_tell_overridden_schedules_apart():
     assert comparison.schedule_name(True, 10, "float32", quick, full) == "quick"
     assert comparison.schedule_name(False, 150, "float32", quick, full) == "e150-float32"
     assert comparison.schedule_name(True, 10, "float64", quick, full) == "quick-e10-float64"
+    assert comparison.schedule_name(False, 50, "float32", quick, full, "average") == "e50-float32-e0s-average"
+    assert comparison.schedule_name(False, 500, "float64", quick, full, "fit") == "full"
 
 
 def test_organic_sample_spreads_over_the_split_and_keeps_the_labels(tmp_path):

@@ -6,9 +6,11 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 from torch import nn
 
+from peft_equi.errors import PeftEquiError
 from peft_equi.families.base import Potential, register_potential
 
 
@@ -50,6 +52,17 @@ class MacePotential(Potential):
     @property
     def r_max(self) -> float:
         return float(self.model.r_max)
+
+    def atomic_energies(self) -> np.ndarray:
+        """MACE's ``atomic_energies_fn.atomic_energies`` (one head; a multi-head model is refused)."""
+        energies = self.model.atomic_energies_fn.atomic_energies.detach().cpu().double().numpy()
+        if energies.ndim == 2 and energies.shape[0] == 1:
+            energies = energies[0]
+        if energies.ndim != 1:
+            raise PeftEquiError(
+                f"{self.name} has per-element energies for {energies.shape[0]} heads; e0s 'average' needs one head"
+            )
+        return energies
 
     def graphs(self, atoms: Sequence) -> list[Any]:
         return mace_graphs(atoms, self.atomic_numbers, self.r_max)

@@ -6,8 +6,8 @@ embedding, the skip connections' element operand, the symmetric contractions' pe
 weights, the atomic energies.  :func:`subset_elements` returns a new model for the chosen
 elements only.  It gives the same energies and forces on structures of those elements
 (only rounding differs), fewer parameters for adapters and full fine-tuning to train
-(``mmea-paper`` r16 on MACE-OFF23-medium: 249,242 with ten elements, 151,354 cut to H, C,
-O, the papers' count), and smaller saved models.
+(``mmea-paper`` r16 with ``train_bessel=True`` on MACE-OFF23-medium: 249,242 with ten
+elements, 151,354 cut to H, C, O, the papers' count), and smaller saved models.
 
 How: the model is rebuilt from its own config
 (``mace.tools.scripts_utils.extract_config_mace_model``) with the fewer elements, and every
