@@ -12,8 +12,9 @@ with the EMA weights, energy and force weights 1 / 1000, Adam amsgrad lr 0.005, 
 mace's ``--E0s average``.  The loss differs in one term that costs nothing to compute: mace
 0.3.16 has no total-energy loss any more (its ``--loss ef`` falls through to the per-atom
 ``WeightedEnergyForcesLoss`` with weights 1 / 1, ignoring the given weights), so mace runs
-``--loss weighted`` (per-atom energy error) and ours the papers' total-energy loss.  Each round runs ours, then mace's, each in its
-own process with ``--threads`` OpenMP/torch threads, so that drift of a shared machine hits both.
+``--loss weighted`` (per-atom energy error) and ours the papers' total-energy loss.  Each round
+runs ours, then mace's, each in its own process with ``--threads`` OpenMP/torch threads, so that
+drift of a shared machine hits both.
 
 Epoch times: ours from ``metrics.csv`` (``time_s``: training + validation), mace's from its
 log, the time between consecutive ``Epoch N`` lines (training, validation and its checkpoint).
