@@ -118,8 +118,9 @@ def run_state(config, energy_shift, elements: list[int], digests: dict[str, str]
 
 
 def checkpoint_state(training: dict[str, Any], run: dict[str, Any]) -> dict[str, Any]:
-    """A checkpoint: the training state (epoch, adapter, optimizer, scheduler, ema, best) and the run's
-    :func:`run_state`, in the engine's key order."""
+    """A checkpoint: the training state (epoch, adapter, optimizer, scheduler, ema, best, stage one's best) and
+    the run's :func:`run_state`, in the engine's key order."""
     state = training | run
-    order = ("epoch", "adapter", "optimizer", "scheduler", "ema", "delta", "best", "config", "inputs", "elements")
+    order = ("epoch", "adapter", "optimizer", "scheduler", "ema", "delta", "best", "stage_one_best", "config")
+    order += ("inputs", "elements")
     return {key: state[key] for key in order} | {"stage_two_start": state["stage_two_start"]}
