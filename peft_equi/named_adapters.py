@@ -11,7 +11,6 @@ swaps them in.
 
 from __future__ import annotations
 
-
 import contextlib
 import re
 from collections.abc import Iterable, Iterator
