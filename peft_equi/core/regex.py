@@ -87,11 +87,11 @@ class LinearRegex:
             then = self._item(op, value, then)
         return then
 
-    def _item(self, op, value, then: int) -> int:  # noqa: C901 - one branch per construct of the parser
+    def _item(self, op, value, then: int) -> int:
         if op is parser.LITERAL:
-            return self._add(_State("char", [then], lambda c, v=chr(value): c == v))
+            return self._add(_State("char", [then], functools.partial(str.__eq__, chr(value))))
         if op is parser.NOT_LITERAL:
-            return self._add(_State("char", [then], lambda c, v=chr(value): c != v))
+            return self._add(_State("char", [then], functools.partial(str.__ne__, chr(value))))
         if op is parser.ANY:
             return self._add(_State("char", [then], lambda c: c != "\n"))
         if op is parser.IN:
@@ -130,7 +130,7 @@ class LinearRegex:
         tests = []
         for op, value in items[1:] if negate else items:
             if op is parser.LITERAL:
-                tests.append(lambda c, v=chr(value): c == v)
+                tests.append(functools.partial(str.__eq__, chr(value)))
             elif op is parser.RANGE:
                 tests.append(lambda c, lo=value[0], hi=value[1]: lo <= ord(c) <= hi)
             elif op is parser.CATEGORY and value in _CATEGORIES:
@@ -154,9 +154,7 @@ class LinearRegex:
                 continue
             seen.add(index)
             state = self.states[index]
-            if state.kind == "split":
-                stack.extend(state.out)
-            elif state.kind == "anchor" and state.test(text, pos):
+            if state.kind == "split" or (state.kind == "anchor" and state.test(text, pos)):
                 stack.extend(state.out)
         return seen
 
