@@ -428,6 +428,8 @@ def _family(name: str, tmp_path: Path):
 def test_float64_is_float64_everywhere(family, tmp_path):
     """Translating a molecule by 1e4 A leaves its float64 forces unchanged to 1e-7 eV/A (float32 positions
     anywhere on the way would move them by ~1e-3 eV/A), and every floating tensor of the model is float64."""
+    from peft_equi.utils.dtype import torch_default_dtype
+
     potential = _family(family, tmp_path)
     assert all(t.dtype == torch.float64 for t in potential.model.state_dict().values() if t.is_floating_point())
     atoms = molecules(1)[0]
@@ -437,7 +439,9 @@ def test_float64_is_float64_everywhere(family, tmp_path):
     moved.positions += 1e4
     forces = []
     for structure in (atoms, moved):
-        batch = potential.collate(potential.graphs([structure]), torch.device("cpu"), torch.float64)
+        with torch_default_dtype(torch.float32):  # torch's default, as in a command-line run
+            graphs = potential.graphs([structure])
+        batch = potential.collate(graphs, torch.device("cpu"), torch.float64)
         energy, force = potential.energy_forces(potential.model, batch, training=False)
         assert energy.dtype == force.dtype == torch.float64
         forces.append(force.detach())
