@@ -151,7 +151,8 @@ def test_a_full_disk_leaves_no_partial_file(files, tmp_path, monkeypatch, name):
     """Every file is written atomically: the failing one is absent (or its previous version), never truncated;
     results.json (written last) is absent, so evaluate refuses the run, and --resume completes it."""
     run = tmp_path / "run"
-    args = ["finetune", "--model", str(files / "base.model"), "--trust-pickle", "--train", str(files / "data.xyz")]
+    args = ["--quiet", "finetune", "--model", str(files / "base.model"), "--trust-pickle"]
+    args += ["--train", str(files / "data.xyz")]
     args += ["--valid-fraction", "0.25", "--batch-size", "4", "--epochs", "1", "--adapter", "lora"]
     args += ["--adapter-options", "{rank: 2}", "--output", str(run), "--no-progress"]
     _fail_writing(monkeypatch, name)
