@@ -360,7 +360,7 @@ def test_adapters_saved_before_fingerprints_need_the_flag(tmp_path, caplog):
     del meta["base_fingerprint"], meta["tensors_sha256"]
     meta["format"] = 1  # as saved before the records were required
     config.write_text(json.dumps(meta))
-    with pytest.raises(BaseMismatchError, match="format 1.*no base fingerprint and no checksum.*allow_base_mismatch"):
+    with pytest.raises(BaseMismatchError, match=r"format 1.*no base fingerprint and no checksum.*allow_base_mismatch"):
         peft_equi.PeftModel.from_pretrained(MixedNet(), tmp_path)
     with caplog.at_level(logging.WARNING, logger="peft_equi.utils.save_and_load"):
         loaded = peft_equi.PeftModel.from_pretrained(MixedNet(), tmp_path, allow_base_mismatch=True)

@@ -380,9 +380,8 @@ def test_bad_data_values_are_one_line_data_errors(tmp_path, case):
         second = "0 0 0" if change.get("same") else "0 0 0.74"
         path = _extxyz(tmp_path / "bad.xyz", header, ["H 0 0 0 0 0 0", f"H {second} 0 0 0"])
     else:
-        arrays = dict(
-            nuclear_charges=[6, 1], coords=[[[0, 0, 0], [0, 0, 1.1]]] * 2, energies=[0.0, 1.0], forces=np.zeros((2, 2, 3))
-        )
+        coords = [[[0, 0, 0], [0, 0, 1.1]]] * 2
+        arrays = dict(nuclear_charges=[6, 1], coords=coords, energies=[0.0, 1.0], forces=np.zeros((2, 2, 3)))
         path = tmp_path / "bad.npz"
         np.savez(path, **{k: np.asarray(v) for k, v in (arrays | change).items()})
     with pytest.raises(DataError, match=message) as info:
