@@ -35,9 +35,9 @@ from peft_equi.core.spec import LayerKind, LayerSpec
 
 
 class AdapterConfig(BaseModel):
-    """Options of an adapter (pydantic model; unknown options are rejected)."""
+    """Options of an adapter (pydantic model; unknown options and non-finite numbers are rejected)."""
 
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
 
 
 class Adapter(nn.Module):

@@ -53,6 +53,17 @@ class Potential(ABC):
     def save(self, model: nn.Module, path: Path) -> Path:
         """Save a plain (merged) model of this family in its own format to :meth:`saved_path`; return that path."""
 
+    def to(self, device: torch.device | str | None = None, dtype: torch.dtype | None = None) -> Potential:
+        """Move and cast the model in place (``None``: unchanged); families with hard-coded dtypes override it."""
+        self.model.to(device=device, dtype=dtype)
+        return self
+
+    def save_atomically(self, model: nn.Module, path: str | Path) -> Path:
+        """:meth:`save` to :meth:`saved_path` through a temporary file renamed at the end: never a partial file."""
+        from peft_equi.utils.files import atomic_write
+
+        return atomic_write(self.saved_path(path), lambda tmp: self.save(model, tmp))
+
     def saved_path(self, path: str | Path) -> Path:
         """Where :meth:`save` writes for ``path``: ``path`` with the family's :attr:`suffix`."""
         return Path(path).with_suffix(self.suffix)

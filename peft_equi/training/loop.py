@@ -160,6 +160,7 @@ class TrainingLoop:
         self.metrics: MetricsLog | None = None
         self.checkpoint_written = False
         self.resumed = False
+        self.keeps_checkpoints = True  # False when a failed run's directory is removed (overwrite)
         self.run_state: dict[str, Any] = {}
 
     @property
@@ -200,6 +201,11 @@ class TrainingLoop:
             train_loss = self.train_epoch((trained, optimizer), state, loader, epoch, replays)
             with state.ema.average_parameters() if state.ema is not None else nullcontext():
                 valid_loss, errors = self.validate(state.model, valid)
+                if not np.isfinite(valid_loss):
+                    raise TrainingDivergedError(
+                        f"validation loss became {valid_loss} at epoch {epoch + 1}: stopping, nothing kept. "
+                        f"{self._kept_checkpoint()} (try a lower lr or float64)"
+                    )
                 retained = self.retention(state.model, retain or {}, epoch)
                 state.best.offer(valid_loss, epoch + 1, state.model)
             if stage == 1:
@@ -301,6 +307,8 @@ class TrainingLoop:
             self.checkpoint_written = True
 
     def _kept_checkpoint(self) -> str:
+        if not self.keeps_checkpoints:
+            return "The previous run in the output directory is kept as it was (overwrite)"
         checkpoint = self.output / "checkpoint.pt"
         if self.checkpoint_written or (self.resumed and checkpoint.is_file()):
             return f"The last good checkpoint is {checkpoint}"
