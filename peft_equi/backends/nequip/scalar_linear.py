@@ -2,7 +2,9 @@
 
 It computes ``x @ (W * alpha) (+ b)`` with ``W`` stored ``(in, out)`` and ``alpha`` a scalar
 buffer (``gain / sqrt(in)``): a dense layer whose path weight is ``alpha``; the bias is
-added after the scaling.  Nonlinearities are separate modules, so nothing runs after it.
+added after the scaling.  Nonlinearities are separate modules, so nothing runs after it.  Its input is proven
+invariant inside a NequIP ``ScalarMLP`` (which checks that its field's irreps are ``0e``) or
+next to a parity-breaking nonlinearity of its ``ScalarMLPFunction`` (an ``nn.Sequential``).
 """
 
 from __future__ import annotations
@@ -12,6 +14,8 @@ from torch import nn
 
 from peft_equi.backends.base import DenseBackend, copy_into
 from peft_equi.core.adapted_layer import AdaptedLayer
+from peft_equi.core.invariance import sequential_proof
+from peft_equi.core.irreps import Irreps
 from peft_equi.core.registry import register_backend
 from peft_equi.core.spec import LayerSpec, dense_spec
 
@@ -21,6 +25,15 @@ class NequipScalarLinear(DenseBackend):
     """``nequip.nn.mlp.ScalarLinearLayer`` (plain ``weight`` Parameter, not a parametrization)."""
 
     name = "nequip.scalar_linear"
+    layer_class = ("nequip", "ScalarLinearLayer")
+
+    def invariant_input(self, module, ancestors):
+        for ancestor in reversed(ancestors):
+            field, irreps = getattr(ancestor, "field", None), getattr(ancestor, "irreps_in", None)
+            if hasattr(ancestor, "mlp_module") and isinstance(irreps, dict) and irreps.get(field) is not None:
+                if all(block.ir.is_invariant for block in Irreps(irreps[field])):
+                    return f"it is in a ScalarMLP of the field {field!r}, whose irreps are {irreps[field]}"
+        return sequential_proof(module, ancestors)
 
     def matches(self, module: nn.Module) -> bool:
         weight, alpha = getattr(module, "weight", None), getattr(module, "alpha", None)
@@ -67,6 +80,7 @@ class AdaptedNequipScalarLinear(AdaptedLayer):
     def forward(self, input: torch.Tensor) -> torch.Tensor:  # nequip's argument name
         if not self.adapter_enabled:
             return self.base_layer(input)
+        self.check_input(input)
         weight, bias, output_shift = self.effective_parameters()
         if weight is None:
             y = self.base_layer(input)
