@@ -226,9 +226,27 @@ LAYERS: list[LayerCase] = [
         (TP_IN1, TP_IN2),
         TP_OUT,
     ),
-    LayerCase("FullyConnectedNet.layer", "e3nn.fc", "AdaptedE3nnFullyConnected", _e3nn_fc(False), ("6x0e",), "9x0e", invariant_inputs=("",)),
-    LayerCase("FullyConnectedNet.last", "e3nn.fc", "AdaptedE3nnFullyConnected", _e3nn_fc(True), ("9x0e",), "4x0e", invariant_inputs=("",)),
-    LayerCase("nn.Linear", "torch.linear", "AdaptedTorchLinear", _torch_linear, ("6x0e",), "5x0e", invariant_inputs=("",)),
+    LayerCase(
+        "FullyConnectedNet.layer",
+        "e3nn.fc",
+        "AdaptedE3nnFullyConnected",
+        _e3nn_fc(False),
+        ("6x0e",),
+        "9x0e",
+        invariant_inputs=("",),
+    ),
+    LayerCase(
+        "FullyConnectedNet.last",
+        "e3nn.fc",
+        "AdaptedE3nnFullyConnected",
+        _e3nn_fc(True),
+        ("9x0e",),
+        "4x0e",
+        invariant_inputs=("",),
+    ),
+    LayerCase(
+        "nn.Linear", "torch.linear", "AdaptedTorchLinear", _torch_linear, ("6x0e",), "5x0e", invariant_inputs=("",)
+    ),
     LayerCase(
         "nequip.ScalarLinearLayer+bias",
         "nequip.scalar_linear",

@@ -42,7 +42,8 @@ class E3nnFullyConnectedLayer(FlatWeightBackend):
         previous = layers[position - 1] if position > 0 else None
         act = getattr(previous, "act", None)
         if act is not None and breaks_parity(act):
-            return f"its input comes out of the previous layer's activation {activation_name(act)}, equivariant on 0e only"
+            name = activation_name(act)
+            return f"its input comes out of the previous layer's activation {name}, equivariant on 0e only"
         return None
 
     def matches(self, module: nn.Module) -> bool:

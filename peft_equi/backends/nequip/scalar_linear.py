@@ -30,9 +30,9 @@ class NequipScalarLinear(DenseBackend):
     def invariant_input(self, module, ancestors):
         for ancestor in reversed(ancestors):
             field, irreps = getattr(ancestor, "field", None), getattr(ancestor, "irreps_in", None)
-            if hasattr(ancestor, "mlp_module") and isinstance(irreps, dict) and irreps.get(field) is not None:
-                if all(block.ir.is_invariant for block in Irreps(irreps[field])):
-                    return f"it is in a ScalarMLP of the field {field!r}, whose irreps are {irreps[field]}"
+            scalar_mlp = hasattr(ancestor, "mlp_module") and isinstance(irreps, dict) and irreps.get(field) is not None
+            if scalar_mlp and all(block.ir.is_invariant for block in Irreps(irreps[field])):
+                return f"it is in a ScalarMLP of the field {field!r}, whose irreps are {irreps[field]}"
         return sequential_proof(module, ancestors)
 
     def matches(self, module: nn.Module) -> bool:
