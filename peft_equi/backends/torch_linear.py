@@ -18,7 +18,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from peft_equi.backends.base import DenseBackend, copy_into
+from peft_equi.backends.base import DenseBackend, common_refusal, copy_into
 from peft_equi.core.adapted_layer import AdaptedLayer
 from peft_equi.core.invariance import sequential_proof
 from peft_equi.core.registry import register_backend
@@ -33,7 +33,12 @@ class TorchLinear(DenseBackend):
     layer_class = ("torch", "Linear")
 
     def matches(self, module: nn.Module) -> bool:
-        return isinstance(module, nn.Linear)
+        return isinstance(module, nn.Linear) and type(module).forward is nn.Linear.forward
+
+    def refusal(self, module: nn.Module) -> str | None:
+        if isinstance(module, nn.Linear) and not self.matches(module):
+            return common_refusal(module, self.layer_class)
+        return super().refusal(module)
 
     def invariant_input(self, module, ancestors):
         return sequential_proof(module, ancestors)
@@ -74,6 +79,10 @@ class AdaptedTorchLinear(AdaptedLayer):
     def forward(self, input: torch.Tensor) -> torch.Tensor:  # nn.Linear's argument name
         if not self.adapter_enabled:
             return self.base_layer(input)
+        return self.adapted(input)
+
+    def adapted(self, input: torch.Tensor) -> torch.Tensor:
+        """``F.linear`` with the effective weight and bias, then the adapter's modulation."""
         self.check_input(input)
         weight, bias, output_shift = self.effective_parameters()
         if weight is None:

@@ -283,12 +283,13 @@ class AdaptedLayer(nn.Module):
     def _copy_base_attributes(self) -> None:
         """Put the base layer's public buffers (aliases) and plain attributes on the wrapper, for TorchScript."""
         base = self.base_layer
-        for name, value in base.__dict__.items():
-            if name.startswith("_") or name == "training" or self._has_own(name):
-                continue
-            self.__dict__[name] = value
-        for name, buffer in base._buffers.items():
-            if not name.startswith("_") and buffer is not None and not self._has_own(name):
+        if not isinstance(base, torch.jit.ScriptModule):  # a compiled base layer keeps its attributes to itself
+            for name, value in base.__dict__.items():
+                if name.startswith("_") or name == "training" or callable(value) or self._has_own(name):
+                    continue
+                self.__dict__[name] = value
+        for name, buffer in base.named_buffers(recurse=False):
+            if not name.startswith("_") and not self._has_own(name):
                 self._buffers[name] = buffer  # (register_buffer would find the base layer's through __getattr__)
                 self._non_persistent_buffers_set.add(name)
                 self.aliased_buffers.append(name)
@@ -303,8 +304,9 @@ class AdaptedLayer(nn.Module):
     def _apply(self, fn: Any, recurse: bool = True) -> AdaptedLayer:
         """``.to()`` and the like: the aliased buffers stay the base layer's own tensors."""
         super()._apply(fn, recurse)
+        buffers = dict(self.base_layer.named_buffers(recurse=False))
         for name in self.aliased_buffers:
-            self._buffers[name] = self.base_layer._buffers[name]
+            self._buffers[name] = buffers[name]
         return self
 
     def merge_blocker(self) -> str | None:

@@ -76,17 +76,26 @@ def _scalar_only(module: nn.Module) -> tuple[bool, bool]:
     return False, False
 
 
+def siblings(module: nn.Module, ancestors: Sequence[nn.Module]) -> tuple[list[nn.Module], int]:
+    """The children of ``module``'s parent (adapted layers as their base layers) and ``module``'s
+    position among them; ``([], -1)`` without a parent."""
+    from peft_equi.core.adapted_layer import AdaptedLayer
+
+    if not ancestors:
+        return [], -1
+    children = [c.base_layer if isinstance(c, AdaptedLayer) else c for c in ancestors[-1].children()]
+    return children, next((i for i, child in enumerate(children) if child is module), -1)
+
+
 def sequential_proof(module: nn.Module, ancestors: Sequence[nn.Module]) -> str | None:
     """The proof for a dense layer inside an ``nn.Sequential``: a parity-breaking activation
     (or ``LayerNorm``) before or after it, reached through scalar-only modules; else ``None``."""
-    parent = ancestors[-1] if ancestors else None
-    if not isinstance(parent, nn.Sequential):
+    if not ancestors or not isinstance(ancestors[-1], nn.Sequential):
         return None
-    siblings = list(parent.children())
-    position = next((i for i, child in enumerate(siblings) if child is module), None)
-    if position is None:
+    siblings_, position = siblings(module, ancestors)
+    if position < 0:
         return None
-    for direction, neighbours in (("after", siblings[position + 1 :]), ("before", siblings[:position][::-1])):
+    for direction, neighbours in (("after", siblings_[position + 1 :]), ("before", siblings_[:position][::-1])):
         for neighbour in neighbours:
             passes, proves = _scalar_only(neighbour)
             if proves:

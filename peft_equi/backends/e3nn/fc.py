@@ -7,7 +7,7 @@ from torch import nn
 
 from peft_equi.backends.base import FlatWeightAdaptedLayer, FlatWeightBackend
 from peft_equi.core.adapted_layer import AdaptedLayer
-from peft_equi.core.invariance import activation_name, breaks_parity
+from peft_equi.core.invariance import activation_name, breaks_parity, siblings
 from peft_equi.core.registry import register_backend
 from peft_equi.core.spec import LayerSpec, dense_spec
 
@@ -36,9 +36,7 @@ class E3nnFullyConnectedLayer(FlatWeightBackend):
         breaks parity (:mod:`peft_equi.core.invariance`): e3nn applies it elementwise."""
         if module.act is not None and breaks_parity(module.act):
             return f"its output goes into its activation {activation_name(module.act)}, equivariant on 0e only"
-        parent = ancestors[-1] if ancestors else None
-        layers = list(parent.children()) if parent is not None else []
-        position = next((i for i, layer in enumerate(layers) if layer is module), 0)
+        layers, position = siblings(module, ancestors)
         previous = layers[position - 1] if position > 0 else None
         act = getattr(previous, "act", None)
         if act is not None and breaks_parity(act):
