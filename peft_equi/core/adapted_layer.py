@@ -146,14 +146,16 @@ class AdaptedLayer(nn.Module):
         self.guard_input = self.spec.kind is LayerKind.DENSE and what is not None
         self.guard_message = (
             f"layer {self.layer_path!r} ({self.adapter.name}): the adapter {what} and so needs invariant (0e) "
-            "input, but the input has more than two dimensions, as vector or tensor features (atoms, components, "
-            "channels) do; do not declare this layer in invariant_inputs (weight-space adapters such as lora "
-            "act on any features)"
+            "input, but the input has a component axis (more than two dimensions, a middle one longer than 1), as "
+            "vector or tensor features (atoms, components, channels) do; do not declare this layer in "
+            "invariant_inputs (weight-space adapters such as lora act on any features)"
         )
 
     def check_input(self, x: torch.Tensor) -> None:
-        """Refuse input of more than two dimensions where the adapter needs invariant input (dense layers)."""
-        if self.guard_input and x.dim() > 2:
+        """Where the adapter needs invariant input (dense layers), refuse input of more than two dimensions
+        with a middle axis longer than 1: a component axis (``(atoms, 1, channels)`` scalars, as PaiNN keeps
+        them, pass)."""
+        if self.guard_input and x.dim() > 2 and x.numel() != x.shape[0] * x.shape[-1]:
             raise RuntimeError(self.guard_message)
 
     def layer_weight(self) -> torch.Tensor:

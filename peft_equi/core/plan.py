@@ -136,12 +136,19 @@ def _declarable(layer: DiscoveredLayer) -> bool:
     return not layer.spec.irreps_known or bool(layer.invariance)
 
 
-def assign(layers: list[DiscoveredLayer], config: PeftConfig, *, strict: bool = True) -> list[LayerPlan]:
+def assign(
+    layers: list[DiscoveredLayer],
+    config: PeftConfig,
+    *,
+    strict: bool = True,
+    left_out: list[NotAdaptable] | None = None,
+) -> list[LayerPlan]:
     """Match layers to rules and build their adapters.
 
     With ``strict``, raise on a matched layer the adapter cannot adapt (rules with
-    ``on_unsupported='error'``), on a rule that adapts no layer and on an ``invariant_inputs``
-    pattern that names no layer whose features its module leaves open.
+    ``on_unsupported='error'``), on a rule that adapts no layer (naming up to three modules of
+    ``left_out`` its targets match, and why they are not adaptable) and on an
+    ``invariant_inputs`` pattern that names no layer whose features its module leaves open.
     """
     if strict:
         for pattern in config.invariant_inputs:
@@ -186,6 +193,9 @@ def assign(layers: list[DiscoveredLayer], config: PeftConfig, *, strict: bool = 
         for i, rule in enumerate(config.rules):
             if adapted[i] == 0 and rule.required:
                 why = "; ".join(refusals[i][:3]) if refusals[i] else "no layer path/kind matches it"
+                missed = [m for m in left_out or [] if any(pattern_matches(p, m.path) for p in rule.target)]
+                if missed and not refusals[i]:
+                    why += "; not adaptable: " + "; ".join(f"{m.path!r}: {m.reason}" for m in missed[:3])
                 raise RuleMatchError(f"rule {rule.label!r} adapts no layer: {why}")
     return result
 
