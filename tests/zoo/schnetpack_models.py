@@ -97,9 +97,7 @@ def _rotate(inputs: dict[str, torch.Tensor], rotation: torch.Tensor) -> dict[str
 
 
 def _schnetpack(name: str, build, **kwargs: Any) -> ZooModel:
-    return ZooModel(
-        name, build, _energy_forces, _rotate, energy_forces_rotated, needs="schnetpack", slow=True, **kwargs
-    )
+    return ZooModel(name, build, _energy_forces, _rotate, energy_forces_rotated, needs="schnetpack", **kwargs)
 
 
 MODELS = [

@@ -71,9 +71,7 @@ def _rotate(inputs: tuple[torch.Tensor, torch.Tensor], rotation: torch.Tensor) -
 
 
 def _torchmd(name: str, model: str) -> ZooModel:
-    return ZooModel(
-        name, _builder(model), _energy_forces, _rotate, energy_forces_rotated, needs="torchmdnet", slow=True
-    )
+    return ZooModel(name, _builder(model), _energy_forces, _rotate, energy_forces_rotated, needs="torchmdnet")
 
 
 MODELS = [
