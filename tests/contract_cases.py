@@ -115,6 +115,13 @@ def _torch_linear():
     return torch.nn.Linear(6, 5), randn("6x0e")
 
 
+def _schnetpack_dense():
+    from zoo.schnetpack_models import import_schnetpack
+
+    spk = import_schnetpack()
+    return spk.nn.Dense(6, 5, activation=torch.nn.SiLU()), randn("6x0e")  # its input: proven by the SiLU
+
+
 def _nequip(bias: bool):
     def make():
         from nequip.nn.mlp import ScalarLinearLayer
@@ -265,6 +272,7 @@ LAYERS: list[LayerCase] = [
         "5x0e",
         invariant_inputs=("",),
     ),
+    LayerCase("schnetpack.Dense", "schnetpack.dense", "AdaptedSchnetpackDense", _schnetpack_dense, ("6x0e",), "5x0e"),
     # the same nn.Linear without the declaration: its features are not known (vectors too)
     LayerCase("nn.Linear(features unknown)", "torch.linear", "AdaptedTorchLinear", _torch_linear, ("6x0e",), "5x0e"),
     LayerCase(
