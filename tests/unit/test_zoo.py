@@ -19,7 +19,7 @@ zoo (:func:`test_fairchem_is_left_out`).
 
 from __future__ import annotations
 
-import copy
+import contextlib
 import importlib.util
 
 import pytest
@@ -30,18 +30,29 @@ from zoo.common import ZooModel
 import peft_equi
 from peft_equi.testing import random_orthogonal, randomize_adapters
 
-_BUILT: dict[str, tuple[torch.nn.Module, object, tuple]] = {}
+_BUILT: dict[str, tuple[torch.nn.Module, object, tuple, dict]] = {}
 
 
+@contextlib.contextmanager
 def _base(zoo: ZooModel):
-    """A copy of the model (built once per module), its inputs and its outputs."""
+    """The model (built once per module; a deep copy costs seconds), its inputs, outputs and tensors;
+    the case must leave it as it was: unloaded, its tensors and mode restored here."""
     if importlib.util.find_spec(zoo.needs) is None:
         pytest.skip(f"{zoo.needs} is not installed (requirements/no-deps.txt installs it)")
     if zoo.name not in _BUILT:
         model, inputs = zoo.build()
-        _BUILT[zoo.name] = model, inputs, tuple(t.detach() for t in zoo.outputs(model, inputs))
-    model, inputs, outputs = _BUILT[zoo.name]
-    return copy.deepcopy(model), inputs, outputs
+        original = {k: v.detach().clone() for k, v in model.state_dict().items()}
+        _BUILT[zoo.name] = model, inputs, tuple(t.detach() for t in zoo.outputs(model, inputs)), original
+    model, inputs, outputs, original = _BUILT[zoo.name]
+    mode = model.training
+    try:
+        yield model, inputs, outputs
+    finally:
+        if any(isinstance(m, peft_equi.AdaptedLayer) for m in model.modules()):
+            del _BUILT[zoo.name]  # a failed case left adapters in it: build it again
+        else:
+            model.load_state_dict(original)
+            model.train(mode)
 
 
 def _close(a, b, atol):
@@ -77,49 +88,56 @@ def _params(zoo: ZooModel, case: AdapterCase) -> dict:
 @pytest.mark.parametrize(("zoo", "case"), [pytest.param(zoo, case, id=f"{zoo.name}-{case}") for zoo, case in CASES])
 def test_zoo(zoo: ZooModel, case: AdapterCase, tmp_path):
     torch.manual_seed(0)
-    generator = torch.Generator().manual_seed(0)
-    base, inputs, expected = _base(zoo)
-    original = {k: v.detach().clone() for k, v in base.state_dict().items()}
+    with _base(zoo) as (base, inputs, expected):
+        _check(zoo, case, base, inputs, expected, tmp_path)
 
+
+def _check(zoo: ZooModel, case: AdapterCase, base, inputs, expected, path) -> None:
+    generator = torch.Generator().manual_seed(0)
     rows = {r.path: r for r in peft_equi.inspect_model(base, case.adapter, **_params(zoo, case))}
-    for path, reason in LAYER_REFUSALS.get((zoo.name, str(case)), {}).items():
-        assert rows[path].adapter is None and reason in rows[path].note, (path, rows[path].note)
-    for path, reason in MODULES_LEFT_OUT.get(zoo.name, {}).items():
-        assert rows[path].note.startswith("not adaptable: ") and reason in rows[path].note, rows[path].note
+    for layer, reason in LAYER_REFUSALS.get((zoo.name, str(case)), {}).items():
+        assert rows[layer].adapter is None and reason in rows[layer].note, (layer, rows[layer].note)
+    for module, reason in MODULES_LEFT_OUT.get(zoo.name, {}).items():
+        assert rows[module].note.startswith("not adaptable: ") and reason in rows[module].note, rows[module].note
     assert all("\n" not in r.note for r in rows.values())
 
     model = peft_equi.get_peft_model(base, case.adapter, **_params(zoo, case))
-    assert set(model.adapted_layers) == {r.path.replace("<root>", "") for r in rows.values() if r.adapter}
-    _close(zoo.outputs(model, inputs), expected, atol=1e-12)  # identity at initialisation
+    try:
+        assert set(model.adapted_layers) == {r.path.replace("<root>", "") for r in rows.values() if r.adapter}
+        _close(zoo.outputs(model, inputs), expected, atol=1e-12)  # identity at initialisation
 
-    _perturb(model, std=0.05)
-    perturbed = zoo.outputs(model, inputs)
-    assert any(not torch.allclose(a, b) for a, b in zip(perturbed, expected)), "the perturbed adapters change nothing"
-    assert _equivariance_error(zoo, model, inputs, perturbed, generator) < zoo.atol
+        _perturb(model, std=0.05)
+        perturbed = zoo.outputs(model, inputs)
+        assert any(not torch.allclose(a, b) for a, b in zip(perturbed, expected)), "the perturbation changes nothing"
+        assert _equivariance_error(zoo, model, inputs, perturbed, generator) < zoo.atol
 
-    trainable = [p for p in model.parameters() if p.requires_grad]
-    before = [p.detach().clone() for p in trainable]
-    optimizer = torch.optim.Adam(trainable, lr=1e-3)
-    for _ in range(2):
-        optimizer.zero_grad()
-        loss = zoo.outputs(model, inputs)[0].pow(2).sum()
-        loss.backward()
-        optimizer.step()
-    assert torch.isfinite(loss) and any(not torch.equal(p, q) for p, q in zip(trainable, before))
-    adapted = zoo.outputs(model, inputs)
-
-    model.save_pretrained(tmp_path)
-    reference = model.unload()  # the base model again (a deep copy costs seconds), with its original tensors
-    reference.load_state_dict(original)
-    loaded = peft_equi.PeftModel.from_pretrained(reference, tmp_path)
-    _close(zoo.outputs(loaded, inputs), adapted, atol=1e-12)
-
-    blockers = [layer.merge_blocker() for layer in loaded.adapted_layers.values()]
-    if any(blockers):
-        with pytest.raises(peft_equi.NotMergeableError):
-            loaded.merge_and_unload()
-    else:
-        _close(zoo.outputs(loaded.merge_and_unload(), inputs), adapted, atol=1e-10)
+        trainable = [p for p in model.parameters() if p.requires_grad]
+        before = [p.detach().clone() for p in trainable]
+        optimizer = torch.optim.Adam(trainable, lr=1e-3)
+        for _ in range(2):
+            optimizer.zero_grad()
+            loss = zoo.outputs(model, inputs)[0].pow(2).sum()
+            loss.backward()
+            optimizer.step()
+        assert torch.isfinite(loss) and any(not torch.equal(p, q) for p, q in zip(trainable, before))
+        adapted = zoo.outputs(model, inputs)
+        model.save_pretrained(path)
+    finally:
+        model.unload()  # the base model again, its tensors restored by _base
+    base.load_state_dict(_BUILT[zoo.name][3])
+    loaded = peft_equi.PeftModel.from_pretrained(base, path)
+    try:
+        _close(zoo.outputs(loaded, inputs), adapted, atol=1e-12)
+        blockers = [layer.merge_blocker() for layer in loaded.adapted_layers.values()]
+        if any(blockers):
+            with pytest.raises(peft_equi.NotMergeableError):
+                loaded.merge_and_unload()
+            loaded.unload()
+        else:
+            _close(zoo.outputs(loaded.merge_and_unload(), inputs), adapted, atol=1e-10)
+    finally:
+        if not loaded._unloaded:
+            loaded.unload()
 
 
 @pytest.mark.slow
@@ -127,7 +145,11 @@ def test_a_refused_layer_says_how_to_declare_and_a_wrong_declaration_fails_at_ru
     """PaiNN mixes vector channels with a Dense on (atoms, 3, channels): FiLM there is refused with one
     line naming the layer; declaring it invariant anyway is caught by the run-time check."""
     zoo = BY_NAME["schnetpack.PaiNN"]
-    base, inputs, _ = _base(zoo)
+    with _base(zoo) as (base, inputs, _):
+        _check_declaration(zoo, base, inputs)
+
+
+def _check_declaration(zoo: ZooModel, base, inputs) -> None:
     path = "representation.mixing.0.mu_channel_mix"
     rule = peft_equi.Rule(adapter="film", target=path)
     with pytest.raises(peft_equi.UnsupportedLayerError) as error:
@@ -135,9 +157,12 @@ def test_a_refused_layer_says_how_to_declare_and_a_wrong_declaration_fails_at_ru
     message = str(error.value)
     assert "\n" not in message and path in message and f"invariant_inputs=['{path}']" in message
     model = peft_equi.get_peft_model(base, peft_equi.PeftConfig(rules=[rule], invariant_inputs=[path]))
-    with pytest.raises(RuntimeError, match=rf"layer '{path}' \(film\).*component axis") as error:
-        zoo.outputs(model, inputs)
-    assert "\n" not in str(error.value)
+    try:
+        with pytest.raises(RuntimeError, match=rf"layer '{path}' \(film\).*component axis") as error:
+            zoo.outputs(model, inputs)
+        assert "\n" not in str(error.value)
+    finally:
+        model.unload()
 
 
 def test_a_linear_subclass_with_its_own_forward_is_refused_not_rewritten():
