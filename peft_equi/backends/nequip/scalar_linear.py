@@ -3,8 +3,11 @@
 It computes ``x @ (W * alpha) (+ b)`` with ``W`` stored ``(in, out)`` and ``alpha`` a scalar
 buffer (``gain / sqrt(in)``): a dense layer whose path weight is ``alpha``; the bias is
 added after the scaling.  Nonlinearities are separate modules, so nothing runs after it.  Its input is proven
-invariant inside a NequIP ``ScalarMLP`` (which checks that its field's irreps are ``0e``) or
-next to a parity-breaking nonlinearity of its ``ScalarMLPFunction`` (an ``nn.Sequential``).
+invariant inside a NequIP ``ScalarMLP`` (which checks that its field's irreps are ``0e``),
+next to a parity-breaking nonlinearity of its ``ScalarMLPFunction`` (an ``nn.Sequential``),
+or, failing both, by NequIP's contract: ``ScalarMLPFunction`` is the MLP of scalar features
+(NequIP and Allegro feed it radial bases and scalar latents; its ``torch.mm`` takes
+``(atoms or edges, channels)`` only).
 """
 
 from __future__ import annotations
@@ -12,7 +15,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from peft_equi.backends.base import DenseBackend, copy_into
+from peft_equi.backends.base import DenseBackend, copy_into, library_base
 from peft_equi.core.adapted_layer import AdaptedLayer
 from peft_equi.core.invariance import sequential_proof
 from peft_equi.core.irreps import Irreps
@@ -33,7 +36,10 @@ class NequipScalarLinear(DenseBackend):
             scalar_mlp = hasattr(ancestor, "mlp_module") and isinstance(irreps, dict) and irreps.get(field) is not None
             if scalar_mlp and all(block.ir.is_invariant for block in Irreps(irreps[field])):
                 return f"it is in a ScalarMLP of the field {field!r}, whose irreps are {irreps[field]}"
-        return sequential_proof(module, ancestors)
+        proof = sequential_proof(module, ancestors)
+        if proof is None and any(library_base(type(a), ("nequip", "ScalarMLPFunction")) for a in ancestors):
+            proof = "it is in a ScalarMLPFunction, NequIP's MLP of scalar features"
+        return proof
 
     def matches(self, module: nn.Module) -> bool:
         weight, alpha = getattr(module, "weight", None), getattr(module, "alpha", None)
