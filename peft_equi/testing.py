@@ -23,7 +23,7 @@ import torch
 from torch import nn
 
 from peft_equi.core.irreps import Irreps, Layout
-from peft_equi.core.spec import LayerSpec
+from peft_equi.core.spec import LayerKind, LayerSpec
 
 Rep = Callable[[Irreps, torch.Tensor], torch.Tensor]
 
@@ -238,7 +238,8 @@ def _equivariance_error(
                 fn, layer_spec_, batch=batch, trials=trials, rep=rep, generator=generator, dtype=dtype
             )
         adapted = _adapted_layer(fn)
-        if adapted is not None and adapted.guard_input:
+        needs = adapted is not None and adapted.adapter_enabled and adapted.adapter.needs_invariant_features()
+        if needs and layer_spec_.kind is LayerKind.DENSE:  # its input invariant by proof or declaration only
             _guard_error(fn, layer_spec_, batch=batch, generator=generator, dtype=dtype)
     layouts_in = [layout] * len(irreps_in) if layout_in is None else [layout if x is None else x for x in layout_in]
     if len(layouts_in) != len(irreps_in):
