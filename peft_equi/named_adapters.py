@@ -160,6 +160,8 @@ class NamedAdapters:
             else:
                 wrapper = layer.backend.adapted_layer_class(layer.module)
                 wrapped = wrapper(layer.module, layer.backend, layer.spec, entry.adapter)
+                wrapped.layer_path = path
+                wrapped.refresh_guard()  # its run-time message names the layer
                 wrapped.active_adapter = adapter_name
                 if self._active is not None:
                     wrapped.activate(self._active)  # the new adapter waits in other_adapters

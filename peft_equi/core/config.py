@@ -118,9 +118,15 @@ class PeftConfig(BaseModel):
         description="patterns of floating-point buffers made trainable parameters (e.g. '*bessel_weights'); "
         "a matching parameter is simply trained",
     )
+    invariant_inputs: list[str] = Field(
+        [],
+        description="patterns of module paths of dense layers (torch.nn.Linear, MLP layers) whose input is "
+        "invariant (0e) features: adapters that read the input or add a constant (film, mmea, bitfit) may act "
+        "on them; their modules do not say, and a layer no backend proves so refuses such adapters",
+    )
     preset: str | None = Field(None, description="the preset this config came from, if any")
 
-    @field_validator("exclude", "train", "train_buffers")
+    @field_validator("exclude", "train", "train_buffers", "invariant_inputs")
     @classmethod
     def _valid_patterns(cls, value: list[str]) -> list[str]:
         return _check_patterns(value)
