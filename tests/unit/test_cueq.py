@@ -133,7 +133,7 @@ def test_adapted_cueq_mace_trains_a_step(mace_pair, converted, name):
 def test_named_adapters_survive_the_conversion(mace_pair):
     """Every named adapter, its fully trained tensors (mmea-paper's Bessel weights) and the active one carry over."""
     base, batch = mace_pair
-    model = peft_equi.get_peft_model(copy.deepcopy(base), "mmea-paper")
+    model = peft_equi.get_peft_model(copy.deepcopy(base), "mmea-paper", train_bessel=True)
     randomize_adapters(model, std=0.05)
     with torch.no_grad():
         trained = [v for k, v in model.adapter_state_dict().items() if k.startswith("base.")]
