@@ -12,7 +12,8 @@ from typing import Any
 import numpy as np
 from torch import nn
 
-from peft_equi.errors import NotMergeableError, PeftEquiError
+from peft_equi.energy_correction import EnergyCorrection
+from peft_equi.errors import EnergyShiftError, NotMergeableError, PeftEquiError
 from peft_equi.families.base import Potential
 from peft_equi.training.logs import MetricsLog, plot_force_parity, plot_learning_curves
 
@@ -93,17 +94,21 @@ def write_outputs(
     metrics: MetricsLog | None,
     plots: bool = True,
 ) -> None:
-    """The adapter, the energy correction, the merged model (when mergeable; ``result`` says), results and plots."""
+    """The adapter, the energy correction, the merged model (when mergeable; ``result`` says), results and plots.
+
+    The merged model is the fine-tuned model: the energy correction is folded into it
+    (:meth:`~peft_equi.families.base.Potential.fold_energy_shift`).  Where the family has no
+    place for it, no merged model is written and ``result`` says why.
+    """
     model.save_pretrained(output / "adapter")
-    (output / "energy_correction.json").write_text(
-        json.dumps(
-            {"atomic_numbers": potential.atomic_numbers, "delta_eV": np.asarray(energy_shift).tolist()}, indent=2
-        )
-    )
+    correction = EnergyCorrection(tuple(potential.atomic_numbers), tuple(np.asarray(energy_shift).tolist()))
+    correction.write(output)
     try:
-        merged_path = potential.save(copy.deepcopy(model).merge_and_unload(), output / "merged")
-        result["merged_model"] = str(merged_path)
-    except NotMergeableError as exc:
+        merged = potential.fold_energy_shift(copy.deepcopy(model).merge_and_unload(), correction)
+        result["merged_model"] = str(potential.save(merged, output / "merged"))
+    except (NotMergeableError, EnergyShiftError) as exc:
+        if isinstance(exc, EnergyShiftError):
+            log.warning("no merged model: %s", exc)
         result["merged_model"] = None
         result["not_merged_because"] = str(exc)
     summary = {
