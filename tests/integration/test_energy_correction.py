@@ -109,6 +109,16 @@ def test_unmerged_mace_file_gives_the_fine_tuned_energies(mace_runs, tmp_path):
     np.testing.assert_allclose(energies_of(finetuner.potential, deployed, test.atoms), expected, atol=1e-9, rtol=0)
 
 
+def test_ase_calculator_with_the_correction_gives_the_fine_tuned_energies(mace_runs):
+    from peft_equi.families.mace.calculator import mace_calculator
+
+    runs, test = mace_runs
+    finetuner, run, expected = runs["mmea"]
+    calculator = mace_calculator(finetuner.model, energy_shift=run)
+    energies = [calculator.get_potential_energy(atoms.copy()) for atoms in test.atoms]
+    np.testing.assert_allclose(energies, expected, atol=1e-9, rtol=0)
+
+
 @pytest.mark.parametrize(("adapter", "merge"), [("lora", None), ("lora", False), ("mmea", None)])
 def test_lammps_files_give_the_fine_tuned_energies(mace_runs, tmp_path, adapter, merge):
     runs, test = mace_runs
