@@ -129,13 +129,12 @@ void PairPeftMace::init_style()
 {
   if (!model) error->all(FLERR, "pair_style peft/mace: no model (pair_coeff * * <file> <elements>)");
   if (force->newton_pair == 0) error->all(FLERR, "pair_style peft/mace requires newton pair on");
+  no_virial_fdotr_compute = 1;    // compute() tallies the virial of its graph itself
   if (!decomposed()) {
     neighbor->add_request(this, NeighConst::REQ_FULL);
-    no_virial_fdotr_compute = 1;    // the model's strain derivative (ghost atoms carry no forces)
     return;
   }
   neighbor->add_request(this, NeighConst::REQ_FULL | NeighConst::REQ_GHOST);
-  no_virial_fdotr_compute = 0;
   // the energy of a local atom depends on every atom within num_interactions * r_max
   const double reach = model->num_interactions() * model->r_max() + neighbor->skin;
   comm->cutghostuser = std::max(comm->cutghostuser, reach);
@@ -256,7 +255,7 @@ void PairPeftMace::compute(int eflag, int vflag)
   }
   graph.positions = positions.data();
 
-  // one process: the model's virial (vflag_fdotr is off); several: fdotr below
+  // one process: the model's strain derivative; several: sum_i r_i (x) f_i below
   const bool model_virial = vflag_global && !decomposed();
   double strain_derivative[9] = {0, 0, 0, 0, 0, 0, 0, 0, 0};
   forces.resize(3 * node_atom.size());
@@ -278,6 +277,16 @@ void PairPeftMace::compute(int eflag, int vflag)
   if (model_virial) {
     const int order[6] = {0, 4, 8, 1, 2, 5};    // xx yy zz xy xz yz of the row-major 3 x 3
     for (int k = 0; k < 6; ++k) virial[k] += strain_derivative[order[k]];
+  } else if (vflag_global) {
+    // local and ghost atoms as independent particles (what LAMMPS's fdotr sums)
+    for (size_t k = 0; k < node_atom.size(); ++k) {
+      const double *r = &positions[3 * k], *fk = &forces[3 * k];
+      virial[0] += r[0] * fk[0];
+      virial[1] += r[1] * fk[1];
+      virial[2] += r[2] * fk[2];
+      virial[3] += r[0] * fk[1];
+      virial[4] += r[0] * fk[2];
+      virial[5] += r[1] * fk[2];
+    }
   }
-  if (vflag_fdotr) virial_fdotr_compute();
 }

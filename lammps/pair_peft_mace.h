@@ -14,7 +14,7 @@
 //   every local atom is exact.  Only what the local energies depend on is evaluated: nodes
 //   within num_interactions edges of a local atom, and the edges into nodes within
 //   num_interactions - 1.  Forces on ghost atoms go back to their owners (newton pair on);
-//   the virial is sum_i r_i (x) f_i over local and ghost atoms (LAMMPS's fdotr).
+//   the virial is sum_i r_i (x) f_i over local and ghost atoms.
 #ifndef PEFT_EQUI_PAIR_PEFT_MACE_H
 #define PEFT_EQUI_PAIR_PEFT_MACE_H
 

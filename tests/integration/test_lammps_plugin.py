@@ -104,6 +104,28 @@ def test_single_point_equals_our_ase_calculator(exported, structures, references
     assert np.abs(result["forces"]).max() > 0.1  # a real force field, not zeros
 
 
+def test_per_atom_energies_are_the_models_node_energies(models, exported, structures):
+    """``compute pe/atom``: MACE's node energies (``energies`` of the ASE calculator), summing to the total."""
+    from peft_equi.families.mace.calculator import mace_calculator
+
+    atoms, data, boundary = structures["periodic"]
+    lmp = start(data, boundary, ELEMENTS, exported["mmea-unmerged"])
+    try:
+        lmp.command("compute atom_pe all pe/atom")
+        lmp.command("compute total all reduce sum c_atom_pe")
+        lmp.command("thermo_style custom pe c_total")
+        lmp.command("run 0")
+        per_atom = np.array(lmp.gather("c_atom_pe", 1, 1))
+        total, summed = lmp.get_thermo("pe"), lmp.extract_compute("total", 0, 0)
+    finally:
+        lmp.close()
+    atoms = atoms.copy()
+    atoms.calc = mace_calculator(models["mmea-unmerged"])
+    atoms.get_potential_energy()
+    np.testing.assert_allclose(per_atom, atoms.calc.results["energies"], atol=1e-10, rtol=0)
+    assert abs(summed - total) < 1e-9
+
+
 def test_float32_export_runs_in_float32(exported, structures, references):
     _, data, boundary = structures["periodic"]
     result = single_point(data, boundary, ELEMENTS, exported["mmea-float32"])
