@@ -26,6 +26,7 @@ from pathlib import Path
 import numpy as np
 
 from peft_equi.errors import PeftEquiError, UnknownElementError, element_names, one_line
+from peft_equi.utils.files import atomic_write
 
 FILE_NAME = "energy_correction.json"
 
@@ -84,11 +85,9 @@ class EnergyCorrection:
         )
 
     def write(self, folder: str | os.PathLike) -> Path:
-        """Write ``energy_correction.json`` into ``folder``; returns its path."""
-        path = Path(folder) / FILE_NAME
-        content = {"atomic_numbers": list(self.atomic_numbers), "delta_eV": list(self.delta)}
-        path.write_text(json.dumps(content, indent=2))
-        return path
+        """Write ``energy_correction.json`` into ``folder`` (atomically); returns its path."""
+        content = json.dumps({"atomic_numbers": list(self.atomic_numbers), "delta_eV": list(self.delta)}, indent=2)
+        return atomic_write(Path(folder) / FILE_NAME, lambda tmp: tmp.write_text(content))
 
     def aligned(self, atomic_numbers: Sequence[int]) -> np.ndarray:
         """:math:`\\delta` per element of ``atomic_numbers`` (a model's order); 0 for elements not listed here.
