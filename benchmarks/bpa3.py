@@ -92,7 +92,7 @@ def main(argv: list[str] | None = None) -> None:
         if not path.is_file():
             sys.exit(f"3BPA file not found: {path} (give --data-dir)")
     model_name = Path(args.model).stem if Path(args.model).is_file() else args.model
-    mode_name = schedule_name(args.quick, epochs, dtype, QUICK, FULL)
+    mode_name = schedule_name(args.quick, epochs, dtype, QUICK, FULL, args.e0s)
     folder = args.output or ROOT / "benchmarks" / "results" / "3bpa" / f"{model_name}-{mode_name}"
     test, rule = hot_test_set(train, mixed, folder / "runs" / "test_hot.extxyz")
 

@@ -68,6 +68,13 @@ def add_common_arguments(parser) -> None:
     parser.add_argument("--methods", nargs="+", help="subset of method labels (default: all that apply)")
     parser.add_argument("--epochs", type=int, help="override the mode's epochs")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument(
+        "--e0s",
+        default="fit",
+        help="per-element energies (the engine's e0s): 'fit' (residuals, on top of the model), 'average' (mace's "
+        "--E0s=average as the papers: raw energies, replacing the model's), 'none' or an isolated-atoms file; "
+        "results folders of other than 'fit' name it",
+    )
     add_run_arguments(parser, dtype=None, dtype_help="override the mode's dtype")
     parser.add_argument(
         "--retain",
@@ -100,13 +107,16 @@ def start(args, quick: dict, full: dict) -> tuple[dict, int, str]:
     return record, args.epochs or mode["epochs"], args.dtype or mode["dtype"]
 
 
-def schedule_name(quick: bool, epochs: int, dtype: str, quick_mode: dict, full_mode: dict) -> str:
+def schedule_name(quick: bool, epochs: int, dtype: str, quick_mode: dict, full_mode: dict, e0s: str = "fit") -> str:
     """``quick``, ``full`` (the papers' schedule), or ``e<epochs>-<dtype>`` when ``--epochs``/``--dtype`` change
-    the mode's: runs of one molecule on different schedules get different results folders."""
+    the mode's, then ``-e0s-<mode>`` unless ``e0s`` is ``fit``: runs of one molecule on different schedules
+    get different results folders."""
     mode = quick_mode if quick else full_mode
     if epochs == mode["epochs"] and dtype == mode["dtype"]:
-        return "quick" if quick else "full"
-    return ("quick-" if quick else "") + f"e{epochs}-{dtype}"
+        name = "quick" if quick else "full"
+    else:
+        name = ("quick-" if quick else "") + f"e{epochs}-{dtype}"
+    return name if e0s == "fit" else f"{name}-e0s-{Path(e0s).stem if Path(e0s).is_file() else e0s}"
 
 
 def engine_options(args, train: Path, test: Path, n_train: int, valid_fraction: float, epochs: int, dtype: str) -> dict:
@@ -126,6 +136,7 @@ def engine_options(args, train: Path, test: Path, n_train: int, valid_fraction: 
         "progress": False,
         "plots": False,
         "energy_loss": "total",  # the papers' mace --loss=ef
+        "e0s": getattr(args, "e0s", "fit"),
         "retain": list(getattr(args, "retain", [])),
         "retain_every": getattr(args, "retain_every", 10),
     } | stage_two(epochs)
@@ -144,7 +155,7 @@ def stage_two(epochs: int) -> dict[str, Any]:
 def optimisation_settings(options: dict) -> dict:
     """The engine's optimisation defaults (the papers' settings) that a results table reports."""
     config = FinetuneConfig(**options)
-    keys = ("lr", "batch_size", "ema_decay", "energy_loss", "forces_weight", "energy_weight", "swa", "keep")
+    keys = ("lr", "batch_size", "ema_decay", "energy_loss", "forces_weight", "energy_weight", "swa", "keep", "e0s")
     stage_two_start = config.stage_two_start()
     return {k: getattr(config, k) for k in keys} | {
         "stage_two_from_epoch": None if stage_two_start is None else stage_two_start + 1
@@ -160,6 +171,7 @@ def protocol(settings: dict[str, Any]) -> str:
     )
     if settings["swa"]:
         text += f", stage two (mace --swa) from epoch {settings['stage_two_from_epoch']}"
+    text += f"; e0s {settings['e0s']}" if "e0s" in settings else ""
     return text + f"; the {'best-validation' if settings['keep'] == 'best' else 'last'} model is tested"
 
 
@@ -277,6 +289,9 @@ def run_method(
         "after": {split: e.summary() for split, e in result["after"].items()},
         "mergeable": result.get("merged_model") is not None,
         "kept_epoch": result["kept"]["epoch"],
+        # with stage two, its best model (kept) and stage one's best model are both tested, as mace's run_train does
+        "stage_one_best": {split: e.summary() for split, e in result.get("stage_one_best", {}).items()},
+        "stage_one_best_epoch": result["kept"].get("stage_one_best_epoch"),
         "epoch_time_s": sorted(r["time_s"] for r in rows)[len(rows) // 2],
         "wall_time_s": time.perf_counter() - started,
         "curve": [{k: r[k] for k in CURVE_KEYS} for r in rows],

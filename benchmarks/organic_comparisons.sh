@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # The papers' transfer experiment from mace-organic-xtb (issues 12 and 15): a queue of jobs worked
-# off by two lanes of one thread each (two single-threaded runs use 2 cores better than one run on
-# two threads), then one pass that rewrites every results table from the finished runs.
+# off by two lanes of one thread each (benchmarks/queue.sh), then one pass that rewrites every results
+# table from the finished runs.
 #
 # Usage: [SCHEDULE=e50|papers] bash benchmarks/organic_comparisons.sh [start|lane|collect]
 #   SCHEDULE=e50 (default): 50 epochs in float32, results in <folder>-e50-float32
@@ -22,6 +22,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PY=.venv/bin/python
+export PYTHONPATH=$PWD  # this checkout's peft_equi, whichever checkout the venv was installed from
 SCHEDULE=${SCHEDULE:-e50}
 QUEUE=benchmarks/results/.organic-queue-$SCHEDULE
 PAPERS=(--model benchmarks/models/mace-organic-xtb.pt --threads 1)
@@ -68,37 +69,6 @@ job() {
 }
 JOBS=24
 
-lane() {
-    mkdir -p "$QUEUE"
-    for ((n = 1; n <= JOBS; n++)); do
-        if mkdir "$QUEUE/$n" 2>/dev/null; then
-            echo "== job $n ($(date -u +%H:%M))"
-            job "$n" || echo "== job $n failed"
-        fi
-    done
-}
-
-# finished <results folder> <label>...: the labels whose run finished (runs/<slug>/method.json)
-finished() {
-    local folder=$1 label slug
-    shift
-    for label in "$@"; do
-        slug=$(echo "$label" | tr '[:upper:]' '[:lower:]' | sed -E 's/[^a-z0-9-]+/_/g; s/^_+|_+$//g')
-        if [[ -f $folder/runs/$slug/method.json ]]; then echo "$label"; fi
-    done
-}
-
-# table <results folder> <script and flags...> -- <labels...>: rewrite that folder's tables from its finished
-# runs only (nothing is trained here)
-table() {
-    local folder=$1 args=() labels
-    shift
-    while [[ $1 != -- ]]; do args+=("$1"); shift; done
-    shift
-    mapfile -t labels < <(finished "$folder" "$@")
-    if ((${#labels[@]})); then "${args[@]}" --methods "${labels[@]}"; fi
-}
-
 collect() {
     local out=benchmarks/results/rmd17/mace-organic-xtb replay=()
     if [[ -f $out-aspirin-$MODE/runs/mmea-paper_replay/method.json ]]; then replay=("${REPLAY[@]}"); fi
@@ -117,17 +87,8 @@ collect() {
     $PY benchmarks/organic_summary.py --mode "$MODE" --bpa-mode "$BPA_MODE"
 }
 
-case "${1:-start}" in
-    start)
-        rm -rf "$QUEUE"
-        mkdir -p benchmarks/results
-        log=benchmarks/results/organic-comparisons-$SCHEDULE
-        nohup bash -c "bash '$0' lane > $log-a.log 2>&1 &
-                       bash '$0' lane > $log-b.log 2>&1 &
-                       wait; bash '$0' collect" > "$log.log" 2>&1 &
-        echo "lanes started; logs: $log{,-a,-b}.log"
-        exit ;;
-    lane) lane; exit ;;
-    collect) collect; exit ;;  # exit: the script can be edited while lanes run (bash reads it as it goes)
-    *) echo "usage: $0 [start|lane|collect]" >&2; exit 2 ;;
-esac
+LOG=benchmarks/results/organic-comparisons-$SCHEDULE
+# shellcheck source=benchmarks/queue.sh
+source benchmarks/queue.sh
+queue_main "$0" "${1:-start}"
+exit  # the script can be edited while lanes run (bash reads it as it goes)

@@ -113,7 +113,8 @@ def main(argv: list[str] | None = None) -> None:
             available = sorted({f.name.split("_")[1] for f in args.data_dir.glob(f"rmd17_*_train_{args.split}.npz")})
             sys.exit(f"rMD17 file not found: {path} (give --data-dir; molecules there: {', '.join(available)})")
     model_name = Path(args.model).stem if Path(args.model).is_file() else args.model
-    mode_name = schedule_name(args.quick, epochs, dtype, QUICK, FULL) + ("-ablations" if args.ablations else "")
+    mode_name = schedule_name(args.quick, epochs, dtype, QUICK, FULL, args.e0s)
+    mode_name += "-ablations" if args.ablations else ""
     mode_name += (f"-split{args.split}" if args.split != "01" else "") + (f"-seed{args.seed}" if args.seed else "")
     folder = args.output or ROOT / "benchmarks" / "results" / "rmd17" / f"{model_name}-{args.molecule}-{mode_name}"
     folder.mkdir(parents=True, exist_ok=True)

@@ -21,7 +21,7 @@ import typer
 import yaml
 from pydantic import ValidationError
 
-from peft_equi.errors import PeftEquiError, one_line
+from peft_equi.errors import PeftEquiError, first_line, one_line
 from peft_equi.training.config import FinetuneConfig
 
 app = typer.Typer(help="Parameter-efficient fine-tuning of equivariant interatomic potentials.", add_completion=False)
@@ -112,8 +112,12 @@ def _finetune(config: Optional[Path] = None, **flags: Any) -> None:  # noqa: UP0
 
     try:
         result = Finetuner(run_config).run()
-    except (PeftEquiError, FileNotFoundError, KeyError) as exc:
+    except (PeftEquiError, OSError, KeyError) as exc:  # OSError: a full disk, a folder removed meanwhile, ...
         raise _fail(exc.args[0] if isinstance(exc, KeyError) and exc.args else str(exc)) from None
+    except (MemoryError, RuntimeError) as exc:
+        if not _out_of_memory(exc):
+            raise
+        raise _fail(f"out of memory ({first_line(exc)}): reduce the model, adapter rank or batch size") from None
     if int(os.environ.get("RANK", 0)) != 0:  # torchrun: the first process reports
         return
     typer.echo(f"\n{result['trainable_parameters']:,} trainable parameters ({run_config.adapter})\n")
@@ -121,6 +125,12 @@ def _finetune(config: Optional[Path] = None, **flags: Any) -> None:  # noqa: UP0
     kept = result["kept"]
     typer.echo(f"\nkept: epoch {kept['epoch']} ({'lowest validation loss' if kept['keep'] == 'best' else 'last'})")
     typer.echo(f"outputs in {run_config.output}/")
+
+
+def _out_of_memory(exc: BaseException) -> bool:
+    """Whether ``exc`` is an allocation failure (host or device memory)."""
+    text = str(exc).lower()
+    return isinstance(exc, MemoryError) or "out of memory" in text or "can't allocate memory" in text
 
 
 def _build_finetune_command() -> None:
@@ -199,22 +209,40 @@ def inspect_command(
 
 
 def _adapted(model: str, run: Path, trust_pickle: bool, allow_base_mismatch: bool = False):
-    """The potential (cut as the run cut it), the run's adapted model and its energy correction."""
+    """``(potential, PeftModel, EnergyCorrection)`` of a finished run on ``model`` (cut as the run cut it)."""
     import peft_equi
     from peft_equi.energy_correction import EnergyCorrection
     from peft_equi.families.base import load_potential
+    from peft_equi.training.run_directory import finished_run
+    from peft_equi.utils.save_and_load import read_adapter
 
+    record = finished_run(run)
+    correction = EnergyCorrection(tuple(record["atomic_numbers"]), tuple(record["delta_eV"]))
+    meta, _ = read_adapter(run / "adapter")
     potential = load_potential(model, trust_pickle=trust_pickle)
-    correction = EnergyCorrection.read(run)
+    _check_model_class(run, meta.get("base_model_class"), potential)
     elements = list(correction.atomic_numbers)
     if set(elements) < set(potential.atomic_numbers):  # the run cut the model (subset_elements): cut it again
         potential.subset_elements(elements)
     if elements != potential.atomic_numbers:
-        raise PeftEquiError(f"{run}: energy correction is for elements {elements}")
+        raise PeftEquiError(
+            f"{run}: the run's model knew elements {elements}, {potential.name} knows {potential.atomic_numbers}: "
+            "the run belongs to another model"
+        )
     peft_model = peft_equi.PeftModel.from_pretrained(
         potential.model, run / "adapter", allow_base_mismatch=allow_base_mismatch
     )
     return potential, peft_model, correction
+
+
+def _check_model_class(run: Path, recorded: str | None, potential) -> None:
+    """A run's adapter records the class of the model it was trained on: another class is another model."""
+    current = type(potential.model)
+    if recorded is not None and recorded.rpartition(".")[2] != current.__qualname__:
+        raise PeftEquiError(
+            f"{run} belongs to another model: its adapter was trained on a {recorded}, {potential.name} is a "
+            f"{current.__module__}.{current.__qualname__} ({potential.family})"
+        )
 
 
 @app.command("evaluate")
@@ -234,6 +262,8 @@ def evaluate(
     from peft_equi.training.evaluation import evaluate as errors_of
 
     try:
+        if batch_size < 1:
+            raise PeftEquiError(f"--batch-size must be at least 1, got {batch_size}")
         dataset = read_dataset(data, energy_key, forces_key)  # checked before any model is loaded
         if run is None:
             potential = load_potential(model, trust_pickle=trust_pickle)
@@ -243,7 +273,7 @@ def evaluate(
             energy_shift = correction.aligned(potential.atomic_numbers)
         potential.check_elements(dataset.atomic_numbers, str(data))
         errors = errors_of(potential, network, dataset, energy_shift=energy_shift, batch_size=batch_size)
-    except (PeftEquiError, FileNotFoundError, KeyError, ValidationError) as exc:
+    except (PeftEquiError, OSError, KeyError, ValidationError) as exc:
         raise _fail(str(exc)) from None
     typer.echo(json.dumps({"structures": len(dataset), **errors.summary()}, indent=2))
 
@@ -251,14 +281,12 @@ def evaluate(
 def _save_new(potential, model, output: Path, overwrite: bool) -> Path:
     """``potential.save`` to ``output`` with the family's suffix, written atomically; an existing file there is
     replaced only with ``overwrite``."""
-    from peft_equi.utils.files import atomic_write
-
     if not output.parent.is_dir():  # a bare name's parent is "."
         raise FileNotFoundError(f"folder of --output not found: {output.parent}")
     path = potential.saved_path(output)
     if path.exists() and not overwrite:
         raise PeftEquiError(f"{path} exists: give --overwrite to replace it, or another --output")
-    return atomic_write(path, lambda tmp: potential.save(model, tmp))
+    return potential.save_atomically(model, output)
 
 
 @app.command("merge")
@@ -275,7 +303,7 @@ def merge(
         potential, peft_model, correction = _adapted(model, run, trust_pickle, allow_base_mismatch)
         merged = potential.fold_energy_shift(peft_model.merge_and_unload(), correction)
         path = _save_new(potential, merged, output, overwrite)
-    except (PeftEquiError, FileNotFoundError) as exc:
+    except (PeftEquiError, OSError) as exc:
         raise _fail(str(exc)) from None
     typer.echo(f"merged model written to {path} (with the per-element energy correction of {run})")
 

@@ -58,7 +58,7 @@ class EnergyCorrection:
         if not file.is_file():
             raise FileNotFoundError(f"energy correction not found: {file}")
         try:
-            content = json.loads(file.read_text())
+            content = json.loads(file.read_text(encoding="utf-8"))
             return cls(tuple(content["atomic_numbers"]), tuple(content["delta_eV"]))
         except (ValueError, KeyError, TypeError) as exc:  # JSONDecodeError is a ValueError
             detail = f"missing {exc}" if isinstance(exc, KeyError) else one_line(exc)
@@ -87,7 +87,7 @@ class EnergyCorrection:
     def write(self, folder: str | os.PathLike) -> Path:
         """Write ``energy_correction.json`` into ``folder`` (atomically); returns its path."""
         content = json.dumps({"atomic_numbers": list(self.atomic_numbers), "delta_eV": list(self.delta)}, indent=2)
-        return atomic_write(Path(folder) / FILE_NAME, lambda tmp: tmp.write_text(content))
+        return atomic_write(Path(folder) / FILE_NAME, lambda tmp: tmp.write_text(content, encoding="utf-8"))
 
     def aligned(self, atomic_numbers: Sequence[int]) -> np.ndarray:
         """:math:`\\delta` per element of ``atomic_numbers`` (a model's order); 0 for elements not listed here.

@@ -1,4 +1,5 @@
-"""``inspect_model``: every discoverable layer, its irreps and what a config does to it."""
+"""``inspect_model``: every discoverable layer, its irreps and what a config does to it, and the
+weighted modules that are not adaptable, with the reason."""
 
 from __future__ import annotations
 
@@ -7,7 +8,7 @@ from dataclasses import dataclass
 from torch import nn
 
 from peft_equi.core.config import PeftConfig
-from peft_equi.core.plan import assign, discover
+from peft_equi.core.plan import assign, survey
 from peft_equi.core.presets import resolve_config
 
 
@@ -30,12 +31,17 @@ def inspect_model(model: nn.Module, config: PeftConfig | str | None = None, **op
     """Describe the adaptable layers of ``model`` and, given a config, which rule takes each.
 
     Nothing is attached; rules that match nothing are reported in the notes, not raised.
+    Dense layers whose input is known to be invariant say why (``input 0e: proven: ...`` or
+    ``declared by invariant_inputs``).  Modules with parameters of their own that are not
+    adaptable (no backend recognises them, or one refuses them) get a row of their own, with
+    backend and kind ``-`` and the note ``not adaptable: <why>``.
     """
-    layers = discover(model)
+    layers, left_out = survey(model)
     resolved = resolve_config(config, **options) if config is not None else PeftConfig()
     reports = []
     for entry in assign(layers, resolved, strict=False):
         layer = entry.layer
+        notes = ([f"input 0e: {layer.invariance}"] if layer.invariance else []) + entry.notes
         reports.append(
             LayerReport(
                 path=layer.path or "<root>",
@@ -46,10 +52,14 @@ def inspect_model(model: nn.Module, config: PeftConfig | str | None = None, **op
                 rule=entry.rule.label if entry.rule else None,
                 adapter=entry.adapter.name if entry.adapter else None,
                 trainable=_trainable(entry),
-                note="; ".join(entry.notes),
+                note="; ".join(notes),
             )
         )
-    return reports
+    for item in left_out:
+        note = f"not adaptable: {item.reason}"
+        reports.append(LayerReport(item.path or "<root>", "-", "-", "", "", None, None, 0, note))
+    order = {name or "<root>": i for i, (name, _) in enumerate(model.named_modules(remove_duplicate=False))}
+    return sorted(reports, key=lambda r: order.get(r.path, len(order)))
 
 
 def _trainable(entry) -> int:
@@ -67,8 +77,8 @@ def format_inspection(reports: list[LayerReport]) -> str:
     """A plain-text table of :func:`inspect_model` rows."""
     header = ("layer", "backend", "kind", "irreps in -> out", "rule", "adapter", "params", "note")
     rows = [
-        (r.path, r.backend, r.kind, f"{r.irreps_in} -> {r.irreps_out}", r.rule or "-", r.adapter or "-",
-         f"{r.trainable:,}", r.note)
+        (r.path, r.backend, r.kind, f"{r.irreps_in} -> {r.irreps_out}" if r.irreps_out else "-", r.rule or "-",
+         r.adapter or "-", f"{r.trainable:,}", r.note)
         for r in reports
     ]  # fmt: skip
     widths = [max(len(str(x)) for x in column) for column in zip(header, *rows)]

@@ -45,7 +45,7 @@ from torch import nn
 from peft_equi.adapters.base import Adapter, AdapterConfig
 from peft_equi.core.adapted_layer import AdaptedLayer
 from peft_equi.core.config import PeftConfig
-from peft_equi.core.plan import LayerPlan, assign, discover
+from peft_equi.core.plan import LayerPlan, assign, survey
 from peft_equi.errors import ConfigError
 from peft_equi.merging import Merging, check_mergeable, merge_adapters
 from peft_equi.named_adapters import DEFAULT_ADAPTER, NamedAdapters, check_name, resolve, trained_tensor_names
@@ -310,7 +310,8 @@ def plan_layers(model: nn.Module, config: PeftConfig) -> list[LayerPlan]:
             "the model already has peft_equi adapters; add more to its PeftModel with add_adapter, "
             "or unload or merge them first"
         )
-    return assign(discover(model), config)
+    layers, left_out = survey(model)
+    return assign(layers, config, left_out=left_out)
 
 
 def get_peft_model(

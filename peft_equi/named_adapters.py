@@ -12,6 +12,7 @@ swaps them in.
 from __future__ import annotations
 
 import contextlib
+import re
 from collections.abc import Iterable, Iterator
 from typing import Any
 
@@ -159,6 +160,8 @@ class NamedAdapters:
             else:
                 wrapper = layer.backend.adapted_layer_class(layer.module)
                 wrapped = wrapper(layer.module, layer.backend, layer.spec, entry.adapter)
+                wrapped.layer_path = path
+                wrapped.refresh_guard()  # its run-time message names the layer
                 wrapped.active_adapter = adapter_name
                 if self._active is not None:
                     wrapped.activate(self._active)  # the new adapter waits in other_adapters
@@ -224,10 +227,19 @@ class NamedAdapters:
             getattr(owner, attr).requires_grad_(trainable and name in self._trained_names[adapter_name])
 
 
+#: What an adapter name may be: it names a module attribute and, when saved, a subdirectory, so it is a plain
+#: identifier (letters, digits, ``_`` and ``-``, not starting with ``-``; at most 64 characters): no path
+#: separator, dot, whitespace or control character can make ``save_pretrained`` write elsewhere.
+ADAPTER_NAME = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_-]{0,63}")
+
+
 def check_name(adapter_name: str, taken: Iterable[str] = ()) -> str:
     """``adapter_name`` if it can name a new adapter beside those ``taken``; else a one-line :class:`ConfigError`."""
-    if not isinstance(adapter_name, str) or not adapter_name or "." in adapter_name:
-        raise ConfigError(f"adapter name {adapter_name!r}: give a non-empty string without '.'")
+    if not isinstance(adapter_name, str) or ADAPTER_NAME.fullmatch(adapter_name) is None:
+        raise ConfigError(
+            f"adapter name {adapter_name!r}: give a name of letters, digits, '_' and '-' (at most 64, "
+            "not starting with '-'): no path separators, dots, spaces or control characters"
+        )
     taken = list(taken)
     if adapter_name in taken:
         raise ConfigError(

@@ -23,7 +23,7 @@ import torch
 from torch import nn
 
 from peft_equi.core.irreps import Irreps, Layout
-from peft_equi.core.spec import LayerSpec
+from peft_equi.core.spec import LayerKind, LayerSpec
 
 Rep = Callable[[Irreps, torch.Tensor], torch.Tensor]
 
@@ -162,6 +162,57 @@ def _resolve(
     return irreps_in, irreps_out, layout
 
 
+def _channel_mixing_error(
+    fn: Callable[..., Any], spec: LayerSpec, *, batch: int, trials: int, rep: Rep, generator, dtype
+) -> tuple[float, torch.dtype]:
+    """Equivariance of a layer that mixes the channels of its last axis on features it does not state:
+    fed ``(batch, 2l+1, channels)`` features of ``0e``, ``0o``, ``1o``, ``1e`` and ``2e``, it must
+    commute with the Wigner matrices acting on the component axis."""
+    width = spec.irreps_in[0].num_channels
+    worst, out_dtype = 0.0, dtype
+    for ir in ("0e", "0o", "1o", "1e", "2e"):
+        irrep = Irreps(f"1x{ir}")
+        x = torch.randn(batch, irrep.dim, width, generator=generator, dtype=dtype)
+        for inversion in (False, True):
+            for _ in range(trials):
+                d = rep(irrep, random_orthogonal(inversion=inversion, generator=generator)).to(dtype)
+                try:
+                    out, out_rot = fn(x), fn(torch.einsum("ij,bjc->bic", d, x))
+                except Exception as exc:  # a layer that takes (batch, channels) only: nothing here to check with
+                    raise ValueError(
+                        f"cannot check {type(fn).__name__}: it mixes channels of features its module does not "
+                        f"state ({spec.describe()}), and it does not take features with a component axis "
+                        f"({type(exc).__name__}: {exc}); give irreps_in and irreps_out"
+                    ) from None
+                worst = max(worst, (out_rot - torch.einsum("ij,bjc->bic", d.to(out.dtype), out)).abs().max().item())
+                out_dtype = out.dtype
+    return worst, out_dtype
+
+
+def _guard_error(fn: Callable[..., Any], spec: LayerSpec, *, batch: int, generator, dtype) -> None:
+    """An adapted dense layer whose adapter needs invariant input (proven or declared) must refuse
+    ``(batch, 3, channels)`` vectors at run time (:meth:`~peft_equi.core.adapted_layer.AdaptedLayer.check_input`)."""
+    x = torch.randn(batch, 3, spec.irreps_in[0].dim, generator=generator, dtype=dtype)
+    try:
+        fn(x)
+    except RuntimeError as exc:
+        if "needs invariant (0e) input" in str(exc):
+            return
+        raise
+    raise AssertionError(
+        f"{type(fn).__name__}: its adapter needs invariant input, but it took (batch, 3, channels) vectors "
+        "without refusing them"
+    )
+
+
+def _adapted_layer(fn: Any) -> Any:
+    from peft_equi.core.adapted_layer import AdaptedLayer
+    from peft_equi.model import PeftModel
+
+    fn = fn.base_model if isinstance(fn, PeftModel) else fn
+    return fn if isinstance(fn, AdaptedLayer) else None
+
+
 def _equivariance_error(
     fn: Callable[..., Any],
     irreps_in: Sequence[Irreps | str | None] | None,
@@ -178,7 +229,18 @@ def _equivariance_error(
     dtype: torch.dtype = torch.float64,
 ) -> tuple[float, torch.dtype]:
     """:func:`equivariance_error` and the least precise dtype among the checked outputs."""
+    from_layer = irreps_in is None and irreps_out is None
     irreps_in, irreps_out, layout = _resolve(fn, irreps_in, irreps_out, spec, layout)
+    layer_spec_ = spec if spec is not None else (layer_spec(fn) if from_layer else None)
+    if from_layer and args is None and layer_spec_ is not None:
+        if not layer_spec_.irreps_known:
+            return _channel_mixing_error(
+                fn, layer_spec_, batch=batch, trials=trials, rep=rep, generator=generator, dtype=dtype
+            )
+        adapted = _adapted_layer(fn)
+        needs = adapted is not None and adapted.adapter_enabled and adapted.adapter.needs_invariant_features()
+        if needs and layer_spec_.kind is LayerKind.DENSE:  # its input invariant by proof or declaration only
+            _guard_error(fn, layer_spec_, batch=batch, generator=generator, dtype=dtype)
     layouts_in = [layout] * len(irreps_in) if layout_in is None else [layout if x is None else x for x in layout_in]
     if len(layouts_in) != len(irreps_in):
         raise ValueError(f"layout_in has {len(layouts_in)} entries for {len(irreps_in)} arguments")
@@ -186,6 +248,15 @@ def _equivariance_error(
         if any(i is None for i in irreps_in):
             raise ValueError("arguments with irreps None are passed unchanged: give them in args")
         args = [torch.randn(batch, Irreps(i).dim, generator=generator, dtype=dtype) for i in irreps_in]
+        if from_layer:
+            try:
+                fn(*args)
+            except Exception as exc:
+                raise ValueError(
+                    f"cannot check {type(fn).__name__} from its spec: it does not take flat features "
+                    f"{', '.join(map(str, irreps_in))} ({type(exc).__name__}: {exc}); give irreps_in, irreps_out "
+                    "and args in the form it takes"
+                ) from None
     worst, out_dtype = 0.0, None
     for inversion in (False, True):
         for _ in range(trials):
@@ -228,7 +299,16 @@ def equivariance_error(
     ``irreps_in``, ``irreps_out`` and ``layout`` default to those of ``spec``; when irreps
     are missing and no ``spec`` is given, to those of ``fn`` itself if it is an adapted
     layer, a :class:`~peft_equi.PeftModel` of one adapted layer or a module a backend
-    describes (``equivariance_error(layer)``).  Explicit values win.  ``layout`` (default
+    describes (``equivariance_error(layer)``).  Explicit values win.
+
+    Read from a layer, the spec is not trusted alone: the layer is called as it is.  A layer
+    whose features its module does not state (a dense layer, ``spec.irreps_known`` false) is
+    fed ``(batch, 2l+1, channels)`` features of ``0e``, ``0o``, ``1o``, ``1e`` and ``2e`` and
+    must commute with the Wigner matrices on the component axis (a ``ValueError`` says so when
+    it does not take such features); an adapted dense layer whose adapter needs invariant
+    input must refuse ``(batch, 3, channels)`` vectors (``AssertionError`` otherwise); a layer
+    that does not take flat features of its spec's irreps raises ``ValueError`` (give
+    ``irreps_in``, ``irreps_out`` and ``args``).  ``layout`` (default
     ``mul_ir`` without a spec) is the layout of the outputs and of every input;
     ``layout_in`` gives one layout per argument where the inputs differ (``None``: ``layout``).
     """

@@ -40,7 +40,8 @@ class LayerCase:
     a one-hot); ``layout`` is the layout of the output and, unless ``layouts_in`` says
     otherwise per argument, of the inputs.  ``present``: for layers whose first argument is
     not flat features, ``(to_flat, from_flat)`` between the call's form and flat ``mul_ir``
-    features, so the check rotates flat features.
+    features, so the check rotates flat features.  ``invariant_inputs``: the config's
+    declaration for a dense layer, whose module does not say its features are invariant.
     """
 
     name: str
@@ -52,6 +53,7 @@ class LayerCase:
     layout: str = "mul_ir"
     layouts_in: tuple[str | None, ...] | None = None
     present: tuple[Callable[[torch.Tensor], torch.Tensor], Callable[[torch.Tensor], torch.Tensor]] | None = None
+    invariant_inputs: tuple[str, ...] = ()
 
     def __str__(self) -> str:
         return self.name
@@ -111,6 +113,13 @@ def _e3nn_fc(last: bool):
 
 def _torch_linear():
     return torch.nn.Linear(6, 5), randn("6x0e")
+
+
+def _schnetpack_dense():
+    from zoo.schnetpack_models import import_schnetpack
+
+    spk = import_schnetpack()
+    return spk.nn.Dense(6, 5, activation=torch.nn.SiLU()), randn("6x0e")  # its input: proven by the SiLU
 
 
 def _nequip(bias: bool):
@@ -224,9 +233,27 @@ LAYERS: list[LayerCase] = [
         (TP_IN1, TP_IN2),
         TP_OUT,
     ),
-    LayerCase("FullyConnectedNet.layer", "e3nn.fc", "AdaptedE3nnFullyConnected", _e3nn_fc(False), ("6x0e",), "9x0e"),
-    LayerCase("FullyConnectedNet.last", "e3nn.fc", "AdaptedE3nnFullyConnected", _e3nn_fc(True), ("9x0e",), "4x0e"),
-    LayerCase("nn.Linear", "torch.linear", "AdaptedTorchLinear", _torch_linear, ("6x0e",), "5x0e"),
+    LayerCase(
+        "FullyConnectedNet.layer",
+        "e3nn.fc",
+        "AdaptedE3nnFullyConnected",
+        _e3nn_fc(False),
+        ("6x0e",),
+        "9x0e",
+        invariant_inputs=("",),
+    ),
+    LayerCase(
+        "FullyConnectedNet.last",
+        "e3nn.fc",
+        "AdaptedE3nnFullyConnected",
+        _e3nn_fc(True),
+        ("9x0e",),
+        "4x0e",
+        invariant_inputs=("",),
+    ),
+    LayerCase(
+        "nn.Linear", "torch.linear", "AdaptedTorchLinear", _torch_linear, ("6x0e",), "5x0e", invariant_inputs=("",)
+    ),
     LayerCase(
         "nequip.ScalarLinearLayer+bias",
         "nequip.scalar_linear",
@@ -234,6 +261,7 @@ LAYERS: list[LayerCase] = [
         _nequip(True),
         ("6x0e",),
         "5x0e",
+        invariant_inputs=("",),
     ),
     LayerCase(
         "nequip.ScalarLinearLayer",
@@ -242,7 +270,11 @@ LAYERS: list[LayerCase] = [
         _nequip(False),
         ("6x0e",),
         "5x0e",
+        invariant_inputs=("",),
     ),
+    LayerCase("schnetpack.Dense", "schnetpack.dense", "AdaptedSchnetpackDense", _schnetpack_dense, ("6x0e",), "5x0e"),
+    # the same nn.Linear without the declaration: its features are not known (vectors too)
+    LayerCase("nn.Linear(features unknown)", "torch.linear", "AdaptedTorchLinear", _torch_linear, ("6x0e",), "5x0e"),
     LayerCase(
         "mace.SymmetricContraction",
         "mace.symmetric_contraction",
@@ -349,6 +381,11 @@ REFUSALS: dict[tuple[str, str], str] = {
     ("o3.Linear+bias", "bitfit-train_existing=False"): "nothing to train",
     ("nn.Linear", "bitfit-train_existing=False"): "nothing to train",
     ("nn.Linear", "mmea-scalar_modulation=False"): "nothing to modulate",  # 0e outputs only
+    # a dense layer nothing proves invariant: nothing may read its input or add a constant
+    **{
+        ("nn.Linear(features unknown)", case): "declare it: invariant_inputs=['']"
+        for case in ("bitfit", "conventional", "film", "film-conditioning=static", "mmea")
+    },
     # bias-free radial-network layers must map zero to zero: no bias, no shift (0e outputs only)
     **{
         (dense, adapter): "must map zero to zero"

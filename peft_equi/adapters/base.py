@@ -35,9 +35,9 @@ from peft_equi.core.spec import LayerKind, LayerSpec
 
 
 class AdapterConfig(BaseModel):
-    """Options of an adapter (pydantic model; unknown options are rejected)."""
+    """Options of an adapter (pydantic model; unknown options and non-finite numbers are rejected)."""
 
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
 
 
 class Adapter(nn.Module):
@@ -85,6 +85,23 @@ class Adapter(nn.Module):
         ``operands``: the layer's feature operands, flat, in ``spec.irreps_in`` order and ``spec.layout``.
         """
         return y
+
+    def needs_invariant_features(self) -> str | None:
+        """What this adapter does that is equivariant on invariant (``0e``) features only, or ``None``.
+
+        Reading the layer's input (``input_dependent``), training its bias or adding a constant
+        (a shift in :meth:`output_affine`) needs invariant features; a weight update and
+        per-channel gains do not (they act alike on every component of a channel).  On a
+        layer whose features are not known (``spec.irreps_known`` false: a dense layer no
+        backend proves invariant and no config declares so) such an adapter is refused.
+        """
+        if self.input_dependent:
+            return "reads the layer's input"
+        if self.output_affine()[1] is not None:
+            return "adds a constant to the layer's outputs"
+        if self.trains_layer_bias:
+            return "trains the layer's bias (a constant added to its outputs)"
+        return None
 
     def merge_blocker(self) -> str | None:
         """Why this adapter cannot be merged into its layer, or ``None``."""

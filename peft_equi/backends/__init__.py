@@ -13,6 +13,7 @@ from peft_equi.backends.cueq import tensor_product as cueq_tensor_product
 from peft_equi.backends.e3nn import fc, linear, tensor_product
 from peft_equi.backends.mace import symmetric_contraction
 from peft_equi.backends.nequip import scalar_linear
+from peft_equi.backends.schnetpack import dense as schnetpack_dense
 
 __all__ = [
     "Backend",
@@ -22,6 +23,7 @@ __all__ = [
     "fc",
     "linear",
     "scalar_linear",
+    "schnetpack_dense",
     "symmetric_contraction",
     "tensor_product",
     "torch_linear",

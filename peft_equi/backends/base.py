@@ -21,10 +21,12 @@ the flat concatenation of the path blocks, and the bias concatenated over
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
+from collections.abc import Sequence
 from typing import Any, ClassVar
 
 import torch
 from torch import nn
+from torch.nn.utils import parametrize
 
 from peft_equi.core.adapted_layer import AdaptedLayer
 from peft_equi.core.spec import LayerSpec
@@ -34,10 +36,37 @@ class Backend(ABC):
     """Adapter-facing view of one layer type.  Subclasses are stateless."""
 
     name: ClassVar[str]
+    #: ``(package, class name)`` of the library class this backend adapts (``("e3nn", "Linear")``):
+    #: a subclass that overrides its ``forward`` is refused (:meth:`refusal`), since the adapted
+    #: layer runs the library class's own op and that code would be lost.
+    layer_class: ClassVar[tuple[str, str] | None] = None
 
     @abstractmethod
     def matches(self, module: nn.Module) -> bool:
-        """Whether ``module`` is a layer of this type that can be adapted (duck typed)."""
+        """Whether ``module`` is a layer of this type (duck typed); :meth:`refusal` may still refuse it."""
+
+    def refusal(self, module: nn.Module) -> str | None:
+        """Why ``module`` cannot be adapted, or ``None``: ``inspect_model`` lists it as "not adaptable".
+
+        Asked for every module the backend :meth:`matches` (the default refuses a subclass of
+        :attr:`layer_class` that overrides ``forward``, a module with forward hooks and one
+        whose parameters are parametrizations), and for weighted modules no backend matches
+        (override to explain a variant of your type you do not support; the default says nothing).
+        """
+        if not self.matches(module):
+            return None
+        return common_refusal(module, self.layer_class)
+
+    def invariant_input(self, module: nn.Module, ancestors: Sequence[nn.Module]) -> str | None:
+        """For a layer described with ``irreps_known=False`` (a dense layer): why its input is
+        invariant (``0e``) in this model, or ``None`` when that is not known (the default).
+
+        ``ancestors``: the modules enclosing ``module``, from the model down to its parent.
+        Proofs rest on the model's own structure (:mod:`peft_equi.core.invariance`); a proven
+        layer may then get adapters that read its input or add constants, and refuses input of
+        more than two dimensions at run time.
+        """
+        return None
 
     @abstractmethod
     def describe(self, module: nn.Module) -> LayerSpec:
@@ -128,6 +157,34 @@ class DenseBackend(Backend):
 
     def bias_parameter_names(self, module: nn.Module) -> list[str]:
         return ["bias"] if module.bias is not None else []
+
+
+def qualified_name(cls: type) -> str:
+    """``module.QualName`` of a class, as messages name it."""
+    return f"{cls.__module__}.{cls.__qualname__}"
+
+
+def library_base(cls: type, layer_class: tuple[str, str]) -> type | None:
+    """The class called ``layer_class[1]`` from package ``layer_class[0]`` in ``cls``'s MRO (duck typed:
+    the copy of a library inside a ``torch.package`` archive counts), or ``None``."""
+    package, name = layer_class
+    return next((c for c in cls.__mro__ if c.__name__ == name and package in c.__module__.split(".")), None)
+
+
+def common_refusal(module: nn.Module, layer_class: tuple[str, str] | None) -> str | None:
+    """Why a module a backend recognises cannot be adapted exactly, or ``None`` (see :meth:`Backend.refusal`)."""
+    cls = type(module)
+    base = library_base(cls, layer_class) if layer_class is not None else None
+    if base is not None and base is not cls and getattr(cls, "forward", None) is not getattr(base, "forward", None):
+        return (
+            f"{qualified_name(cls)} subclasses {layer_class[0]}'s {layer_class[1]} but overrides forward; the "
+            f"adapted layer would run {layer_class[1]}'s own op instead, so that code would be lost"
+        )
+    if module._forward_hooks or module._forward_pre_hooks:
+        return "it has forward hooks, which the adapted layer would not run"
+    if parametrize.is_parametrized(module):
+        return "its parameters are parametrizations (torch.nn.utils.parametrize), which merging could not write"
+    return None
 
 
 def copy_into(target: torch.Tensor, value: torch.Tensor) -> None:

@@ -1,4 +1,10 @@
-"""Backend for ``torch.nn.Linear`` on invariant features (weight stored ``(out, in)``).
+"""Backend for ``torch.nn.Linear`` (weight stored ``(out, in)``).
+
+``nn.Linear`` mixes the channels of its last axis, whatever the features are: its input is
+invariant only where the model's structure proves it (an ``nn.Sequential`` next to a
+parity-breaking activation, :func:`~peft_equi.core.invariance.sequential_proof`) or the
+config declares it.  Subclasses that override ``forward`` (schnetpack's ``Dense``, with an
+activation inside) are refused: the adapted layer runs ``F.linear`` and their code would be lost.
 
 The canonical weight is ``(in, out)``; the effective weight is handed to ``F.linear`` back
 in the module's own contiguous ``(out, in)`` layout.  A transposed view would be numerically
@@ -12,8 +18,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from peft_equi.backends.base import DenseBackend, copy_into
+from peft_equi.backends.base import DenseBackend, common_refusal, copy_into
 from peft_equi.core.adapted_layer import AdaptedLayer
+from peft_equi.core.invariance import sequential_proof
 from peft_equi.core.registry import register_backend
 from peft_equi.core.spec import LayerSpec, dense_spec
 
@@ -23,9 +30,18 @@ class TorchLinear(DenseBackend):
     """``torch.nn.Linear``: ``y = x W^T + b``; canonical weight is ``W^T`` flattened ``(in, out)``."""
 
     name = "torch.linear"
+    layer_class = ("torch", "Linear")
 
     def matches(self, module: nn.Module) -> bool:
-        return isinstance(module, nn.Linear)
+        return isinstance(module, nn.Linear) and type(module).forward is nn.Linear.forward
+
+    def refusal(self, module: nn.Module) -> str | None:
+        if isinstance(module, nn.Linear) and not self.matches(module):
+            return common_refusal(module, self.layer_class)
+        return super().refusal(module)
+
+    def invariant_input(self, module, ancestors):
+        return sequential_proof(module, ancestors)
 
     def describe(self, module: nn.Module) -> LayerSpec:
         return dense_spec(module.in_features, module.out_features, 1.0, bias=module.bias is not None)
@@ -63,6 +79,11 @@ class AdaptedTorchLinear(AdaptedLayer):
     def forward(self, input: torch.Tensor) -> torch.Tensor:  # nn.Linear's argument name
         if not self.adapter_enabled:
             return self.base_layer(input)
+        return self.adapted(input)
+
+    def adapted(self, input: torch.Tensor) -> torch.Tensor:
+        """``F.linear`` with the effective weight and bias, then the adapter's modulation."""
+        self.check_input(input)
         weight, bias, output_shift = self.effective_parameters()
         if weight is None:
             y = F.linear(input, self.base_layer.weight, self.base_layer.bias)

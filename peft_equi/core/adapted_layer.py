@@ -24,6 +24,18 @@ adapter has the state-dict keys ``<layer>.adapter.<param>`` and scripted forward
 ``other_adapters`` (so ``.to()`` moves them) and :meth:`AdaptedLayer.activate` swaps them.
 A layer the active adapter does not adapt holds a :class:`NoAdapter` and is switched off
 (``adapter_enabled = False``): it computes exactly its base layer.
+
+**The wrapped module's attributes.**  Models read attributes of their layers (e3nn's example
+networks read ``self.sc.output_mask``): attributes the wrapper does not have are read from
+``base_layer`` (``irreps_in1``, ``irreps_out``, ``weight_numel``, ``instructions``, ...).
+For TorchScript, which reads only what a module holds, the base layer's public buffers and
+plain attributes are copied onto the wrapper when it is compiled (buffers as non-persistent
+aliases of the same tensors, kept the same by ``.to()``).
+
+**Invariant input at run time.**  An adapter that reads a dense layer's input or adds a
+constant relies on the input being invariant, which discovery proved or the config declared
+(:mod:`peft_equi.core.invariance`); the wrapper refuses input of more than two dimensions
+then (:meth:`AdaptedLayer.check_input`): ``(atoms, 3, channels)`` vectors are not invariant.
 """
 
 from __future__ import annotations
@@ -34,7 +46,7 @@ import torch
 from torch import nn
 
 from peft_equi.adapters.base import Adapter, AdapterConfig
-from peft_equi.core.spec import LayerSpec
+from peft_equi.core.spec import LayerKind, LayerSpec
 from peft_equi.errors import NotMergeableError
 
 if TYPE_CHECKING:
@@ -93,7 +105,7 @@ class AdaptedLayer(nn.Module):
     """
 
     # Python objects TorchScript has no type for; the scripted methods do not use them
-    __jit_ignored_attributes__ = ("backend", "spec", "active_adapter")
+    __jit_ignored_attributes__ = ("backend", "spec", "active_adapter", "aliased_buffers")
 
     def __init__(self, base_layer: nn.Module, backend: Backend, spec: LayerSpec, adapter: Adapter) -> None:
         super().__init__()
@@ -113,6 +125,38 @@ class AdaptedLayer(nn.Module):
         self.has_free_scalars = len(free_pos) > 0
         self.output_dim = spec.irreps_out.dim
         self.has_layer_bias = backend.bias(base_layer) is not None
+        self.aliased_buffers: list[str] = []
+        self.layer_path = ""
+        self.guard_input = False
+        self.guard_message = ""
+        self.refresh_guard()
+
+    def __getattr__(self, name: str) -> Any:
+        """Attributes the wrapper does not have are the base layer's (``output_mask``, ``irreps_out``, ...)."""
+        try:
+            return super().__getattr__(name)
+        except AttributeError:
+            if name.startswith("_") or name == "base_layer" or "base_layer" not in self._modules:
+                raise
+            return getattr(self._modules["base_layer"], name)
+
+    def refresh_guard(self) -> None:
+        """Set the run-time check of :meth:`check_input` for the active adapter (and ``layer_path``)."""
+        what = self.adapter.needs_invariant_features()
+        self.guard_input = self.spec.kind is LayerKind.DENSE and what is not None
+        self.guard_message = (
+            f"layer {self.layer_path!r} ({self.adapter.name}): the adapter {what} and so needs invariant (0e) "
+            "input, but the input has a component axis (more than two dimensions, a middle one longer than 1), as "
+            "vector or tensor features (atoms, components, channels) do; do not declare this layer in "
+            "invariant_inputs (weight-space adapters such as lora act on any features)"
+        )
+
+    def check_input(self, x: torch.Tensor) -> None:
+        """Where the adapter needs invariant input (dense layers), refuse input of more than two dimensions
+        with a middle axis longer than 1: a component axis (``(atoms, 1, channels)`` scalars, as PaiNN keeps
+        them, pass)."""
+        if self.guard_input and x.dim() > 2 and x.numel() != x.shape[0] * x.shape[-1]:
+            raise RuntimeError(self.guard_message)
 
     def layer_weight(self) -> torch.Tensor:
         """The layer's weight in the canonical flat layout (:meth:`Backend.weight`)."""
@@ -150,6 +194,9 @@ class AdaptedLayer(nn.Module):
         """The generic wrapper (eager only): the backend's Python ``forward``/``operands``/``after_linear``."""
         if not self.adapter_enabled:
             return self.base_layer(*args, **kwargs)
+        if self.guard_input:
+            for operand in self.backend.operands(self.base_layer, args, kwargs):
+                self.check_input(operand)
         weight, bias, output_shift = self.effective_parameters()
         y = self.backend.forward(self.base_layer, args, kwargs, weight, bias)
         if output_shift is not None:
@@ -188,6 +235,7 @@ class AdaptedLayer(nn.Module):
         else:
             self.adapter = NoAdapter(self.spec)
             self.active_adapter = None
+        self.refresh_guard()
 
     def remove_named_adapter(self, name: str) -> Adapter:
         """Remove the inactive adapter ``name`` and return it."""
@@ -200,6 +248,9 @@ class AdaptedLayer(nn.Module):
         elif "other_adapters" not in self._modules:  # pickled before named adapters: its one adapter is "default"
             self.other_adapters = nn.ModuleDict()
             self.active_adapter = "default"
+        if "guard_input" not in self.__dict__:  # pickled before the run-time check and the attribute aliases
+            self.aliased_buffers, self.layer_path = [], ""
+            self.refresh_guard()
 
     def _upgrade(self) -> None:
         """Make an unpickled older ``AdaptedLayer`` current: the backend's wrapper class, and the adapter
@@ -228,6 +279,36 @@ class AdaptedLayer(nn.Module):
                 "(Backend.adapted_layer_class; see docs/extending.md), so this adapted layer cannot be scripted; "
                 "merge the adapters first (merge_and_unload) where they allow it"
             )
+        self._copy_base_attributes()
+        return self
+
+    def _copy_base_attributes(self) -> None:
+        """Put the base layer's public buffers (aliases) and plain attributes on the wrapper, for TorchScript."""
+        base = self.base_layer
+        if not isinstance(base, torch.jit.ScriptModule):  # a compiled base layer keeps its attributes to itself
+            for name, value in base.__dict__.items():
+                if name.startswith("_") or name == "training" or callable(value) or self._has_own(name):
+                    continue
+                self.__dict__[name] = value
+        for name, buffer in base.named_buffers(recurse=False):
+            if not name.startswith("_") and not self._has_own(name):
+                self._buffers[name] = buffer  # (register_buffer would find the base layer's through __getattr__)
+                self._non_persistent_buffers_set.add(name)
+                self.aliased_buffers.append(name)
+
+    def _has_own(self, name: str) -> bool:
+        return (
+            hasattr(type(self), name)
+            or name in self.__dict__
+            or any(name in getattr(self, table) for table in ("_parameters", "_buffers", "_modules"))
+        )
+
+    def _apply(self, fn: Any, recurse: bool = True) -> AdaptedLayer:
+        """``.to()`` and the like: the aliased buffers stay the base layer's own tensors."""
+        super()._apply(fn, recurse)
+        buffers = dict(self.base_layer.named_buffers(recurse=False))
+        for name in self.aliased_buffers:
+            self._buffers[name] = buffers[name]
         return self
 
     def merge_blocker(self) -> str | None:

@@ -3,37 +3,36 @@
 A :class:`PeftConfig` is an ordered list of :class:`Rule` s; each discoverable layer gets
 the adapter of the first rule that matches it.  Patterns are globs on module paths
 (``interactions.*.linear``; ``*`` also crosses dots) or regular expressions prefixed with
-``re:`` (``re:interactions\\.[01]\\.linear$``).  Configs are pydantic models: invalid values
+``re:`` (``re:interactions\\.[01]\\.linear$``), matched in linear time
+(:mod:`peft_equi.core.regex`: a pattern from an untrusted ``adapter_config.json`` cannot hang
+loading; backreferences and lookarounds are refused).  Configs are pydantic models: invalid values
 are reported by validation, and they round-trip through JSON and YAML.
 """
 
 from __future__ import annotations
 
 import fnmatch
-import re
 from pathlib import Path
 from typing import Any, Literal
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, field_validator, model_validator
 
+from peft_equi.core.regex import compile_regex
 from peft_equi.core.spec import LayerKind
 
 
 def pattern_matches(pattern: str, name: str) -> bool:
-    """Glob match (``fnmatch``) of ``name``, or regex (full match) when ``pattern`` starts with ``re:``."""
+    """Glob match (``fnmatch``) of ``name``, or regex full match (linear time) when ``pattern`` starts with ``re:``."""
     if pattern.startswith("re:"):
-        return re.fullmatch(pattern[3:], name) is not None
+        return compile_regex(pattern[3:]).fullmatch(name)
     return fnmatch.fnmatchcase(name, pattern)
 
 
 def _check_patterns(patterns: list[str]) -> list[str]:
     for pattern in patterns:
         if pattern.startswith("re:"):
-            try:
-                re.compile(pattern[3:])
-            except re.error as exc:
-                raise ValueError(f"invalid regular expression {pattern!r}: {exc}") from None
+            compile_regex(pattern[3:])  # ValueError naming the pattern and the problem
     return patterns
 
 
@@ -119,9 +118,15 @@ class PeftConfig(BaseModel):
         description="patterns of floating-point buffers made trainable parameters (e.g. '*bessel_weights'); "
         "a matching parameter is simply trained",
     )
+    invariant_inputs: list[str] = Field(
+        [],
+        description="patterns of module paths of dense layers (torch.nn.Linear, MLP layers) whose input is "
+        "invariant (0e) features: adapters that read the input or add a constant (film, mmea, bitfit) may act "
+        "on them; their modules do not say, and a layer no backend proves so refuses such adapters",
+    )
     preset: str | None = Field(None, description="the preset this config came from, if any")
 
-    @field_validator("exclude", "train", "train_buffers")
+    @field_validator("exclude", "train", "train_buffers", "invariant_inputs")
     @classmethod
     def _valid_patterns(cls, value: list[str]) -> list[str]:
         return _check_patterns(value)

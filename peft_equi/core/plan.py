@@ -6,15 +6,15 @@ config that does not fit raises with nothing half-applied.
 
 from __future__ import annotations
 
+import dataclasses
 import warnings
-from collections.abc import Iterator
 from dataclasses import dataclass, field
 
 import torch
 from torch import nn
 
 from peft_equi.adapters.base import Adapter
-from peft_equi.backends.base import Backend
+from peft_equi.backends.base import Backend, qualified_name
 from peft_equi.core.adapted_layer import AdaptedLayer
 from peft_equi.core.config import PeftConfig, Rule, pattern_matches
 from peft_equi.core.registry import ADAPTERS, BACKENDS
@@ -24,12 +24,60 @@ from peft_equi.errors import RuleMatchError, UnsupportedLayerError
 
 @dataclass(frozen=True)
 class DiscoveredLayer:
-    """A discovered adaptable layer: its module path, module, backend and spec."""
+    """A discovered adaptable layer: its module path, module, backend and spec.
+
+    ``invariance``: for a dense layer whose backend proved its input invariant, the proof
+    (``spec.irreps_known`` is then ``True``); empty otherwise.
+    """
 
     path: str
     module: nn.Module
     backend: Backend
     spec: LayerSpec
+    invariance: str = ""
+
+
+@dataclass(frozen=True)
+class NotAdaptable:
+    """A module with parameters of its own that no backend adapts, and why (for ``inspect_model``)."""
+
+    path: str
+    module: nn.Module
+    reason: str
+
+
+def survey(model: nn.Module) -> tuple[list[DiscoveredLayer], list[NotAdaptable]]:
+    """The adaptable layers of ``model`` (:func:`discover`) and the weighted modules left out, in module order.
+
+    A module a backend matches but refuses (:meth:`Backend.refusal`: a subclass overriding
+    ``forward``, forward hooks, ...) and a module that owns parameters and that no backend
+    matches (an e3nn ``BatchNorm``, a tensor product in a connection mode no backend
+    describes, a third-party layer) are left out, with the reason.
+    """
+    backends = [BACKENDS.get(name) for name in BACKENDS.names()]
+    found: list[DiscoveredLayer] = []
+    left_out: list[NotAdaptable] = []
+
+    def walk(module: nn.Module, path: str, ancestors: list[nn.Module]) -> None:
+        if isinstance(module, AdaptedLayer):
+            base, backend = module.base_layer, module.backend
+            found.append(_described(path, base, backend, backend.describe(base), ancestors))
+            return
+        backend = next((b for b in backends if b.matches(module)), None)
+        if backend is not None:
+            reason = backend.refusal(module)
+            if reason is None:
+                found.append(_described(path, module, backend, backend.describe(module), ancestors))
+                return
+            left_out.append(NotAdaptable(path, module, f"{backend.name}: {reason}"))
+        elif any(p is not None for p in module._parameters.values()):
+            reason = next((r for b in backends if (r := b.refusal(module)) is not None), None)
+            left_out.append(NotAdaptable(path, module, reason or _unrecognised(path, module)))
+        for name, child in module.named_children():
+            walk(child, f"{path}.{name}" if path else name, [*ancestors, module])
+
+    walk(model, "", [])
+    return found, left_out
 
 
 def discover(model: nn.Module) -> list[DiscoveredLayer]:
@@ -38,22 +86,30 @@ def discover(model: nn.Module) -> list[DiscoveredLayer]:
     A layer that already has adapters (an :class:`AdaptedLayer`) is found at its own path,
     as its base layer: ``module`` is the base layer, with its backend and spec.  Each module
     is offered to the registered backends in name order; the first that recognises it
-    (:meth:`Backend.matches`) describes it (built-in backends recognise disjoint types).
+    (:meth:`Backend.matches`) describes it (built-in backends recognise disjoint types),
+    unless it refuses it (:meth:`Backend.refusal`; :func:`survey` lists those).  A dense
+    layer's input is invariant where the backend proves it (:meth:`Backend.invariant_input`).
     """
-    backends = [BACKENDS.get(name) for name in BACKENDS.names()]
+    return survey(model)[0]
 
-    def walk(module: nn.Module, path: str) -> Iterator[DiscoveredLayer]:
-        if isinstance(module, AdaptedLayer):
-            yield DiscoveredLayer(path, module.base_layer, module.backend, module.spec)
-            return
-        backend = next((b for b in backends if b.matches(module)), None)
-        if backend is not None:
-            yield DiscoveredLayer(path, module, backend, backend.describe(module))
-            return
-        for name, child in module.named_children():
-            yield from walk(child, f"{path}.{name}" if path else name)
 
-    return list(walk(model, ""))
+def _described(
+    path: str, module: nn.Module, backend: Backend, spec: LayerSpec, ancestors: list[nn.Module]
+) -> DiscoveredLayer:
+    if spec.irreps_known:
+        return DiscoveredLayer(path, module, backend, spec)
+    proof = backend.invariant_input(module, ancestors)
+    if proof is None:
+        return DiscoveredLayer(path, module, backend, spec)
+    return DiscoveredLayer(path, module, backend, dataclasses.replace(spec, irreps_known=True), f"proven: {proof}")
+
+
+def _unrecognised(path: str, module: nn.Module) -> str:
+    shapes = ", ".join(
+        f"{name} {'x'.join(map(str, p.shape)) or 'scalar'}" for name, p in module._parameters.items() if p is not None
+    )
+    pattern = f"{path}.*" if path else "*"
+    return f"no backend recognises {qualified_name(type(module))} ({shapes}); train it fully with train=['{pattern}']"
 
 
 @dataclass
@@ -66,16 +122,46 @@ class LayerPlan:
     notes: list[str] = field(default_factory=list)
 
 
-def assign(layers: list[DiscoveredLayer], config: PeftConfig, *, strict: bool = True) -> list[LayerPlan]:
+def declared(layer: DiscoveredLayer, config: PeftConfig) -> DiscoveredLayer:
+    """``layer`` with its input invariant when ``config.invariant_inputs`` declares it (a layer whose
+    features its module does not state); else ``layer`` unchanged."""
+    if layer.spec.irreps_known or not any(pattern_matches(p, layer.path) for p in config.invariant_inputs):
+        return layer
+    spec = dataclasses.replace(layer.spec, irreps_known=True)
+    return dataclasses.replace(layer, spec=spec, invariance="declared by invariant_inputs")
+
+
+def _declarable(layer: DiscoveredLayer) -> bool:
+    """A layer whose module does not state its features (proven or not): what invariant_inputs may name."""
+    return not layer.spec.irreps_known or bool(layer.invariance)
+
+
+def assign(
+    layers: list[DiscoveredLayer],
+    config: PeftConfig,
+    *,
+    strict: bool = True,
+    left_out: list[NotAdaptable] | None = None,
+) -> list[LayerPlan]:
     """Match layers to rules and build their adapters.
 
     With ``strict``, raise on a matched layer the adapter cannot adapt (rules with
-    ``on_unsupported='error'``) and on a rule that adapts no layer.
+    ``on_unsupported='error'``), on a rule that adapts no layer (naming up to three modules of
+    ``left_out`` its targets match, and why they are not adaptable) and on an
+    ``invariant_inputs`` pattern that names no layer whose features its module leaves open.
     """
+    if strict:
+        for pattern in config.invariant_inputs:
+            if not any(pattern_matches(pattern, layer.path) for layer in layers if _declarable(layer)):
+                raise RuleMatchError(
+                    f"invariant_inputs pattern {pattern!r} matches no layer whose features its module leaves open "
+                    "(dense layers such as torch.nn.Linear)"
+                )
     adapted = dict.fromkeys(range(len(config.rules)), 0)
     refusals: dict[int, list[str]] = {i: [] for i in range(len(config.rules))}
     result = []
     for layer in layers:
+        layer = declared(layer, config)
         entry = LayerPlan(layer)
         result.append(entry)
         if any(pattern_matches(p, layer.path) for p in config.exclude):
@@ -87,6 +173,10 @@ def assign(layers: list[DiscoveredLayer], config: PeftConfig, *, strict: bool = 
             cls = ADAPTERS.get(rule.adapter)
             options = rule.adapter_config
             reason = cls.unsupported_reason(layer.spec, options)
+            adapter = None
+            if reason is None:
+                adapter = build_adapter(cls, layer, options)
+                reason = _unknown_features_reason(adapter, layer)
             if reason is not None:
                 message = f"layer {layer.path!r} ({layer.spec.describe()}): {reason}"
                 if strict and rule.on_unsupported == "error":
@@ -94,30 +184,52 @@ def assign(layers: list[DiscoveredLayer], config: PeftConfig, *, strict: bool = 
                 refusals[i].append(message)
                 entry.notes.append(f"skipped by rule {rule.label!r}: {reason}")
                 continue
+            _warn_if_not_equivariant(cls, layer)
             entry.rule = rule
-            entry.adapter = build_adapter(cls, layer, options)
+            entry.adapter = adapter
             adapted[i] += 1
             break
     if strict:
         for i, rule in enumerate(config.rules):
             if adapted[i] == 0 and rule.required:
                 why = "; ".join(refusals[i][:3]) if refusals[i] else "no layer path/kind matches it"
+                missed = [m for m in left_out or [] if any(pattern_matches(p, m.path) for p in rule.target)]
+                if missed and not refusals[i]:
+                    why += "; not adaptable: " + "; ".join(f"{m.path!r}: {m.reason}" for m in missed[:3])
                 raise RuleMatchError(f"rule {rule.label!r} adapts no layer: {why}")
     return result
 
 
+def _unknown_features_reason(adapter: Adapter, layer: DiscoveredLayer) -> str | None:
+    """The refusal of an adapter that needs invariant features on a layer whose features are not known."""
+    if layer.spec.irreps_known:
+        return None
+    what = adapter.needs_invariant_features()
+    if what is None:
+        return None
+    return (
+        f"{adapter.name} {what}, which is equivariant on invariant (0e) features only, and this {layer.backend.name} "
+        f"layer mixes channels of features it does not state (vectors too); if its input is invariant, declare "
+        f"it: invariant_inputs=['{layer.path}']"
+    )
+
+
 def build_adapter(cls: type[Adapter], layer: DiscoveredLayer, options) -> Adapter:
+    """``cls`` built for ``layer`` with ``options``, on the device and dtype of the layer's weight."""
+    adapter = cls(layer.spec, options)
+    if "dynamic" in vars(adapter):  # the flag's name before input_dependent: modulate() would never run
+        raise TypeError(f"adapter {cls.name!r} sets self.dynamic: the flag is now called self.input_dependent")
+    weight = layer.backend.weight(layer.module)
+    return adapter.to(device=weight.device, dtype=weight.dtype)
+
+
+def _warn_if_not_equivariant(cls: type[Adapter], layer: DiscoveredLayer) -> None:
     if not cls.equivariant:
         warnings.warn(
             f"the {cls.name!r} adapter is NOT equivariant (layer {layer.path!r}): use it only for ablations",
             UserWarning,
             stacklevel=4,
         )
-    adapter = cls(layer.spec, options)
-    if "dynamic" in vars(adapter):  # the flag's name before input_dependent: modulate() would never run
-        raise TypeError(f"adapter {cls.name!r} sets self.dynamic: the flag is now called self.input_dependent")
-    weight = layer.backend.weight(layer.module)
-    return adapter.to(device=weight.device, dtype=weight.dtype)
 
 
 def base_tensors(model: nn.Module, *, buffers: bool) -> dict[str, tuple[nn.Module, str]]:

@@ -3,8 +3,8 @@
 Every adapter name is also a preset: ``get_peft_model(model, "elora", rank=8)`` puts ELoRA
 on every layer it can adapt, as does the adapter's typed config, ``get_peft_model(model,
 EloraConfig(rank=8))`` (Hugging Face peft's ``get_peft_model(model, LoraConfig(...))``).
-Besides the adapter options, such presets accept ``target``, ``exclude``, ``kinds``, ``train``
-and ``train_buffers``.  ``full`` trains every parameter; ``readout-only`` trains the parameters
+Besides the adapter options, such presets accept ``target``, ``exclude``, ``kinds``, ``train``,
+``train_buffers`` and ``invariant_inputs``.  ``full`` trains every parameter; ``readout-only`` trains the parameters
 matching ``patterns`` (default: the readouts of MACE, NequIP and SevenNet, :data:`READOUT_PATTERN`).
 Register more with :func:`peft_equi.core.registry.register_preset`.
 """
@@ -22,7 +22,7 @@ from peft_equi.core.registry import ADAPTERS, PRESETS, register_preset
 from peft_equi.errors import ConfigError, PeftEquiError, UnknownNameError, one_line
 
 _RULE_KEYS = ("target", "exclude", "kinds")
-_CONFIG_KEYS = ("train", "train_buffers")
+_CONFIG_KEYS = ("train", "train_buffers", "invariant_inputs")
 
 
 def adapter_everywhere(adapter: str, **options: Any) -> PeftConfig:
@@ -67,7 +67,7 @@ def adapter_name_of(config: AdapterConfig) -> str:
 def resolve_config(config: PeftConfig | AdapterConfig | str, **options: Any) -> PeftConfig:
     """A config from a :class:`PeftConfig` (no options allowed), an adapter's config
     (``MmeaConfig(rank=16)``: that adapter on every layer it supports; options: ``target``,
-    ``exclude``, ``kinds``, ``train``, ``train_buffers``) or a preset/adapter name."""
+    ``exclude``, ``kinds``, ``train``, ``train_buffers``, ``invariant_inputs``) or a preset/adapter name."""
     if isinstance(config, PeftConfig):
         if options:
             raise TypeError(f"options {sorted(options)} are only accepted with a preset or adapter name")

@@ -17,8 +17,11 @@ keeps the layer equivariant.  This is the contract adapters are written against:
   ``cuet.Linear``).
 * ``tensor_product``: two operands; ``W_k`` has shape ``(mul_1, mul_2, mul_out)`` for
   ``uvw`` paths (e3nn ``FullyConnectedTensorProduct``).
-* ``dense``: invariant features only, ``in x 0e -> out x 0e``, one path ``(in, out)``
-  (``torch.nn.Linear``, e3nn ``FullyConnectedNet`` layers).
+* ``dense``: ``in -> out`` channels mixed by one ``(in, out)`` path, written ``in x 0e ->
+  out x 0e`` (``torch.nn.Linear``, e3nn ``FullyConnectedNet`` layers).  Such a module does
+  not say what its features are: mixing the channels of the last axis is equivariant on
+  features of any irreps (``(atoms, 3, channels)`` vectors included), so the ``0e`` labels
+  are channel counts only until the input is known to be invariant (``irreps_known``).
 * ``contraction``: MACE's symmetric contraction; operands are node features and the
   one-hot element ``z``; one path per weight tensor ``(n_elements, n_coupling_paths,
   channels)`` (``weights_max`` and the lower-order ``weights.*`` of each output irrep).
@@ -37,6 +40,16 @@ FiLM or MMEA shift) makes the energy jump whenever an atom crosses ``r_max`` (me
 mace-organic-xtb: 17 meV (BitFit) and 111 meV (FiLM) per pair of atoms, and an NVE drift
 of -5.8 meV/atom/ps for BitFit on aspirin); adapters add only multiplicative or weight
 updates to such layers.
+
+``irreps_known`` says whether the ``0e`` labels can be relied on.  Layers whose module
+states its irreps (e3nn, cuequivariance, MACE's contraction) have it ``True``.  A dense
+layer has it ``False`` as described (:func:`dense_spec`); discovery sets it ``True`` when
+the backend proves the layer's input invariant in its model
+(:meth:`~peft_equi.backends.base.Backend.invariant_input`) or the config declares it
+(``PeftConfig.invariant_inputs``).  On a layer whose features are not known, weight updates
+and per-channel gains stay equivariant (they act on channels alike for every component);
+reading the input or adding a constant does not, and is refused
+(:meth:`~peft_equi.adapters.base.Adapter.needs_invariant_features`).
 """
 
 from __future__ import annotations
@@ -103,6 +116,7 @@ class LayerSpec:
     layout: Layout = Layout.MUL_IR
     bias_blocks: tuple[int, ...] = ()
     keeps_zero: bool = False
+    irreps_known: bool = True
 
     def __post_init__(self) -> None:
         for i in self.bias_blocks:
@@ -198,9 +212,11 @@ class LayerSpec:
 
 
 def dense_spec(h_in: int, h_out: int, path_weight: float, *, bias: bool = False) -> LayerSpec:
-    """Spec of a map between invariant features, ``h_in x 0e -> h_out x 0e``: one ``(in, out)`` path.
+    """Spec of a channel-mixing layer, ``h_in x 0e -> h_out x 0e``: one ``(in, out)`` path.
 
     A dense layer without a bias keeps zero (``keeps_zero``): radial networks are built so.
+    Its features are not known (``irreps_known=False``) until discovery proves or the config
+    declares its input invariant.
     """
     scalar = Irrep(0, 1)
     return LayerSpec(
@@ -210,6 +226,7 @@ def dense_spec(h_in: int, h_out: int, path_weight: float, *, bias: bool = False)
         (WeightPath((0,), 0, (h_in, h_out), 0, path_weight, name="weight"),),
         bias_blocks=(0,) if bias else (),
         keeps_zero=not bias,
+        irreps_known=False,
     )
 
 

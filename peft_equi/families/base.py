@@ -54,6 +54,31 @@ class Potential(ABC):
     def save(self, model: nn.Module, path: Path) -> Path:
         """Save a plain (merged) model of this family in its own format to :meth:`saved_path`; return that path."""
 
+    def to(self, device: torch.device | str | None = None, dtype: torch.dtype | None = None) -> Potential:
+        """Move and cast the model in place (``None``: unchanged); families with hard-coded dtypes override it."""
+        self.model.to(device=device, dtype=dtype)
+        return self
+
+    def save_atomically(self, model: nn.Module, path: str | Path) -> Path:
+        """:meth:`save` to :meth:`saved_path` through a temporary file renamed at the end: never a partial file."""
+        from peft_equi.utils.files import atomic_write
+
+        return atomic_write(self.saved_path(path), lambda tmp: self.save(model, tmp))
+
+    def saved_path(self, path: str | Path) -> Path:
+        """Where :meth:`save` writes for ``path``: ``path`` with the family's :attr:`suffix`."""
+        return Path(path).with_suffix(self.suffix)
+
+    def atomic_energies(self) -> np.ndarray:
+        """The model's own per-element reference energies :math:`E_{0,z}` (eV, in :attr:`atomic_numbers` order).
+
+        ``e0s: average`` replaces them (mace's ``--E0s=average``); families without them refuse.
+        """
+        raise PeftEquiError(
+            f"e0s 'average' replaces the model's per-element energies, which the {self.family} family does not "
+            "expose here: use e0s 'fit' (a correction on top of the model) or an isolated-atoms file"
+        )
+
     def fold_energy_shift(self, model: nn.Module, energy_shift: EnergyShift | None) -> nn.Module:
         """Make ``model``'s energies include a per-element energy correction; in place, returns ``model``.
 
@@ -81,10 +106,6 @@ class Potential(ABC):
         impossible.
         """
         raise EnergyShiftError(f"{self.family} models have no per-element energies to fold an energy correction into")
-
-    def saved_path(self, path: str | Path) -> Path:
-        """Where :meth:`save` writes for ``path``: ``path`` with the family's :attr:`suffix`."""
-        return Path(path).with_suffix(self.suffix)
 
     def to_cueq(self, device: str) -> str:
         """Move the model to cuequivariance layers; returns a line saying which kernels run."""

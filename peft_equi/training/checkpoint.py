@@ -81,6 +81,12 @@ def check_resumable(config, checkpoint: dict[str, Any], digests: dict[str, str])
     def differs(key: str) -> bool:
         return recorded[key] != digests.get(key) if key in recorded else saved.get(key) != current[key]
 
+    done = int(checkpoint["epoch"])
+    if config.epochs < done:
+        raise ConfigError(
+            f"cannot resume: the checkpoint has done {done} epochs, more than epochs ({config.epochs}); "
+            f"give epochs >= {done} (a run is extended, never cut short)"
+        )
     changed = sorted(k for k in current if differs(k))
     # with swa and no start_swa, stage two starts at 3/4 of the epochs: more epochs move it
     saved_start, start = int(checkpoint.get("stage_two_start", -1)), config.stage_two_start()
@@ -118,8 +124,9 @@ def run_state(config, energy_shift, elements: list[int], digests: dict[str, str]
 
 
 def checkpoint_state(training: dict[str, Any], run: dict[str, Any]) -> dict[str, Any]:
-    """A checkpoint: the training state (epoch, adapter, optimizer, scheduler, ema, best) and the run's
-    :func:`run_state`, in the engine's key order."""
+    """A checkpoint: the training state (epoch, adapter, optimizer, scheduler, ema, best, stage one's best) and
+    the run's :func:`run_state`, in the engine's key order."""
     state = training | run
-    order = ("epoch", "adapter", "optimizer", "scheduler", "ema", "delta", "best", "config", "inputs", "elements")
+    order = ("epoch", "adapter", "optimizer", "scheduler", "ema", "delta", "best", "stage_one_best", "config")
+    order += ("inputs", "elements")
     return {key: state[key] for key in order} | {"stage_two_start": state["stage_two_start"]}

@@ -51,11 +51,14 @@ RESUMABLE_CHANGES = frozenset(
     }
 )
 
+#: The ``e0s`` options that are not a file (:mod:`~peft_equi.training.reference`).
+E0S_MODES = ("fit", "average", "none")
+
 
 class FinetuneConfig(BaseModel):
-    """Everything a fine-tuning run needs; read from flags, YAML or JSON."""
+    """Everything a fine-tuning run needs; read from flags, YAML or JSON (numbers must be finite: no inf, nan)."""
 
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
 
     model: str = Field(description="model name (7net-0) or path (MACE .model file)")
     trust_pickle: bool = Field(False, description="allow loading whole pickled models (executes code from the file)")
@@ -85,8 +88,10 @@ class FinetuneConfig(BaseModel):
     n_test: PositiveInt | None = Field(None, description="evaluate only the first n test structures")
     e0s: str = Field(
         "fit",
-        description="per-element reference energies: 'fit' (least squares on training residuals), "
-        "a path to an isolated-atoms extxyz file, or 'none'",
+        description="per-element reference energies: 'fit' (least squares of the training residuals after the "
+        "model's prediction, added on top: mace's --E0s=estimated), 'average' (mace's --E0s=average, as the "
+        "MMEA/ELoRA papers: least squares of the raw training energies, replacing the model's own per-element "
+        "energies; MACE), a path to an isolated-atoms extxyz file, or 'none'",
     )
 
     epochs: PositiveInt = Field(100, description="training epochs")
@@ -130,7 +135,7 @@ class FinetuneConfig(BaseModel):
     backend: Literal["e3nn", "cueq"] = Field(
         "e3nn", description="run the model on e3nn or on cuequivariance (MACE; layout ir_mul), adapters included"
     )
-    seed: int = Field(0, description="seed of data selection, adapter init and shuffling")
+    seed: int = Field(0, ge=0, lt=2**32, description="seed of data selection, adapter init and shuffling")
 
     output: Path = Field(Path("runs/finetune"), description="output directory")
     checkpoint_every: PositiveInt = Field(1, description="write a resumable checkpoint every n epochs")
@@ -213,8 +218,8 @@ class FinetuneConfig(BaseModel):
     @field_validator("e0s")
     @classmethod
     def _e0s(cls, value: str) -> str:
-        if value not in ("fit", "none") and not Path(value).is_file():
-            raise ValueError(f"e0s must be 'fit', 'none' or an existing isolated-atoms file, got {value!r}")
+        if value not in E0S_MODES and not Path(value).is_file():
+            raise ValueError(f"e0s must be 'fit', 'average', 'none' or an existing isolated-atoms file, got {value!r}")
         return value
 
     @classmethod
@@ -235,7 +240,9 @@ class FinetuneConfig(BaseModel):
         if not path.is_file():
             raise FileNotFoundError(f"config file not found: {path}")
         try:
-            data = yaml.safe_load(path.read_text()) or {}
+            data = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+        except UnicodeDecodeError:
+            raise ConfigError(f"{path}: not a YAML or JSON text file (not UTF-8 text)") from None
         except yaml.YAMLError as exc:
             raise ConfigError(f"{path}: not valid YAML: {one_line(exc)}") from None
         if not isinstance(data, dict):

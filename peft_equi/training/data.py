@@ -80,12 +80,88 @@ def _read_structures(path: Path) -> list:
     return structures
 
 
+#: Atoms closer than this (A), to each other or to a periodic image, are refused: no physical structure has them,
+#: and atoms at one position give NaN forces.
+MIN_DISTANCE = 0.1
+#: Atomic numbers a structure may hold: the elements (H to Og).
+MAX_ATOMIC_NUMBER = 118
+
+
+def real_values(values, what: str) -> np.ndarray:
+    """``values`` as a float array if they are real numbers (integers or floats); otherwise ``ValueError`` naming
+    ``what`` (booleans, complex numbers, strings and objects are not numbers here, and are never cast)."""
+    array = np.asarray(values)
+    if array.dtype.kind not in "iuf":
+        raise ValueError(f"{what} must be real numbers, got {array.dtype.name} values")
+    return array.astype(float)
+
+
+def atomic_numbers_of(values, what: str = "atomic numbers") -> np.ndarray:
+    """``values`` as integer atomic numbers, each an element (1 to 118); otherwise ``ValueError``.
+
+    Floats are accepted only when integral (``6.0``); booleans, complex numbers and strings are refused.
+    """
+    array = np.asarray(values)
+    if array.dtype.kind == "f":
+        fractional = array[~(np.isfinite(array) & (array == np.round(array)))]
+        if fractional.size:
+            raise ValueError(f"{what} must be integers, got {float(fractional[0])}")
+        array = array.astype(np.int64)
+    if array.dtype.kind not in "iu":
+        raise ValueError(f"{what} must be integers, got {array.dtype.name} values")
+    bad = array[(array < 1) | (array > MAX_ATOMIC_NUMBER)]
+    if bad.size:
+        raise ValueError(f"{what}: {int(bad[0])} is not an element (1 to {MAX_ATOMIC_NUMBER})")
+    return array.astype(np.int64)
+
+
+def periodic_heights(cell: np.ndarray, pbc: np.ndarray) -> np.ndarray:
+    """The widths of a cell across each periodic direction (A): volume (area, length) over the opposite face.
+
+    For the periodic vectors ``P`` (rows of ``cell`` where ``pbc``), with Gram matrix ``G = P P^T``, the height
+    along vector ``i`` is ``sqrt(det G / det G_(-i))``, ``G_(-i)`` without row and column ``i`` (1 for one vector).
+    """
+    vectors = np.asarray(cell, dtype=float)[np.asarray(pbc, dtype=bool)]
+    gram = vectors @ vectors.T
+    whole = max(np.linalg.det(gram), 0.0)
+    heights = []
+    for i in range(len(vectors)):
+        rest = np.delete(np.delete(gram, i, axis=0), i, axis=1)
+        face = np.linalg.det(rest) if rest.size else 1.0
+        heights.append(np.sqrt(whole / face) if face > 0 else 0.0)
+    return np.asarray(heights)
+
+
+def closest_pair(atoms, within: float = MIN_DISTANCE) -> tuple[int, int, float] | None:
+    """``(i, j, distance)`` of the closest two atoms (periodic images included) nearer than ``within``, or None."""
+    if np.any(atoms.pbc):
+        from ase.neighborlist import neighbor_list
+
+        first, second, distance = neighbor_list("ijd", atoms, within, self_interaction=False)
+    else:
+        from scipy.spatial import cKDTree
+
+        pairs = cKDTree(atoms.positions).query_pairs(within, output_type="ndarray")
+        first, second = pairs[:, 0], pairs[:, 1]
+        distance = np.linalg.norm(atoms.positions[first] - atoms.positions[second], axis=1)
+    if len(distance) == 0:
+        return None
+    k = int(np.argmin(distance))
+    return int(first[k]), int(second[k]), float(distance[k])
+
+
 def check_structure(path: str | Path, index: int, atoms, energy: float, forces: np.ndarray) -> None:
-    """Raise :class:`~peft_equi.errors.DataError` unless the structure's values are finite and shaped right."""
+    """Raise :class:`~peft_equi.errors.DataError` unless the structure can be used: atoms that are elements,
+    finite values of the right shapes, a periodic cell with a width of at least :data:`MIN_DISTANCE` in each
+    periodic direction, and no two atoms (or an atom and a periodic image) closer than :data:`MIN_DISTANCE`."""
     where = f"{path}: structure {index}"
     n_atoms = len(atoms)
     if n_atoms == 0:
         raise DataError(f"{where}: has no atoms")
+    try:
+        atomic_numbers_of(atoms.numbers)
+    except ValueError as exc:
+        raise DataError(f"{where}: {exc}") from None
     if forces.shape != (n_atoms, 3):
         raise DataError(f"{where}: forces have shape {forces.shape}, expected ({n_atoms}, 3) for {n_atoms} atoms")
     if not np.isfinite(energy):
@@ -95,8 +171,21 @@ def check_structure(path: str | Path, index: int, atoms, energy: float, forces: 
     positions = np.asarray(atoms.positions, dtype=float)
     if not np.all(np.isfinite(positions)):
         raise DataError(f"{where}: non-finite positions (atom {int(np.argwhere(~np.isfinite(positions))[0, 0])})")
-    if np.any(atoms.pbc) and not np.all(np.isfinite(np.asarray(atoms.cell, dtype=float))):
-        raise DataError(f"{where}: non-finite cell")
+    if np.any(atoms.pbc):
+        cell = np.asarray(atoms.cell, dtype=float)
+        if not np.all(np.isfinite(cell)):
+            raise DataError(f"{where}: non-finite cell")
+        heights = periodic_heights(cell, atoms.pbc)
+        if heights.min() < MIN_DISTANCE:
+            raise DataError(
+                f"{where}: the periodic cell is {heights.min():.3g} A wide across a periodic direction "
+                f"(zero volume, or under {MIN_DISTANCE} A)"
+            )
+    close = closest_pair(atoms)
+    if close is not None:
+        i, j, distance = close
+        image = " (periodic images)" if i == j else ""
+        raise DataError(f"{where}: atoms {i} and {j}{image} are {distance:.3g} A apart (closer than {MIN_DISTANCE} A)")
 
 
 def read_extxyz(path: str | Path, energy_key: str = "energy", forces_key: str = "forces") -> Dataset:
@@ -117,10 +206,10 @@ def read_extxyz(path: str | Path, energy_key: str = "energy", forces_key: str = 
             available = sorted(set(atoms.info) | set(atoms.arrays) | set(results))
             raise DataError(f"{path}: structure {i} has no {missing!r} (available keys: {', '.join(available)})")
         try:
-            energy = float(energy)
-            force = np.asarray(force, dtype=float)
+            energy = float(real_values(energy, "energy values"))
+            force = real_values(force, "forces")
         except (TypeError, ValueError) as exc:
-            raise DataError(f"{path}: structure {i}: energy or forces are not numbers ({exc})") from None
+            raise DataError(f"{path}: structure {i}: energy or forces are not numbers ({one_line(exc)})") from None
         check_structure(path, i, atoms, energy, force)
         energies.append(energy)
         forces.append(force)
@@ -147,8 +236,10 @@ def read_rmd17(path: str | Path, indices: Sequence[int] | None = None) -> Datase
             raise DataError(f"{path}: not an rMD17 file: missing keys {missing} (has {sorted(data.files)})")
         try:
             arrays = {k: data[k] for k in RMD17_KEYS}
-            numbers = np.asarray(arrays["nuclear_charges"])
-            energies_all = np.asarray(arrays["energies"], dtype=float).reshape(-1)
+            numbers = atomic_numbers_of(arrays["nuclear_charges"], "nuclear_charges")
+            for key in ("coords", "energies", "forces"):
+                arrays[key] = real_values(arrays[key], key)
+            energies_all = arrays["energies"].reshape(-1)
         except (TypeError, ValueError) as exc:  # object (pickled) or non-numeric arrays
             raise DataError(f"{path}: cannot be read: {one_line(exc)}") from None
         n = len(energies_all)
@@ -166,8 +257,29 @@ def read_rmd17(path: str | Path, indices: Sequence[int] | None = None) -> Datase
         if not finite.all():
             first = int(np.argmin(finite))
             raise DataError(f"{path}: structure {int(chosen[first])}: non-finite {name}")
+    _check_distances(path, coords, chosen)
     atoms = [Atoms(numbers=numbers, positions=xyz) for xyz in coords]
     return Dataset(atoms, energies * KCAL_PER_MOL_IN_EV, list(forces * KCAL_PER_MOL_IN_EV))
+
+
+def _check_distances(path: Path, coords: np.ndarray, chosen: np.ndarray) -> None:
+    """No two atoms of a structure of ``coords`` ``(n, atoms, 3)`` closer than :data:`MIN_DISTANCE` (vectorised)."""
+    n_atoms = coords.shape[1]
+    if n_atoms < 2:
+        return
+    step = max(1, 4_000_000 // n_atoms**2)
+    for start in range(0, len(coords), step):
+        block = coords[start : start + step]
+        squared = ((block[:, :, None, :] - block[:, None, :, :]) ** 2).sum(-1)
+        squared[:, np.arange(n_atoms), np.arange(n_atoms)] = np.inf
+        close = squared.reshape(len(block), -1).min(axis=1) < MIN_DISTANCE**2
+        if close.any():
+            k = int(np.argmax(close))
+            i, j = divmod(int(np.argmin(squared[k])), n_atoms)
+            raise DataError(
+                f"{path}: structure {int(chosen[start + k])}: atoms {min(i, j)} and {max(i, j)} are "
+                f"{np.sqrt(squared[k, i, j]):.3g} A apart (closer than {MIN_DISTANCE} A)"
+            )
 
 
 def _checked_indices(path: Path, indices: Sequence[int], n: int) -> np.ndarray:
@@ -199,7 +311,7 @@ def read_isolated_atom_energies(path: str | Path) -> dict[int, float]:
         if energy is None:
             raise DataError(f"{path}: structure {i}: isolated {atoms.get_chemical_formula()} has no energy")
         try:
-            energy = float(energy)
+            energy = float(real_values(energy, "energy values"))
         except (TypeError, ValueError):
             raise DataError(f"{path}: structure {i}: energy is not a number ({energy!r})") from None
         if not np.isfinite(energy):

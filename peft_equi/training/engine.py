@@ -28,7 +28,7 @@ from peft_equi.core.presets import validate_options
 from peft_equi.errors import DataError, PeftEquiError, element_names
 from peft_equi.families.base import Potential, load_potential
 from peft_equi.training.checkpoint import check_elements, check_resumable, input_digests, load_checkpoint, run_state
-from peft_equi.training.config import FinetuneConfig
+from peft_equi.training.config import E0S_MODES, FinetuneConfig
 from peft_equi.training.data import Dataset, read_dataset, read_isolated_atom_energies
 from peft_equi.training.data import select_and_split as split_data
 from peft_equi.training.evaluation import evaluate
@@ -37,8 +37,10 @@ from peft_equi.training.foundation_data import check_files, foundation_elements,
 from peft_equi.training.loader import Collate, GraphDataset, prepare
 from peft_equi.training.loop import TrainingDivergedError, TrainingLoop, make_fabric, new_state
 from peft_equi.training.metrics import ErrorMetrics
-from peft_equi.training.outputs import RUN_FILES, check_output, clear_output, format_results, write_outputs
+from peft_equi.training.outputs import RUN_FILES, format_results, write_outputs
 from peft_equi.training.reference import energy_correction
+from peft_equi.training.run_directory import RunDirectory
+from peft_equi.utils.save_and_load import set_adapter_tensors
 
 __all__ = ["RUN_FILES", "Finetuner", "TrainingDivergedError", "format_results", "load_splits"]
 
@@ -68,7 +70,7 @@ def load_splits(config: FinetuneConfig) -> tuple[Dataset, Dataset, Dataset | Non
             f"{len(train)} training / {len(valid)} validation structures: need at least one batch "
             f"({c.batch_size}) for training and one structure for validation"
         )
-    if c.e0s not in ("fit", "none"):  # checked now; used after the model is loaded
+    if c.e0s not in E0S_MODES:  # checked now; used after the model is loaded
         missing = sorted(set(train.atomic_numbers) - set(read_isolated_atom_energies(c.e0s)))
         if missing:
             raise PeftEquiError(f"{c.e0s} has no isolated-atom energy for atomic numbers {missing}")
@@ -92,19 +94,23 @@ class Finetuner:
         self._potential: Potential | None = None
         self.energy_shift = np.zeros(0)
         if potential is not None:
-            potential.model.to(device=self.device, dtype=self.dtype)
-            self.potential = potential
+            self.potential = potential.to(self.device, self.dtype)
         self.model: torch.nn.Module | None = None  # the PeftModel, after run()
         self.replay: GraphDataset | None = None  # the replay structures (foundation_data), when replaying
+        self.directory: RunDirectory | None = None  # the output directory, claimed by run()
 
     @property
     def potential(self) -> Potential:
-        """The model being fine-tuned; loaded on first use (:meth:`run` checks options and data first)."""
+        """The model being fine-tuned; loaded on first use (:meth:`run` checks options and data first).
+
+        Loaded in float64 (exact for a float32 file) and cast to the run's dtype by :meth:`_prepare_model`
+        after any cut, so that a cut model's weights do not depend on the run's dtype (adapters' base
+        fingerprints compare them exactly).
+        """
         if self._potential is None:
             c = self.config
-            potential = load_potential(c.model, dtype=self.dtype, trust_pickle=c.trust_pickle)
-            potential.model.to(device=self.device, dtype=self.dtype)
-            self.potential = potential
+            potential = load_potential(c.model, dtype=torch.float64, trust_pickle=c.trust_pickle)
+            self.potential = potential.to(self.device)
         return self._potential
 
     @potential.setter
@@ -127,7 +133,18 @@ class Finetuner:
         return prepare(self.potential, data, self.energy_shift)
 
     def run(self) -> dict[str, Any]:
-        """Fine-tune; returns the before/after errors (and writes everything under ``output``)."""
+        """Fine-tune; returns the before/after errors (and writes everything under ``output``).
+
+        The output directory is locked for the run; with ``overwrite`` the new run replaces the
+        previous one only once all its outputs are written (:mod:`~peft_equi.training.run_directory`).
+        """
+        try:
+            return self._run()
+        finally:
+            if self.directory is not None:
+                self.directory.close()
+
+    def _run(self) -> dict[str, Any]:
         c = self.config
         peft_config, checkpoint, digests, splits = self._start()
         before = self._errors(self.potential.model, splits)
@@ -144,15 +161,21 @@ class Finetuner:
         self.fabric.launch()
         retain = {name: data for name, data in splits.items() if name.startswith(RETAIN_PREFIX)}
         kept_epoch = self.loop.fit(self.potential, state, splits["train"], splits["valid"], retain, self.replay)
+        _check_finite(model, kept_epoch)
         result = {
             "before": before,
             "after": self._errors(model, splits),
             "trainable_parameters": model.num_trainable_parameters(),
             "kept": {"keep": c.keep, "epoch": kept_epoch, "stage_two_from_epoch": _one_based(c.stage_two_start())},
         }
+        if state.stage_one_best is not None and state.stage_one_best.state is not None:
+            result["stage_one_best"] = self._stage_one_errors(model, state.stage_one_best.state, splits)
+            result["kept"]["stage_one_best_epoch"] = state.stage_one_best.epoch
         self.model = model  # the trained PeftModel stays usable after the run
         if self.fabric.is_global_zero:
-            write_outputs(self.output, self.potential, model, self.energy_shift, result, self.loop.metrics, c.plots)
+            metrics, work = self.loop.metrics, self.directory.work
+            write_outputs(work, self.potential, model, self.energy_shift, result, metrics, c.plots, self.output)
+            self.directory.commit()
         self.fabric.barrier()
         return result
 
@@ -170,7 +193,9 @@ class Finetuner:
                 f"{world} processes: change replay_ratio"
             )
         train, valid, test = load_splits(c)
-        previous_run = check_output(self.output, c.resume, c.overwrite, self.fabric.global_rank == 0)
+        self.directory = RunDirectory(self.output, c.resume, c.overwrite, self.fabric.global_rank == 0).open()
+        self.loop.output = self.directory.work  # a sibling with overwrite: swapped in when the run is done
+        self.loop.keeps_checkpoints = not self.directory.staged
         checkpoint = load_checkpoint(self.output / "checkpoint.pt") if c.resume else None
         digests = input_digests(c)
         if checkpoint is not None:
@@ -181,7 +206,6 @@ class Finetuner:
             if data is not None:
                 self.potential.check_elements(data.atomic_numbers, f"the {name}")
         self._prepare_model([train, valid, test], foundation_elements(c))
-        clear_output(self.output, previous_run)  # overwrite: only now that the model loaded and fits the data
         if checkpoint is not None:
             check_elements(checkpoint, self.elements)
             self.energy_shift = np.asarray(checkpoint["delta"])
@@ -211,6 +235,7 @@ class Finetuner:
             if first:
                 names = element_names(self.elements, with_numbers=False)
                 log.info("subset_elements: model cut from %d to the data's elements (%s)", before, names)
+        self.potential.to(self.device, self.dtype)
         if c.backend == "cueq":
             report = self.potential.to_cueq(c.device)
             if first:
@@ -222,6 +247,18 @@ class Finetuner:
         except PeftEquiError as exc:
             raise PeftEquiError(f"{exc} (subset_elements: false keeps all the model's elements)") from exc
 
+    def _stage_one_errors(
+        self, model: torch.nn.Module, tensors: dict[str, torch.Tensor], splits: dict[str, GraphDataset]
+    ) -> dict[str, ErrorMetrics]:
+        """The errors of stage one's best model (``tensors``), as mace tests it beside stage two's; ``model``
+        keeps its own tensors."""
+        kept = {k: v.detach().clone() for k, v in model.adapter_state_dict().items()}
+        set_adapter_tensors(model, tensors, what="stage one's best adapter tensors")
+        try:
+            return self._errors(model, splits)
+        finally:
+            set_adapter_tensors(model, kept, what="the kept adapter tensors")
+
     def _errors(self, model: torch.nn.Module, splits: dict[str, GraphDataset]) -> dict[str, ErrorMetrics]:
         """Errors of ``model`` on every split but training: validation, test (when given), the retain files."""
         size, collate = self.config.eval_batch_size, self.collate
@@ -230,6 +267,16 @@ class Finetuner:
             for split, data in splits.items()
             if split != "train"
         }
+
+
+def _check_finite(model: torch.nn.Module, epoch: int) -> None:
+    """Nothing non-finite is kept: the kept adapter's tensors must be finite (else the run stops, writing nothing)."""
+    broken = [k for k, v in model.adapter_state_dict().items() if v.is_floating_point() and not torch.isfinite(v).all()]
+    if broken:
+        raise TrainingDivergedError(
+            f"the adapter kept (epoch {epoch}) has non-finite values ({', '.join(broken[:3])}"
+            f"{', ...' if len(broken) > 3 else ''}): nothing written (try a lower lr or float64)"
+        )
 
 
 def _brief(errors: dict[str, ErrorMetrics]) -> str:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+
 import numpy as np
 import torch
 from torch import nn
@@ -20,16 +22,22 @@ def _collate(potential: Potential, model: nn.Module) -> Collate:
     return Collate(potential, parameter.device, parameter.dtype)
 
 
+def _passes(
+    potential: Potential, model: nn.Module, prepared: GraphDataset, batch_size: int, collate: Collate | None
+) -> Iterator[tuple[Batch, torch.Tensor, torch.Tensor]]:
+    """``(batch, energies with the energy correction, forces)`` of ``model`` over ``prepared``, in order."""
+    for batch in eval_loader(prepared, collate or _collate(potential, model), batch_size):
+        energy, force = potential.energy_forces(model, batch.inputs, training=False)
+        yield batch, (energy + batch.shift).detach(), force.detach()
+
+
 def predict(
     potential: Potential, model: nn.Module, prepared: GraphDataset, batch_size: int, collate: Collate | None = None
 ) -> tuple[np.ndarray, np.ndarray]:
     """``model``'s energies (with the energy correction) and forces on every structure of ``prepared``, in order."""
-    energies, forces = [], []
-    for batch in eval_loader(prepared, collate or _collate(potential, model), batch_size):
-        energy, force = potential.energy_forces(model, batch.inputs, training=False)
-        energies.append((energy + batch.shift).detach().cpu().numpy())
-        forces.append(force.detach().cpu().numpy())
-    return np.concatenate(energies), np.concatenate(forces)
+    passes = list(_passes(potential, model, prepared, batch_size, collate))
+    energies = np.concatenate([e.cpu().numpy() for _, e, _ in passes])
+    return energies, np.concatenate([f.cpu().numpy() for *_, f in passes])
 
 
 def evaluate(
@@ -67,7 +75,7 @@ def batch_loss(
     )
 
 
-def validation_loss(
+def validate(
     potential: Potential,
     model: nn.Module,
     prepared: GraphDataset,
@@ -75,7 +83,15 @@ def validation_loss(
     energy_loss: str,
     batch_size: int,
     collate: Collate | None = None,
-) -> float:
-    """Mean loss over the batches of ``prepared``."""
-    loader = eval_loader(prepared, collate or _collate(potential, model), batch_size)
-    return float(np.mean([batch_loss(potential, model, b, weights, energy_loss, False).item() for b in loader]))
+) -> tuple[float, ErrorMetrics]:
+    """One pass over ``prepared``: the mean loss over its batches (``weights``, ``energy_loss``) and the errors."""
+    losses, energies, forces = [], [], []
+    for batch, energy, force in _passes(potential, model, prepared, batch_size, collate):
+        loss = weighted_loss(energy, force, batch.energy, batch.forces, batch.n_atoms, *weights, None, energy_loss)
+        losses.append(loss.item())
+        energies.append(energy.cpu().numpy())
+        forces.append(force.cpu().numpy())
+    errors = ErrorMetrics.of(
+        np.concatenate(energies), prepared.data.energies, np.concatenate(forces), np.concatenate(prepared.data.forces)
+    )
+    return float(np.mean(losses)), errors

@@ -3,10 +3,14 @@
 from __future__ import annotations
 
 import csv
+import io
 from pathlib import Path
 from typing import Any
 
 import numpy as np
+
+from peft_equi.errors import PeftEquiError, one_line
+from peft_equi.utils.files import atomic_write
 
 
 class MetricsLog:
@@ -17,10 +21,16 @@ class MetricsLog:
         self.path = directory / "metrics.csv"
         self.rows: list[dict[str, Any]] = []
         if resume and self.path.is_file():
-            with self.path.open() as f:
-                self.rows = [{k: _number(k, v) for k, v in row.items()} for row in csv.DictReader(f)]
-            if upto_epoch is not None:
-                self.rows = [row for row in self.rows if row["epoch"] <= upto_epoch]
+            try:
+                with self.path.open(encoding="utf-8") as f:
+                    self.rows = [{k: _number(k, v) for k, v in row.items()} for row in csv.DictReader(f)]
+                if upto_epoch is not None:
+                    self.rows = [row for row in self.rows if row["epoch"] <= upto_epoch]
+            except (ValueError, TypeError, KeyError, csv.Error) as exc:  # damaged (a run never writes it so)
+                raise PeftEquiError(
+                    f"{self.path}: cannot be read to resume ({type(exc).__name__}: {one_line(exc)}); restore it, "
+                    "or remove it to resume without the earlier epochs' rows"
+                ) from None
         self.writer = None
         try:
             from torch.utils.tensorboard import SummaryWriter
@@ -30,12 +40,13 @@ class MetricsLog:
             pass
 
     def append(self, row: dict[str, Any]) -> None:
-        """Add a row and rewrite the CSV (small files; always consistent on disk)."""
+        """Add a row and rewrite the CSV atomically (small files; always whole on disk)."""
         self.rows.append(row)
-        with self.path.open("w", newline="") as f:
-            writer = csv.DictWriter(f, fieldnames=list(row))
-            writer.writeheader()
-            writer.writerows(self.rows)
+        text = io.StringIO(newline="")
+        writer = csv.DictWriter(text, fieldnames=list(row))
+        writer.writeheader()
+        writer.writerows(self.rows)
+        atomic_write(self.path, lambda tmp: tmp.write_text(text.getvalue(), encoding="utf-8", newline=""))
         if self.writer is not None:
             for key, value in row.items():
                 if key != "epoch":
@@ -72,10 +83,7 @@ def plot_learning_curves(rows: list[dict[str, Any]], path: Path) -> Path:
         ax_err.plot(*zip(*points), "o--", label=f"{name}: force MAE vs foundation labels (meV/A)")
     ax_err.set(xlabel="epoch", title="validation errors (and retention)")
     ax_err.legend()
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
-    return path
+    return _save_figure(fig, path)
 
 
 def plot_force_parity(curves: dict[str, tuple[np.ndarray, np.ndarray]], path: Path) -> Path:
@@ -93,7 +101,15 @@ def plot_force_parity(curves: dict[str, tuple[np.ndarray, np.ndarray]], path: Pa
     ax.plot([low, high], [low, high], "k--", linewidth=0.8)
     ax.set(xlabel="reference force (eV/A)", ylabel="predicted force (eV/A)", title="force parity (test)")
     ax.legend()
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
-    return path
+    return _save_figure(fig, path)
+
+
+def _save_figure(fig, path: Path) -> Path:
+    """Write ``fig`` as a PNG atomically, and close it."""
+    import matplotlib.pyplot as plt
+
+    try:
+        fig.tight_layout()
+        return atomic_write(path, lambda tmp: fig.savefig(tmp, format="png", dpi=120))
+    finally:
+        plt.close(fig)

@@ -17,6 +17,7 @@ Floating-point precision is the engine's own (``dtype``): Fabric runs with its n
 
 from __future__ import annotations
 
+import copy
 import logging
 import os
 import time
@@ -33,10 +34,10 @@ from peft_equi.errors import PeftEquiError, first_line
 from peft_equi.families.base import Potential
 from peft_equi.training.checkpoint import atomic_save, checkpoint_state
 from peft_equi.training.config import FinetuneConfig
-from peft_equi.training.evaluation import batch_loss, evaluate, validation_loss
+from peft_equi.training.evaluation import batch_loss, evaluate, validate
 from peft_equi.training.loader import Collate, GraphDataset, train_loader
 from peft_equi.training.logs import MetricsLog
-from peft_equi.training.metrics import SUMMARY_KEYS
+from peft_equi.training.metrics import SUMMARY_KEYS, ErrorMetrics
 from peft_equi.utils.save_and_load import set_adapter_tensors
 
 log = logging.getLogger(__name__)
@@ -99,6 +100,7 @@ class State:
     scheduler: Any
     ema: Any
     best: Best = field(default_factory=Best)
+    stage_one_best: Best | None = None  # the best model of stage one, once stage two has begun
     epoch: int = 0  # epochs done
 
     def as_dict(self) -> dict[str, Any]:
@@ -110,6 +112,7 @@ class State:
             "scheduler": self.scheduler.state_dict(),
             "ema": self.ema.state_dict() if self.ema is not None else None,
             "best": self.best.as_dict(),
+            "stage_one_best": self.stage_one_best.as_dict() if self.stage_one_best is not None else None,
         }
 
     def load(self, checkpoint: dict[str, Any]) -> None:
@@ -120,6 +123,9 @@ class State:
         if self.ema is not None:
             self.ema.load_state_dict(checkpoint["ema"])
         self.best.load(checkpoint["best"])
+        if checkpoint["stage_one_best"] is not None:
+            self.stage_one_best = Best()
+            self.stage_one_best.load(checkpoint["stage_one_best"])
         self.epoch = int(checkpoint["epoch"])
 
 
@@ -154,6 +160,7 @@ class TrainingLoop:
         self.metrics: MetricsLog | None = None
         self.checkpoint_written = False
         self.resumed = False
+        self.keeps_checkpoints = True  # False when a failed run's directory is removed (overwrite)
         self.run_state: dict[str, Any] = {}
 
     @property
@@ -193,8 +200,12 @@ class TrainingLoop:
             loader.sampler.use_epoch(epoch)
             train_loss = self.train_epoch((trained, optimizer), state, loader, epoch, replays)
             with state.ema.average_parameters() if state.ema is not None else nullcontext():
-                valid_loss = self.validation_loss(state.model, valid)
-                errors = evaluate(potential, state.model, valid, batch_size=c.eval_batch_size, collate=self.collate)
+                valid_loss, errors = self.validate(state.model, valid)
+                if not np.isfinite(valid_loss):
+                    raise TrainingDivergedError(
+                        f"validation loss became {valid_loss} at epoch {epoch + 1}: stopping, nothing kept. "
+                        f"{self._kept_checkpoint()} (try a lower lr or float64)"
+                    )
                 retained = self.retention(state.model, retain or {}, epoch)
                 state.best.offer(valid_loss, epoch + 1, state.model)
             if stage == 1:
@@ -230,6 +241,7 @@ class TrainingLoop:
         for group in state.optimizer.param_groups:
             group["lr"] = c.swa_lr
         if epoch == stage_two:
+            state.stage_one_best = copy.copy(state.best)  # tested too, as mace tests both stages' best models
             state.best.reset()
         return 2
 
@@ -274,12 +286,10 @@ class TrainingLoop:
         totals = tuple(int(v) for v in self.fabric.all_reduce(share, reduce_op="sum").tolist())
         return batch_loss(self.potential, trained, batch, self.weights, self.energy_loss, True, totals)
 
-    def validation_loss(self, model: nn.Module, prepared: GraphDataset) -> float:
-        """Mean loss over validation batches, with the current stage's weights."""
-        c = self.config
-        return validation_loss(
-            self.potential, model, prepared, self.weights, self.energy_loss, c.eval_batch_size, self.collate
-        )
+    def validate(self, model: nn.Module, prepared: GraphDataset) -> tuple[float, ErrorMetrics]:
+        """Mean loss over validation batches (the current stage's weights) and the errors, in one pass."""
+        size = self.config.eval_batch_size
+        return validate(self.potential, model, prepared, self.weights, self.energy_loss, size, self.collate)
 
     def keep(self, state: State) -> int:
         """Load the kept weights into the model: the best epoch's, or the last (EMA-averaged); its epoch."""
@@ -297,6 +307,8 @@ class TrainingLoop:
             self.checkpoint_written = True
 
     def _kept_checkpoint(self) -> str:
+        if not self.keeps_checkpoints:
+            return "The previous run in the output directory is kept as it was (overwrite)"
         checkpoint = self.output / "checkpoint.pt"
         if self.checkpoint_written or (self.resumed and checkpoint.is_file()):
             return f"The last good checkpoint is {checkpoint}"

@@ -17,18 +17,20 @@ Two records in ``adapter_config.json`` are checked on loading:
   backend-free layout of :mod:`peft_equi.core.spec`, so e3nn and cuequivariance copies of a
   layer agree; tensors the adapter stores itself (BitFit's biases, ``train`` patterns) are
   left out, as loading replaces them.  Canonical form: the values rounded to float32,
-  flattened, little-endian bytes, so a base loaded in float32 or float64 gives the same
-  sha256.  A base computed in another precision (a model cut by ``subset_elements`` in
-  float32 at training and in float64 at evaluation) differs from the saved one by float32
-  rounding only; for these each tensor also records its norm and four fixed signed sums
-  (float64), and a tensor whose sha256 differs is accepted when they agree to
-  ``FINGERPRINT_RTOL`` of its norm (rounding moves them by ~1e-7; other weights by far
-  more).  Anything else raises :class:`BaseMismatchError` naming the tensors, unless
-  ``allow_base_mismatch=True`` (deliberate transfer to other weights).
+  flattened, little-endian bytes; the sha256 of that is compared exactly.  A base loaded in
+  float32 or float64 gives the same sha256, and so does a base cut by ``subset_elements`` in
+  either precision (the cut computes in float64).  Any other difference, however small,
+  raises :class:`BaseMismatchError` naming the tensors, unless ``allow_base_mismatch=True``
+  (deliberate transfer to other weights).
 
 Both records are required from format 2 on (:data:`FORMAT_VERSION`): an adapter of that format
 without one of them was edited, and is refused.  Adapters of format 1, saved before these
-records were required, load with a warning (``logging``) for each record they lack.
+records existed, cannot be checked at all (and a file edited to say format 1 looks the same):
+they load only with ``allow_base_mismatch=True`` (``--allow-base-mismatch``), with a warning.
+
+``adapter_config.json`` is validated as a whole (types of every record, the adapter config);
+tensors must be float32 or float64 (or the exact dtype of a non-floating tensor) and finite:
+nothing is cast from another type, nothing non-finite is loaded or saved.
 """
 
 from __future__ import annotations
@@ -42,6 +44,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import torch
+from pydantic import BaseModel, ConfigDict, StrictInt, StrictStr, ValidationError
 from safetensors import safe_open
 from safetensors.torch import save_file
 from torch import nn
@@ -49,7 +52,7 @@ from torch import nn
 from peft_equi.backends.base import Backend
 from peft_equi.core.config import PeftConfig
 from peft_equi.core.plan import base_tensors
-from peft_equi.errors import AdapterLoadError, BaseMismatchError, one_line
+from peft_equi.errors import AdapterLoadError, BaseMismatchError, ConfigError, PeftEquiError, one_line
 from peft_equi.utils.files import atomic_write
 
 if TYPE_CHECKING:
@@ -60,11 +63,42 @@ logger = logging.getLogger(__name__)
 CONFIG_NAME = "adapter_config.json"
 WEIGHTS_NAME = "adapter_model.safetensors"
 FORMAT_VERSION = 2  # 2: tensors_sha256 and base_fingerprint required
-LEGACY_FORMATS = (1,)  # read; the records may be missing (a warning says so)
+LEGACY_FORMATS = (1,)  # read only with allow_base_mismatch: the records may be missing
 REQUIRED_RECORDS = ("tensors_sha256", "base_fingerprint")
 FINGERPRINT_FORM = "float32 little-endian flat bytes of each adapted layer's canonical weight and bias"
-FINGERPRINT_RTOL = 1e-5
-_PROBES = 4
+#: The dtypes of saved floating-point adapter tensors (others, e.g. float16, are refused, never cast).
+FLOAT_DTYPES = (torch.float32, torch.float64)
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(strict=True, extra="ignore")
+
+
+class _FingerprintEntry(_Strict):
+    sha256: StrictStr
+    numel: StrictInt
+
+
+class _Fingerprint(_Strict):
+    form: StrictStr
+    tensors: dict[str, _FingerprintEntry]
+
+
+class _LayerRecord(_Strict):
+    adapter: StrictStr
+    backend: StrictStr
+
+
+class AdapterRecord(_Strict):
+    """The records of ``adapter_config.json``, with their types (what :func:`read_adapter` accepts)."""
+
+    format: StrictInt
+    peft_equi_version: StrictStr = "?"
+    base_model_class: StrictStr | None = None
+    config: dict[str, Any]
+    layers: dict[str, _LayerRecord] = {}
+    tensors_sha256: StrictStr | None = None
+    base_fingerprint: _Fingerprint | None = None
 
 
 # -- checksums and fingerprints --
@@ -84,24 +118,10 @@ def tensors_digest(tensors: dict[str, torch.Tensor]) -> str:
     return digest.hexdigest()
 
 
-def _signs(n: int, seed: int) -> torch.Tensor:
-    """A fixed pseudo-random +-1 vector (integer hash of the index: the same on every platform)."""
-    x = (torch.arange(n, dtype=torch.int64) * 0x9E3779B1 + (seed + 1) * 0x85EBCA77) & 0xFFFFFFFF
-    for _ in range(2):
-        x = (((x >> 16) ^ x) * 0x45D9F3B) & 0xFFFFFFFF
-    x = (x >> 16) ^ x
-    return ((x & 1) * 2 - 1).to(torch.float64)
-
-
 def tensor_fingerprint(tensor: torch.Tensor) -> dict[str, Any]:
-    """``{"sha256", "numel", "probes"}`` of ``tensor`` in the canonical form (float32, flat, little-endian).
-
-    ``probes``: the norm and :data:`_PROBES` signed sums of the float32-rounded values, in float64.
-    """
+    """``{"sha256", "numel"}`` of ``tensor`` in the canonical form: float32, flat, little-endian."""
     values = tensor.detach().reshape(-1).to(device="cpu", dtype=torch.float32).contiguous()
-    wide = values.to(torch.float64)
-    probes = [float(wide.norm())] + [float(wide @ _signs(wide.numel(), j)) for j in range(_PROBES)]
-    return {"sha256": hashlib.sha256(_raw_bytes(values)).hexdigest(), "numel": values.numel(), "probes": probes}
+    return {"sha256": hashlib.sha256(_raw_bytes(values)).hexdigest(), "numel": values.numel()}
 
 
 def base_fingerprint(layers: Iterable[tuple[str, nn.Module, Backend]], trained: Iterable[str]) -> dict[str, dict]:
@@ -121,24 +141,17 @@ def base_fingerprint(layers: Iterable[tuple[str, nn.Module, Backend]], trained: 
     return out
 
 
-def _same_up_to_rounding(saved: dict, current: dict) -> bool:
-    if saved.get("numel") != current["numel"] or len(saved.get("probes", ())) != len(current["probes"]):
-        return False
-    scale = max(abs(saved["probes"][0]), abs(current["probes"][0]))
-    return all(abs(a - b) <= FINGERPRINT_RTOL * scale for a, b in zip(saved["probes"], current["probes"]))
-
-
-def compare_fingerprints(saved: dict[str, dict], current: dict[str, dict]) -> tuple[list[str], list[str]]:
-    """``(tensors that differ, tensors equal only up to float32 rounding)``, by name."""
-    differ, rounded = [], []
+def compare_fingerprints(saved: dict[str, dict], current: dict[str, dict]) -> list[str]:
+    """The tensors whose canonical sha256 differs (or that only one side has), by name."""
+    differ = []
     for name in sorted(saved.keys() | current.keys()):
         if name not in current:
             differ.append(f"{name} (not in this model)")
         elif name not in saved:
             differ.append(f"{name} (not fingerprinted when saved)")
-        elif saved[name].get("sha256") != current[name]["sha256"]:
-            (rounded if _same_up_to_rounding(saved[name], current[name]) else differ).append(name)
-    return differ, rounded
+        elif saved[name]["sha256"] != current[name]["sha256"]:
+            differ.append(name)
+    return differ
 
 
 # -- saving and loading --
@@ -152,6 +165,11 @@ def save_adapter(model: PeftModel, directory: str | Path, adapter_name: str) -> 
     directory.mkdir(parents=True, exist_ok=True)
     state = model.adapter_state_dict(adapter_name)
     tensors = {k: v.detach().cpu().contiguous().clone() for k, v in state.items()}
+    broken = [k for k, v in tensors.items() if v.is_floating_point() and not bool(torch.isfinite(v).all())]
+    if broken:
+        raise PeftEquiError(
+            f"not saving adapter {adapter_name!r} to {directory}: " + _listing("non-finite values in", broken, limit=5)
+        )
     layers = {path: model._layers[path] for path, _ in model.adapters(adapter_name)}
     # the base as this adapter sees it: tensors trained by another adapter hold their base values
     with model._trained_values_of(adapter_name):
@@ -181,26 +199,33 @@ def save_adapter(model: PeftModel, directory: str | Path, adapter_name: str) -> 
 
 
 def read_adapter(directory: str | Path) -> tuple[dict, dict[str, torch.Tensor]]:
-    """The metadata and tensors of a saved adapter; clear errors for missing files."""
+    """The metadata (checked against :class:`AdapterRecord`) and tensors of a saved adapter; one-line
+    :class:`AdapterLoadError` for missing, malformed or corrupted files."""
     directory = Path(directory)
     for name in (CONFIG_NAME, WEIGHTS_NAME):
         if not (directory / name).is_file():
             raise AdapterLoadError(f"{directory / name} not found: not a saved peft_equi adapter directory")
+    config_path = directory / CONFIG_NAME
     try:
-        meta = json.loads((directory / CONFIG_NAME).read_text())
-    except json.JSONDecodeError as exc:
-        raise AdapterLoadError(f"{directory / CONFIG_NAME} is not valid JSON: {exc}") from None
-    if meta.get("format") not in (FORMAT_VERSION, *LEGACY_FORMATS) or "config" not in meta:
+        meta = json.loads(config_path.read_text(encoding="utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise AdapterLoadError(f"{config_path} is not valid JSON: {one_line(exc)}") from None
+    fmt = meta.get("format") if isinstance(meta, dict) else None
+    if type(fmt) is not int or fmt not in (FORMAT_VERSION, *LEGACY_FORMATS):
+        keys = sorted(meta) if isinstance(meta, dict) else type(meta).__name__
         raise AdapterLoadError(
-            f"{directory / CONFIG_NAME}: not a peft_equi adapter of format {FORMAT_VERSION} "
-            f"(format {meta.get('format')!r}, keys {sorted(meta)})"
+            f"{config_path}: not a peft_equi adapter of format {FORMAT_VERSION} (format {fmt!r}, keys {keys})"
         )
     missing = [key for key in REQUIRED_RECORDS if not meta.get(key)]
-    if missing and meta["format"] == FORMAT_VERSION:
+    if missing and fmt == FORMAT_VERSION:
         raise AdapterLoadError(
-            f"{directory / CONFIG_NAME}: format {FORMAT_VERSION} adapter without {' and '.join(missing)}: "
+            f"{config_path}: format {FORMAT_VERSION} adapter without {' and '.join(missing)}: "
             "the file was edited after saving; refused"
         )
+    try:
+        AdapterRecord.model_validate({k: v for k, v in meta.items() if k not in missing})
+    except ValidationError as exc:
+        raise AdapterLoadError(f"{config_path}: malformed adapter record: {ConfigError.from_validation(exc)}") from None
     weights = directory / WEIGHTS_NAME
     try:
         with safe_open(weights, framework="pt") as f:
@@ -227,28 +252,20 @@ def _check_base(meta: dict, current: dict[str, dict], directory: Path, allow_bas
     missing = [
         what
         for what, key in (("base fingerprint", "base_fingerprint"), ("checksum", "tensors_sha256"))
-        if key not in meta
+        if not meta.get(key)
     ]
-    if missing:
-        logger.warning(
-            "adapter in %s has no %s (saved by peft_equi %s): cannot check that %s",
-            directory,
-            " and no ".join(missing),
-            meta.get("peft_equi_version", "?"),
-            " nor that ".join(
-                {"base fingerprint": "it was trained on these base weights", "checksum": "its tensors are intact"}[m]
-                for m in missing
-            ),
+    if missing:  # a legacy format (read_adapter refuses the current one without its records)
+        message = (
+            f"adapter in {directory} (format {meta['format']}, peft_equi {meta.get('peft_equi_version', '?')}) has "
+            f"no {' and no '.join(missing)}: nothing tells that it was trained on these base weights"
+            f"{' or that its tensors are intact' if 'checksum' in missing else ''}"
         )
-    if "base_fingerprint" not in meta:
+        if not allow_base_mismatch:
+            raise BaseMismatchError(f"{message}; to load it anyway: allow_base_mismatch=True, --allow-base-mismatch")
+        logger.warning("%s; loaded anyway (allow_base_mismatch)", message)
+    if not meta.get("base_fingerprint"):
         return
-    differ, rounded = compare_fingerprints(meta["base_fingerprint"].get("tensors", {}), current)
-    if rounded:
-        logger.info(
-            "adapter in %s: base tensors equal to the saved ones up to float32 rounding: %s",
-            directory,
-            ", ".join(rounded),
-        )
+    differ = compare_fingerprints(meta["base_fingerprint"]["tensors"], current)
     if not differ:
         return
     message = f"adapter in {directory} was trained on other base weights: " + _listing(
@@ -260,6 +277,15 @@ def _check_base(meta: dict, current: dict[str, dict], directory: Path, allow_bas
             "--allow-base-mismatch)"
         )
     logger.warning("%s; loaded anyway (allow_base_mismatch)", message)
+
+
+def adapter_config(meta: dict, directory: Path) -> PeftConfig:
+    """The :class:`PeftConfig` recorded in an adapter's metadata; invalid, a one-line :class:`AdapterLoadError`."""
+    try:
+        return PeftConfig.model_validate(meta["config"])
+    except (ValidationError, ValueError) as exc:
+        problem = ConfigError.from_validation(exc) if isinstance(exc, ValidationError) else one_line(exc)
+        raise AdapterLoadError(f"{directory / CONFIG_NAME}: invalid adapter config: {problem}") from None
 
 
 def adapter_key(path: str, name: str) -> str:
@@ -279,11 +305,35 @@ def set_adapter_tensors(
     """
     current = model.adapter_state_dict(adapter_name)
     problems = _mismatches({k: tuple(v.shape) for k, v in current.items()}, tensors)
+    problems += _value_problems(current, tensors)
     if problems:
         raise AdapterLoadError(f"{what} do not fit the adapter: " + "; ".join(problems))
     with torch.no_grad():
         for key, value in tensors.items():
             current[key].copy_(value)
+
+
+def _value_problems(current: dict[str, torch.Tensor], tensors: dict[str, torch.Tensor]) -> list[str]:
+    """Tensors of another type than the model's (floating ones: float32 or float64) or with non-finite values."""
+    dtypes, broken = [], []
+    for key, value in tensors.items():
+        if key not in current:
+            continue
+        target = current[key]
+        allowed = FLOAT_DTYPES if target.is_floating_point() else (target.dtype,)
+        if value.dtype not in allowed:
+            dtypes.append(f"{key} ({str(value.dtype).removeprefix('torch.')})")
+        elif value.is_floating_point() and not bool(torch.isfinite(value).all()):
+            broken.append(key)
+    allowed_names = " or ".join(str(d).removeprefix("torch.") for d in FLOAT_DTYPES)
+    return [
+        _listing(title, items, limit=5)
+        for title, items in [
+            (f"wrong dtypes (adapter tensors are {allowed_names}; nothing is cast)", sorted(dtypes)),
+            ("non-finite values in", sorted(broken)),
+        ]
+        if items
+    ]
 
 
 def _mismatches(expected: dict[str, tuple[int, ...]], tensors: dict[str, torch.Tensor]) -> list[str]:
@@ -348,7 +398,7 @@ def load_adapter(
     existing = model if isinstance(model, PeftModel) else None
     check_name(adapter_name, existing.peft_config if existing is not None else ())
     meta, tensors = read_adapter(directory)
-    config = PeftConfig.model_validate(meta["config"])
+    config = adapter_config(meta, directory)
     base_model = model if existing is None else existing.base_model
     assignments = assign(discover(base_model), config) if existing is not None else plan_layers(model, config)
     planned = {a.layer.path: a.adapter for a in assignments if a.adapter is not None}

@@ -30,6 +30,8 @@ def test_schedule_names_tell_overridden_schedules_apart():
     assert comparison.schedule_name(True, 10, "float32", quick, full) == "quick"
     assert comparison.schedule_name(False, 150, "float32", quick, full) == "e150-float32"
     assert comparison.schedule_name(True, 10, "float64", quick, full) == "quick-e10-float64"
+    assert comparison.schedule_name(False, 50, "float32", quick, full, "average") == "e50-float32-e0s-average"
+    assert comparison.schedule_name(False, 500, "float64", quick, full, "fit") == "full"
 
 
 def test_organic_sample_spreads_over_the_split_and_keeps_the_labels(tmp_path):
@@ -252,3 +254,32 @@ def test_organic_summary_picks_the_best_peft_method_and_spreads_seeds(tmp_path):
     assert "32.0 +- 2.0 (n=3)" in text and "29.0 +- 2.0 (n=3)" in text  # full and mmea-paper over seeds
     assert "9.7 / 23.9" in text  # the published aspirin numbers next to ours
     assert "| full | 5.0 / 20.0 | 21.0 | not run | not run |" in text  # ethanol's schedules: e150 not run here
+
+
+def test_e0_summary_sets_both_modes_side_by_side(tmp_path):
+    """e0_summary.py: one row per (molecule, e0s, schedule, method) from the results files, the modes side by side."""
+    import e0_summary
+
+    runs = {
+        "ethanol-e50-float32-fit": {"full": 20.0, "elora-paper": 21.0, "mmea-paper": 22.0},
+        "ethanol-e50-float32-average": {"full": 30.0, "elora-paper": 24.0, "mmea-paper": 23.0},
+        "ethanol-full-float32-fit-seed1": {"full": 19.0},
+        "aspirin-e50-float32-average-ablations": {"no scalar modulation": 40.0},
+        "not-a-comparison": {"full": 1.0},
+    }
+    for name, methods in runs.items():
+        (tmp_path / name).mkdir()
+        results = {"methods": [_method(label, f) | {"kept_epoch": 2} for label, f in methods.items()]}
+        (tmp_path / name / "results.json").write_text(json.dumps(results))
+    e0_summary.main(["--folder", str(tmp_path)])
+    rows = json.loads((tmp_path / "summary.json").read_text())
+    keys = {(r["molecule"], r["e0s"], r["schedule"], r["method"]): r for r in rows}
+    assert len(keys) == len(rows) == 7  # seed 1 goes to summary-seeds.json, unknown folders are skipped
+    assert keys["ethanol", "average", "e50-float32", "full"]["test_forces_mae_meV_per_A"] == 30.0
+    assert keys["ethanol", "fit", "e50-float32", "elora-paper"]["test_energy_mae_meV"] == 21.0 / 4
+    assert ("aspirin", "average", "e50-float32", "mmea-paper, no scalar modulation") in keys
+    assert [r["seed"] for r in json.loads((tmp_path / "summary-seeds.json").read_text())] == [1]
+    text = (tmp_path / "summary.md").read_text()
+    assert "| ethanol | full | 5.0 / 20.0 | 7.5 / 30.0 | +50 % |" in text
+    assert "| ethanol | elora-paper +5 % | mmea-paper -23 % |" in text  # best PEFT against full, per mode
+    assert (tmp_path / "curves-e50-float32.png").is_file()

@@ -95,11 +95,18 @@ def test_unknown_elements_and_adapted_models_are_refused():
 
 
 def test_mace_off23_medium_cut_to_hco_has_the_papers_count():
-    """mmea-paper r16: 249,242 trainable on the ten-element MACE-OFF23-medium, 151,354 cut to H, C, O."""
+    """mmea-paper r16 with the Bessel weights counted (as the paper): 249,242 trainable on the ten-element
+    MACE-OFF23-medium, 151,354 cut to H, C, O; by default the 8 Bessel weights stay frozen."""
     medium = build_mace("mace_off23_medium", MACE_OFF23_ELEMENTS)
-    assert peft_equi.get_peft_model(copy.deepcopy(medium), "mmea-paper", rank=16).num_trainable_parameters() == 249_242
+
+    def count(model, **options):
+        adapted = peft_equi.get_peft_model(copy.deepcopy(model), "mmea-paper", rank=16, **options)
+        return adapted.num_trainable_parameters()
+
+    assert count(medium, train_bessel=True) == 249_242
     cut = subset_elements(medium, HCO)
-    assert peft_equi.get_peft_model(cut, "mmea-paper", rank=16).num_trainable_parameters() == 151_354
+    assert count(cut, train_bessel=True) == 151_354
+    assert count(cut) == 151_354 - 8
 
 
 def test_save_adapted_mace_can_cut(tmp_path):

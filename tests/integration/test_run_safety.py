@@ -110,7 +110,9 @@ def test_data_errors_are_data_errors(tmp_path):
     from peft_equi.training.data import read_dataset, read_isolated_atom_energies, read_rmd17
 
     n, atoms = 4, 2
-    arrays = {"nuclear_charges": np.array([1, 1]), "coords": np.zeros((n, atoms, 3)), "energies": np.zeros(n)}
+    coords = np.zeros((n, atoms, 3))
+    coords[:, 1, 2] = 0.74  # H2
+    arrays = {"nuclear_charges": np.array([1, 1]), "coords": coords, "energies": np.zeros(n)}
     np.savez(tmp_path / "nokeys.npz", **arrays)
     arrays["forces"] = np.zeros((n, atoms, 3))
     np.savez(tmp_path / "ok.npz", **arrays)

@@ -46,13 +46,13 @@ def test_stage_two_switches_lr_and_weights_and_restarts_the_best_model_search(fi
     )
     finetuner = Finetuner(config)
     seen = []
-    original = finetuner.loop.validation_loss
+    original = finetuner.loop.validate
 
     def spy(model, prepared):
         seen.append((finetuner.loop.energy_loss, *finetuner.loop.weights))
         return original(model, prepared)
 
-    finetuner.loop.validation_loss = spy
+    finetuner.loop.validate = spy
     result = finetuner.run()
     rows = _rows(tmp_path / "swa")
     assert [r["stage"] for r in rows] == ["1", "1", "2", "2"]
@@ -63,12 +63,18 @@ def test_stage_two_switches_lr_and_weights_and_restarts_the_best_model_search(fi
     assert kept["stage_two_from_epoch"] == 3 and kept["epoch"] in (3, 4)  # chosen among stage-two epochs only
     stage_two_losses = [float(r["valid_loss"]) for r in rows[2:]]
     assert kept["epoch"] == 3 + stage_two_losses.index(min(stage_two_losses))
+    # stage one's best model is tested too (as mace's run_train tests both)
+    stage_one_losses = [float(r["valid_loss"]) for r in rows[:2]]
+    assert kept["stage_one_best_epoch"] == 1 + stage_one_losses.index(min(stage_one_losses))
+    assert set(result["stage_one_best"]) == set(result["after"]) == {"valid", "test"}
+    assert result["stage_one_best"]["test"].forces_mae != result["after"]["test"].forces_mae
 
 
 def _scripted_validation(finetuner: Finetuner, losses: list[float]) -> None:
     """Make the validation loss follow ``losses``, so that the best epoch is known in advance."""
     remaining = iter(losses)
-    finetuner.loop.validation_loss = lambda model, prepared: next(remaining)
+    original = finetuner.loop.validate
+    finetuner.loop.validate = lambda model, prepared: (next(remaining), original(model, prepared)[1])
 
 
 def test_best_model_is_kept_and_evaluated(files, tmp_path):

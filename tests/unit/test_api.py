@@ -39,7 +39,7 @@ def test_get_peft_model_by_name_on_mixed_network(name):
     net = MixedNet()
     x, attrs = net_inputs()
     expected = net(x, attrs)
-    model = peft_equi.get_peft_model(net, name)
+    model = peft_equi.get_peft_model(net, name, invariant_inputs=["dense"])  # nn.Linear on the mlp's scalars
     assert torch.equal(model(x, attrs), expected)
     assert len(model.adapted_layers) >= 4
     randomize_adapters(model)
@@ -246,6 +246,6 @@ def test_merged_peft_model_refuses_further_calls():
 
 
 def test_inspect_counts_bitfit_layer_biases():
-    rows = {r.path: r for r in peft_equi.inspect_model(MixedNet(), "bitfit")}
+    rows = {r.path: r for r in peft_equi.inspect_model(MixedNet(), "bitfit", invariant_inputs=["dense"])}
     assert rows["embedding"].trainable == 6  # its own 6x0e bias, unfrozen
     assert rows["dense"].trainable == 5

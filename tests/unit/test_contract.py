@@ -82,10 +82,14 @@ def test_layer_row_describes_its_layer(layer):
 # -- the contract --
 
 
-def _adapt(module: torch.nn.Module, case: AdapterCase) -> peft_equi.PeftModel:
+def _options(layer: LayerCase, case: AdapterCase) -> dict:
+    return {**case.options, "invariant_inputs": list(layer.invariant_inputs)}
+
+
+def _adapt(module: torch.nn.Module, layer: LayerCase, case: AdapterCase) -> peft_equi.PeftModel:
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
-        model = peft_equi.get_peft_model(module, case.adapter, **case.options)
+        model = peft_equi.get_peft_model(module, case.adapter, **_options(layer, case))
     messages = [str(w.message) for w in caught]
     if case.equivariant:
         assert not messages, messages
@@ -104,10 +108,10 @@ def _randomize(model: peft_equi.PeftModel) -> None:
                 p.add_(0.3 * torch.randn_like(p))
 
 
-def _check_refusal(module, args, case, reason):
+def _check_refusal(module, args, layer, case, reason):
     expected = module(*args)
     with pytest.raises(peft_equi.RuleMatchError, match=rf"{re.escape(case.adapter)}\b.*{re.escape(reason)}"):
-        peft_equi.get_peft_model(module, case.adapter, **case.options)
+        peft_equi.get_peft_model(module, case.adapter, **_options(layer, case))
     assert not any(isinstance(m, peft_equi.AdaptedLayer) for m in module.modules())
     assert all(p.requires_grad for p in module.parameters())
     assert torch.equal(module(*args), expected)
@@ -167,11 +171,11 @@ def test_contract(layer, case, tmp_path):
     module, args = layer.make()
     reason = REFUSALS.get((layer.name, str(case)))
     if reason is not None:
-        _check_refusal(module, args, case, reason)
+        _check_refusal(module, args, layer, case, reason)
         return
     original = {k: v.detach().clone() for k, v in module.state_dict().items()}  # to load the adapter into
     base_out = module(*args)
-    model = _adapt(module, case)
+    model = _adapt(module, layer, case)
     assert type(model.base_model).__name__ == layer.wrapper
 
     out = model(*args)

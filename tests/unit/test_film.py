@@ -15,6 +15,8 @@ from peft_equi.testing import assert_equivariant, randomize_adapters
 
 def _film(name, **options):
     layer, irreps_in, irreps_out = layer_cases()[name]
+    if name == "nn.Linear":  # a bare nn.Linear: its input invariant by declaration
+        options = {"invariant_inputs": [""], **options}
     model = peft_equi.get_peft_model(copy.deepcopy(layer), "film", **options)
     return layer, model, irreps_in, irreps_out
 

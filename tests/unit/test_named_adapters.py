@@ -322,7 +322,7 @@ ERRORS = [
     ("unknown save", lambda m, d: m.save_pretrained(d, ["nope"]), peft_equi.UnknownNameError, "nope"),
     ("duplicate add", lambda m, d: m.add_adapter("default", "lora"), peft_equi.ConfigError, "already in use"),
     ("duplicate load", _save_other, peft_equi.ConfigError, "'default' is already in use"),
-    ("dotted name", lambda m, d: m.add_adapter("a.b", "lora"), peft_equi.ConfigError, "without '.'"),
+    ("dotted name", lambda m, d: m.add_adapter("a.b", "lora"), peft_equi.ConfigError, "no path separators, dots"),
     ("empty name", lambda m, d: peft_equi.get_peft_model(MixedNet(), "lora", ""), peft_equi.ConfigError, "''"),
     ("only adapter", lambda m, d: m.delete_adapter("default"), peft_equi.ConfigError, "only adapter"),
     ("bad option", lambda m, d: m.add_adapter("b", "lora", rank=0), peft_equi.ConfigError, "lora: rank"),

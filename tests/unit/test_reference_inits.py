@@ -136,7 +136,7 @@ def test_mmea_paper_differs_from_the_base_model_only_through_the_shift_weights(s
 
 def test_mmea_adapter_default_stays_the_identity_and_options_are_checked():
     layer = torch.nn.Linear(6, 4)
-    model = peft_equi.get_peft_model(copy.deepcopy(layer), "mmea", rank=3)
+    model = peft_equi.get_peft_model(copy.deepcopy(layer), "mmea", rank=3, invariant_inputs=[""])
     adapter = model.adapted_layers[""].adapter
     assert not adapter.heads[0].bias.any() and not adapter.shift.weight.any() and not adapter.shift.bias.any()
     with pytest.raises(peft_equi.ConfigError, match="shift_init_std"):

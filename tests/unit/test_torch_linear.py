@@ -12,7 +12,9 @@ import peft_equi
 from peft_equi.testing import randomize_adapters
 
 
-@pytest.mark.parametrize(("adapter", "options"), [("lora", {}), ("elora", {"rank": 4}), ("bitfit", {})])
+@pytest.mark.parametrize(
+    ("adapter", "options"), [("lora", {}), ("elora", {"rank": 4}), ("bitfit", {"invariant_inputs": [""]})]
+)
 def test_effective_weight_reaches_f_linear_in_the_module_layout(monkeypatch, adapter, options):
     """The effective weight is handed to ``F.linear`` with the module weight's own (contiguous) strides.
 

@@ -21,6 +21,7 @@ class CueLinear(FlatWeightBackend):
     """``cuet.Linear`` with internal weights; the effective weight goes through the layer's own ``f``."""
 
     name = "cueq.linear"
+    layer_class = ("cuequivariance_torch", "Linear")
 
     def matches(self, module: nn.Module) -> bool:
         return (

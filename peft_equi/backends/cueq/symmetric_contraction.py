@@ -141,6 +141,7 @@ class CueSymmetricContraction(Backend):
     """``cuet.SymmetricContraction`` called as ``sc(x, element_indices)``."""
 
     name = "cueq.symmetric_contraction"
+    layer_class = ("cuequivariance_torch", "SymmetricContraction")
 
     def matches(self, module: nn.Module) -> bool:
         weight = getattr(module, "weight", None)

@@ -25,6 +25,7 @@ class CueFullyConnectedTensorProduct(FlatWeightBackend):
     """
 
     name = "cueq.tensor_product"
+    layer_class = ("cuequivariance_torch", "FullyConnectedTensorProduct")
 
     def matches(self, module: nn.Module) -> bool:
         return (

@@ -7,6 +7,7 @@ from torch import nn
 
 from peft_equi.backends.base import FlatWeightAdaptedLayer, FlatWeightBackend
 from peft_equi.core.adapted_layer import AdaptedLayer
+from peft_equi.core.invariance import activation_name, breaks_parity, siblings
 from peft_equi.core.registry import register_backend
 from peft_equi.core.spec import LayerSpec, dense_spec
 
@@ -28,6 +29,20 @@ class E3nnFullyConnectedLayer(FlatWeightBackend):
     """
 
     name = "e3nn.fc"
+    layer_class = ("e3nn", "_Layer")
+
+    def invariant_input(self, module, ancestors):
+        """Proven when the layer's own activation, or the previous layer's (whose output it reads),
+        breaks parity (:mod:`peft_equi.core.invariance`): e3nn applies it elementwise."""
+        if module.act is not None and breaks_parity(module.act):
+            return f"its output goes into its activation {activation_name(module.act)}, equivariant on 0e only"
+        layers, position = siblings(module, ancestors)
+        previous = layers[position - 1] if position > 0 else None
+        act = getattr(previous, "act", None)
+        if act is not None and breaks_parity(act):
+            name = activation_name(act)
+            return f"its input comes out of the previous layer's activation {name}, equivariant on 0e only"
+        return None
 
     def matches(self, module: nn.Module) -> bool:
         weight = getattr(module, "weight", None)
@@ -61,6 +76,7 @@ class AdaptedE3nnFullyConnected(FlatWeightAdaptedLayer):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if not self.adapter_enabled:
             return self.base_layer(x)
+        self.check_input(x)
         weight, _, output_shift = self.effective_parameters()
         if weight is None:
             y = x @ (self.base_layer.weight / self.divisor)

@@ -32,6 +32,7 @@ class E3nnLinear(Backend):
     """
 
     name = "e3nn.linear"
+    layer_class = ("e3nn", "Linear")
 
     def matches(self, module: nn.Module) -> bool:
         instructions = getattr(module, "instructions", None)

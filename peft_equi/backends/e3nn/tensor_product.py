@@ -16,6 +16,17 @@ from peft_equi.core.spec import LayerKind, LayerSpec, WeightPath
 _OUTPUT_LAST = {"uvw", "uuw", "uvv", "uuu"}
 
 
+def _is_tensor_product(module: nn.Module) -> bool:
+    return all(hasattr(module, a) for a in ("irreps_in1", "irreps_in2", "irreps_out")) and isinstance(
+        getattr(module, "instructions", None), list
+    )
+
+
+def _unsupported_modes(module: nn.Module) -> list[str]:
+    modes = {getattr(ins, "connection_mode", None) for ins in module.instructions if getattr(ins, "has_weight", False)}
+    return sorted(str(mode) for mode in modes - _OUTPUT_LAST)
+
+
 @register_backend
 class E3nnTensorProduct(FlatWeightBackend):
     """``e3nn.o3.TensorProduct``: weights of paths with ``has_weight``, blocks of ``path_shape``.
@@ -25,17 +36,19 @@ class E3nnTensorProduct(FlatWeightBackend):
     """
 
     name = "e3nn.tensor_product"
+    layer_class = ("e3nn", "TensorProduct")
 
     def matches(self, module: nn.Module) -> bool:
-        instructions = getattr(module, "instructions", None)
-        return (
-            hasattr(module, "irreps_in1")
-            and hasattr(module, "irreps_in2")
-            and hasattr(module, "irreps_out")
-            and isinstance(instructions, list)
-            and all(getattr(ins, "connection_mode", None) in _OUTPUT_LAST for ins in instructions if ins.has_weight)
-            and has_internal_flat_weight(module)
-        )
+        return _is_tensor_product(module) and not _unsupported_modes(module) and has_internal_flat_weight(module)
+
+    def refusal(self, module: nn.Module) -> str | None:
+        modes = _unsupported_modes(module) if _is_tensor_product(module) and has_internal_flat_weight(module) else []
+        if modes:
+            return (
+                f"{self.name}: its weighted instructions use connection mode(s) {', '.join(modes)}, whose weight "
+                f"blocks do not end in the output channels (supported: {', '.join(sorted(_OUTPUT_LAST))})"
+            )
+        return super().refusal(module)
 
     def describe(self, module: nn.Module) -> LayerSpec:
         paths, offset = [], 0

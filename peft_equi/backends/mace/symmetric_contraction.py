@@ -46,6 +46,7 @@ class MaceSymmetricContraction(Backend):
     """MACE ``SymmetricContraction`` with internal weights (e3nn version, not cuequivariance)."""
 
     name = "mace.symmetric_contraction"
+    layer_class = ("mace", "SymmetricContraction")
 
     def matches(self, module: nn.Module) -> bool:
         contractions = getattr(module, "contractions", None)

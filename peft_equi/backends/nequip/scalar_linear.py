@@ -2,7 +2,12 @@
 
 It computes ``x @ (W * alpha) (+ b)`` with ``W`` stored ``(in, out)`` and ``alpha`` a scalar
 buffer (``gain / sqrt(in)``): a dense layer whose path weight is ``alpha``; the bias is
-added after the scaling.  Nonlinearities are separate modules, so nothing runs after it.
+added after the scaling.  Nonlinearities are separate modules, so nothing runs after it.  Its input is proven
+invariant inside a NequIP ``ScalarMLP`` (which checks that its field's irreps are ``0e``),
+next to a parity-breaking nonlinearity of its ``ScalarMLPFunction`` (an ``nn.Sequential``),
+or, failing both, by NequIP's contract: ``ScalarMLPFunction`` is the MLP of scalar features
+(NequIP and Allegro feed it radial bases and scalar latents; its ``torch.mm`` takes
+``(atoms or edges, channels)`` only).
 """
 
 from __future__ import annotations
@@ -10,8 +15,10 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from peft_equi.backends.base import DenseBackend, copy_into
+from peft_equi.backends.base import DenseBackend, copy_into, library_base
 from peft_equi.core.adapted_layer import AdaptedLayer
+from peft_equi.core.invariance import sequential_proof
+from peft_equi.core.irreps import Irreps
 from peft_equi.core.registry import register_backend
 from peft_equi.core.spec import LayerSpec, dense_spec
 
@@ -21,6 +28,18 @@ class NequipScalarLinear(DenseBackend):
     """``nequip.nn.mlp.ScalarLinearLayer`` (plain ``weight`` Parameter, not a parametrization)."""
 
     name = "nequip.scalar_linear"
+    layer_class = ("nequip", "ScalarLinearLayer")
+
+    def invariant_input(self, module, ancestors):
+        for ancestor in reversed(ancestors):
+            field, irreps = getattr(ancestor, "field", None), getattr(ancestor, "irreps_in", None)
+            scalar_mlp = hasattr(ancestor, "mlp_module") and isinstance(irreps, dict) and irreps.get(field) is not None
+            if scalar_mlp and all(block.ir.is_invariant for block in Irreps(irreps[field])):
+                return f"it is in a ScalarMLP of the field {field!r}, whose irreps are {irreps[field]}"
+        proof = sequential_proof(module, ancestors)
+        if proof is None and any(library_base(type(a), ("nequip", "ScalarMLPFunction")) for a in ancestors):
+            proof = "it is in a ScalarMLPFunction, NequIP's MLP of scalar features"
+        return proof
 
     def matches(self, module: nn.Module) -> bool:
         weight, alpha = getattr(module, "weight", None), getattr(module, "alpha", None)
@@ -67,6 +86,7 @@ class AdaptedNequipScalarLinear(AdaptedLayer):
     def forward(self, input: torch.Tensor) -> torch.Tensor:  # nequip's argument name
         if not self.adapter_enabled:
             return self.base_layer(input)
+        self.check_input(input)
         weight, bias, output_shift = self.effective_parameters()
         if weight is None:
             y = self.base_layer(input)

@@ -137,9 +137,9 @@ def _keep_lammps_dtype_probe(model: torch.nn.Module) -> None:
     dtype under the old name (unused by ``forward``) keeps the probe working.
     """
     embedding = getattr(getattr(model, "node_embedding", None), "linear", None)
-    if embedding is None or isinstance(getattr(embedding, "weight", None), torch.Tensor):
-        return
+    if embedding is None or "weight" in embedding._parameters or "weight" in embedding._buffers:
+        return  # (an adapted layer reads other attributes from its base layer: look at what it holds)
     base = getattr(embedding, "base_layer", None)
     weight = getattr(base, "weight", None)
     if isinstance(weight, torch.Tensor):
-        embedding.register_buffer("weight", weight.new_empty(0))
+        embedding._buffers["weight"] = weight.new_empty(0)  # register_buffer would see the base layer's

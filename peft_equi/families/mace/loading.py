@@ -163,30 +163,54 @@ def instantiate(model_class: type, config: dict, dtype: torch.dtype) -> nn.Modul
         return model_class(**config).to(dtype)
 
 
-def model_with_weights(model_class: type, config: dict, state_dict: dict[str, torch.Tensor]) -> nn.Module:
-    """``model_class(**config)`` in the weights' dtype, with ``state_dict`` loaded (codegen keys aside)."""
-    dtype = next((t.dtype for t in state_dict.values() if torch.is_floating_point(t)), torch.get_default_dtype())
-    model = instantiate(model_class, config, dtype)
+def model_with_weights(
+    model_class: type, config: dict, state_dict: dict[str, torch.Tensor], dtype: torch.dtype | None = None
+) -> nn.Module:
+    """``model_class(**config)`` built in ``dtype`` (default: the weights'), with ``state_dict`` loaded.
+
+    Codegen keys are regenerated, not copied.  Buffers a model computes from its
+    hyperparameters (the symmetric contractions' ``U_matrix_*``, the Bessel weights, ...)
+    are kept as built when the saved ones are the same values rounded to a lower precision
+    (:func:`_rebuilt_buffer`): a float32 file loaded in float64 then computes with exact
+    float64 constants instead of float32-rounded ones.  Parameters are the file's values.
+    """
+    source_dtype = next((t.dtype for t in state_dict.values() if torch.is_floating_point(t)), None)
+    model = instantiate(model_class, config, dtype or source_dtype or torch.get_default_dtype())
     source = {k: v for k, v in state_dict.items() if CODEGEN_MARK not in k}
-    target = {k for k in model.state_dict() if CODEGEN_MARK not in k}
-    missing, unexpected = sorted(target - source.keys()), sorted(source.keys() - target)
+    built = {k: v for k, v in model.state_dict().items() if CODEGEN_MARK not in k}
+    missing, unexpected = sorted(built.keys() - source.keys()), sorted(source.keys() - built.keys())
     if missing or unexpected:
         raise PeftEquiError(
             f"weights do not fit the rebuilt {model_class.__name__}: "
             f"missing {missing[:10]}, unexpected {unexpected[:10]}"
         )
-    model.load_state_dict(source, strict=False)
+    buffers = {name for name, _ in model.named_buffers()}
+    model.load_state_dict(
+        {k: built[k] if k in buffers and _rebuilt_buffer(built[k], v) else v for k, v in source.items()}, strict=False
+    )
     return model.eval()
 
 
-def rebuild_mace_model(old: nn.Module) -> nn.Module:
-    """A freshly built model of ``type(old)`` for the installed e3nn/mace, carrying ``old``'s weights."""
+def _rebuilt_buffer(built: torch.Tensor, saved: torch.Tensor) -> bool:
+    """Whether ``built`` (computed from the hyperparameters in a wider dtype) is ``saved`` in more precision:
+    the same shape, and equal to within a few units of ``saved``'s last place (its computation in its precision)."""
+    if not (built.is_floating_point() and saved.is_floating_point()) or built.shape != saved.shape:
+        return False
+    if torch.finfo(built.dtype).eps >= torch.finfo(saved.dtype).eps:
+        return False
+    wide, narrow = built.detach().double().cpu(), saved.detach().double().cpu()
+    scale = float(narrow.abs().max()) if narrow.numel() else 0.0
+    return bool(torch.all((wide - narrow).abs() <= 4 * torch.finfo(saved.dtype).eps * max(scale, 1e-30)))
+
+
+def rebuild_mace_model(old: nn.Module, dtype: torch.dtype | None = None) -> nn.Module:
+    """A freshly built model of ``type(old)`` for the installed e3nn/mace, carrying ``old``'s weights (in ``dtype``)."""
     from mace.tools.scripts_utils import extract_config_mace_model
 
     config = extract_config_mace_model(old)
     if "error" in config:
         raise PeftEquiError(f"cannot rebuild {type(old).__name__}: {config['error']}")
-    return model_with_weights(type(old), config, old.state_dict())
+    return model_with_weights(type(old), config, old.state_dict(), dtype)
 
 
 def save_mace_state(model: nn.Module, path: str | Path) -> None:
@@ -205,8 +229,11 @@ def save_mace_state(model: nn.Module, path: str | Path) -> None:
     torch.save(payload, path)
 
 
-def load_mace_model(path: str | Path, *, trust_pickle: bool = False, config: dict | None = None) -> nn.Module:
-    """Load a MACE model into a module built for the installed e3nn and mace (eval mode, CPU).
+def load_mace_model(
+    path: str | Path, *, trust_pickle: bool = False, config: dict | None = None, dtype: torch.dtype | None = None
+) -> nn.Module:
+    """Load a MACE model into a module built for the installed e3nn and mace (eval mode, CPU), in ``dtype``
+    (default: the file's; see :func:`model_with_weights` for the buffers of a float32 file built in float64).
 
     ``path`` may hold a whole pickled module (a MACE ``.model`` file, written under e3nn
     0.4.4 or 0.6: needs ``trust_pickle=True``, since unpickling executes code from the
@@ -226,14 +253,14 @@ def load_mace_model(path: str | Path, *, trust_pickle: bool = False, config: dic
         trusted_context=legacy_e3nn_codegen_unpickling,
     )
     if isinstance(obj, nn.Module):
-        return rebuild_mace_model(obj)
+        return rebuild_mace_model(obj, dtype)
     if isinstance(obj, dict) and obj.get("format") == STATE_FORMAT:
         try:
             model_class = _resolve(obj["model_class"], model_class=True)
             config = _decode(json.loads(obj["config"]))
         except PeftEquiError as exc:
             raise PeftEquiError(f"{path}: {exc}") from None
-        return model_with_weights(model_class, config, obj["state_dict"])
+        return model_with_weights(model_class, config, obj["state_dict"], dtype)
     if isinstance(obj, dict) and all(isinstance(v, torch.Tensor) for v in obj.values()):
         if config is None:
             raise PeftEquiError(f"{path} holds a bare state dict: pass config= (extract_config_mace_model's dict)")
@@ -241,5 +268,5 @@ def load_mace_model(path: str | Path, *, trust_pickle: bool = False, config: dic
         model_class = config.pop("model_class", None)
         if model_class is None:
             from mace.modules import ScaleShiftMACE as model_class
-        return model_with_weights(model_class, config, obj)
+        return model_with_weights(model_class, config, obj, dtype)
     raise PeftEquiError(f"{path}: not a MACE model file (found {type(obj).__name__})")

@@ -10,21 +10,27 @@ import numpy as np
 import torch
 from torch import nn
 
-from peft_equi.errors import EnergyShiftError
+from peft_equi.errors import EnergyShiftError, PeftEquiError
 from peft_equi.families.base import Potential, register_potential
+from peft_equi.utils.dtype import torch_default_dtype
 
 
 def mace_graphs(atoms: Sequence, atomic_numbers: Sequence[int], r_max: float) -> list[Any]:
-    """MACE ``AtomicData`` for each structure (``atomic_numbers``: the model's element order)."""
+    """MACE ``AtomicData`` for each structure (``atomic_numbers``: the model's element order).
+
+    Built in float64 whatever torch's default dtype (mace builds them in it): positions, cell
+    shifts and labels keep every digit; batches are cast to the run's dtype.
+    """
     from mace import data
     from mace.tools import utils
 
     table = utils.AtomicNumberTable([int(z) for z in atomic_numbers])
-    return [data.AtomicData.from_config(data.config_from_atoms(a), z_table=table, cutoff=r_max) for a in atoms]
+    with torch_default_dtype(torch.float64):
+        return [data.AtomicData.from_config(data.config_from_atoms(a), z_table=table, cutoff=r_max) for a in atoms]
 
 
 def mace_batch(atoms: Sequence, atomic_numbers: Sequence[int], r_max: float) -> dict[str, torch.Tensor]:
-    """The input dict MACE models take, for ``atoms`` (floating tensors in the default dtype)."""
+    """The input dict MACE models take, for ``atoms`` (floating tensors in float64: :func:`mace_graphs`)."""
     from mace.tools.torch_geometric.batch import Batch
 
     return Batch.from_data_list(mace_graphs(atoms, atomic_numbers, r_max)).to_dict()
@@ -52,6 +58,17 @@ class MacePotential(Potential):
     @property
     def r_max(self) -> float:
         return float(self.model.r_max)
+
+    def atomic_energies(self) -> np.ndarray:
+        """MACE's ``atomic_energies_fn.atomic_energies`` (one head; a multi-head model is refused)."""
+        energies = self.model.atomic_energies_fn.atomic_energies.detach().cpu().double().numpy()
+        if energies.ndim == 2 and energies.shape[0] == 1:
+            energies = energies[0]
+        if energies.ndim != 1:
+            raise PeftEquiError(
+                f"{self.name} has per-element energies for {energies.shape[0]} heads; e0s 'average' needs one head"
+            )
+        return energies
 
     def graphs(self, atoms: Sequence) -> list[Any]:
         return mace_graphs(atoms, self.atomic_numbers, self.r_max)
@@ -110,4 +127,4 @@ def load_mace(spec: str, *, dtype: torch.dtype, trust_pickle: bool) -> MacePoten
     """A MACE ``.model`` file (e3nn 0.4.4 or 0.6 pickle: needs ``trust_pickle``) or a MACE state file."""
     from peft_equi.families.mace.loading import load_mace_model
 
-    return MacePotential(load_mace_model(spec, trust_pickle=trust_pickle).to(dtype), Path(spec).name)
+    return MacePotential(load_mace_model(spec, trust_pickle=trust_pickle, dtype=dtype), Path(spec).name)

@@ -2,13 +2,13 @@
 
 * ``mmea-paper`` (MMEA, AAAI 2026): MMEA of rank ``rank`` on every ``o3.Linear``; ELoRA
   (r = alpha = 16) on ``skip_tp`` and on the symmetric contractions' ``weights_max``; LoRA
-  (r = 16) on the radial-MLP layers; lower-order contraction weights and the Bessel
-  weights trained fully (the contraction weights as a full-rank ELoRA update, so that the
-  recipe is mergeable and carries over to cuequivariance).  Only the MMEA gates grow with
-  ``rank``.  Takes the MMEA adapter's options (``activation``, ``heads``, ``gain``,
-  ``gain_sharing``, ``scalar_modulation``, ``higher_order_modulation``, ``init``,
-  ``shift_init_std``) and ``linear_adapter="conventional"``: the paper's ablations are this
-  recipe with one of them changed (``benchmarks/rmd17.py --ablations``).
+  (r = 16) on the radial-MLP layers; lower-order contraction weights trained fully (as a
+  full-rank ELoRA update, so that the recipe is mergeable and carries over to
+  cuequivariance).  Only the MMEA gates grow with ``rank``.  Takes the MMEA adapter's
+  options (``activation``, ``heads``, ``gain``, ``gain_sharing``, ``scalar_modulation``,
+  ``higher_order_modulation``, ``init``, ``shift_init_std``) and
+  ``linear_adapter="conventional"``: the paper's ablations are this recipe with one of them
+  changed (``benchmarks/rmd17.py --ablations``).
 * ``elora-paper`` (ELoRA, ICML 2025): the same with ELoRA (r = alpha = 16) on the
   ``o3.Linear`` layers too, with consecutive repeated input blocks treated as one
   (``simplify_inputs``), as the papers' MACE version simplified those irreps.
@@ -18,8 +18,13 @@
   ``A`` init copies MACE's effective init: N(0, 1) on ``o3.Linear`` (MACE's 1e-3 only
   applies to 2-D weights, and e3nn weights are flat) and N(0, 1e-3) on dense layers.
 
-On MACE-OFF23-medium (H, C, O) these give 151,354 (``mmea-paper``, r=16), 201,258 (r=32),
-175,880 (``elora-paper``) and 29,396 (``mace-lora``, r=4) trainable parameters.
+MACE's 8 Bessel weights: the reference code sets ``requires_grad`` on them, and so counts them
+among the trainable parameters, but its ``run_train.py`` puts ``radial_embedding`` in no
+optimizer group, so they are never updated.  The paper presets leave them frozen, as the
+reference's optimizer does; ``train_bessel=True`` trains them (and reproduces the published
+counts).  On MACE-OFF23-medium (H, C, O), with ``train_bessel=True``, these give 151,354
+(``mmea-paper``, r=16), 201,258 (r=32), 175,880 (``elora-paper``) and 29,396
+(``mace-lora``, r=4, which has no such option) trainable parameters; 8 fewer by default.
 
 The two paper presets start from the initialisation of the papers' reference code, which
 differs from the adapters' defaults in three places (see docs/adapters/initialisation.md):
@@ -82,8 +87,9 @@ def _hybrid_rules(rank: int) -> list[Rule]:
     ]
 
 
-def _paper_config(first: Rule, preset: str, hybrid_rank: int) -> PeftConfig:
-    return PeftConfig(rules=[first, *_hybrid_rules(hybrid_rank)], train_buffers=[BESSEL_WEIGHTS], preset=preset)
+def _paper_config(first: Rule, preset: str, hybrid_rank: int, train_bessel: bool) -> PeftConfig:
+    buffers = [BESSEL_WEIGHTS] if train_bessel else []
+    return PeftConfig(rules=[first, *_hybrid_rules(hybrid_rank)], train_buffers=buffers, preset=preset)
 
 
 def _linear_rule(rank: int, linear_adapter: str, **mmea_options: Any) -> Rule:
@@ -116,6 +122,7 @@ def mmea_paper(
     rank: int = 16,
     hybrid_rank: int = 16,
     linear_adapter: Literal["mmea", "conventional"] = "mmea",
+    train_bessel: bool = False,
     **mmea_options: Any,
 ) -> PeftConfig:
     """MMEA's published MACE recipe, reference-code inits (``rank``: width of the MMEA gates).
@@ -128,21 +135,25 @@ def mmea_paper(
     switched off, ``o3.Linear`` layers left with nothing to modulate get no adapter.
     ``linear_adapter="conventional"`` puts the not-equivariant dense bottleneck of rank
     ``rank`` there instead (the conventional-adapter ablation).  ``hybrid_rank``: rank of
-    the ELoRA and LoRA parts (16 in the paper).
+    the ELoRA and LoRA parts (16 in the paper).  ``train_bessel``: train MACE's Bessel weights
+    too (the reference counts them as trainable but never updates them; see the module docstring).
     """
-    return _paper_config(_linear_rule(rank, linear_adapter, **mmea_options), "mmea-paper", hybrid_rank)
+    return _paper_config(_linear_rule(rank, linear_adapter, **mmea_options), "mmea-paper", hybrid_rank, train_bessel)
 
 
 @register_preset("elora-paper")
-def elora_paper(rank: int = 16) -> PeftConfig:
-    """ELoRA's published MACE recipe, reference-code inits (every ``A ~ N(0, 1)``, ``weights_max``'s ``/ P``)."""
+def elora_paper(rank: int = 16, train_bessel: bool = False) -> PeftConfig:
+    """ELoRA's published MACE recipe, reference-code inits (every ``A ~ N(0, 1)``, ``weights_max``'s ``/ P``).
+
+    ``train_bessel``: train MACE's Bessel weights too (see the module docstring).
+    """
     elora = Rule(
         adapter="elora",
         kinds=["linear"],
         options={"rank": rank, "alpha": rank, "init_std": REFERENCE_A_STD, "simplify_inputs": True},
         name="elora on o3.Linear",
     )
-    return _paper_config(elora, "elora-paper", rank)
+    return _paper_config(elora, "elora-paper", rank, train_bessel)
 
 
 @register_preset("mace-lora")

@@ -6,8 +6,8 @@ embedding, the skip connections' element operand, the symmetric contractions' pe
 weights, the atomic energies.  :func:`subset_elements` returns a new model for the chosen
 elements only.  It gives the same energies and forces on structures of those elements
 (only rounding differs), fewer parameters for adapters and full fine-tuning to train
-(``mmea-paper`` r16 on MACE-OFF23-medium: 249,242 with ten elements, 151,354 cut to H, C,
-O, the papers' count), and smaller saved models.
+(``mmea-paper`` r16 with ``train_bessel=True`` on MACE-OFF23-medium: 249,242 with ten
+elements, 151,354 cut to H, C, O, the papers' count), and smaller saved models.
 
 How: the model is rebuilt from its own config
 (``mace.tools.scripts_utils.extract_config_mace_model``) with the fewer elements, and every
@@ -88,7 +88,9 @@ def _cut_e3nn_weight(old: nn.Module, new: nn.Module, index: torch.Tensor, n_old:
         block = weight[..., offset : offset + size].reshape(*lead, *a.path_shape)
         offset += size
         block = _cut_axes(block, (*lead, *b.path_shape), index, n_old, where)
-        blocks.append((block * (a.path_weight / b.path_weight)).reshape(*lead, -1))
+        # in float64 whatever the model's dtype: a cut in float32 is then the float64 cut rounded, exactly
+        rescaled = (block.double() * (a.path_weight / b.path_weight)).to(block.dtype)
+        blocks.append(rescaled.reshape(*lead, -1))
     if offset != weight.shape[-1]:
         raise PeftEquiError(f"cannot cut {where}: its paths do not cover its weight")
     return torch.cat(blocks, dim=-1)
@@ -137,7 +139,9 @@ def subset_elements(model: nn.Module, atomic_numbers: Iterable[int]) -> nn.Modul
     """A new MACE model that knows only ``atomic_numbers`` (a subset of ``model``'s elements).
 
     Energies and forces on structures made of those elements are those of ``model`` (equal
-    to rounding: 1e-10 in float64).  The embedding rows, the per-element weights of the skip
+    to rounding: 1e-10 in float64).  Rescaled weights are computed in float64 and rounded to
+    the model's dtype, so that a cut in float32 equals the float64 cut rounded to float32
+    (the base fingerprint of adapters compares them exactly).  The embedding rows, the per-element weights of the skip
     connections and symmetric contractions, the atomic energies and the ``atomic_numbers``
     table (z table) keep only the chosen elements, in ``model``'s order.  ``model`` itself
     is not changed; the new model has its dtype, device, train/eval mode and

@@ -73,7 +73,8 @@ class NequipPotential(Potential):
         from nequip.data.transforms import ChemicalSpeciesToAtomTypeMapper
 
         mapper = ChemicalSpeciesToAtomTypeMapper(model_type_names=list(self.model.type_names))
-        return [compute_neighborlist_(mapper(from_ase(a)), self.r_max) for a in atoms]
+        with torch_default_dtype(torch.float64):  # nequip builds them in torch's default dtype; cast in collate
+            return [compute_neighborlist_(mapper(from_ase(a)), self.r_max) for a in atoms]
 
     def collate(self, graphs: Sequence[Any], device: torch.device, dtype: torch.dtype) -> dict[str, Any]:
         from nequip.data import AtomicDataDict

@@ -50,9 +50,9 @@ def to_dtype(model: nn.Module, dtype: torch.dtype) -> nn.Module:
     """Cast a SevenNet model, including its hard-coded float32 one-hot encoding."""
     model = model.to(dtype)
     one_hot = model._modules.get("onehot_idx_to_onehot")
-    if one_hot is not None and dtype != torch.float32:
+    if one_hot is not None:
         one_hot._peft_equi_dtype = dtype
-        if not getattr(one_hot, "_peft_equi_hooked", False):
+        if dtype != torch.float32 and not getattr(one_hot, "_peft_equi_hooked", False):
             one_hot.register_forward_hook(_cast_one_hot)
             one_hot._peft_equi_hooked = True
     return model
@@ -78,6 +78,13 @@ class SevenNetPotential(Potential):
     @property
     def cutoff(self) -> float:
         return float(self.checkpoint.config["cutoff"])
+
+    def to(self, device: torch.device | str | None = None, dtype: torch.dtype | None = None) -> SevenNetPotential:
+        """Move and cast, the one-hot encoding included (:func:`to_dtype`)."""
+        if dtype is not None:
+            self.model = to_dtype(self.model, dtype)
+        self.model.to(device=device)
+        return self
 
     def graphs(self, atoms: Sequence) -> list[Any]:
         from sevenn.atom_graph_data import AtomGraphData
