@@ -90,11 +90,13 @@ class Potential(ABC):
         A family with no per-element energies to fold it into raises
         :class:`~peft_equi.errors.EnergyShiftError` and leaves ``model`` as it was.
         """
+        from peft_equi.model import PeftModel
+
         if energy_shift is None:
             return model
         delta = EnergyCorrection.of(energy_shift).aligned(self.atomic_numbers)
-        if np.any(delta != 0):
-            self.add_per_element_energies(model, delta)
+        if np.any(delta != 0):  # a PeftModel reads its base model's attributes: the hook sees the base model
+            self.add_per_element_energies(model.base_model if isinstance(model, PeftModel) else model, delta)
         return model
 
     def add_per_element_energies(self, model: nn.Module, delta: np.ndarray) -> None:

@@ -190,6 +190,8 @@ def test_nequip_run_merged_state_gives_the_fine_tuned_energies(tmp_path):
     test = read_dataset(ACETAMIDE).subset(range(100, 104))
     expected = engine_predictions(finetuner, test)
     assert np.abs(expected - energies_of(finetuner.potential, finetuner.model, test.atoms)).min() > 1.0
+    unmerged = finetuner.potential.fold_energy_shift(copy.deepcopy(finetuner.model), tmp_path)
+    np.testing.assert_allclose(energies_of(finetuner.potential, unmerged, test.atoms), expected, atol=1e-9, rtol=0)
     fresh = small_nequip("nequip.model.NequIPGNNModel", **NEQUIP_OPTIONS)  # the architecture, per-type shifts
     fresh.model.load_state_dict(torch.load(tmp_path / "merged.nequip-state.pt", weights_only=True))
     np.testing.assert_allclose(energies_of(fresh, fresh.model, test.atoms), expected, atol=1e-9, rtol=0)
@@ -231,6 +233,8 @@ def test_sevenn_run_merged_checkpoint_gives_the_fine_tuned_energies(tmp_path):
     test = read_dataset(ACETAMIDE).subset(range(100, 102))
     expected = engine_predictions(finetuner, test)
     assert np.abs(expected - energies_of(finetuner.potential, finetuner.model, test.atoms)).min() > 0.1
+    unmerged = finetuner.potential.fold_energy_shift(copy.deepcopy(finetuner.model), tmp_path)
+    np.testing.assert_allclose(energies_of(finetuner.potential, unmerged, test.atoms), expected, atol=1e-3, rtol=0)
     deployed = load_potential(str(tmp_path / "merged.pth"), dtype=torch.float32)
     np.testing.assert_allclose(energies_of(deployed, deployed.model, test.atoms), expected, atol=2e-3, rtol=0)
 
