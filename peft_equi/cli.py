@@ -209,19 +209,19 @@ def inspect_command(
 
 
 def _adapted(model: str, run: Path, trust_pickle: bool, allow_base_mismatch: bool = False):
-    """``(potential, PeftModel, energy correction)`` of a finished run on ``model`` (cut as the run cut it)."""
-    import numpy as np
-
+    """``(potential, PeftModel, EnergyCorrection)`` of a finished run on ``model`` (cut as the run cut it)."""
     import peft_equi
+    from peft_equi.energy_correction import EnergyCorrection
     from peft_equi.families.base import load_potential
     from peft_equi.training.run_directory import finished_run
     from peft_equi.utils.save_and_load import read_adapter
 
-    correction = finished_run(run)
+    record = finished_run(run)
+    correction = EnergyCorrection(tuple(record["atomic_numbers"]), tuple(record["delta_eV"]))
     meta, _ = read_adapter(run / "adapter")
     potential = load_potential(model, trust_pickle=trust_pickle)
     _check_model_class(run, meta.get("base_model_class"), potential)
-    elements = correction["atomic_numbers"]
+    elements = list(correction.atomic_numbers)
     if set(elements) < set(potential.atomic_numbers):  # the run cut the model (subset_elements): cut it again
         potential.subset_elements(elements)
     if elements != potential.atomic_numbers:
@@ -232,7 +232,7 @@ def _adapted(model: str, run: Path, trust_pickle: bool, allow_base_mismatch: boo
     peft_model = peft_equi.PeftModel.from_pretrained(
         potential.model, run / "adapter", allow_base_mismatch=allow_base_mismatch
     )
-    return potential, peft_model, np.asarray(correction["delta_eV"])
+    return potential, peft_model, correction
 
 
 def _check_model_class(run: Path, recorded: str | None, potential) -> None:
@@ -269,7 +269,8 @@ def evaluate(
             potential = load_potential(model, trust_pickle=trust_pickle)
             network, energy_shift = potential.model, None
         else:  # the potential is cut when the run cut the model
-            potential, network, energy_shift = _adapted(model, run, trust_pickle, allow_base_mismatch)
+            potential, network, correction = _adapted(model, run, trust_pickle, allow_base_mismatch)
+            energy_shift = correction.aligned(potential.atomic_numbers)
         potential.check_elements(dataset.atomic_numbers, str(data))
         errors = errors_of(potential, network, dataset, energy_shift=energy_shift, batch_size=batch_size)
     except (PeftEquiError, OSError, KeyError, ValidationError) as exc:
@@ -297,13 +298,14 @@ def merge(
     overwrite: Annotated[bool, typer.Option("--overwrite", help="replace an existing merged model file")] = False,
     allow_base_mismatch: MismatchOption = False,
 ) -> None:
-    """Fold a mergeable adapter into the model and save it in the model family's own format."""
+    """Fold a mergeable adapter and the run's energy correction into the model; save it in the family's format."""
     try:
-        potential, peft_model, _ = _adapted(model, run, trust_pickle, allow_base_mismatch)
-        path = _save_new(potential, peft_model.merge_and_unload(), output, overwrite)
+        potential, peft_model, correction = _adapted(model, run, trust_pickle, allow_base_mismatch)
+        merged = potential.fold_energy_shift(peft_model.merge_and_unload(), correction)
+        path = _save_new(potential, merged, output, overwrite)
     except (PeftEquiError, OSError) as exc:
         raise _fail(str(exc)) from None
-    typer.echo(f"merged model written to {path} (per-element energy correction: {run / 'energy_correction.json'})")
+    typer.echo(f"merged model written to {path} (with the per-element energy correction of {run})")
 
 
 @app.command("md")
@@ -324,8 +326,6 @@ def md(
     allow_base_mismatch: MismatchOption = False,
 ) -> None:
     """MD stability: Langevin NVT then NVE with the model (and, with --run, the fine-tuned model); before/after."""
-    import numpy as np
-
     from peft_equi.families.base import load_potential
     from peft_equi.md import format_reports, write_reports
 
@@ -340,9 +340,9 @@ def md(
         base.check_elements(atoms.numbers, str(structure))
         models = {"foundation": (base, base.model, {})}
         if run is not None:
-            potential, peft_model, energy_shift = _adapted(model, run, trust_pickle, allow_base_mismatch)
+            potential, peft_model, correction = _adapted(model, run, trust_pickle, allow_base_mismatch)
             potential.check_elements(atoms.numbers, str(structure))
-            shift = dict(zip(potential.atomic_numbers, np.asarray(energy_shift).tolist()))
+            shift = dict(zip(correction.atomic_numbers, correction.delta))
             # the same per-element correction for both: a constant shift, it changes neither dynamics nor drift
             models = {"foundation": (base, base.model, shift), "fine-tuned": (potential, peft_model, shift)}
         settings = dict(temperature=temperature, nvt_steps=steps, nve_steps=nve, timestep=timestep, seed=seed)

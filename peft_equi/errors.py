@@ -44,6 +44,10 @@ class NotMergeableError(PeftEquiError):
     """Merging was asked for an adapter whose update depends on the input."""
 
 
+class EnergyShiftError(PeftEquiError):
+    """A per-element energy correction that a model has no place for (``Potential.fold_energy_shift``)."""
+
+
 class AdapterLoadError(PeftEquiError):
     """A saved adapter that does not fit the model it is loaded into."""
 

@@ -44,3 +44,20 @@ def energy_forces(model, batch, positions=None) -> tuple[torch.Tensor, torch.Ten
 def batch_of(atoms_list) -> dict[str, torch.Tensor]:
     """A MACE input dict for ``atoms_list``."""
     return mace_batch(atoms_list, HCO, 5.0)
+
+
+# the keys ML-MACE's pair_mace.cpp puts into the input dict of an exported file
+LAMMPS_KEYS = ["batch", "cell", "edge_index", "energy", "forces", "node_attrs", "positions", "ptr"]
+LAMMPS_KEYS += ["shifts", "unit_shifts", "weight"]
+
+
+def lammps_input(batch):
+    """What ML-MACE (no_domain_decomposition: local atoms only, periodic images as shifts) passes an exported file."""
+    n = batch["positions"].shape[0]
+    data = {key: batch[key].clone() for key in LAMMPS_KEYS if key in batch}
+    data["cell"] = data["cell"].reshape(3, 3)
+    data["energy"] = torch.empty(1)
+    data["forces"] = torch.empty(n, 3)
+    data["weight"] = torch.ones(1)
+    assert sorted(data) == sorted(LAMMPS_KEYS)
+    return data, torch.ones(n, dtype=torch.bool)

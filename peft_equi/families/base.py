@@ -13,7 +13,8 @@ import torch
 from torch import nn
 
 from peft_equi.core.registry import Registry
-from peft_equi.errors import PeftEquiError, UnknownElementError, element_names
+from peft_equi.energy_correction import EnergyCorrection, EnergyShift
+from peft_equi.errors import EnergyShiftError, PeftEquiError, UnknownElementError, element_names
 
 
 class Potential(ABC):
@@ -77,6 +78,36 @@ class Potential(ABC):
             f"e0s 'average' replaces the model's per-element energies, which the {self.family} family does not "
             "expose here: use e0s 'fit' (a correction on top of the model) or an isolated-atoms file"
         )
+
+    def fold_energy_shift(self, model: nn.Module, energy_shift: EnergyShift | None) -> nn.Module:
+        """Make ``model``'s energies include a per-element energy correction; in place, returns ``model``.
+
+        Afterwards ``model`` (of this family, or its ``PeftModel``) gives
+        E_model + sum_i delta_(z_i): what the engine evaluates and what a
+        deployed file must give (:mod:`peft_equi.energy_correction`).  ``energy_shift``: see
+        :class:`~peft_equi.energy_correction.EnergyCorrection` (a run's directory, its
+        ``energy_correction.json``, ``{element: eV}``); ``None`` or all zeros changes nothing.
+        A family with no per-element energies to fold it into raises
+        :class:`~peft_equi.errors.EnergyShiftError` and leaves ``model`` as it was.
+        """
+        from peft_equi.model import PeftModel
+
+        if energy_shift is None:
+            return model
+        delta = EnergyCorrection.of(energy_shift).aligned(self.atomic_numbers)
+        if np.any(delta != 0):  # a PeftModel reads its base model's attributes: the hook sees the base model
+            self.add_per_element_energies(model.base_model if isinstance(model, PeftModel) else model, delta)
+        return model
+
+    def add_per_element_energies(self, model: nn.Module, delta: np.ndarray) -> None:
+        """Family hook of :meth:`fold_energy_shift`: add ``delta[k]`` eV per atom of element ``atomic_numbers[k]``.
+
+        Implemented by folding into the model's own per-element energies (MACE's atomic
+        energies, NequIP's per-type shifts, SevenNet's per-species shift), in place; raise
+        :class:`~peft_equi.errors.EnergyShiftError` without changing ``model`` where that is
+        impossible.
+        """
+        raise EnergyShiftError(f"{self.family} models have no per-element energies to fold an energy correction into")
 
     def to_cueq(self, device: str) -> str:
         """Move the model to cuequivariance layers; returns a line saying which kernels run."""

@@ -14,7 +14,8 @@ from typing import Any
 import numpy as np
 from torch import nn
 
-from peft_equi.errors import NotMergeableError
+from peft_equi.energy_correction import EnergyCorrection
+from peft_equi.errors import EnergyShiftError, NotMergeableError
 from peft_equi.families.base import Potential
 from peft_equi.training.logs import MetricsLog, plot_force_parity, plot_learning_curves
 from peft_equi.utils.files import atomic_write
@@ -52,15 +53,22 @@ def write_outputs(
 ) -> None:
     """The adapter, the energy correction, the merged model (when mergeable; ``result`` says), plots, and last
     ``results.json`` (its presence marks a finished run).  Every file is written atomically: a failure (a full
-    disk) leaves no partial file.  ``location``: where ``output`` will be once the run is done (default: there)."""
+    disk) leaves no partial file.  ``location``: where ``output`` will be once the run is done (default: there).
+
+    The merged model is the fine-tuned model: the energy correction is folded into it
+    (:meth:`~peft_equi.families.base.Potential.fold_energy_shift`).  Where the family has no
+    place for it, no merged model is written and ``result`` says why.
+    """
     model.save_pretrained(output / "adapter")
-    correction = {"atomic_numbers": potential.atomic_numbers, "delta_eV": np.asarray(energy_shift).tolist()}
-    _write_text(output / "energy_correction.json", json.dumps(correction, indent=2))
+    correction = EnergyCorrection(tuple(potential.atomic_numbers), tuple(np.asarray(energy_shift).tolist()))
+    correction.write(output)
     try:
-        merged = copy.deepcopy(model).merge_and_unload()
+        merged = potential.fold_energy_shift(copy.deepcopy(model).merge_and_unload(), correction)
         merged_path = potential.save_atomically(merged, output / "merged")
         result["merged_model"] = str((location or output) / merged_path.name)
-    except NotMergeableError as exc:
+    except (NotMergeableError, EnergyShiftError) as exc:
+        if isinstance(exc, EnergyShiftError):
+            log.warning("no merged model: %s", exc)
         result["merged_model"] = None
         result["not_merged_because"] = str(exc)
     if plots and metrics is not None and metrics.rows:

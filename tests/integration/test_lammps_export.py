@@ -1,10 +1,10 @@
 """LAMMPS export of adapted MACE: the saved TorchScript file, called as ML-MACE calls it, gives the eager results.
 
 ``export_lammps`` does what mace's ``create_lammps_model`` does (``LAMMPS_MACE`` + e3nn's
-``jit.compile``).  LAMMPS itself is not run here (no LAMMPS with the ML-MACE pair style is
-installable in this environment): the file is loaded with ``torch.jit.load`` and called with the
-inputs ``pair_style mace no_domain_decomposition`` builds (ACEsuit/lammps ``src/ML-MACE/pair_mace.cpp``:
-the same dict keys, dtypes and ``forward(input, mask, compute_virials)`` call).
+``jit.compile``).  Here the file is loaded with ``torch.jit.load`` and called with the inputs
+ACEsuit's ``pair_style mace no_domain_decomposition`` builds (the same dict keys, dtypes and
+``forward(input, mask, compute_virials)`` call), which no LAMMPS installable here has; our own
+pair style runs the file in real LAMMPS in ``test_lammps_plugin.py``.
 """
 
 from __future__ import annotations
@@ -14,17 +14,13 @@ import copy
 import numpy as np
 import pytest
 import torch
-from mace_models import batch_of, build_mace, energy_forces, molecules
+from mace_models import batch_of, build_mace, energy_forces, lammps_input, molecules
 
 import peft_equi
 from peft_equi.errors import NotMergeableError
 from peft_equi.families.mace.export import export_lammps
 from peft_equi.testing import randomize_adapters
 from peft_equi.utils.dtype import torch_default_dtype
-
-# the keys pair_mace.cpp puts into the input dict, and the ones it reads back
-LAMMPS_KEYS = ["batch", "cell", "edge_index", "energy", "forces", "node_attrs", "positions", "ptr"]
-LAMMPS_KEYS += ["shifts", "unit_shifts", "weight"]
 
 
 @pytest.fixture(scope="module")
@@ -36,18 +32,6 @@ def setup():
         periodic.set_pbc(True)
         periodic.center()
         yield build_mace("small"), {"molecule": molecule, "periodic": periodic}
-
-
-def lammps_input(batch):
-    """What ML-MACE (no_domain_decomposition: local atoms only, periodic images as shifts) passes."""
-    n = batch["positions"].shape[0]
-    data = {key: batch[key].clone() for key in LAMMPS_KEYS if key in batch}
-    data["cell"] = data["cell"].reshape(3, 3)
-    data["energy"] = torch.empty(1)
-    data["forces"] = torch.empty(n, 3)
-    data["weight"] = torch.ones(1)
-    assert sorted(data) == sorted(LAMMPS_KEYS)
-    return data, torch.ones(n, dtype=torch.bool)
 
 
 @pytest.mark.parametrize(("name", "merge", "merged"), [("mmea-paper", None, False), ("elora", None, True)])

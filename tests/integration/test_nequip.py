@@ -10,6 +10,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from nequip_models import NEQUIP_OPTIONS, small_nequip
 from paths import ROOT
 
 import peft_equi
@@ -19,35 +20,12 @@ from peft_equi.training import FinetuneConfig, Finetuner
 from peft_equi.training.data import read_dataset
 
 ACETAMIDE = ROOT / "examples" / "data" / "acetamide_gfn2xtb_md.extxyz"
-TYPES = ["H", "C", "N", "O"]
 CPU = torch.device("cpu")
-
-
-def _small_model(builder: str, **options) -> NequipPotential:
-    """A float64 NequIP-framework model for H, C, N, O (``builder``: e.g. ``nequip.model.NequIPGNNModel``)."""
-    set_nequip_global_state()
-    with preserved_global_state():
-        torch.set_default_dtype(torch.float64)
-        from hydra.utils import get_method
-
-        model = get_method(builder)(
-            seed=0,
-            model_dtype="float64",
-            type_names=TYPES,
-            r_max=4.0,
-            num_layers=2,
-            avg_num_neighbors=5.0,
-            per_type_energy_scales={t: 1.0 for t in TYPES},
-            per_type_energy_shifts={"H": -10.7, "C": -48.8, "N": -70.9, "O": -102.5},
-            **options,
-        )
-    return NequipPotential(model, builder.rpartition(".")[2])
 
 
 @pytest.fixture(scope="module")
 def nequip_model():
-    options = dict(l_max=2, num_features=8, radial_mlp_depth=1, radial_mlp_width=8)
-    return _small_model("nequip.model.NequIPGNNModel", **options)
+    return small_nequip("nequip.model.NequIPGNNModel", **NEQUIP_OPTIONS)
 
 
 @pytest.fixture(scope="module")
@@ -99,7 +77,7 @@ def _check_adapter(potential, atoms, name, tolerance) -> None:
 
 @pytest.fixture(scope="module")
 def allegro_model():
-    return _small_model(
+    return small_nequip(
         "allegro.model.AllegroModel",
         l_max=2,
         radial_chemical_embed={"_target_": "allegro.nn.TwoBodyBesselScalarEmbed", "num_bessels": 8},

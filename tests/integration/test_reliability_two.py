@@ -424,9 +424,9 @@ def _family(name: str, tmp_path: Path):
         return load_potential(str(tmp_path / "float32.pt"), dtype=torch.float64)
     if name == "sevenn":
         return load_potential("7net-0", dtype=torch.float64)  # stored in float32
-    from test_nequip import _small_model
+    from nequip_models import small_nequip
 
-    return _small_model("nequip.model.NequIPGNNModel", l_max=2, num_features=8, radial_mlp_depth=1)
+    return small_nequip("nequip.model.NequIPGNNModel", l_max=2, num_features=8, radial_mlp_depth=1)
 
 
 @pytest.mark.slow

@@ -1,4 +1,9 @@
-"""Saving adapted MACE models as ``.model`` files that MACE's own tools read."""
+"""Deployable files of adapted MACE models: ``.model`` files MACE's own tools read, and LAMMPS's TorchScript files.
+
+Both take the run's per-element energy correction as ``energy_shift`` and fold it into the
+model's atomic energies (:mod:`peft_equi.energy_correction`), so the file gives the fine-tuned
+absolute energies.
+"""
 
 from __future__ import annotations
 
@@ -9,14 +14,21 @@ from pathlib import Path
 
 import torch
 
+from peft_equi.energy_correction import EnergyShift
 from peft_equi.errors import NotMergeableError, PeftEquiError
+from peft_equi.families.mace.potential import MacePotential
 from peft_equi.families.mace.subset import subset_elements
 from peft_equi.model import PeftModel
 
 REQUIREMENT_NOTE = "this model has input-dependent adapters ({adapters}); loading it needs peft_equi installed"
 
 
-def save_adapted_mace(model: PeftModel, path: str | Path, atomic_numbers: Sequence[int] | None = None) -> bool:
+def save_adapted_mace(
+    model: PeftModel,
+    path: str | Path,
+    atomic_numbers: Sequence[int] | None = None,
+    energy_shift: EnergyShift | None = None,
+) -> bool:
     """Write ``model`` to ``path`` the way MACE does (``torch.save`` of the module); return whether merged.
 
     A mergeable adaptation is merged (into a copy) and saved as the plain MACE class, which
@@ -29,8 +41,13 @@ def save_adapted_mace(model: PeftModel, path: str | Path, atomic_numbers: Sequen
     merged model).  An unmerged adaptation cannot be cut (its adapters may hold per-element
     weights): cut the base model with ``subset_elements`` before attaching adapters instead;
     a model already cut that way is saved as it is.
+
+    ``energy_shift``: the run's per-element energy correction (its directory, its
+    ``energy_correction.json``, or ``{element: eV}``), folded into the saved model's atomic
+    energies; the model passed in is not changed by it.
     """
     path = Path(path)
+    potential = MacePotential(model, path.name)  # the family's hook folds the correction
     wanted = None if atomic_numbers is None else sorted({int(z) for z in atomic_numbers})
     if wanted is not None and wanted == sorted(int(z) for z in model.atomic_numbers):
         wanted = None  # already these elements
@@ -44,12 +61,14 @@ def save_adapted_mace(model: PeftModel, path: str | Path, atomic_numbers: Sequen
             ) from None
         adapters = sorted({a.name for _, a in model.adapters() if a.merge_blocker()})
         note = REQUIREMENT_NOTE.format(adapters=", ".join(adapters))
-        model.peft_equi_required = note
-        torch.save(model, path)
+        saved = model if energy_shift is None else potential.fold_energy_shift(copy.deepcopy(model), energy_shift)
+        saved.peft_equi_required = note
+        torch.save(saved, path)
         path.with_name(path.name + ".peft_equi.json").write_text(
             json.dumps({"requires": "peft_equi", "why": note, "detail": str(exc)}, indent=2)
         )
         return False
+    potential.fold_energy_shift(plain, energy_shift)
     if wanted is not None:
         plain = subset_elements(plain, wanted)
     torch.save(plain, path)
@@ -65,6 +84,7 @@ def export_lammps(
     dtype: str = "float64",
     head: str | None = None,
     merge: bool | None = None,
+    energy_shift: EnergyShift | None = None,
 ) -> Path:
     """Write ``model`` as a TorchScript file for LAMMPS's ML-MACE pair style (``pair_style mace``).
 
@@ -77,6 +97,8 @@ def export_lammps(
     keeps an unmergeable one (MMEA, FiLM with conditioning) unmerged; ``True`` requires merging
     (raises :class:`NotMergeableError` otherwise); ``False`` keeps the adapters unmerged.
     ``head``: the head of a multi-head model (default: the last, as ``LAMMPS_MACE``).
+    ``energy_shift``: the run's per-element energy correction (see :func:`save_adapted_mace`),
+    folded into the atomic energies (of every head).
     The model passed in is not changed.  Returns ``path``.
     """
     from e3nn.util import jit
@@ -96,6 +118,7 @@ def export_lammps(
                 if merge:
                     raise
                 plain = plain.base_model
+    MacePotential(plain, path.name).fold_energy_shift(plain, energy_shift)
     plain = plain.to(device="cpu", dtype=LAMMPS_DTYPES[dtype])
     plain.eval()
     _keep_lammps_dtype_probe(plain)

@@ -10,7 +10,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from peft_equi.errors import PeftEquiError
+from peft_equi.errors import EnergyShiftError, PeftEquiError
 from peft_equi.families.base import Potential, register_potential
 from peft_equi.utils.dtype import torch_default_dtype
 
@@ -88,6 +88,22 @@ class MacePotential(Potential):
 
         self.model = subset_elements(self.model, atomic_numbers)
         return True
+
+    def add_per_element_energies(self, model: nn.Module, delta: np.ndarray) -> None:
+        """Add ``delta`` to MACE's atomic energies (``atomic_energies_fn.atomic_energies``; every head's)."""
+        blocks = [m for m in model.modules() if isinstance(getattr(m, "atomic_energies", None), torch.Tensor)]
+        if len(blocks) != 1:
+            raise EnergyShiftError(
+                f"cannot fold the energy correction into this MACE model: {len(blocks)} atomic-energy blocks "
+                "(atomic_energies_fn) found, 1 expected"
+            )
+        energies = blocks[0].atomic_energies
+        if energies.shape[-1] != len(delta):
+            raise EnergyShiftError(
+                f"the model's atomic energies cover {energies.shape[-1]} elements, the correction {len(delta)}"
+            )
+        with torch.no_grad():
+            energies += torch.as_tensor(delta, dtype=energies.dtype, device=energies.device)
 
     def to_cueq(self, device: str) -> str:
         from peft_equi.families.mace.cueq import kernel_report, to_cueq

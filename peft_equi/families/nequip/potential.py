@@ -13,9 +13,11 @@ from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 from torch import nn
 
+from peft_equi.errors import EnergyShiftError
 from peft_equi.families.base import Potential, register_potential
 from peft_equi.utils.dtype import torch_default_dtype
 
@@ -88,6 +90,41 @@ class NequipPotential(Potential):
         model.train(training)  # NequIP keeps the force graph (create_graph) only in train mode
         out = model(dict(batch))
         return out["total_energy"].reshape(-1), out["forces"]
+
+    def add_per_element_energies(self, model: nn.Module, delta: np.ndarray) -> None:
+        """Add ``delta`` to NequIP's per-type energy shifts (the ``PerTypeScaleShift`` giving ``atomic_energy``).
+
+        A model with one shift shared by all types (or none) gets per-type shifts, as nequip's own
+        ``modify_PerTypeScaleShift`` modifier gives it: its state dict then holds one shift per
+        type, and loads into the architecture built with ``per_type_energy_shifts`` as a
+        per-type mapping.
+        """
+        from ase.data import atomic_numbers
+
+        fields = ("has_shifts", "shifts", "type_names")
+        energy = [m for m in model.modules() if getattr(m, "out_field", None) == "atomic_energy"]
+        blocks = [m for m in energy if all(hasattr(m, f) for f in fields)]
+        if len(blocks) != 1:
+            raise EnergyShiftError(
+                f"cannot fold the energy correction into this NequIP model: {len(blocks)} per-type scale/shift "
+                "blocks of atomic_energy found, 1 expected"
+            )
+        block = blocks[0]
+        by_element = dict(zip(self.atomic_numbers, delta.tolist()))
+        shifts = block.shifts
+        dtype = shifts.dtype if block.has_shifts else getattr(block, "out_dtype", torch.get_default_dtype())
+        per_type = torch.tensor([by_element[atomic_numbers[t]] for t in block.type_names], dtype=dtype).reshape(-1, 1)
+        with torch.no_grad():
+            if block.has_shifts and shifts.numel() == len(block.type_names):
+                shifts += per_type.to(shifts.device)
+                return
+            common = shifts.reshape(-1)[0] if block.has_shifts else 0.0
+            new = (common + per_type).to(shifts.device)
+        if isinstance(shifts, nn.Parameter):
+            block.shifts = nn.Parameter(new, requires_grad=shifts.requires_grad)
+        else:
+            block.shifts = new  # the registered buffer, now one value per type
+        block.has_shifts, block.shifts_shortcut = True, False
 
     def save(self, model: nn.Module, path: Path) -> Path:
         """The merged model's state dict (load it into the same architecture; packaging: ``nequip-package``)."""

@@ -25,7 +25,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from peft_equi.errors import PeftEquiError
+from peft_equi.errors import EnergyShiftError, PeftEquiError
 from peft_equi.families.base import Potential, register_potential
 from peft_equi.utils.dtype import torch_default_dtype
 from peft_equi.utils.safe_load import load_torch_file, numpy_globals
@@ -109,6 +109,37 @@ class SevenNetPotential(Potential):
         model.train(training)  # SevenNet keeps the force graph (create_graph) only in train mode
         out = model(batch.clone())
         return out[ENERGY_KEY], out[FORCES_KEY]
+
+    def add_per_element_energies(self, model: nn.Module, delta: np.ndarray) -> None:
+        """Add ``delta`` to SevenNet's per-species energy shift (``rescale_atomic_energy``, ``SpeciesWiseRescale``).
+
+        A model with one shift for all species (``Rescale``) takes only a correction that is the
+        same for every element; any other is refused (the checkpoint's architecture has no place
+        for it).
+        """
+        blocks = [
+            m
+            for m in model.modules()
+            if getattr(m, "key_output", None) == "atomic_energy" and isinstance(getattr(m, "shift", None), torch.Tensor)
+        ]
+        maps = [m.type_map for m in model.modules() if isinstance(getattr(m, "type_map", None), dict)]
+        if len(blocks) != 1 or len(maps) != 1:
+            raise EnergyShiftError(
+                f"cannot fold the energy correction into this SevenNet model: {len(blocks)} energy shift blocks "
+                f"and {len(maps)} type maps found, 1 of each expected"
+            )
+        shift = blocks[0].shift
+        with torch.no_grad():
+            if shift.numel() == 1:
+                if np.ptp(delta) != 0:
+                    raise EnergyShiftError(
+                        "this SevenNet model has one energy shift for all species (Rescale): a per-element "
+                        "correction cannot be folded in (train with use_species_wise_shift_scale)"
+                    )
+                shift += float(delta[0])
+                return
+            index = torch.tensor([maps[0][z] for z in self.atomic_numbers], device=shift.device)
+            shift.index_add_(0, index, torch.as_tensor(delta, dtype=shift.dtype, device=shift.device))
 
     def save(self, model: nn.Module, path: Path) -> Path:
         """A SevenNet checkpoint (``.pth``) that ``SevenNetCalculator(path)`` loads (float32, like the original).
