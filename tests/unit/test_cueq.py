@@ -154,3 +154,13 @@ def test_named_adapters_survive_the_conversion(mace_pair):
         energy, forces = energy_forces(cueq, batch)
         torch.testing.assert_close(energy, expected[name][0], atol=1e-10, rtol=0)
         torch.testing.assert_close(forces, expected[name][1], atol=1e-10, rtol=0)
+
+
+def test_an_adapter_saved_from_the_cueq_model_loads_on_the_e3nn_model(mace_pair, converted, tmp_path):
+    """In float64 the base fingerprint agrees across backends (mace's float32 basis map is snapped to float64)."""
+    base, batch = mace_pair
+    model, cueq = converted("mmea-paper", "ir_mul")
+    cueq.save_pretrained(tmp_path)
+    loaded = peft_equi.PeftModel.from_pretrained(copy.deepcopy(base), tmp_path)  # no BaseMismatchError
+    for got, expected in zip(energy_forces(loaded, batch), energy_forces(model, batch)):
+        torch.testing.assert_close(got, expected, atol=1e-10, rtol=0)

@@ -50,7 +50,13 @@ def _reduced_cg_map(irrep_class: type, irreps_in: str, irreps_out: str, degree: 
     _, matrix = symmetric_contraction_proj(
         cue.Irreps(irrep_class, irreps_in), cue.Irreps(irrep_class, irreps_out), list(range(1, degree + 1))
     )
-    return matrix[np.any(matrix != 0, axis=1)]  # rows of e3nn weights MACE zeroed (no coupling path) map to nothing
+    matrix = matrix[np.any(matrix != 0, axis=1)]  # rows of e3nn weights MACE zeroed (no coupling path) map to nothing
+    # mace computes the entries (+-sqrt of integers) in float32: snapped to float64, so that the map and its
+    # inverse undo each other to float64 precision (an adapter's base fingerprint then agrees across backends)
+    squares = np.round(np.square(matrix))
+    if np.allclose(np.square(matrix), squares, rtol=0, atol=1e-5):
+        matrix = np.sign(matrix) * np.sqrt(squares)
+    return matrix
 
 
 def _basis_map(module: nn.Module) -> np.ndarray | None:
