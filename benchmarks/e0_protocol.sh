@@ -68,7 +68,21 @@ job() {
     ${JOB_LIST[$1 - 1]}
 }
 
+# the depth folders hold one method per job (each run rewrites the folder's results.json with its own
+# method): their tables are rewritten from every finished run before the summary reads them
 collect() {
+    local mode molecule seed suffix
+    for molecule in ethanol aspirin; do
+        for mode in fit average; do
+            for seed in 0 1 2; do
+                suffix=""
+                if ((seed)); then suffix=-seed$seed; fi
+                table "$OUT/$molecule-full-$DEPTH_DTYPE-$mode$suffix" "${RMD17[@]}" --molecule "$molecule" \
+                    --e0s "$mode" --epochs 500 --dtype "$DEPTH_DTYPE" --seed "$seed" \
+                    --output "$OUT/$molecule-full-$DEPTH_DTYPE-$mode$suffix" -- "${DEPTH[@]}"
+            done
+        done
+    done
     $PY benchmarks/e0_summary.py --folder "$OUT"
 }
 

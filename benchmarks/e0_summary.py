@@ -234,7 +234,7 @@ def summary_markdown(rows: list[dict[str, Any]], seeds: list[dict[str, Any]], pl
         "Made by `bash benchmarks/e0_protocol.sh` (each folder's results.json holds its run record).",
         "",
     ]
-    for schedule, title in (("e50-float32", "50 epochs, float32"), ("full", "the papers' schedule: 500 epochs, "
+    for schedule, title in (("e50-float32", "50 epochs"), ("full", "the papers' schedule: 500 epochs, "
                             "stage two from 400")):  # fmt: skip
         table = schedule_table(rows, schedule)
         if table:
