@@ -9,7 +9,8 @@
   takes every element of a list and ``[k=v;k2=v2]`` the elements whose fields have these values
   (then ``max``/``min`` reduce them); ``*<factor>`` converts units (``*1000``: eV to meV).  The
   number is the last one before the marker on its line, and must equal the record's value rounded
-  as the page shows it (the same decimals, or significant digits in ``1.2e-3`` form).
+  as the page shows it (the same decimals, or significant digits in ``1.2e-3`` form).  A marker
+  right after a backtick is an example in inline code, not checked.
 * **Tables generated from the code.** The built-in backends table lists the registered backends,
   the error table every public error class (and nothing that does not exist), and the table of
   which adapters merge is what ``merge_and_unload()`` does on small models of each family.
@@ -33,7 +34,7 @@ from peft_equi import errors
 
 DOC_FILES = sorted(["README.md", *(p.relative_to(ROOT).as_posix() for p in (ROOT / "docs").rglob("*.md"))])
 
-MARKER = re.compile(r"<!--\s*record:\s*(?P<file>\S+)\s+(?P<expr>.*?)\s*-->")
+MARKER = re.compile(r"(?<!`)<!--\s*record:\s*(?P<file>\S+)\s+(?P<expr>.*?)\s*-->")
 EXPR = re.compile(r"^(?:(?P<agg>max|min)\s+)?(?P<path>.+?)(?:\s+\*(?P<factor>[0-9.eE+-]+))?$")
 # a number; a sign only where it cannot be a range's hyphen ("9-11", "9<!-- -->-11")
 NUMBER = re.compile(r"(?:(?<=[\s(|])[-+]|^[-+])?\d+(?:,\d{3})*(?:\.\d+)?(?:e[-+]?\d+)?", re.IGNORECASE)
