@@ -5,9 +5,11 @@
 
       energies within 7.3e-12 eV<!-- record: benchmarks/results/lammps/results.json max agreement[*].energy -->
 
-  ``<file> [max|min] <path> [*<factor>]``: ``path`` is dot-separated keys and list indices; ``*``
-  takes every element of a list and ``[k=v;k2=v2]`` the elements whose fields have these values
-  (then ``max``/``min`` reduce them); ``*<factor>`` converts units (``*1000``: eV to meV).  The
+  ``<file> <term> [/ <term> | - <term>] [*<factor>]``, a term being ``[max|min] <path>``: ``path``
+  is dot-separated keys and list indices; ``*`` takes every element of a list and
+  ``[k=v;k2=v2]`` the elements whose fields have these values (then ``max``/``min`` reduce them);
+  ``/`` and ``-`` between terms give ratios and differences; ``*<factor>`` converts units
+  (``*1000``: eV to meV).  The
   number is the last one before the marker on its line, and must equal the record's value rounded
   as the page shows it (the same decimals, or significant digits in ``1.2e-3`` form).  A marker
   right after a backtick is an example in inline code, not checked.
@@ -35,7 +37,8 @@ from peft_equi import errors
 DOC_FILES = sorted(["README.md", *(p.relative_to(ROOT).as_posix() for p in (ROOT / "docs").rglob("*.md"))])
 
 MARKER = re.compile(r"(?<!`)<!--\s*record:\s*(?P<file>\S+)\s+(?P<expr>.*?)\s*-->")
-EXPR = re.compile(r"^(?:(?P<agg>max|min)\s+)?(?P<path>.+?)(?:\s+\*(?P<factor>[0-9.eE+-]+))?$")
+TERM = re.compile(r"^(?:(?P<agg>max|min)\s+)?(?P<path>\S.*)$")
+OPERATOR = re.compile(r"\s+([/-])\s+")
 # a number; a sign only where it cannot be a range's hyphen ("9-11", "9<!-- -->-11")
 NUMBER = re.compile(r"(?:(?<=[\s(|])[-+]|^[-+])?\d+(?:,\d{3})*(?:\.\d+)?(?:e[-+]?\d+)?", re.IGNORECASE)
 SEGMENT = re.compile(r"\[[^\]]*\]|[^.\[\]]+")
@@ -79,15 +82,23 @@ def _has(value, segments: list[str]) -> bool:
 
 def record_value(file: str, expr: str) -> float:
     """The value a marker names (see the module docstring)."""
-    parsed = EXPR.match(expr)
-    assert parsed, f"unreadable record expression {expr!r}"
-    values = _select(json.loads((ROOT / file).read_text()), SEGMENT.findall(parsed.group("path")))
+    record = json.loads((ROOT / file).read_text())
+    factor = re.search(r"\s+\*(?P<factor>[0-9.eE+-]+)$", expr)
+    terms = OPERATOR.split(expr[: factor.start()] if factor else expr)
+    value = _term(record, terms[0])
+    for operator, term in zip(terms[1::2], terms[2::2]):
+        value = value / _term(record, term) if operator == "/" else value - _term(record, term)
+    return value * float(factor.group("factor") if factor else 1)
+
+
+def _term(record, term: str) -> float:
+    parsed = TERM.match(term)
+    assert parsed, f"unreadable record expression {term!r}"
+    values = _select(record, SEGMENT.findall(parsed.group("path")))
     if parsed.group("agg"):
-        value = {"max": max, "min": min}[parsed.group("agg")](values)
-    else:
-        assert len(values) == 1, f"{expr!r} selects {len(values)} values: say max or min"
-        value = values[0]
-    return float(value) * float(parsed.group("factor") or 1)
+        return float({"max": max, "min": min}[parsed.group("agg")](values))
+    assert len(values) == 1, f"{term!r} selects {len(values)} values: say max or min"
+    return float(values[0])
 
 
 def as_shown(value: float, shown: str) -> str:
