@@ -2,8 +2,9 @@
 
 What runs and commands write for others to read (checkpoints, adapters, the engine's and
 ``peft-equi merge``'s merged models, run outputs, data shards) goes through :func:`atomic_write`
-(``save_adapted_mace`` and ``export_lammps`` write to the path they are given directly); every file digest (resume checks, data records) is
-:func:`sha256`.  Only the standard library: data generators import it before numpy or torch.
+(``save_adapted_mace`` and ``export_lammps`` write to the path they are given directly); every
+file digest (resume checks, data records) is :func:`sha256`.  Only the standard library: data
+generators import it before numpy or torch.
 """
 
 from __future__ import annotations
