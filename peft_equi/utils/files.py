@@ -1,8 +1,10 @@
 """Files: written atomically, identified by their SHA-256.
 
-Everything the project writes for others to read (checkpoints, adapters, merged models, data
-shards) goes through :func:`atomic_write`; every file digest (resume checks, data records) is
-:func:`sha256`.  Only the standard library: data generators import it before numpy or torch.
+What runs and commands write for others to read (checkpoints, adapters, the engine's and
+``peft-equi merge``'s merged models, run outputs, data shards) goes through :func:`atomic_write`
+(``save_adapted_mace`` and ``export_lammps`` write to the path they are given directly); every
+file digest (resume checks, data records) is :func:`sha256`.  Only the standard library: data
+generators import it before numpy or torch.
 """
 
 from __future__ import annotations

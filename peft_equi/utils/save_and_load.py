@@ -7,11 +7,16 @@ Only adapter parameters and the tensors the config trains fully are written (nev
 frozen base weights, nor backend caches).  Files are written to a temporary name and
 renamed, so an interrupted save never leaves a half-written file behind.
 
-Two records in ``adapter_config.json`` are checked on loading:
+Three records in ``adapter_config.json`` are checked on loading:
 
 * ``tensors_sha256``: sha256 of the saved tensors (:func:`tensors_digest`: key, dtype,
   shape and bytes, in key order).  A corrupted or truncated ``adapter_model.safetensors``
   raises :class:`AdapterLoadError` naming the file.
+* ``config_sha256``: sha256 of the ``config`` record (:func:`config_digest`), the part of
+  ``adapter_config.json`` that decides the adapted model's outputs (adapters, rules and their
+  options: ``alpha``, ``rank``, ...).  A config edited after saving raises :class:`AdapterLoadError`.
+  The other records (``peft_equi_version``, ``base_model_class``, the per-layer ``adapter``,
+  ``backend`` and ``spec``) are informational; only the saved layer paths are compared.
 * ``base_fingerprint``: the frozen base tensors the adapters act on, i.e. the weight and
   bias of every adapted layer (named ``<layer>.weight`` / ``<layer>.bias``) in the
   backend-free layout of :mod:`peft_equi.core.spec`, so e3nn and cuequivariance copies of a
@@ -23,10 +28,12 @@ Two records in ``adapter_config.json`` are checked on loading:
   raises :class:`BaseMismatchError` naming the tensors, unless ``allow_base_mismatch=True``
   (deliberate transfer to other weights).
 
-Both records are required from format 2 on (:data:`FORMAT_VERSION`): an adapter of that format
-without one of them was edited, and is refused.  Adapters of format 1, saved before these
-records existed, cannot be checked at all (and a file edited to say format 1 looks the same):
-they load only with ``allow_base_mismatch=True`` (``--allow-base-mismatch``), with a warning.
+The records a format requires (:data:`REQUIRED_RECORDS`; :data:`FORMAT_VERSION` is written) must be
+there: an adapter without one of them was edited, and is refused.  Format 2 adapters, saved
+before ``config_sha256`` existed, load with their tensors and base checked but not their config.
+Adapters of format 1, saved before any record existed, cannot be checked at all (and a file edited
+to say format 1 looks the same): they load only with ``allow_base_mismatch=True``
+(``--allow-base-mismatch``), with a warning.
 
 ``adapter_config.json`` is validated as a whole (types of every record, the adapter config);
 tensors must be float32 or float64 (or the exact dtype of a non-floating tensor) and finite:
@@ -62,9 +69,13 @@ logger = logging.getLogger(__name__)
 
 CONFIG_NAME = "adapter_config.json"
 WEIGHTS_NAME = "adapter_model.safetensors"
-FORMAT_VERSION = 2  # 2: tensors_sha256 and base_fingerprint required
+FORMAT_VERSION = 3  # 3: config_sha256 too
 LEGACY_FORMATS = (1,)  # read only with allow_base_mismatch: the records may be missing
-REQUIRED_RECORDS = ("tensors_sha256", "base_fingerprint")
+#: The records each checked format must carry (2: tensors and base; 3: the config as well).
+REQUIRED_RECORDS = {
+    2: ("tensors_sha256", "base_fingerprint"),
+    3: ("tensors_sha256", "base_fingerprint", "config_sha256"),
+}
 FINGERPRINT_FORM = "float32 little-endian flat bytes of each adapted layer's canonical weight and bias"
 #: The dtypes of saved floating-point adapter tensors (others, e.g. float16, are refused, never cast).
 FLOAT_DTYPES = (torch.float32, torch.float64)
@@ -98,6 +109,7 @@ class AdapterRecord(_Strict):
     config: dict[str, Any]
     layers: dict[str, _LayerRecord] = {}
     tensors_sha256: StrictStr | None = None
+    config_sha256: StrictStr | None = None
     base_fingerprint: _Fingerprint | None = None
 
 
@@ -116,6 +128,11 @@ def tensors_digest(tensors: dict[str, torch.Tensor]) -> str:
         digest.update(json.dumps([key, str(tensor.dtype), list(tensor.shape)]).encode() + b"\0")
         digest.update(_raw_bytes(tensor))
     return digest.hexdigest()
+
+
+def config_digest(config: dict[str, Any]) -> str:
+    """sha256 of an adapter's ``config`` record: its JSON with sorted keys and no spaces (floats as ``repr``)."""
+    return hashlib.sha256(json.dumps(config, sort_keys=True, separators=(",", ":")).encode()).hexdigest()
 
 
 def tensor_fingerprint(tensor: torch.Tensor) -> dict[str, Any]:
@@ -177,11 +194,12 @@ def save_adapter(model: PeftModel, directory: str | Path, adapter_name: str) -> 
             ((path, layer.base_layer, layer.backend) for path, layer in layers.items()),
             [key.removeprefix("base.") for key in tensors if key.startswith("base.")],  # stored: replaced on load
         )
+    config = json.loads(model.peft_config[adapter_name].to_json())
     meta = {
         "format": FORMAT_VERSION,
         "peft_equi_version": __version__,
         "base_model_class": f"{type(model.base_model).__module__}.{type(model.base_model).__qualname__}",
-        "config": json.loads(model.peft_config[adapter_name].to_json()),
+        "config": config,
         "layers": {
             path: {
                 "adapter": layer.named_adapter(adapter_name).name,
@@ -191,6 +209,7 @@ def save_adapter(model: PeftModel, directory: str | Path, adapter_name: str) -> 
             for path, layer in layers.items()
         },
         "tensors_sha256": tensors_digest(tensors),
+        "config_sha256": config_digest(config),
         "base_fingerprint": {"form": FINGERPRINT_FORM, "tensors": fingerprint},
     }
     atomic_write(directory / WEIGHTS_NAME, lambda tmp: save_file(tensors, tmp, metadata={"format": "pt"}))
@@ -211,21 +230,26 @@ def read_adapter(directory: str | Path) -> tuple[dict, dict[str, torch.Tensor]]:
     except (json.JSONDecodeError, UnicodeDecodeError) as exc:
         raise AdapterLoadError(f"{config_path} is not valid JSON: {one_line(exc)}") from None
     fmt = meta.get("format") if isinstance(meta, dict) else None
-    if type(fmt) is not int or fmt not in (FORMAT_VERSION, *LEGACY_FORMATS):
+    if type(fmt) is not int or fmt not in (*REQUIRED_RECORDS, *LEGACY_FORMATS):
         keys = sorted(meta) if isinstance(meta, dict) else type(meta).__name__
         raise AdapterLoadError(
             f"{config_path}: not a peft_equi adapter of format {FORMAT_VERSION} (format {fmt!r}, keys {keys})"
         )
-    missing = [key for key in REQUIRED_RECORDS if not meta.get(key)]
-    if missing and fmt == FORMAT_VERSION:
+    missing = [key for key in REQUIRED_RECORDS.get(fmt, REQUIRED_RECORDS[FORMAT_VERSION]) if not meta.get(key)]
+    if missing and fmt in REQUIRED_RECORDS:
         raise AdapterLoadError(
-            f"{config_path}: format {FORMAT_VERSION} adapter without {' and '.join(missing)}: "
+            f"{config_path}: format {fmt} adapter without {' and '.join(missing)}: "
             "the file was edited after saving; refused"
         )
     try:
         AdapterRecord.model_validate({k: v for k, v in meta.items() if k not in missing})
     except ValidationError as exc:
         raise AdapterLoadError(f"{config_path}: malformed adapter record: {ConfigError.from_validation(exc)}") from None
+    if meta.get("config_sha256") and config_digest(meta["config"]) != meta["config_sha256"]:
+        raise AdapterLoadError(
+            f"{config_path}: the adapter config does not match its recorded config_sha256: "
+            "the file was edited after saving; refused"
+        )
     weights = directory / WEIGHTS_NAME
     try:
         with safe_open(weights, framework="pt") as f:

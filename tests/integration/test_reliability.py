@@ -369,23 +369,63 @@ def test_adapters_saved_before_fingerprints_need_the_flag(tmp_path, caplog):
     assert all(torch.equal(v, saved[k]) for k, v in loaded.adapter_state_dict().items())
 
 
-@pytest.mark.parametrize("removed", [["tensors_sha256"], ["base_fingerprint"], ["tensors_sha256", "base_fingerprint"]])
+@pytest.mark.parametrize(
+    "removed", [["tensors_sha256"], ["config_sha256"], ["base_fingerprint"], ["tensors_sha256", "base_fingerprint"]]
+)
 def test_current_format_adapters_without_their_records_are_refused(tmp_path, removed):
-    """Deleting a record from a format-2 adapter does not downgrade its checks to the legacy warning."""
+    """Deleting a record from a format-3 adapter does not downgrade its checks to the legacy warning."""
     base, _ = _saved(tmp_path)
     config = tmp_path / "adapter_config.json"
     meta = json.loads(config.read_text())
-    assert meta["format"] == 2
+    assert meta["format"] == 3
     for key in removed:
         del meta[key]
     config.write_text(json.dumps(meta))
-    with pytest.raises(AdapterLoadError, match=rf"format 2 adapter without {' and '.join(removed)}: .*edited") as info:
+    with pytest.raises(AdapterLoadError, match=rf"format 3 adapter without {' and '.join(removed)}: .*edited") as info:
         peft_equi.PeftModel.from_pretrained(base, tmp_path)
     assert str(config) in str(info.value) and "\n" not in str(info.value)
-    meta["tensors_sha256"] = None if "tensors_sha256" in removed else meta["tensors_sha256"]
-    meta["base_fingerprint"] = meta.get("base_fingerprint", {})
+    for key in removed:
+        meta[key] = {} if key == "base_fingerprint" else None
     config.write_text(json.dumps(meta))
-    with pytest.raises(AdapterLoadError, match="format 2 adapter without"):
+    with pytest.raises(AdapterLoadError, match="format 3 adapter without"):
+        peft_equi.PeftModel.from_pretrained(base, tmp_path)
+
+
+@pytest.mark.parametrize(
+    "edit",
+    [
+        lambda config: config["rules"][0]["options"].update(alpha=7.0),
+        lambda config: config["rules"][0].update(target="re:.*"),
+        lambda config: config.update(exclude=["readout"]),
+    ],
+    ids=["alpha", "target", "exclude"],
+)
+def test_an_edited_adapter_config_is_refused(tmp_path, edit):
+    """The config decides the outputs (alpha scales every update): its sha256 is checked like the tensors'."""
+    base, _ = _saved(tmp_path, "lora")
+    config = tmp_path / "adapter_config.json"
+    meta = json.loads(config.read_text())
+    edit(meta["config"])
+    config.write_text(json.dumps(meta))
+    with pytest.raises(AdapterLoadError, match=r"adapter config does not match its recorded config_sha256") as info:
+        peft_equi.PeftModel.from_pretrained(base, tmp_path)
+    assert str(config) in str(info.value) and "\n" not in str(info.value)
+
+
+def test_format_2_adapters_load_with_tensors_and_base_checked(tmp_path):
+    """Saved before config_sha256 existed: they load as before; their tensors and base are still checked."""
+    base, model = _saved(tmp_path)
+    config = tmp_path / "adapter_config.json"
+    meta = json.loads(config.read_text())
+    del meta["config_sha256"]
+    meta["format"] = 2
+    config.write_text(json.dumps(meta))
+    loaded = peft_equi.PeftModel.from_pretrained(copy.deepcopy(base), tmp_path)
+    saved = model.adapter_state_dict()
+    assert all(torch.equal(v, saved[k]) for k, v in loaded.adapter_state_dict().items())
+    del meta["tensors_sha256"]
+    config.write_text(json.dumps(meta))
+    with pytest.raises(AdapterLoadError, match="format 2 adapter without tensors_sha256"):
         peft_equi.PeftModel.from_pretrained(base, tmp_path)
 
 

@@ -43,7 +43,7 @@ from peft_equi.testing import randomize_adapters
 from peft_equi.training import Finetuner
 from peft_equi.training.loop import TrainingDivergedError
 from peft_equi.training.run_directory import RunDirectory
-from peft_equi.utils.save_and_load import tensors_digest
+from peft_equi.utils.save_and_load import config_digest, tensors_digest
 
 runner = CliRunner()
 MISSING_MODEL = "no-such-model.model"  # loading it would fail: errors below come before the model
@@ -517,6 +517,7 @@ def test_untrusted_patterns_cannot_hang_loading(tmp_path, case):
     peft_equi.get_peft_model(MixedNet(), "lora", rank=2).save_pretrained(tmp_path)
     meta = json.loads((tmp_path / "adapter_config.json").read_text())
     meta["config"]["rules"][0]["target"] = [pattern]
+    meta["config_sha256"] = config_digest(meta["config"])  # a deliberate forgery: the checksum recomputed
     (tmp_path / "adapter_config.json").write_text(json.dumps(meta))
     started = time.perf_counter()
     with pytest.raises(PeftEquiError, match=message) as info:

@@ -211,7 +211,8 @@ def test_save_pretrained_and_load_two_named_adapters(tmp_path, pair):
     for name, directory in [("default", tmp_path), ("other", tmp_path / "other")]:
         meta = json.loads((directory / "adapter_config.json").read_text())
         assert meta["config"] == json.loads(model.peft_config[name].to_json())
-        assert meta["format"] == 2 and meta["tensors_sha256"] and meta["base_fingerprint"]["tensors"]
+        assert meta["format"] == 3 and meta["tensors_sha256"] and meta["config_sha256"]
+        assert meta["base_fingerprint"]["tensors"]
         assert set(meta["layers"]) == set(model._adapter_paths[name])
     loaded = PeftModel.from_pretrained(copy.deepcopy(base), tmp_path)
     loaded.load_adapter(tmp_path / "other", adapter_name="other")
