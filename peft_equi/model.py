@@ -123,19 +123,6 @@ class PeftModel(NamedAdapters, Merging, nn.Module):
                     values[name] = fn(value)
         return self
 
-    def __setstate__(self, state: dict[str, Any]) -> None:
-        super().__setstate__(state)
-        if isinstance(state.get("peft_config"), PeftConfig):  # pickled before named adapters: one, "default"
-            name = DEFAULT_ADAPTER
-            self.peft_config = {name: state["peft_config"]}
-            self._active = name
-            self._inference = set()
-            self._adapter_paths = {name: list(self._layers)}
-            self._trained_names = {name: list(self._trained)}
-            self._base_values = dict.fromkeys(self._trained)  # not kept then: unknown
-            self._stash = {}
-            self._disabled_states = None
-
     # -- inspection --
 
     @property

@@ -25,7 +25,7 @@ from peft_equi.core.adapted_layer import AdaptedLayer
 from peft_equi.core.config import PeftConfig
 from peft_equi.core.plan import LayerPlan, assign, base_tensors, discover, select_tensors
 from peft_equi.core.presets import resolve_config
-from peft_equi.errors import ConfigError, PeftEquiError, UnknownNameError
+from peft_equi.errors import ConfigError, UnknownNameError
 
 DEFAULT_ADAPTER = "default"
 
@@ -130,11 +130,6 @@ class NamedAdapters:
 
     def _inject(self, adapter_name: str, config: PeftConfig, assignments: list[LayerPlan]) -> None:
         """Attach adapter ``adapter_name`` (inactive unless it is the first) as ``assignments`` say."""
-        if self._trained and any(v is None for v in self._base_values.values()):
-            raise PeftEquiError(
-                "this PeftModel was pickled by a peft_equi before named adapters, which kept no base values "
-                "of its fully trained tensors: save_pretrained it and load it into the base model to add adapters"
-            )
         names = trained_tensor_names(self.base_model, config, assignments)
         owners = base_tensors(self.base_model, buffers=True)
         for name in names:

@@ -241,37 +241,6 @@ class AdaptedLayer(nn.Module):
         """Remove the inactive adapter ``name`` and return it."""
         return self.other_adapters.pop(name)
 
-    def __setstate__(self, state: dict[str, Any]) -> None:
-        super().__setstate__(state)
-        if "output_dim" not in state:  # pickled (torch.save of a whole model) by peft_equi before the wrappers
-            self._upgrade()
-        elif "other_adapters" not in self._modules:  # pickled before named adapters: its one adapter is "default"
-            self.other_adapters = nn.ModuleDict()
-            self.active_adapter = "default"
-        if "guard_input" not in self.__dict__:  # pickled before the run-time check and the attribute aliases
-            self.aliased_buffers, self.layer_path = [], ""
-            self.refresh_guard()
-
-    def _upgrade(self) -> None:
-        """Make an unpickled older ``AdaptedLayer`` current: the backend's wrapper class, and the adapter
-        rebuilt from its spec and config, holding the pickled values (the state-dict keys are unchanged)."""
-        old = self.adapter
-        with torch.random.fork_rng(devices=[]):  # the throwaway initialisation draws no global random numbers
-            adapter = type(old)(old.spec, old.config)
-        weight = self.backend.weight(self.base_layer)
-        adapter = adapter.to(device=weight.device, dtype=weight.dtype).train(old.training)
-        adapter.load_state_dict(old.state_dict())
-        flags = {name: p.requires_grad for name, p in old.named_parameters()}
-        for name, p in adapter.named_parameters():
-            p.requires_grad_(flags.get(name, True))
-        fresh = self.backend.adapted_layer_class(self.base_layer)(self.base_layer, self.backend, self.spec, adapter)
-        taken = {"_modules", "_buffers", "_non_persistent_buffers_set"}  # hooks, mode and switch stay this object's
-        taken |= {k for k in fresh.__dict__ if not k.startswith("_") and k not in ("training", "adapter_enabled")}
-        # (this takes fresh's empty other_adapters and active_adapter "default" as well)
-        for key in taken:
-            self.__dict__[key] = fresh.__dict__[key]
-        self.__class__ = type(fresh)
-
     def __prepare_scriptable__(self) -> nn.Module:
         if type(self).forward is AdaptedLayer.forward:
             raise TypeError(

@@ -23,10 +23,8 @@ Two records in ``adapter_config.json`` are checked on loading:
   raises :class:`BaseMismatchError` naming the tensors, unless ``allow_base_mismatch=True``
   (deliberate transfer to other weights).
 
-Both records are required from format 2 on (:data:`FORMAT_VERSION`): an adapter of that format
-without one of them was edited, and is refused.  Adapters of format 1, saved before these
-records existed, cannot be checked at all (and a file edited to say format 1 looks the same):
-they load only with ``allow_base_mismatch=True`` (``--allow-base-mismatch``), with a warning.
+Both records are required (:data:`FORMAT_VERSION` 2): an adapter without one of them was edited,
+and is refused.
 
 ``adapter_config.json`` is validated as a whole (types of every record, the adapter config);
 tensors must be float32 or float64 (or the exact dtype of a non-floating tensor) and finite:
@@ -63,7 +61,6 @@ logger = logging.getLogger(__name__)
 CONFIG_NAME = "adapter_config.json"
 WEIGHTS_NAME = "adapter_model.safetensors"
 FORMAT_VERSION = 2  # 2: tensors_sha256 and base_fingerprint required
-LEGACY_FORMATS = (1,)  # read only with allow_base_mismatch: the records may be missing
 REQUIRED_RECORDS = ("tensors_sha256", "base_fingerprint")
 FINGERPRINT_FORM = "float32 little-endian flat bytes of each adapted layer's canonical weight and bias"
 #: The dtypes of saved floating-point adapter tensors (others, e.g. float16, are refused, never cast).
@@ -97,8 +94,8 @@ class AdapterRecord(_Strict):
     base_model_class: StrictStr | None = None
     config: dict[str, Any]
     layers: dict[str, _LayerRecord] = {}
-    tensors_sha256: StrictStr | None = None
-    base_fingerprint: _Fingerprint | None = None
+    tensors_sha256: StrictStr
+    base_fingerprint: _Fingerprint
 
 
 # -- checksums and fingerprints --
@@ -211,19 +208,19 @@ def read_adapter(directory: str | Path) -> tuple[dict, dict[str, torch.Tensor]]:
     except (json.JSONDecodeError, UnicodeDecodeError) as exc:
         raise AdapterLoadError(f"{config_path} is not valid JSON: {one_line(exc)}") from None
     fmt = meta.get("format") if isinstance(meta, dict) else None
-    if type(fmt) is not int or fmt not in (FORMAT_VERSION, *LEGACY_FORMATS):
+    if type(fmt) is not int or fmt != FORMAT_VERSION:
         keys = sorted(meta) if isinstance(meta, dict) else type(meta).__name__
         raise AdapterLoadError(
             f"{config_path}: not a peft_equi adapter of format {FORMAT_VERSION} (format {fmt!r}, keys {keys})"
         )
     missing = [key for key in REQUIRED_RECORDS if not meta.get(key)]
-    if missing and fmt == FORMAT_VERSION:
+    if missing:
         raise AdapterLoadError(
             f"{config_path}: format {FORMAT_VERSION} adapter without {' and '.join(missing)}: "
             "the file was edited after saving; refused"
         )
     try:
-        AdapterRecord.model_validate({k: v for k, v in meta.items() if k not in missing})
+        AdapterRecord.model_validate(meta)
     except ValidationError as exc:
         raise AdapterLoadError(f"{config_path}: malformed adapter record: {ConfigError.from_validation(exc)}") from None
     weights = directory / WEIGHTS_NAME
@@ -234,8 +231,7 @@ def read_adapter(directory: str | Path) -> tuple[dict, dict[str, torch.Tensor]]:
         raise AdapterLoadError(
             f"{weights}: cannot read the adapter tensors, the file is corrupted or truncated ({one_line(exc)})"
         ) from None
-    recorded = meta.get("tensors_sha256")
-    if recorded is not None and tensors_digest(tensors) != recorded:
+    if tensors_digest(tensors) != meta["tensors_sha256"]:
         raise AdapterLoadError(
             f"{weights}: the tensors do not match the sha256 recorded in {CONFIG_NAME}: "
             "the file is corrupted or was changed after saving"
@@ -249,22 +245,6 @@ def _listing(title: str, items: list[str], limit: int = 20) -> str:
 
 
 def _check_base(meta: dict, current: dict[str, dict], directory: Path, allow_base_mismatch: bool) -> None:
-    missing = [
-        what
-        for what, key in (("base fingerprint", "base_fingerprint"), ("checksum", "tensors_sha256"))
-        if not meta.get(key)
-    ]
-    if missing:  # a legacy format (read_adapter refuses the current one without its records)
-        message = (
-            f"adapter in {directory} (format {meta['format']}, peft_equi {meta.get('peft_equi_version', '?')}) has "
-            f"no {' and no '.join(missing)}: nothing tells that it was trained on these base weights"
-            f"{' or that its tensors are intact' if 'checksum' in missing else ''}"
-        )
-        if not allow_base_mismatch:
-            raise BaseMismatchError(f"{message}; to load it anyway: allow_base_mismatch=True, --allow-base-mismatch")
-        logger.warning("%s; loaded anyway (allow_base_mismatch)", message)
-    if not meta.get("base_fingerprint"):
-        return
     differ = compare_fingerprints(meta["base_fingerprint"]["tensors"], current)
     if not differ:
         return

@@ -351,24 +351,6 @@ def test_a_base_cut_in_either_precision_has_the_same_fingerprint(tmp_path, saved
         peft_equi.PeftModel.from_pretrained(other, tmp_path)
 
 
-def test_adapters_saved_before_fingerprints_need_the_flag(tmp_path, caplog):
-    """A format-1 adapter has nothing to check it by (and a file edited to say format 1 looks the same): it loads
-    only when asked explicitly, with a warning."""
-    _, model = _saved(tmp_path)
-    config = tmp_path / "adapter_config.json"
-    meta = json.loads(config.read_text())
-    del meta["base_fingerprint"], meta["tensors_sha256"]
-    meta["format"] = 1  # as saved before the records were required
-    config.write_text(json.dumps(meta))
-    with pytest.raises(BaseMismatchError, match=r"format 1.*no base fingerprint and no checksum.*allow_base_mismatch"):
-        peft_equi.PeftModel.from_pretrained(MixedNet(), tmp_path)
-    with caplog.at_level(logging.WARNING, logger="peft_equi.utils.save_and_load"):
-        loaded = peft_equi.PeftModel.from_pretrained(MixedNet(), tmp_path, allow_base_mismatch=True)
-    assert "no base fingerprint and no checksum" in caplog.text and "loaded anyway" in caplog.text
-    saved = model.adapter_state_dict()
-    assert all(torch.equal(v, saved[k]) for k, v in loaded.adapter_state_dict().items())
-
-
 @pytest.mark.parametrize("removed", [["tensors_sha256"], ["base_fingerprint"], ["tensors_sha256", "base_fingerprint"]])
 def test_current_format_adapters_without_their_records_are_refused(tmp_path, removed):
     """Deleting a record from a format-2 adapter does not downgrade its checks to the legacy warning."""

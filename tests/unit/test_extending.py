@@ -210,19 +210,3 @@ def test_a_model_family_registers_through_an_entry_point(tmp_path, monkeypatch, 
     monkeypatch.setattr(registry, "entry_points", lambda group: [fake] if group == "peft_equi.families" else [])
     assert load_potential("x.toy", trust_pickle=True) == ("x.toy", torch.float64, True)
     assert FAMILIES.names() == ["mace", "nequip", "sevenn", "toy"] and FAMILIES.group == "peft_equi.families"
-
-
-def test_an_adapter_setting_the_former_dynamic_flag_is_refused(clean_registries):
-    """``dynamic`` became ``input_dependent``: an adapter still setting it would never modulate, silently."""
-
-    class Stale(ScaleAdapter):
-        name = "test-stale"
-
-        def __init__(self, spec, config):
-            super().__init__(spec, config)
-            self.dynamic = True
-
-    peft_equi.register_adapter(Stale)
-    peft_equi.register_backend(DoublerBackend)
-    with pytest.raises(TypeError, match=r"now called self\.input_dependent"):
-        peft_equi.get_peft_model(nn.Sequential(Doubler(4, 3)), "test-stale")
