@@ -12,8 +12,9 @@
 
 from __future__ import annotations
 
-__version__ = "0.1.0"
-
+# the built-in adapters, backends and presets register themselves on import (the core names none of them)
+import peft_equi.backends
+import peft_equi.families.mace.presets  # noqa: F401
 from peft_equi.adapters import (
     BitfitConfig,
     ConventionalConfig,
@@ -22,9 +23,9 @@ from peft_equi.adapters import (
     LoraConfig,
     MmeaConfig,
 )
-from peft_equi.adapters.base import Adapter, AdapterConfig
-from peft_equi.backends.base import Backend
 from peft_equi.core.adapted_layer import AdaptedLayer
+from peft_equi.core.adapter import Adapter, AdapterConfig
+from peft_equi.core.backend import Backend
 from peft_equi.core.config import PeftConfig, Rule
 from peft_equi.core.irreps import Irrep, Irreps, Layout, MulIrrep
 from peft_equi.core.plan import discover
@@ -47,7 +48,9 @@ from peft_equi.errors import (
 )
 from peft_equi.families.mace.cueq import to_cueq, to_e3nn
 from peft_equi.inspection import LayerReport, format_inspection, inspect_model
-from peft_equi.model import PeftModel, get_peft_model, merge_adapters
+from peft_equi.tuner.model import PeftModel, get_peft_model, inject_adapter_in_model, merge_adapters
+from peft_equi.tuner.state_dict import get_peft_model_state_dict, set_peft_model_state_dict
+from peft_equi.version import __version__
 
 
 def list_adapters() -> list[str]:
@@ -97,9 +100,12 @@ __all__ = [
     "UnsupportedLayerError",
     "UntrustedPickleError",
     "WeightPath",
+    "__version__",
     "discover",
     "format_inspection",
     "get_peft_model",
+    "get_peft_model_state_dict",
+    "inject_adapter_in_model",
     "inspect_model",
     "list_adapters",
     "list_backends",
@@ -108,6 +114,7 @@ __all__ = [
     "register_adapter",
     "register_backend",
     "register_preset",
+    "set_peft_model_state_dict",
     "to_cueq",
     "to_e3nn",
 ]

@@ -120,7 +120,7 @@ def layer_spec(fn: Any) -> LayerSpec | None:
     """The :class:`LayerSpec` behind ``fn``, or ``None``: an adapted layer's, a :class:`PeftModel`
     whose base model is one adapted layer, or a module a backend describes as a whole."""
     from peft_equi.core.adapted_layer import AdaptedLayer
-    from peft_equi.model import PeftModel
+    from peft_equi.tuner.model import PeftModel
 
     if isinstance(fn, PeftModel):
         fn = fn.base_model
@@ -207,7 +207,7 @@ def _guard_error(fn: Callable[..., Any], spec: LayerSpec, *, batch: int, generat
 
 def _adapted_layer(fn: Any) -> Any:
     from peft_equi.core.adapted_layer import AdaptedLayer
-    from peft_equi.model import PeftModel
+    from peft_equi.tuner.model import PeftModel
 
     fn = fn.base_model if isinstance(fn, PeftModel) else fn
     return fn if isinstance(fn, AdaptedLayer) else None

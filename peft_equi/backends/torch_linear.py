@@ -18,8 +18,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from peft_equi.backends.base import DenseBackend, common_refusal, copy_into
 from peft_equi.core.adapted_layer import AdaptedLayer
+from peft_equi.core.backend import DenseBackend, common_refusal, copy_into
 from peft_equi.core.invariance import sequential_proof
 from peft_equi.core.registry import register_backend
 from peft_equi.core.spec import LayerSpec, dense_spec

@@ -45,12 +45,12 @@ from typing import TYPE_CHECKING, Any
 import torch
 from torch import nn
 
-from peft_equi.adapters.base import Adapter, AdapterConfig
+from peft_equi.core.adapter import Adapter, AdapterConfig
 from peft_equi.core.spec import LayerKind, LayerSpec
 from peft_equi.errors import NotMergeableError
 
 if TYPE_CHECKING:
-    from peft_equi.backends.base import Backend
+    from peft_equi.core.backend import Backend
 
 
 def _bias_scalar_positions(spec: LayerSpec) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:

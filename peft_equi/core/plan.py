@@ -13,9 +13,9 @@ from dataclasses import dataclass, field
 import torch
 from torch import nn
 
-from peft_equi.adapters.base import Adapter
-from peft_equi.backends.base import Backend, qualified_name
 from peft_equi.core.adapted_layer import AdaptedLayer
+from peft_equi.core.adapter import Adapter
+from peft_equi.core.backend import Backend, qualified_name
 from peft_equi.core.config import PeftConfig, Rule, pattern_matches
 from peft_equi.core.registry import ADAPTERS, BACKENDS
 from peft_equi.core.spec import LayerSpec

@@ -16,8 +16,8 @@ from typing import Any
 
 from pydantic import ValidationError
 
-from peft_equi.adapters.base import AdapterConfig
-from peft_equi.core.config import PeftConfig, Rule
+from peft_equi.core.adapter import AdapterConfig
+from peft_equi.core.config import PeftConfig, Rule, module_patterns
 from peft_equi.core.registry import ADAPTERS, PRESETS, register_preset
 from peft_equi.errors import ConfigError, PeftEquiError, UnknownNameError, one_line
 
@@ -26,7 +26,13 @@ _CONFIG_KEYS = ("train", "train_buffers", "invariant_inputs")
 
 
 def adapter_everywhere(adapter: str, **options: Any) -> PeftConfig:
-    """``adapter`` on every layer it supports (layers it cannot adapt are left alone)."""
+    """``adapter`` on every layer it supports (layers it cannot adapt are left alone); peft's
+    ``target_modules`` (:func:`~peft_equi.core.config.module_patterns`) limits it as ``target`` does."""
+    target_modules = options.pop("target_modules", None)
+    if target_modules is not None:
+        if "target" in options:
+            raise TypeError("give target_modules (peft's option) or target, not both")
+        options["target"] = module_patterns(target_modules)
     rule_fields = {k: options.pop(k) for k in _RULE_KEYS if k in options}
     config_fields = {k: options.pop(k) for k in _CONFIG_KEYS if k in options}
     rule = Rule(adapter=adapter, options=options, on_unsupported="skip", **rule_fields)

@@ -45,11 +45,11 @@ updates to such layers.
 states its irreps (e3nn, cuequivariance, MACE's contraction) have it ``True``.  A dense
 layer has it ``False`` as described (:func:`dense_spec`); discovery sets it ``True`` when
 the backend proves the layer's input invariant in its model
-(:meth:`~peft_equi.backends.base.Backend.invariant_input`) or the config declares it
+(:meth:`~peft_equi.core.backend.Backend.invariant_input`) or the config declares it
 (``PeftConfig.invariant_inputs``).  On a layer whose features are not known, weight updates
 and per-channel gains stay equivariant (they act on channels alike for every component);
 reading the input or adding a constant does not, and is refused
-(:meth:`~peft_equi.adapters.base.Adapter.needs_invariant_features`).
+(:meth:`~peft_equi.core.adapter.Adapter.needs_invariant_features`).
 """
 
 from __future__ import annotations

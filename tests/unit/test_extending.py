@@ -9,9 +9,9 @@ from pydantic import Field
 from torch import nn
 
 import peft_equi
-from peft_equi.adapters.base import Adapter, AdapterConfig
-from peft_equi.backends.base import Backend
 from peft_equi.core import registry
+from peft_equi.core.adapter import Adapter, AdapterConfig
+from peft_equi.core.backend import Backend
 from peft_equi.core.spec import dense_spec
 from peft_equi.families import FAMILIES, load_potential
 from peft_equi.testing import assert_equivariant, randomize_adapters

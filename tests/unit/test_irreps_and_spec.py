@@ -91,7 +91,7 @@ def test_invariant_reader_reads_the_0e_channels_of_any_layout(irreps_in, contigu
     """Contiguous 0e channels are read with ``narrow``, scattered ones by index; both give the same values."""
     import pickle
 
-    from peft_equi.adapters.base import InvariantReader
+    from peft_equi.core.adapter import InvariantReader
 
     spec = E3nnLinear().describe(o3.Linear(irreps_in, "2x0e+1x1o"))
     reader = InvariantReader(spec)

@@ -8,9 +8,9 @@ import numpy as np
 import torch
 from torch import nn
 
-from peft_equi.backends.base import FlatWeightAdaptedLayer, FlatWeightBackend
 from peft_equi.backends.cueq.common import has_internal_weight, is_cue_irreps, layout_of, layout_order, polynomial
 from peft_equi.core.adapted_layer import AdaptedLayer
+from peft_equi.core.backend import FlatWeightAdaptedLayer, FlatWeightBackend
 from peft_equi.core.irreps import Irreps
 from peft_equi.core.registry import register_backend
 from peft_equi.core.spec import LayerKind, LayerSpec, WeightPath

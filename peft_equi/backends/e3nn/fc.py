@@ -5,8 +5,8 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from peft_equi.backends.base import FlatWeightAdaptedLayer, FlatWeightBackend
 from peft_equi.core.adapted_layer import AdaptedLayer
+from peft_equi.core.backend import FlatWeightAdaptedLayer, FlatWeightBackend
 from peft_equi.core.invariance import activation_name, breaks_parity, siblings
 from peft_equi.core.registry import register_backend
 from peft_equi.core.spec import LayerSpec, dense_spec

@@ -5,8 +5,8 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from peft_equi.backends.base import Backend, copy_into
 from peft_equi.core.adapted_layer import AdaptedLayer
+from peft_equi.core.backend import Backend, copy_into
 from peft_equi.core.irreps import Irreps
 from peft_equi.core.registry import register_backend
 from peft_equi.core.spec import LayerKind, LayerSpec, WeightPath

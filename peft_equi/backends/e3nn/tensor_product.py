@@ -5,9 +5,9 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from peft_equi.backends.base import FlatWeightAdaptedLayer, FlatWeightBackend
 from peft_equi.backends.e3nn.linear import has_internal_flat_weight
 from peft_equi.core.adapted_layer import AdaptedLayer
+from peft_equi.core.backend import FlatWeightAdaptedLayer, FlatWeightBackend
 from peft_equi.core.irreps import Irreps
 from peft_equi.core.registry import register_backend
 from peft_equi.core.spec import LayerKind, LayerSpec, WeightPath

@@ -22,8 +22,8 @@ import torch
 from torch import nn
 from torch.func import functional_call
 
-from peft_equi.backends.base import Backend, copy_into
 from peft_equi.core.adapted_layer import AdaptedLayer
+from peft_equi.core.backend import Backend, copy_into
 from peft_equi.core.irreps import Irrep, Irreps, MulIrrep
 from peft_equi.core.registry import register_backend
 from peft_equi.core.spec import LayerKind, LayerSpec, WeightPath

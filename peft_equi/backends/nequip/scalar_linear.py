@@ -15,8 +15,8 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from peft_equi.backends.base import DenseBackend, copy_into, library_base
 from peft_equi.core.adapted_layer import AdaptedLayer
+from peft_equi.core.backend import DenseBackend, copy_into, library_base
 from peft_equi.core.invariance import sequential_proof
 from peft_equi.core.irreps import Irreps
 from peft_equi.core.registry import register_backend

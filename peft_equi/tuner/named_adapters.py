@@ -1,4 +1,4 @@
-"""Several named adapters on one model, one active at a time: the part of :class:`~peft_equi.model.PeftModel`
+"""Several named adapters on one model, one active at a time: the part of :class:`~peft_equi.tuner.model.PeftModel`
 that adds, switches and deletes them (peft's ``add_adapter`` / ``set_adapter`` / ``delete_adapter``).
 
 Each :class:`AdaptedLayer` holds the active adapter in ``adapter`` and the others in
@@ -20,8 +20,8 @@ import torch
 from pydantic import ValidationError
 from torch import nn
 
-from peft_equi.adapters.base import AdapterConfig
 from peft_equi.core.adapted_layer import AdaptedLayer
+from peft_equi.core.adapter import AdapterConfig
 from peft_equi.core.config import PeftConfig
 from peft_equi.core.plan import LayerPlan, assign, base_tensors, discover, select_tensors
 from peft_equi.core.presets import resolve_config
@@ -43,7 +43,7 @@ def replace_module(root: nn.Module, path: str, new: nn.Module) -> None:
 
 
 class NamedAdapters:
-    """Mixin of :class:`~peft_equi.model.PeftModel`: its named adapters (state set up by its ``__init__``)."""
+    """Mixin of :class:`~peft_equi.tuner.model.PeftModel`: its named adapters (state set up by its ``__init__``)."""
 
     @property
     def active_adapter(self) -> str:
@@ -114,6 +114,8 @@ class NamedAdapters:
     def _check_usable(self) -> None:
         if self._unloaded:
             raise RuntimeError("this PeftModel was merged or unloaded: use the model that call returned")
+        if self._unmerged_values is not None:
+            raise RuntimeError("the active adapter is merged into the weights (merge_adapter): unmerge_adapter() first")
 
     def _check_known(self, adapter_name: str) -> None:
         if adapter_name not in self.peft_config:

@@ -1,7 +1,9 @@
-"""Saving and loading adapters in the peft format: ``adapter_config.json`` + safetensors.
+"""The files of a saved adapter, in the peft format: ``adapter_config.json`` + ``adapter_model.safetensors``.
 
 One directory holds one named adapter (:meth:`PeftModel.save_pretrained` puts the adapter
 ``"default"`` in its directory and the others in subdirectories named after them, as peft).
+This module reads, writes and checks the files; :class:`~peft_equi.tuner.model.PeftModel`
+gathers and applies the tensors (keyed as :mod:`peft_equi.tuner.state_dict` says).
 
 Only adapter parameters and the tensors the config trains fully are written (never the
 frozen base weights, nor backend caches).  Files are written to a temporary name and
@@ -33,13 +35,12 @@ nothing is cast from another type, nothing non-finite is loaded or saved.
 
 from __future__ import annotations
 
-import contextlib
 import hashlib
 import json
 import logging
 from collections.abc import Iterable
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import torch
 from pydantic import BaseModel, ConfigDict, StrictInt, StrictStr, ValidationError
@@ -47,14 +48,11 @@ from safetensors import safe_open
 from safetensors.torch import save_file
 from torch import nn
 
-from peft_equi.backends.base import Backend
+from peft_equi.core.backend import Backend
 from peft_equi.core.config import PeftConfig
-from peft_equi.core.plan import base_tensors
 from peft_equi.errors import AdapterLoadError, BaseMismatchError, ConfigError, PeftEquiError, one_line
+from peft_equi.tuner.state_dict import listing
 from peft_equi.utils.files import atomic_write
-
-if TYPE_CHECKING:
-    from peft_equi.model import PeftModel
 
 logger = logging.getLogger(__name__)
 
@@ -63,8 +61,6 @@ WEIGHTS_NAME = "adapter_model.safetensors"
 FORMAT_VERSION = 2  # 2: tensors_sha256 and base_fingerprint required
 REQUIRED_RECORDS = ("tensors_sha256", "base_fingerprint")
 FINGERPRINT_FORM = "float32 little-endian flat bytes of each adapted layer's canonical weight and bias"
-#: The dtypes of saved floating-point adapter tensors (others, e.g. float16, are refused, never cast).
-FLOAT_DTYPES = (torch.float32, torch.float64)
 
 
 class _Strict(BaseModel):
@@ -154,42 +150,16 @@ def compare_fingerprints(saved: dict[str, dict], current: dict[str, dict]) -> li
 # -- saving and loading --
 
 
-def save_adapter(model: PeftModel, directory: str | Path, adapter_name: str) -> Path:
-    """Write adapter ``adapter_name`` of ``model`` into ``directory`` (created if needed)."""
-    from peft_equi import __version__
-
+def write_adapter(directory: str | Path, tensors: dict[str, torch.Tensor], meta: dict[str, Any]) -> Path:
+    """Write ``tensors`` and ``meta`` (with :data:`FORMAT_VERSION` and :func:`tensors_digest` added) into
+    ``directory`` (created if needed), each file atomically; non-finite values are refused."""
     directory = Path(directory)
-    directory.mkdir(parents=True, exist_ok=True)
-    state = model.adapter_state_dict(adapter_name)
-    tensors = {k: v.detach().cpu().contiguous().clone() for k, v in state.items()}
+    tensors = {k: v.detach().cpu().contiguous().clone() for k, v in tensors.items()}
     broken = [k for k, v in tensors.items() if v.is_floating_point() and not bool(torch.isfinite(v).all())]
     if broken:
-        raise PeftEquiError(
-            f"not saving adapter {adapter_name!r} to {directory}: " + _listing("non-finite values in", broken, limit=5)
-        )
-    layers = {path: model._layers[path] for path, _ in model.adapters(adapter_name)}
-    # the base as this adapter sees it: tensors trained by another adapter hold their base values
-    with model._trained_values_of(adapter_name):
-        fingerprint = base_fingerprint(
-            ((path, layer.base_layer, layer.backend) for path, layer in layers.items()),
-            [key.removeprefix("base.") for key in tensors if key.startswith("base.")],  # stored: replaced on load
-        )
-    meta = {
-        "format": FORMAT_VERSION,
-        "peft_equi_version": __version__,
-        "base_model_class": f"{type(model.base_model).__module__}.{type(model.base_model).__qualname__}",
-        "config": json.loads(model.peft_config[adapter_name].to_json()),
-        "layers": {
-            path: {
-                "adapter": layer.named_adapter(adapter_name).name,
-                "backend": layer.backend.name,
-                "spec": layer.spec.describe(),
-            }
-            for path, layer in layers.items()
-        },
-        "tensors_sha256": tensors_digest(tensors),
-        "base_fingerprint": {"form": FINGERPRINT_FORM, "tensors": fingerprint},
-    }
+        raise PeftEquiError(f"not saving the adapter to {directory}: " + listing("non-finite values in", broken, 5))
+    meta = {"format": FORMAT_VERSION, **meta, "tensors_sha256": tensors_digest(tensors)}
+    directory.mkdir(parents=True, exist_ok=True)
     atomic_write(directory / WEIGHTS_NAME, lambda tmp: save_file(tensors, tmp, metadata={"format": "pt"}))
     atomic_write(directory / CONFIG_NAME, lambda tmp: tmp.write_text(json.dumps(meta, indent=2)))
     return directory
@@ -239,16 +209,13 @@ def read_adapter(directory: str | Path) -> tuple[dict, dict[str, torch.Tensor]]:
     return meta, tensors
 
 
-def _listing(title: str, items: list[str], limit: int = 20) -> str:
-    more = f" ... (+{len(items) - limit} more)" if len(items) > limit else ""
-    return f"{title}: {', '.join(items[:limit])}{more}"
-
-
-def _check_base(meta: dict, current: dict[str, dict], directory: Path, allow_base_mismatch: bool) -> None:
+def check_base(meta: dict, current: dict[str, dict], directory: Path, allow_base_mismatch: bool) -> None:
+    """Compare the recorded base fingerprint with ``current``: :class:`BaseMismatchError` naming the tensors
+    that differ, or a logged warning with ``allow_base_mismatch``."""
     differ = compare_fingerprints(meta["base_fingerprint"]["tensors"], current)
     if not differ:
         return
-    message = f"adapter in {directory} was trained on other base weights: " + _listing(
+    message = f"adapter in {directory} was trained on other base weights: " + listing(
         f"{len(differ)} of {len(current)} fingerprinted base tensors differ", differ, limit=8
     )
     if not allow_base_mismatch:
@@ -266,145 +233,3 @@ def adapter_config(meta: dict, directory: Path) -> PeftConfig:
     except (ValidationError, ValueError) as exc:
         problem = ConfigError.from_validation(exc) if isinstance(exc, ValidationError) else one_line(exc)
         raise AdapterLoadError(f"{directory / CONFIG_NAME}: invalid adapter config: {problem}") from None
-
-
-def adapter_key(path: str, name: str) -> str:
-    """The key of adapter tensor ``name`` of the layer at ``path``: ``adapters.<path>.<name>``."""
-    return f"adapters.{path}.{name}" if path else f"adapters.{name}"
-
-
-def set_adapter_tensors(
-    model: PeftModel, tensors: dict[str, torch.Tensor], adapter_name: str | None = None, *, what: str = "the tensors"
-) -> None:
-    """Copy ``tensors`` into adapter ``adapter_name`` (default: the active one) of ``model``, in place.
-
-    The one way saved values get into a model (saved adapters, checkpoints, conversions): keys
-    are those of :meth:`PeftModel.adapter_state_dict` (``adapters.<path>.<name>`` and
-    ``base.<name>``), all of them, with their shapes; otherwise :class:`AdapterLoadError`
-    lists what does not fit (``what`` names the source) and nothing is changed.
-    """
-    current = model.adapter_state_dict(adapter_name)
-    problems = _mismatches({k: tuple(v.shape) for k, v in current.items()}, tensors)
-    problems += _value_problems(current, tensors)
-    if problems:
-        raise AdapterLoadError(f"{what} do not fit the adapter: " + "; ".join(problems))
-    with torch.no_grad():
-        for key, value in tensors.items():
-            current[key].copy_(value)
-
-
-def _value_problems(current: dict[str, torch.Tensor], tensors: dict[str, torch.Tensor]) -> list[str]:
-    """Tensors of another type than the model's (floating ones: float32 or float64) or with non-finite values."""
-    dtypes, broken = [], []
-    for key, value in tensors.items():
-        if key not in current:
-            continue
-        target = current[key]
-        allowed = FLOAT_DTYPES if target.is_floating_point() else (target.dtype,)
-        if value.dtype not in allowed:
-            dtypes.append(f"{key} ({str(value.dtype).removeprefix('torch.')})")
-        elif value.is_floating_point() and not bool(torch.isfinite(value).all()):
-            broken.append(key)
-    allowed_names = " or ".join(str(d).removeprefix("torch.") for d in FLOAT_DTYPES)
-    return [
-        _listing(title, items, limit=5)
-        for title, items in [
-            (f"wrong dtypes (adapter tensors are {allowed_names}; nothing is cast)", sorted(dtypes)),
-            ("non-finite values in", sorted(broken)),
-        ]
-        if items
-    ]
-
-
-def _mismatches(expected: dict[str, tuple[int, ...]], tensors: dict[str, torch.Tensor]) -> list[str]:
-    """Missing and unexpected keys and shape mismatches of ``tensors`` against ``expected`` shapes, in words."""
-    shapes = sorted(
-        f"{k} saved {tuple(tensors[k].shape)} vs model {shape}"
-        for k, shape in expected.items()
-        if k in tensors and tuple(tensors[k].shape) != shape
-    )
-    return [
-        _listing(title, items)
-        for title, items in [
-            ("missing keys", sorted(k for k in expected if k not in tensors)),
-            ("unexpected keys", sorted(k for k in tensors if k not in expected)),
-            ("shape mismatches", shapes),
-        ]
-        if items
-    ]
-
-
-def _expected_shapes(base_model: nn.Module, planned: dict[str, Any], trained: list[str]) -> dict[str, tuple[int, ...]]:
-    """The keys and shapes an adapter of these layers (``path -> adapter``) and trained tensors saves."""
-    expected = {
-        adapter_key(path, name): tuple(tensor.shape)
-        for path, adapter in planned.items()
-        for name, tensor in adapter.state_dict().items()
-    }
-    owners = base_tensors(base_model, buffers=True)
-    for name in trained:
-        owner, attr = owners[name]
-        expected[f"base.{name}"] = tuple(getattr(owner, attr).shape)
-    return expected
-
-
-def load_adapter(
-    model: nn.Module | PeftModel,
-    directory: str | Path,
-    *,
-    adapter_name: str = "default",
-    is_trainable: bool = False,
-    allow_base_mismatch: bool = False,
-) -> PeftModel:
-    """Attach the adapter saved in ``directory`` as ``adapter_name`` and load its values.
-
-    ``model`` is a base model (a :class:`PeftModel` is made of it, with this adapter active:
-    :meth:`PeftModel.from_pretrained`) or a :class:`PeftModel` (the adapter is added,
-    inactive: :meth:`PeftModel.load_adapter`).  Unless ``is_trainable``, the adapter is
-    frozen and the model put in ``eval()`` mode, as in peft.
-
-    The saved tensors are checked against the adapters the config builds on this model
-    before anything is attached; missing or unexpected keys and shape mismatches are listed.
-    The file's checksum and the base fingerprint (the weights of the adapted layers when
-    the adapter was saved) are checked too: a base with other weights raises
-    :class:`~peft_equi.errors.BaseMismatchError` naming the tensors that differ, unless
-    ``allow_base_mismatch`` (then a warning is logged).
-    """
-    from peft_equi.core.plan import assign, discover
-    from peft_equi.model import PeftModel, plan_layers
-    from peft_equi.named_adapters import check_name, trained_tensor_names
-
-    directory = Path(directory)
-    existing = model if isinstance(model, PeftModel) else None
-    check_name(adapter_name, existing.peft_config if existing is not None else ())
-    meta, tensors = read_adapter(directory)
-    config = adapter_config(meta, directory)
-    base_model = model if existing is None else existing.base_model
-    assignments = assign(discover(base_model), config) if existing is not None else plan_layers(model, config)
-    planned = {a.layer.path: a.adapter for a in assignments if a.adapter is not None}
-    trained = trained_tensor_names(base_model, config, assignments)
-    saved_layers = set(meta.get("layers", {}))
-    problems = [
-        _listing(title, items)
-        for title, items in [
-            ("layers adapted when saved but not now", sorted(saved_layers - set(planned))),
-            ("layers adapted now but not when saved", sorted(set(planned) - saved_layers)),
-        ]
-        if items
-    ] + _mismatches(_expected_shapes(base_model, planned, trained), tensors)
-    if problems:
-        raise AdapterLoadError(f"adapter in {directory} does not fit this model:\n  " + "\n  ".join(problems))
-    # the base as this adapter will see it: tensors another adapter trains hold their base values
-    with contextlib.nullcontext() if existing is None else existing._trained_values_of(None):
-        layers = ((a.layer.path, a.layer.module, a.layer.backend) for a in assignments if a.adapter is not None)
-        _check_base(meta, base_fingerprint(layers, trained), directory, allow_base_mismatch)
-    if existing is None:
-        peft_model = PeftModel(model, config, assignments, adapter_name)
-    else:
-        peft_model = existing
-        peft_model._inject(adapter_name, config, assignments)
-    set_adapter_tensors(peft_model, tensors, adapter_name, what=f"the tensors in {directory}")
-    peft_model._set_trainable(adapter_name, is_trainable)
-    if not is_trainable:
-        peft_model.eval()
-    return peft_model
