@@ -2,12 +2,21 @@
 
 .. code-block:: python
 
-    import peft_equi
-    model = peft_equi.get_peft_model(base, peft_equi.MmeaConfig(rank=16))  # or (base, "mmea", rank=16)
-    model.print_trainable_parameters()
-    ...  # train
-    model.save_pretrained("my-adapter")
-    model = peft_equi.PeftModel.from_pretrained(fresh_base, "my-adapter")
+    >>> import tempfile
+    >>> import peft_equi
+    >>> from e3nn import o3
+    >>> base, fresh_base = o3.Linear("4x0e+2x1o", "4x0e+2x1o"), o3.Linear("4x0e+2x1o", "4x0e+2x1o")
+    >>> fresh_base.load_state_dict(base.state_dict())
+    <All keys matched successfully>
+    >>> model = peft_equi.get_peft_model(base, peft_equi.LoraConfig(rank=2))  # or (base, "lora", rank=2)
+    >>> model.print_trainable_parameters(per_layer=False)
+    trainable params: 24 || all params: 44 || trainable%: 54.5455
+      lora                     24
+    >>> # ... train
+    >>> directory = model.save_pretrained(tempfile.mkdtemp() + "/my-adapter")
+    >>> model = peft_equi.PeftModel.from_pretrained(fresh_base, directory)
+    >>> sorted(model.adapter_state_dict())
+    ['adapters.lora_A.0_0e', 'adapters.lora_A.1_1o', 'adapters.lora_B.0', 'adapters.lora_B.1']
 """
 
 from __future__ import annotations

@@ -2,10 +2,13 @@
 
 .. code-block:: python
 
-    from peft_equi.testing import assert_equivariant, randomize_adapters
-    randomize_adapters(peft_model)              # adapters start as the identity: randomise first
-    assert_equivariant(peft_model, ["16x0e+8x1o"], "8x0e+4x1o")
-    assert_equivariant(peft_model.base_model)   # one adapted layer: irreps and layout from its spec
+    >>> import peft_equi
+    >>> from e3nn import o3
+    >>> from peft_equi.testing import assert_equivariant, randomize_adapters
+    >>> peft_model = peft_equi.get_peft_model(o3.Linear("16x0e+8x1o", "8x0e+4x1o"), "elora", rank=2)
+    >>> randomize_adapters(peft_model)              # adapters start as the identity: randomise first
+    >>> error = assert_equivariant(peft_model, ["16x0e+8x1o"], "8x0e+4x1o")  # raises when not equivariant
+    >>> error = assert_equivariant(peft_model.base_model)  # one adapted layer: irreps and layout from its spec
 
 The representation matrices default to e3nn's real Wigner matrices (those of
 ``D_from_matrix``, which handles improper rotations through parity, computed exactly to

@@ -89,8 +89,4 @@ class AdaptedTorchLinear(AdaptedLayer):
             y = F.linear(input, self.base_layer.weight, self.base_layer.bias)
         else:
             y = F.linear(input, weight.reshape(self.in_features, self.out_features).t().contiguous(), bias)
-        if output_shift is not None:
-            y = y + output_shift
-        if self.adapter.input_dependent:
-            y = self.adapter.modulate(y, [input])
-        return y
+        return self.finish(y, output_shift, [input])

@@ -190,6 +190,17 @@ class AdaptedLayer(nn.Module):
                 )
         return weight, bias, output_shift
 
+    def finish(self, y: torch.Tensor, output_shift: torch.Tensor | None, operands: list[torch.Tensor]) -> torch.Tensor:
+        """The shared tail of every adapted ``forward``: ``y`` (the layer's op with the effective weight and
+        bias) plus the shift on ``0e`` outputs the layer stores no bias for, then the adapter's modulation
+        by the layer's ``operands`` (flat, in ``spec.irreps_in`` order; read only when it is input-dependent,
+        so a forward may pass ``[]`` for a static adapter)."""
+        if output_shift is not None:
+            y = y + output_shift
+        if self.adapter.input_dependent:
+            y = self.adapter.modulate(y, operands)
+        return y
+
     def forward(self, *args: Any, **kwargs: Any) -> torch.Tensor:
         """The generic wrapper (eager only): the backend's Python ``forward``/``operands``/``after_linear``."""
         if not self.adapter_enabled:
@@ -199,11 +210,8 @@ class AdaptedLayer(nn.Module):
                 self.check_input(operand)
         weight, bias, output_shift = self.effective_parameters()
         y = self.backend.forward(self.base_layer, args, kwargs, weight, bias)
-        if output_shift is not None:
-            y = y + output_shift
-        if self.adapter.input_dependent:
-            y = self.adapter.modulate(y, list(self.backend.operands(self.base_layer, args, kwargs)))
-        return self.backend.after_linear(self.base_layer, y)
+        operands = list(self.backend.operands(self.base_layer, args, kwargs)) if self.adapter.input_dependent else []
+        return self.backend.after_linear(self.base_layer, self.finish(y, output_shift, operands))
 
     # -- named adapters --
 

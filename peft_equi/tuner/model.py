@@ -4,15 +4,23 @@ The API is Hugging Face peft's, with its semantics:
 
 .. code-block:: python
 
-    model = get_peft_model(base, MmeaConfig(rank=16))            # adapter "default", active
-    model.add_adapter("water", EloraConfig(rank=8))              # a second one, inactive
-    model.set_adapter("water")                                   # one adapter is active at a time
-    with model.disable_adapter():                                # the base model
-        ...
-    model.save_pretrained("out")          # "default" in out/, the others in out/<name>/
-    model = PeftModel.from_pretrained(fresh_base, "out")                    # frozen (is_trainable=False)
-    model.load_adapter("out/water", adapter_name="water", is_trainable=True)
-    plain = model.merge_and_unload()      # merges the active adapter; unload() merges none
+    >>> import copy, tempfile
+    >>> from e3nn import o3
+    >>> from peft_equi import EloraConfig, MmeaConfig, PeftModel, get_peft_model
+    >>> base = o3.Linear("8x0e+4x1o", "8x0e+4x1o")
+    >>> fresh_base = copy.deepcopy(base)
+    >>> model = get_peft_model(base, MmeaConfig(rank=4))           # adapter "default", active
+    >>> model.add_adapter("water", EloraConfig(rank=2))             # a second one, inactive
+    >>> model.set_adapter("water")                                  # one adapter is active at a time
+    >>> with model.disable_adapter():                               # the base model
+    ...     pass
+    >>> out = model.save_pretrained(tempfile.mkdtemp())  # "default" in out/, the others in out/<name>/
+    >>> model = PeftModel.from_pretrained(fresh_base, out)          # frozen (is_trainable=False)
+    >>> model.load_adapter(out / "water", adapter_name="water", is_trainable=True)
+    >>> model.set_adapter("water")
+    >>> plain = model.merge_and_unload()  # merges the active adapter (MMEA is not mergeable); unload() merges none
+    >>> type(plain).__name__
+    'Linear'
 
 ``peft_config`` maps each adapter's name to its :class:`PeftConfig`, ``active_adapter`` names
 the active one; ``delete_adapter`` removes one.  Each named adapter may adapt other layers:

@@ -71,8 +71,7 @@ class AdaptedCueLinear(FlatWeightAdaptedLayer):
         else:
             layer = self.base_layer
             y = layer.transpose_out(layer.f([weight.reshape(1, -1), layer.transpose_in(x)])[0])
-        if output_shift is not None:
-            y = y + output_shift
-        if self.adapter.input_dependent:
-            y = self.adapter.modulate(y, [x.index_select(-1, self.input_order) if self.reorder_input else x])
-        return y
+        operands: list[torch.Tensor] = []
+        if self.adapter.input_dependent:  # (reordering x is a feature-sized op: only when read)
+            operands = [x.index_select(-1, self.input_order) if self.reorder_input else x]
+        return self.finish(y, output_shift, operands)

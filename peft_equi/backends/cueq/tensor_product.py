@@ -81,12 +81,10 @@ class AdaptedCueTensorProduct(FlatWeightAdaptedLayer):
             layer = self.base_layer
             inputs = [weight.reshape(1, -1), layer.transpose_in1(x1), layer.transpose_in2(x2)]
             y = layer.transpose_out(layer.f(inputs)[0])
-        if output_shift is not None:
-            y = y + output_shift
-        if self.adapter.input_dependent:
+        operands: list[torch.Tensor] = []
+        if self.adapter.input_dependent:  # (reordering the inputs is a feature-sized op: only when read)
             operands = [
                 x1.index_select(-1, self.x1_order) if self.reorder_x1 else x1,
                 x2.index_select(-1, self.x2_order) if self.reorder_x2 else x2,
             ]
-            y = self.adapter.modulate(y, operands)
-        return y
+        return self.finish(y, output_shift, operands)

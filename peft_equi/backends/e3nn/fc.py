@@ -82,10 +82,7 @@ class AdaptedE3nnFullyConnected(FlatWeightAdaptedLayer):
             y = x @ (self.base_layer.weight / self.divisor)
         else:
             y = x @ (weight.reshape(self.h_in, self.h_out) / self.divisor)
-        if output_shift is not None:
-            y = y + output_shift
-        if self.adapter.input_dependent:
-            y = self.adapter.modulate(y, [x])
+        y = self.finish(y, output_shift, [x])
         if self.base_layer.act is None:
             return y
         return self.base_layer.act(y) * self.output_scale

@@ -95,8 +95,4 @@ class AdaptedE3nnLinear(AdaptedLayer):
             return self.base_layer(features)
         weight, bias, output_shift = self.effective_parameters()
         y = self.base_layer(features) if weight is None else self.base_layer(features, weight, bias)
-        if output_shift is not None:
-            y = y + output_shift
-        if self.adapter.input_dependent:
-            y = self.adapter.modulate(y, [features])
-        return y
+        return self.finish(y, output_shift, [features])

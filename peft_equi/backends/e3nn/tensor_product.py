@@ -81,8 +81,4 @@ class AdaptedE3nnTensorProduct(FlatWeightAdaptedLayer):
             return self.base_layer(x, y)
         weight, _, output_shift = self.effective_parameters()
         out = self.base_layer(x, y, weight)  # weight=None: the layer's own
-        if output_shift is not None:
-            out = out + output_shift
-        if self.adapter.input_dependent:
-            out = self.adapter.modulate(out, [x, y])
-        return out
+        return self.finish(out, output_shift, [x, y])

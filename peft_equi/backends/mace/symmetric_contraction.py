@@ -193,8 +193,7 @@ class AdaptedMaceSymmetricContraction(AdaptedLayer):
             return self.base_layer(x, y)
         weight, _, output_shift = self.effective_parameters()
         out = self.base_layer(x, y) if weight is None else self._contract(x, y, weight)
-        if output_shift is not None:
-            out = out + output_shift
-        if self.adapter.input_dependent:
-            out = self.adapter.modulate(out, self._operands(x, y))
-        return out
+        operands: list[torch.Tensor] = []
+        if self.adapter.input_dependent:  # (flattening x is a feature-sized op: only when read)
+            operands = self._operands(x, y)
+        return self.finish(out, output_shift, operands)

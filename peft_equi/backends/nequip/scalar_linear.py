@@ -93,8 +93,4 @@ class AdaptedNequipScalarLinear(AdaptedLayer):
         else:
             scaled = weight.reshape(self.in_features, self.out_features) * self.base_layer.alpha  # nequip's op order
             y = torch.mm(input, scaled) if bias is None else torch.addmm(bias, input, scaled)
-        if output_shift is not None:
-            y = y + output_shift
-        if self.adapter.input_dependent:
-            y = self.adapter.modulate(y, [input])
-        return y
+        return self.finish(y, output_shift, [input])
