@@ -71,9 +71,15 @@ def adapter_name_of(config: AdapterConfig) -> str:
 
 
 def resolve_config(config: PeftConfig | AdapterConfig | str, **options: Any) -> PeftConfig:
-    """A config from a :class:`PeftConfig` (no options allowed), an adapter's config
-    (``MmeaConfig(rank=16)``: that adapter on every layer it supports; options: ``target``,
-    ``exclude``, ``kinds``, ``train``, ``train_buffers``, ``invariant_inputs``) or a preset/adapter name."""
+    """The one way a config is made: from a :class:`PeftConfig` (no options allowed), an adapter's config
+    (``MmeaConfig(rank=16)``: that adapter on every layer it supports; options: ``target``, ``exclude``,
+    ``kinds``, ``train``, ``train_buffers``, ``invariant_inputs``, peft's ``target_modules``) or a preset or
+    adapter name with its options.
+
+    Needs no model (runs check their options before loading one).  Every problem with the options
+    is a one-line :class:`ConfigError` naming the option (an unknown name: :class:`UnknownNameError`);
+    options given where none are accepted are a ``TypeError``.
+    """
     if isinstance(config, PeftConfig):
         if options:
             raise TypeError(f"options {sorted(options)} are only accepted with a preset or adapter name")
@@ -85,16 +91,28 @@ def resolve_config(config: PeftConfig | AdapterConfig | str, **options: Any) -> 
                 f"options {other} belong in {type(config).__name__}(...); with an adapter config only "
                 f"{', '.join(_RULE_KEYS + _CONFIG_KEYS)} are accepted"
             )
-        adapter_options = config.model_dump(mode="json", exclude_unset=True)
-        return adapter_everywhere(adapter_name_of(config), **adapter_options, **options)
-    if config in PRESETS:
-        try:
-            return PRESETS.get(config)(**options)
-        except TypeError as exc:
-            raise TypeError(f"preset {config!r}: {exc}") from None
-    if config in ADAPTERS:
-        return adapter_everywhere(config, **options)
-    raise UnknownNameError("preset or adapter", config, preset_names())
+        name = adapter_name_of(config)
+        options = {**config.model_dump(mode="json", exclude_unset=True), **options}
+    else:
+        name = config
+    if name not in PRESETS and name not in ADAPTERS:
+        raise UnknownNameError("preset or adapter", name, preset_names())
+    what = f"{'preset' if name in PRESETS else 'adapter'} {name!r}"
+    known = _known_options(name)
+    unknown = sorted(set(options) - set(known)) if known is not None else []
+    if unknown:
+        raise ConfigError(
+            f"{what}: unknown option{'s' if len(unknown) > 1 else ''} {', '.join(map(repr, unknown))} "
+            f"(its options: {', '.join(known) or 'none'})"
+        )
+    try:
+        return PRESETS.get(name)(**options) if name in PRESETS else adapter_everywhere(name, **options)
+    except ValidationError as exc:
+        raise ConfigError.from_validation(exc, what) from None
+    except PeftEquiError:
+        raise
+    except (TypeError, ValueError) as exc:
+        raise ConfigError(f"{what}: {one_line(exc)}") from None
 
 
 def _known_options(name: str) -> list[str] | None:
@@ -104,31 +122,8 @@ def _known_options(name: str) -> list[str] | None:
         if any(p.kind is inspect.Parameter.VAR_KEYWORD for p in parameters):
             return None
         return [p.name for p in parameters]
-    return sorted(ADAPTERS.get(name).config_class.model_fields) + list(_RULE_KEYS + _CONFIG_KEYS)
-
-
-def validate_options(name: str, options: dict[str, Any]) -> PeftConfig:
-    """:func:`resolve_config` for user input: every problem is a :class:`ConfigError` naming the option.
-
-    Needs no model, so runs check adapter options before loading one.
-    """
-    if name not in PRESETS and name not in ADAPTERS:
-        raise UnknownNameError("preset or adapter", name, preset_names())
-    what = f"{'preset' if name in PRESETS else 'adapter'} {name!r}"
-    if not isinstance(options, dict):
-        raise ConfigError(f"{what}: options must be a mapping such as {{rank: 8}}, got {options!r}")
-    known = _known_options(name)
-    unknown = sorted(set(options) - set(known)) if known is not None else []
-    if unknown:
-        raise ConfigError(
-            f"{what}: unknown option{'s' if len(unknown) > 1 else ''} {', '.join(map(repr, unknown))} "
-            f"(its options: {', '.join(known) or 'none'})"
-        )
-    try:
-        return resolve_config(name, **options)
-    except ValidationError as exc:
-        raise ConfigError.from_validation(exc, what) from None
-    except PeftEquiError:
-        raise
-    except (TypeError, ValueError) as exc:
-        raise ConfigError(f"{what}: {one_line(exc)}") from None
+    names = []
+    for field_name, field in ADAPTERS.get(name).config_class.model_fields.items():
+        alias = field.validation_alias  # peft's names: r, lora_alpha
+        names += [field_name, *(a for a in getattr(alias, "choices", ()) if isinstance(a, str) and a != field_name)]
+    return sorted(names) + list(_RULE_KEYS + _CONFIG_KEYS)

@@ -24,7 +24,7 @@ import numpy as np
 import torch
 
 import peft_equi
-from peft_equi.core.presets import validate_options
+from peft_equi.core.presets import resolve_config
 from peft_equi.errors import DataError, PeftEquiError, element_names
 from peft_equi.families.base import Potential, load_potential
 from peft_equi.training.checkpoint import check_elements, check_resumable, input_digests, load_checkpoint, run_state
@@ -185,7 +185,7 @@ class Finetuner:
         Returns the adapter config, the checkpoint (resuming), the input files' digests and the prepared splits.
         """
         c = self.config
-        peft_config = validate_options(c.adapter, c.adapter_options)
+        peft_config = resolve_config(c.adapter, **c.adapter_options)
         world = self.fabric.world_size
         if c.replay_batch_size() % world:
             raise PeftEquiError(

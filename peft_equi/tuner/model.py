@@ -55,9 +55,10 @@ from peft_equi.core.adapted_layer import AdaptedLayer
 from peft_equi.core.adapter import Adapter, AdapterConfig
 from peft_equi.core.config import PeftConfig
 from peft_equi.core.plan import LayerPlan, assign, base_tensors, discover, survey
+from peft_equi.core.presets import resolve_config
 from peft_equi.errors import AdapterLoadError, ConfigError
 from peft_equi.tuner.merging import Merging, check_mergeable, merge_adapters
-from peft_equi.tuner.named_adapters import DEFAULT_ADAPTER, NamedAdapters, check_name, resolve, trained_tensor_names
+from peft_equi.tuner.named_adapters import DEFAULT_ADAPTER, NamedAdapters, check_name, trained_tensor_names
 from peft_equi.tuner.save_and_load import (
     FINGERPRINT_FORM,
     adapter_config,
@@ -443,7 +444,7 @@ def get_peft_model(
     naming each.
     """
     check_name(adapter_name)
-    config = resolve(config, options)
+    config = resolve_config(config, **options)
     assignments = plan_layers(model, config)
     trained_tensor_names(model, config, assignments)  # validates the train patterns before any change
     return PeftModel(model, config, assignments, adapter_name)

@@ -17,7 +17,6 @@ from collections.abc import Iterable, Iterator
 from typing import Any
 
 import torch
-from pydantic import ValidationError
 from torch import nn
 
 from peft_equi.core.adapted_layer import AdaptedLayer
@@ -67,7 +66,7 @@ class NamedAdapters:
         """
         self._check_usable()
         check_name(adapter_name, self.peft_config)
-        config = resolve(peft_config, options)
+        config = resolve_config(peft_config, **options)
         assignments = assign(discover(self.base_model), config)
         trained_tensor_names(self.base_model, config, assignments)  # validates the train patterns before any change
         self._inject(adapter_name, config, assignments)
@@ -266,10 +265,3 @@ def trained_tensor_names(model: nn.Module, config: PeftConfig, assignments: list
             layer = entry.layer
             names += [_join(layer.path, n) for n in layer.backend.bias_parameter_names(layer.module)]
     return list(dict.fromkeys(names))
-
-
-def resolve(config: PeftConfig | AdapterConfig | str, options: dict[str, Any]) -> PeftConfig:
-    try:
-        return resolve_config(config, **options)
-    except ValidationError as exc:
-        raise ConfigError.from_validation(exc, config if isinstance(config, str) else "config") from None

@@ -135,7 +135,7 @@ def test_register_preset(clean_registries):
     net = nn.Sequential(o3.Linear("2x0e", "2x0e"), nn.Linear(2, 2))
     model = peft_equi.get_peft_model(net, "test-linears-only", rank=1)
     assert list(model.adapted_layers) == ["0"]
-    with pytest.raises(TypeError, match="test-linears-only"):
+    with pytest.raises(peft_equi.ConfigError, match=r"test-linears-only.*unknown option .bogus"):
         peft_equi.get_peft_model(net, "test-linears-only", bogus=1)
 
 

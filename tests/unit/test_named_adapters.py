@@ -325,7 +325,7 @@ ERRORS = [
     ("dotted name", lambda m, d: m.add_adapter("a.b", "lora"), peft_equi.ConfigError, "no path separators, dots"),
     ("empty name", lambda m, d: peft_equi.get_peft_model(MixedNet(), "lora", ""), peft_equi.ConfigError, "''"),
     ("only adapter", lambda m, d: m.delete_adapter("default"), peft_equi.ConfigError, "only adapter"),
-    ("bad option", lambda m, d: m.add_adapter("b", "lora", rank=0), peft_equi.ConfigError, "lora: rank"),
+    ("bad option", lambda m, d: m.add_adapter("b", "lora", rank=0), peft_equi.ConfigError, "adapter 'lora': rank"),
     ("no layer", lambda m, d: m.add_adapter("b", "lora", target="x*"), peft_equi.RuleMatchError, "x\\*"),
     ("from_pretrained(PeftModel)", lambda m, d: PeftModel.from_pretrained(m, d), peft_equi.ConfigError, "load_adapter"),
 ]

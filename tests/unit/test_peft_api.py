@@ -71,7 +71,7 @@ def test_peft_field_names_are_the_same_options():
 def test_target_modules_is_for_get_peft_model_not_a_rule():
     with pytest.raises(ValueError, match="a Rule takes target"):
         peft_equi.Rule(adapter="lora", options={"target_modules": ["tp"]})
-    with pytest.raises(TypeError, match="not both"):
+    with pytest.raises(peft_equi.ConfigError, match="not both"):
         peft_equi.get_peft_model(MixedNet(), peft_equi.LoraConfig(target_modules=["tp"]), target=["tp"])
 
 
