@@ -46,21 +46,8 @@ class TorchLinear(DenseBackend):
     def describe(self, module: nn.Module) -> LayerSpec:
         return dense_spec(module.in_features, module.out_features, 1.0, bias=module.bias is not None)
 
-    def weight(self, module: nn.Module) -> torch.Tensor:
-        return module.weight.t().reshape(-1)
-
     def adapted_layer_class(self, module: nn.Module) -> type[AdaptedLayer]:
         return AdaptedTorchLinear
-
-    def write(self, module, weight, bias):
-        copy_into(module.weight, _module_layout(module, weight))
-        if bias is not None:
-            copy_into(module.bias, bias)
-
-
-def _module_layout(module: nn.Module, weight: torch.Tensor) -> torch.Tensor:
-    """The flat canonical ``(in, out)`` weight as the module stores it: contiguous ``(out, in)``."""
-    return weight.reshape(module.in_features, module.out_features).t().contiguous()
 
 
 class AdaptedTorchLinear(AdaptedLayer):
@@ -76,6 +63,15 @@ class AdaptedTorchLinear(AdaptedLayer):
     def layer_bias(self) -> torch.Tensor | None:
         return self.base_layer.bias
 
+    def stored_weight(self, weight: torch.Tensor) -> torch.Tensor:
+        """The flat canonical ``(in, out)`` weight as the module stores it: contiguous ``(out, in)``."""
+        return weight.reshape(self.in_features, self.out_features).t().contiguous()
+
+    def write(self, weight: torch.Tensor, bias: torch.Tensor | None) -> None:
+        copy_into(self.base_layer.weight, self.stored_weight(weight))
+        if bias is not None:
+            copy_into(self.base_layer.bias, bias)
+
     def forward(self, input: torch.Tensor) -> torch.Tensor:  # nn.Linear's argument name
         if not self.adapter_enabled:
             return self.base_layer(input)
@@ -88,5 +84,5 @@ class AdaptedTorchLinear(AdaptedLayer):
         if weight is None:
             y = F.linear(input, self.base_layer.weight, self.base_layer.bias)
         else:
-            y = F.linear(input, weight.reshape(self.in_features, self.out_features).t().contiguous(), bias)
+            y = F.linear(input, self.stored_weight(weight), bias)
         return self.finish(y, output_shift, [input])

@@ -124,7 +124,7 @@ class AdaptedLayer(nn.Module):
         self.register_buffer("free_scalar_component", free_comp, persistent=False)
         self.has_free_scalars = len(free_pos) > 0
         self.output_dim = spec.irreps_out.dim
-        self.has_layer_bias = backend.bias(base_layer) is not None
+        self.has_layer_bias = len(spec.bias_blocks) > 0
         self.aliased_buffers: list[str] = []
         self.layer_path = ""
         self.guard_input = False
@@ -159,12 +159,21 @@ class AdaptedLayer(nn.Module):
             raise RuntimeError(self.guard_message)
 
     def layer_weight(self) -> torch.Tensor:
-        """The layer's weight in the canonical flat layout (:meth:`Backend.weight`)."""
+        """The layer's weight in the canonical flat layout (a differentiable view if possible).
+
+        A backend's TorchScript-compatible subclass overrides it (the one place its weight layout
+        is written; :meth:`Backend.weight` reads it from there); the generic wrapper asks
+        :meth:`Backend.weight`."""
         return self.backend.weight(self.base_layer)
 
     def layer_bias(self) -> torch.Tensor | None:
-        """The layer's own bias over ``spec.bias_blocks``, or ``None`` (:meth:`Backend.bias`)."""
+        """The layer's own bias over ``spec.bias_blocks``, or ``None`` (overridden as :meth:`layer_weight`)."""
         return self.backend.bias(self.base_layer)
+
+    def write(self, weight: torch.Tensor, bias: torch.Tensor | None) -> None:
+        """Store the canonical ``weight`` (and ``bias``) into ``base_layer`` in place, in its own layout
+        (merging; overridden as :meth:`layer_weight`, Python only)."""
+        self.backend.write(self.base_layer, weight, bias)
 
     def effective_parameters(self) -> tuple[torch.Tensor | None, torch.Tensor | None, torch.Tensor | None]:
         """``(weight, bias, output_shift output shift)``; all ``None`` when the adapter leaves them alone."""
@@ -307,7 +316,7 @@ class AdaptedLayer(nn.Module):
         weight, bias, _ = self.effective_parameters()
         if weight is not None:
             with torch.no_grad():
-                self.backend.write(self.base_layer, weight.detach(), None if bias is None else bias.detach())
+                self.write(weight.detach(), None if bias is None else bias.detach())
         return self.base_layer
 
     def extra_repr(self) -> str:

@@ -10,14 +10,14 @@ from torch import nn
 
 from peft_equi.backends.cueq.common import has_internal_weight, is_cue_irreps, layout_of, layout_order, polynomial
 from peft_equi.core.adapted_layer import AdaptedLayer
-from peft_equi.core.backend import FlatWeightAdaptedLayer, FlatWeightBackend
+from peft_equi.core.backend import Backend, FlatWeightAdaptedLayer
 from peft_equi.core.irreps import Irreps
 from peft_equi.core.registry import register_backend
 from peft_equi.core.spec import LayerKind, LayerSpec, WeightPath
 
 
 @register_backend
-class CueLinear(FlatWeightBackend):
+class CueLinear(Backend):
     """``cuet.Linear`` with internal weights; the effective weight goes through the layer's own ``f``."""
 
     name = "cueq.linear"

@@ -88,7 +88,6 @@ def _row_labels(module: nn.Module, matrix: np.ndarray | None) -> list[tuple[int,
 
 # per-module caches, kept outside the modules (whose attributes TorchScript would have to type)
 _LAYOUTS: weakref.WeakKeyDictionary[nn.Module, tuple[list[RowGroup], np.ndarray | None]] = weakref.WeakKeyDictionary()
-_BASES: weakref.WeakKeyDictionary[nn.Module, ContractionBasis] = weakref.WeakKeyDictionary()
 
 
 def _layout(module: nn.Module) -> tuple[list[RowGroup], np.ndarray | None]:
@@ -178,15 +177,6 @@ class ContractionBasis(nn.Module):
         return own + torch.einsum("zau,ab->zbu", change, self.to_stored)
 
 
-def _basis_of(module: nn.Module) -> ContractionBasis:
-    """The :class:`ContractionBasis` of ``module`` (cached outside it), in its weight's dtype and device."""
-    basis = _BASES.get(module)
-    weight = module.weight
-    if basis is None or basis.to_stored.dtype != weight.dtype or basis.to_stored.device != weight.device:
-        basis = _BASES[module] = ContractionBasis(module)
-    return basis
-
-
 @register_backend
 class CueSymmetricContraction(Backend):
     """``cuet.SymmetricContraction`` called as ``sc(x, element_indices)``."""
@@ -225,14 +215,8 @@ class CueSymmetricContraction(Backend):
             layout_of(module.transpose_out.target),
         )
 
-    def weight(self, module):
-        return _basis_of(module).canonical(module.weight)
-
     def adapted_layer_class(self, module: nn.Module) -> type[AdaptedLayer]:
         return AdaptedCueSymmetricContraction
-
-    def write(self, module, weight, bias):
-        copy_into(module.weight, _basis_of(module).stored(weight, module.weight).detach())
 
 
 class AdaptedCueSymmetricContraction(AdaptedLayer):
@@ -257,6 +241,9 @@ class AdaptedCueSymmetricContraction(AdaptedLayer):
 
     def layer_bias(self) -> torch.Tensor | None:
         return None
+
+    def write(self, weight: torch.Tensor, bias: torch.Tensor | None) -> None:
+        copy_into(self.base_layer.weight, self.basis.stored(weight, self.base_layer.weight).detach())
 
     def forward(self, x: torch.Tensor, indices: torch.Tensor) -> torch.Tensor:
         if not self.adapter_enabled:

@@ -10,14 +10,14 @@ from torch import nn
 
 from peft_equi.backends.cueq.common import has_internal_weight, is_cue_irreps, layout_of, layout_order, polynomial
 from peft_equi.core.adapted_layer import AdaptedLayer
-from peft_equi.core.backend import FlatWeightAdaptedLayer, FlatWeightBackend
+from peft_equi.core.backend import Backend, FlatWeightAdaptedLayer
 from peft_equi.core.irreps import Irreps
 from peft_equi.core.registry import register_backend
 from peft_equi.core.spec import LayerKind, LayerSpec, WeightPath
 
 
 @register_backend
-class CueFullyConnectedTensorProduct(FlatWeightBackend):
+class CueFullyConnectedTensorProduct(Backend):
     """``cuet.FullyConnectedTensorProduct`` with internal weights.
 
     A path's coefficient tensor has the Clebsch-Gordan coefficients times the path

@@ -6,7 +6,7 @@ import torch
 from torch import nn
 
 from peft_equi.core.adapted_layer import AdaptedLayer
-from peft_equi.core.backend import FlatWeightAdaptedLayer, FlatWeightBackend
+from peft_equi.core.backend import Backend, FlatWeightAdaptedLayer
 from peft_equi.core.invariance import activation_name, breaks_parity, siblings
 from peft_equi.core.registry import register_backend
 from peft_equi.core.spec import LayerSpec, dense_spec
@@ -20,7 +20,7 @@ def _divisor(module: nn.Module) -> float:
 
 
 @register_backend
-class E3nnFullyConnectedLayer(FlatWeightBackend):
+class E3nnFullyConnectedLayer(Backend):
     """One layer of ``e3nn.nn.FullyConnectedNet``.
 
     It computes ``act(x @ W / sqrt(h_in var_in)) * sqrt(var_out)`` (or, without activation,

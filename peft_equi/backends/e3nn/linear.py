@@ -60,23 +60,11 @@ class E3nnLinear(Backend):
             bias_blocks = ()
         return LayerSpec(LayerKind.LINEAR, (irreps_in,), irreps_out, tuple(paths), bias_blocks=bias_blocks)
 
-    def weight(self, module: nn.Module) -> torch.Tensor:
-        return module.weight
-
-    def bias(self, module: nn.Module) -> torch.Tensor | None:
-        bias = getattr(module, "bias", None)
-        return bias if isinstance(bias, nn.Parameter) and bias.numel() > 0 else None
-
     def bias_parameter_names(self, module: nn.Module) -> list[str]:
-        return ["bias"] if self.bias(module) is not None else []
+        return ["bias"] if self.describe(module).bias_blocks else []
 
     def adapted_layer_class(self, module: nn.Module) -> type[AdaptedLayer]:
         return AdaptedE3nnLinear
-
-    def write(self, module, weight, bias):
-        copy_into(module.weight, weight)
-        if bias is not None:
-            copy_into(module.bias, bias)
 
 
 class AdaptedE3nnLinear(AdaptedLayer):
@@ -89,6 +77,11 @@ class AdaptedE3nnLinear(AdaptedLayer):
         if self.has_layer_bias:
             return self.base_layer.bias
         return None
+
+    def write(self, weight: torch.Tensor, bias: torch.Tensor | None) -> None:
+        copy_into(self.base_layer.weight, weight)
+        if bias is not None:
+            copy_into(self.base_layer.bias, bias)
 
     def forward(self, features: torch.Tensor) -> torch.Tensor:
         if not self.adapter_enabled:

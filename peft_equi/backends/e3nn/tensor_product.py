@@ -7,7 +7,7 @@ from torch import nn
 
 from peft_equi.backends.e3nn.linear import has_internal_flat_weight
 from peft_equi.core.adapted_layer import AdaptedLayer
-from peft_equi.core.backend import FlatWeightAdaptedLayer, FlatWeightBackend
+from peft_equi.core.backend import Backend, FlatWeightAdaptedLayer
 from peft_equi.core.irreps import Irreps
 from peft_equi.core.registry import register_backend
 from peft_equi.core.spec import LayerKind, LayerSpec, WeightPath
@@ -28,7 +28,7 @@ def _unsupported_modes(module: nn.Module) -> list[str]:
 
 
 @register_backend
-class E3nnTensorProduct(FlatWeightBackend):
+class E3nnTensorProduct(Backend):
     """``e3nn.o3.TensorProduct``: weights of paths with ``has_weight``, blocks of ``path_shape``.
 
     Supported connection modes: ``uvw`` (fully connected, blocks ``(mul1, mul2, mul_out)``),
@@ -65,9 +65,6 @@ class E3nnTensorProduct(FlatWeightBackend):
             Irreps(module.irreps_out),
             tuple(paths),
         )
-
-    def weight(self, module: nn.Module) -> torch.Tensor:
-        return module.weight
 
     def adapted_layer_class(self, module: nn.Module) -> type[AdaptedLayer]:
         return AdaptedE3nnTensorProduct

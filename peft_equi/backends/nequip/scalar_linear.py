@@ -58,16 +58,8 @@ class NequipScalarLinear(DenseBackend):
             int(module.in_features), int(module.out_features), float(module.alpha), bias=module.bias is not None
         )
 
-    def weight(self, module: nn.Module) -> torch.Tensor:
-        return module.weight.reshape(-1)
-
     def adapted_layer_class(self, module: nn.Module) -> type[AdaptedLayer]:
         return AdaptedNequipScalarLinear
-
-    def write(self, module, weight, bias):
-        copy_into(module.weight, weight)
-        if bias is not None:
-            copy_into(module.bias, bias)
 
 
 class AdaptedNequipScalarLinear(AdaptedLayer):
@@ -82,6 +74,11 @@ class AdaptedNequipScalarLinear(AdaptedLayer):
 
     def layer_bias(self) -> torch.Tensor | None:
         return self.base_layer.bias
+
+    def write(self, weight: torch.Tensor, bias: torch.Tensor | None) -> None:
+        copy_into(self.base_layer.weight, weight)
+        if bias is not None:
+            copy_into(self.base_layer.bias, bias)
 
     def forward(self, input: torch.Tensor) -> torch.Tensor:  # nequip's argument name
         if not self.adapter_enabled:
