@@ -2,18 +2,28 @@
 
 .. code-block:: python
 
-    import peft_equi
-    model = peft_equi.get_peft_model(base, peft_equi.MmeaConfig(rank=16))  # or (base, "mmea", rank=16)
-    model.print_trainable_parameters()
-    ...  # train
-    model.save_pretrained("my-adapter")
-    model = peft_equi.PeftModel.from_pretrained(fresh_base, "my-adapter")
+    >>> import tempfile
+    >>> import peft_equi
+    >>> from e3nn import o3
+    >>> base, fresh_base = o3.Linear("4x0e+2x1o", "4x0e+2x1o"), o3.Linear("4x0e+2x1o", "4x0e+2x1o")
+    >>> fresh_base.load_state_dict(base.state_dict())
+    <All keys matched successfully>
+    >>> model = peft_equi.get_peft_model(base, peft_equi.LoraConfig(rank=2))  # or (base, "lora", rank=2)
+    >>> model.print_trainable_parameters(per_layer=False)
+    trainable params: 24 || all params: 44 || trainable%: 54.5455
+      lora                     24
+    >>> # ... train
+    >>> directory = model.save_pretrained(tempfile.mkdtemp() + "/my-adapter")
+    >>> model = peft_equi.PeftModel.from_pretrained(fresh_base, directory)
+    >>> sorted(model.adapter_state_dict())
+    ['adapters.lora_A.0_0e', 'adapters.lora_A.1_1o', 'adapters.lora_B.0', 'adapters.lora_B.1']
 """
 
 from __future__ import annotations
 
-__version__ = "0.1.0"
-
+# the built-in adapters, backends and presets register themselves on import (the core names none of them)
+import peft_equi.backends
+import peft_equi.families.mace.presets  # noqa: F401
 from peft_equi.adapters import (
     BitfitConfig,
     ConventionalConfig,
@@ -22,9 +32,9 @@ from peft_equi.adapters import (
     LoraConfig,
     MmeaConfig,
 )
-from peft_equi.adapters.base import Adapter, AdapterConfig
-from peft_equi.backends.base import Backend
 from peft_equi.core.adapted_layer import AdaptedLayer
+from peft_equi.core.adapter import Adapter, AdapterConfig
+from peft_equi.core.backend import Backend
 from peft_equi.core.config import PeftConfig, Rule
 from peft_equi.core.irreps import Irrep, Irreps, Layout, MulIrrep
 from peft_equi.core.plan import discover
@@ -47,7 +57,9 @@ from peft_equi.errors import (
 )
 from peft_equi.families.mace.cueq import to_cueq, to_e3nn
 from peft_equi.inspection import LayerReport, format_inspection, inspect_model
-from peft_equi.model import PeftModel, get_peft_model, merge_adapters
+from peft_equi.tuner.model import PeftModel, get_peft_model, inject_adapter_in_model, merge_adapters
+from peft_equi.tuner.state_dict import get_peft_model_state_dict, set_peft_model_state_dict
+from peft_equi.version import __version__
 
 
 def list_adapters() -> list[str]:
@@ -97,9 +109,12 @@ __all__ = [
     "UnsupportedLayerError",
     "UntrustedPickleError",
     "WeightPath",
+    "__version__",
     "discover",
     "format_inspection",
     "get_peft_model",
+    "get_peft_model_state_dict",
+    "inject_adapter_in_model",
     "inspect_model",
     "list_adapters",
     "list_backends",
@@ -108,6 +123,7 @@ __all__ = [
     "register_adapter",
     "register_backend",
     "register_preset",
+    "set_peft_model_state_dict",
     "to_cueq",
     "to_e3nn",
 ]

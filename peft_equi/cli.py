@@ -214,7 +214,7 @@ def _adapted(model: str, run: Path, trust_pickle: bool, allow_base_mismatch: boo
     from peft_equi.energy_correction import EnergyCorrection
     from peft_equi.families.base import load_potential
     from peft_equi.training.run_directory import finished_run
-    from peft_equi.utils.save_and_load import read_adapter
+    from peft_equi.tuner.save_and_load import read_adapter
 
     record = finished_run(run)
     correction = EnergyCorrection(tuple(record["atomic_numbers"]), tuple(record["delta_eV"]))

@@ -2,10 +2,13 @@
 
 .. code-block:: python
 
-    from peft_equi.testing import assert_equivariant, randomize_adapters
-    randomize_adapters(peft_model)              # adapters start as the identity: randomise first
-    assert_equivariant(peft_model, ["16x0e+8x1o"], "8x0e+4x1o")
-    assert_equivariant(peft_model.base_model)   # one adapted layer: irreps and layout from its spec
+    >>> import peft_equi
+    >>> from e3nn import o3
+    >>> from peft_equi.testing import assert_equivariant, randomize_adapters
+    >>> peft_model = peft_equi.get_peft_model(o3.Linear("16x0e+8x1o", "8x0e+4x1o"), "elora", rank=2)
+    >>> randomize_adapters(peft_model)              # adapters start as the identity: randomise first
+    >>> error = assert_equivariant(peft_model, ["16x0e+8x1o"], "8x0e+4x1o")  # raises when not equivariant
+    >>> error = assert_equivariant(peft_model.base_model)  # one adapted layer: irreps and layout from its spec
 
 The representation matrices default to e3nn's real Wigner matrices (those of
 ``D_from_matrix``, which handles improper rotations through parity, computed exactly to
@@ -120,7 +123,7 @@ def layer_spec(fn: Any) -> LayerSpec | None:
     """The :class:`LayerSpec` behind ``fn``, or ``None``: an adapted layer's, a :class:`PeftModel`
     whose base model is one adapted layer, or a module a backend describes as a whole."""
     from peft_equi.core.adapted_layer import AdaptedLayer
-    from peft_equi.model import PeftModel
+    from peft_equi.tuner.model import PeftModel
 
     if isinstance(fn, PeftModel):
         fn = fn.base_model
@@ -207,7 +210,7 @@ def _guard_error(fn: Callable[..., Any], spec: LayerSpec, *, batch: int, generat
 
 def _adapted_layer(fn: Any) -> Any:
     from peft_equi.core.adapted_layer import AdaptedLayer
-    from peft_equi.model import PeftModel
+    from peft_equi.tuner.model import PeftModel
 
     fn = fn.base_model if isinstance(fn, PeftModel) else fn
     return fn if isinstance(fn, AdaptedLayer) else None

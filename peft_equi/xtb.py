@@ -7,9 +7,9 @@ imported only when a calculator is made.
 
 Threads: set ``OMP_NUM_THREADS=1`` (and the BLAS equivalents) before *anything* loads an
 OpenMP runtime, i.e. at the top of the script, before importing numpy or ``peft_equi``
-(which imports torch). tblite loaded after torch without it was measured 80 times slower
-(188 ms instead of 2.4 ms of CPU per acetamide force call): the two OpenMP runtimes fight.
-Both generators set it in their first lines, one process per core.
+(which imports torch): without it the OpenMP runtimes of torch and tblite fight and tblite
+runs many times slower (measured: benchmarks/README.md).  Both generators set it in their first
+lines, one process per core.
 
 Forces are ``F_i = -dE/dr_i`` of the GFN2-xTB total energy ``E`` (eV, eV/Angstrom).  tblite runs
 with ``accuracy=0.01`` (100 times tighter SCF and integral thresholds than its default, which

@@ -6,7 +6,6 @@ import nothing from e3nn, so they also recognise the e3nn copies bundled in
 """
 
 from peft_equi.backends import torch_linear
-from peft_equi.backends.base import Backend
 from peft_equi.backends.cueq import linear as cueq_linear
 from peft_equi.backends.cueq import symmetric_contraction as cueq_symmetric_contraction
 from peft_equi.backends.cueq import tensor_product as cueq_tensor_product
@@ -14,6 +13,7 @@ from peft_equi.backends.e3nn import fc, linear, tensor_product
 from peft_equi.backends.mace import symmetric_contraction
 from peft_equi.backends.nequip import scalar_linear
 from peft_equi.backends.schnetpack import dense as schnetpack_dense
+from peft_equi.core.backend import Backend
 
 __all__ = [
     "Backend",

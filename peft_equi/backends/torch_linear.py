@@ -18,8 +18,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from peft_equi.backends.base import DenseBackend, common_refusal, copy_into
 from peft_equi.core.adapted_layer import AdaptedLayer
+from peft_equi.core.backend import DenseBackend, common_refusal, copy_into
 from peft_equi.core.invariance import sequential_proof
 from peft_equi.core.registry import register_backend
 from peft_equi.core.spec import LayerSpec, dense_spec
@@ -46,21 +46,8 @@ class TorchLinear(DenseBackend):
     def describe(self, module: nn.Module) -> LayerSpec:
         return dense_spec(module.in_features, module.out_features, 1.0, bias=module.bias is not None)
 
-    def weight(self, module: nn.Module) -> torch.Tensor:
-        return module.weight.t().reshape(-1)
-
     def adapted_layer_class(self, module: nn.Module) -> type[AdaptedLayer]:
         return AdaptedTorchLinear
-
-    def write(self, module, weight, bias):
-        copy_into(module.weight, _module_layout(module, weight))
-        if bias is not None:
-            copy_into(module.bias, bias)
-
-
-def _module_layout(module: nn.Module, weight: torch.Tensor) -> torch.Tensor:
-    """The flat canonical ``(in, out)`` weight as the module stores it: contiguous ``(out, in)``."""
-    return weight.reshape(module.in_features, module.out_features).t().contiguous()
 
 
 class AdaptedTorchLinear(AdaptedLayer):
@@ -76,6 +63,15 @@ class AdaptedTorchLinear(AdaptedLayer):
     def layer_bias(self) -> torch.Tensor | None:
         return self.base_layer.bias
 
+    def stored_weight(self, weight: torch.Tensor) -> torch.Tensor:
+        """The flat canonical ``(in, out)`` weight as the module stores it: contiguous ``(out, in)``."""
+        return weight.reshape(self.in_features, self.out_features).t().contiguous()
+
+    def write(self, weight: torch.Tensor, bias: torch.Tensor | None) -> None:
+        copy_into(self.base_layer.weight, self.stored_weight(weight))
+        if bias is not None:
+            copy_into(self.base_layer.bias, bias)
+
     def forward(self, input: torch.Tensor) -> torch.Tensor:  # nn.Linear's argument name
         if not self.adapter_enabled:
             return self.base_layer(input)
@@ -88,9 +84,5 @@ class AdaptedTorchLinear(AdaptedLayer):
         if weight is None:
             y = F.linear(input, self.base_layer.weight, self.base_layer.bias)
         else:
-            y = F.linear(input, weight.reshape(self.in_features, self.out_features).t().contiguous(), bias)
-        if output_shift is not None:
-            y = y + output_shift
-        if self.adapter.input_dependent:
-            y = self.adapter.modulate(y, [input])
-        return y
+            y = F.linear(input, self.stored_weight(weight), bias)
+        return self.finish(y, output_shift, [input])

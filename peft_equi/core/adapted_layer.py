@@ -45,12 +45,12 @@ from typing import TYPE_CHECKING, Any
 import torch
 from torch import nn
 
-from peft_equi.adapters.base import Adapter, AdapterConfig
+from peft_equi.core.adapter import Adapter, AdapterConfig
 from peft_equi.core.spec import LayerKind, LayerSpec
 from peft_equi.errors import NotMergeableError
 
 if TYPE_CHECKING:
-    from peft_equi.backends.base import Backend
+    from peft_equi.core.backend import Backend
 
 
 def _bias_scalar_positions(spec: LayerSpec) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
@@ -124,7 +124,7 @@ class AdaptedLayer(nn.Module):
         self.register_buffer("free_scalar_component", free_comp, persistent=False)
         self.has_free_scalars = len(free_pos) > 0
         self.output_dim = spec.irreps_out.dim
-        self.has_layer_bias = backend.bias(base_layer) is not None
+        self.has_layer_bias = len(spec.bias_blocks) > 0
         self.aliased_buffers: list[str] = []
         self.layer_path = ""
         self.guard_input = False
@@ -159,12 +159,21 @@ class AdaptedLayer(nn.Module):
             raise RuntimeError(self.guard_message)
 
     def layer_weight(self) -> torch.Tensor:
-        """The layer's weight in the canonical flat layout (:meth:`Backend.weight`)."""
+        """The layer's weight in the canonical flat layout (a differentiable view if possible).
+
+        A backend's TorchScript-compatible subclass overrides it (the one place its weight layout
+        is written; :meth:`Backend.weight` reads it from there); the generic wrapper asks
+        :meth:`Backend.weight`."""
         return self.backend.weight(self.base_layer)
 
     def layer_bias(self) -> torch.Tensor | None:
-        """The layer's own bias over ``spec.bias_blocks``, or ``None`` (:meth:`Backend.bias`)."""
+        """The layer's own bias over ``spec.bias_blocks``, or ``None`` (overridden as :meth:`layer_weight`)."""
         return self.backend.bias(self.base_layer)
+
+    def write(self, weight: torch.Tensor, bias: torch.Tensor | None) -> None:
+        """Store the canonical ``weight`` (and ``bias``) into ``base_layer`` in place, in its own layout
+        (merging; overridden as :meth:`layer_weight`, Python only)."""
+        self.backend.write(self.base_layer, weight, bias)
 
     def effective_parameters(self) -> tuple[torch.Tensor | None, torch.Tensor | None, torch.Tensor | None]:
         """``(weight, bias, output_shift output shift)``; all ``None`` when the adapter leaves them alone."""
@@ -190,6 +199,17 @@ class AdaptedLayer(nn.Module):
                 )
         return weight, bias, output_shift
 
+    def finish(self, y: torch.Tensor, output_shift: torch.Tensor | None, operands: list[torch.Tensor]) -> torch.Tensor:
+        """The shared tail of every adapted ``forward``: ``y`` (the layer's op with the effective weight and
+        bias) plus the shift on ``0e`` outputs the layer stores no bias for, then the adapter's modulation
+        by the layer's ``operands`` (flat, in ``spec.irreps_in`` order; read only when it is input-dependent,
+        so a forward may pass ``[]`` for a static adapter)."""
+        if output_shift is not None:
+            y = y + output_shift
+        if self.adapter.input_dependent:
+            y = self.adapter.modulate(y, operands)
+        return y
+
     def forward(self, *args: Any, **kwargs: Any) -> torch.Tensor:
         """The generic wrapper (eager only): the backend's Python ``forward``/``operands``/``after_linear``."""
         if not self.adapter_enabled:
@@ -199,11 +219,8 @@ class AdaptedLayer(nn.Module):
                 self.check_input(operand)
         weight, bias, output_shift = self.effective_parameters()
         y = self.backend.forward(self.base_layer, args, kwargs, weight, bias)
-        if output_shift is not None:
-            y = y + output_shift
-        if self.adapter.input_dependent:
-            y = self.adapter.modulate(y, list(self.backend.operands(self.base_layer, args, kwargs)))
-        return self.backend.after_linear(self.base_layer, y)
+        operands = list(self.backend.operands(self.base_layer, args, kwargs)) if self.adapter.input_dependent else []
+        return self.backend.after_linear(self.base_layer, self.finish(y, output_shift, operands))
 
     # -- named adapters --
 
@@ -240,37 +257,6 @@ class AdaptedLayer(nn.Module):
     def remove_named_adapter(self, name: str) -> Adapter:
         """Remove the inactive adapter ``name`` and return it."""
         return self.other_adapters.pop(name)
-
-    def __setstate__(self, state: dict[str, Any]) -> None:
-        super().__setstate__(state)
-        if "output_dim" not in state:  # pickled (torch.save of a whole model) by peft_equi before the wrappers
-            self._upgrade()
-        elif "other_adapters" not in self._modules:  # pickled before named adapters: its one adapter is "default"
-            self.other_adapters = nn.ModuleDict()
-            self.active_adapter = "default"
-        if "guard_input" not in self.__dict__:  # pickled before the run-time check and the attribute aliases
-            self.aliased_buffers, self.layer_path = [], ""
-            self.refresh_guard()
-
-    def _upgrade(self) -> None:
-        """Make an unpickled older ``AdaptedLayer`` current: the backend's wrapper class, and the adapter
-        rebuilt from its spec and config, holding the pickled values (the state-dict keys are unchanged)."""
-        old = self.adapter
-        with torch.random.fork_rng(devices=[]):  # the throwaway initialisation draws no global random numbers
-            adapter = type(old)(old.spec, old.config)
-        weight = self.backend.weight(self.base_layer)
-        adapter = adapter.to(device=weight.device, dtype=weight.dtype).train(old.training)
-        adapter.load_state_dict(old.state_dict())
-        flags = {name: p.requires_grad for name, p in old.named_parameters()}
-        for name, p in adapter.named_parameters():
-            p.requires_grad_(flags.get(name, True))
-        fresh = self.backend.adapted_layer_class(self.base_layer)(self.base_layer, self.backend, self.spec, adapter)
-        taken = {"_modules", "_buffers", "_non_persistent_buffers_set"}  # hooks, mode and switch stay this object's
-        taken |= {k for k in fresh.__dict__ if not k.startswith("_") and k not in ("training", "adapter_enabled")}
-        # (this takes fresh's empty other_adapters and active_adapter "default" as well)
-        for key in taken:
-            self.__dict__[key] = fresh.__dict__[key]
-        self.__class__ = type(fresh)
 
     def __prepare_scriptable__(self) -> nn.Module:
         if type(self).forward is AdaptedLayer.forward:
@@ -330,7 +316,7 @@ class AdaptedLayer(nn.Module):
         weight, bias, _ = self.effective_parameters()
         if weight is not None:
             with torch.no_grad():
-                self.backend.write(self.base_layer, weight.detach(), None if bias is None else bias.detach())
+                self.write(weight.detach(), None if bias is None else bias.detach())
         return self.base_layer
 
     def extra_repr(self) -> str:

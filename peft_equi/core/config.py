@@ -18,7 +18,9 @@ from typing import Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, field_validator, model_validator
 
+from peft_equi.core.adapter import AdapterConfig, validated_config
 from peft_equi.core.regex import compile_regex
+from peft_equi.core.registry import ADAPTERS
 from peft_equi.core.spec import LayerKind
 
 
@@ -27,6 +29,14 @@ def pattern_matches(pattern: str, name: str) -> bool:
     if pattern.startswith("re:"):
         return compile_regex(pattern[3:]).fullmatch(name)
     return fnmatch.fnmatchcase(name, pattern)
+
+
+def module_patterns(target_modules: list[str] | str) -> list[str]:
+    """Patterns for peft's ``target_modules``: one regular expression matching whole paths (a string), or
+    module names each matching a path or its last components (``linear`` matches ``block.0.linear``)."""
+    if isinstance(target_modules, str):
+        return [f"re:{target_modules}"]
+    return [pattern for name in target_modules for pattern in (name, f"*.{name}")]
 
 
 def _check_patterns(patterns: list[str]) -> list[str]:
@@ -57,8 +67,6 @@ class Rule(BaseModel):
     @classmethod
     def _typed_options(cls, value: Any) -> Any:
         """An adapter config instance (``MmeaConfig(rank=8)``) stands for the options set in it."""
-        from peft_equi.adapters.base import AdapterConfig
-
         return value.model_dump(mode="json", exclude_unset=True) if isinstance(value, AdapterConfig) else value
 
     @field_validator("target", "exclude", mode="before")
@@ -73,21 +81,17 @@ class Rule(BaseModel):
 
     @model_validator(mode="after")
     def _known_adapter_and_options(self) -> Rule:
-        from peft_equi.adapters.base import validated_config
-        from peft_equi.core.registry import ADAPTERS
-
         if self.adapter not in ADAPTERS:
             raise ValueError(f"unknown adapter {self.adapter!r}; known adapters: {', '.join(ADAPTERS.names())}")
         self._adapter_config = validated_config(ADAPTERS.get(self.adapter), self.options)
+        if getattr(self._adapter_config, "target_modules", None) is not None:
+            raise ValueError("target_modules is an option of get_peft_model(model, config); a Rule takes target")
         return self
 
     @property
     def adapter_config(self) -> Any:
         """``options`` validated (once) into the adapter's config class, e.g. ``MmeaConfig``."""
         if self._adapter_config is None:  # built without validation (model_construct)
-            from peft_equi.adapters.base import validated_config
-            from peft_equi.core.registry import ADAPTERS
-
             self._adapter_config = validated_config(ADAPTERS.get(self.adapter), self.options)
         return self._adapter_config
 

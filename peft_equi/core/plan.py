@@ -13,9 +13,9 @@ from dataclasses import dataclass, field
 import torch
 from torch import nn
 
-from peft_equi.adapters.base import Adapter
-from peft_equi.backends.base import Backend, qualified_name
 from peft_equi.core.adapted_layer import AdaptedLayer
+from peft_equi.core.adapter import Adapter
+from peft_equi.core.backend import Backend, qualified_name
 from peft_equi.core.config import PeftConfig, Rule, pattern_matches
 from peft_equi.core.registry import ADAPTERS, BACKENDS
 from peft_equi.core.spec import LayerSpec
@@ -217,8 +217,6 @@ def _unknown_features_reason(adapter: Adapter, layer: DiscoveredLayer) -> str | 
 def build_adapter(cls: type[Adapter], layer: DiscoveredLayer, options) -> Adapter:
     """``cls`` built for ``layer`` with ``options``, on the device and dtype of the layer's weight."""
     adapter = cls(layer.spec, options)
-    if "dynamic" in vars(adapter):  # the flag's name before input_dependent: modulate() would never run
-        raise TypeError(f"adapter {cls.name!r} sets self.dynamic: the flag is now called self.input_dependent")
     weight = layer.backend.weight(layer.module)
     return adapter.to(device=weight.device, dtype=weight.dtype)
 

@@ -16,8 +16,8 @@ from typing import Any
 
 from pydantic import ValidationError
 
-from peft_equi.adapters.base import AdapterConfig
-from peft_equi.core.config import PeftConfig, Rule
+from peft_equi.core.adapter import AdapterConfig
+from peft_equi.core.config import PeftConfig, Rule, module_patterns
 from peft_equi.core.registry import ADAPTERS, PRESETS, register_preset
 from peft_equi.errors import ConfigError, PeftEquiError, UnknownNameError, one_line
 
@@ -26,7 +26,13 @@ _CONFIG_KEYS = ("train", "train_buffers", "invariant_inputs")
 
 
 def adapter_everywhere(adapter: str, **options: Any) -> PeftConfig:
-    """``adapter`` on every layer it supports (layers it cannot adapt are left alone)."""
+    """``adapter`` on every layer it supports (layers it cannot adapt are left alone); peft's
+    ``target_modules`` (:func:`~peft_equi.core.config.module_patterns`) limits it as ``target`` does."""
+    target_modules = options.pop("target_modules", None)
+    if target_modules is not None:
+        if "target" in options:
+            raise TypeError("give target_modules (peft's option) or target, not both")
+        options["target"] = module_patterns(target_modules)
     rule_fields = {k: options.pop(k) for k in _RULE_KEYS if k in options}
     config_fields = {k: options.pop(k) for k in _CONFIG_KEYS if k in options}
     rule = Rule(adapter=adapter, options=options, on_unsupported="skip", **rule_fields)
@@ -65,9 +71,15 @@ def adapter_name_of(config: AdapterConfig) -> str:
 
 
 def resolve_config(config: PeftConfig | AdapterConfig | str, **options: Any) -> PeftConfig:
-    """A config from a :class:`PeftConfig` (no options allowed), an adapter's config
-    (``MmeaConfig(rank=16)``: that adapter on every layer it supports; options: ``target``,
-    ``exclude``, ``kinds``, ``train``, ``train_buffers``, ``invariant_inputs``) or a preset/adapter name."""
+    """The one way a config is made: from a :class:`PeftConfig` (no options allowed), an adapter's config
+    (``MmeaConfig(rank=16)``: that adapter on every layer it supports; options: ``target``, ``exclude``,
+    ``kinds``, ``train``, ``train_buffers``, ``invariant_inputs``, peft's ``target_modules``) or a preset or
+    adapter name with its options.
+
+    Needs no model (runs check their options before loading one).  Every problem with the options
+    is a one-line :class:`ConfigError` naming the option (an unknown name: :class:`UnknownNameError`);
+    options given where none are accepted are a ``TypeError``.
+    """
     if isinstance(config, PeftConfig):
         if options:
             raise TypeError(f"options {sorted(options)} are only accepted with a preset or adapter name")
@@ -79,16 +91,28 @@ def resolve_config(config: PeftConfig | AdapterConfig | str, **options: Any) -> 
                 f"options {other} belong in {type(config).__name__}(...); with an adapter config only "
                 f"{', '.join(_RULE_KEYS + _CONFIG_KEYS)} are accepted"
             )
-        adapter_options = config.model_dump(mode="json", exclude_unset=True)
-        return adapter_everywhere(adapter_name_of(config), **adapter_options, **options)
-    if config in PRESETS:
-        try:
-            return PRESETS.get(config)(**options)
-        except TypeError as exc:
-            raise TypeError(f"preset {config!r}: {exc}") from None
-    if config in ADAPTERS:
-        return adapter_everywhere(config, **options)
-    raise UnknownNameError("preset or adapter", config, preset_names())
+        name = adapter_name_of(config)
+        options = {**config.model_dump(mode="json", exclude_unset=True), **options}
+    else:
+        name = config
+    if name not in PRESETS and name not in ADAPTERS:
+        raise UnknownNameError("preset or adapter", name, preset_names())
+    what = f"{'preset' if name in PRESETS else 'adapter'} {name!r}"
+    known = _known_options(name)
+    unknown = sorted(set(options) - set(known)) if known is not None else []
+    if unknown:
+        raise ConfigError(
+            f"{what}: unknown option{'s' if len(unknown) > 1 else ''} {', '.join(map(repr, unknown))} "
+            f"(its options: {', '.join(known) or 'none'})"
+        )
+    try:
+        return PRESETS.get(name)(**options) if name in PRESETS else adapter_everywhere(name, **options)
+    except ValidationError as exc:
+        raise ConfigError.from_validation(exc, what) from None
+    except PeftEquiError:
+        raise
+    except (TypeError, ValueError) as exc:
+        raise ConfigError(f"{what}: {one_line(exc)}") from None
 
 
 def _known_options(name: str) -> list[str] | None:
@@ -98,31 +122,8 @@ def _known_options(name: str) -> list[str] | None:
         if any(p.kind is inspect.Parameter.VAR_KEYWORD for p in parameters):
             return None
         return [p.name for p in parameters]
-    return sorted(ADAPTERS.get(name).config_class.model_fields) + list(_RULE_KEYS + _CONFIG_KEYS)
-
-
-def validate_options(name: str, options: dict[str, Any]) -> PeftConfig:
-    """:func:`resolve_config` for user input: every problem is a :class:`ConfigError` naming the option.
-
-    Needs no model, so runs check adapter options before loading one.
-    """
-    if name not in PRESETS and name not in ADAPTERS:
-        raise UnknownNameError("preset or adapter", name, preset_names())
-    what = f"{'preset' if name in PRESETS else 'adapter'} {name!r}"
-    if not isinstance(options, dict):
-        raise ConfigError(f"{what}: options must be a mapping such as {{rank: 8}}, got {options!r}")
-    known = _known_options(name)
-    unknown = sorted(set(options) - set(known)) if known is not None else []
-    if unknown:
-        raise ConfigError(
-            f"{what}: unknown option{'s' if len(unknown) > 1 else ''} {', '.join(map(repr, unknown))} "
-            f"(its options: {', '.join(known) or 'none'})"
-        )
-    try:
-        return resolve_config(name, **options)
-    except ValidationError as exc:
-        raise ConfigError.from_validation(exc, what) from None
-    except PeftEquiError:
-        raise
-    except (TypeError, ValueError) as exc:
-        raise ConfigError(f"{what}: {one_line(exc)}") from None
+    names = []
+    for field_name, field in ADAPTERS.get(name).config_class.model_fields.items():
+        alias = field.validation_alias  # peft's names: r, lora_alpha
+        names += [field_name, *(a for a in getattr(alias, "choices", ()) if isinstance(a, str) and a != field_name)]
+    return sorted(names) + list(_RULE_KEYS + _CONFIG_KEYS)

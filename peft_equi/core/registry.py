@@ -5,6 +5,10 @@ points in the groups ``peft_equi.adapters``, ``peft_equi.backends`` and
 ``peft_equi.presets``; each entry point names a module (imported for its decorators) or an
 object to register.  Entry points are loaded on first lookup.
 
+The core names no package above it: the built-in adapters, backends and presets register
+themselves when their packages are imported, which ``import peft_equi`` does (a registry's
+``builtins`` are modules of the registering package itself, imported on first lookup).
+
 .. code-block:: toml
 
     [project.entry-points."peft_equi.adapters"]
@@ -29,7 +33,7 @@ class Registry(Generic[T]):
     """A name -> object table with entry-point discovery and helpful errors."""
 
     def __init__(
-        self, what: str, group: str, builtins: tuple[str, ...], make: Callable[[object], T] | None = None
+        self, what: str, group: str, *, builtins: tuple[str, ...] = (), make: Callable[[object], T] | None = None
     ) -> None:
         self.what = what
         self.group = group
@@ -79,23 +83,19 @@ class Registry(Generic[T]):
             self.register(ep.name, self._make(obj) if self._make else obj)
 
 
-ADAPTERS: Registry = Registry("adapter", "peft_equi.adapters", ("peft_equi.adapters",))
-BACKENDS: Registry = Registry(
-    "backend", "peft_equi.backends", ("peft_equi.backends",), make=lambda obj: obj() if inspect.isclass(obj) else obj
-)
-PRESETS: Registry = Registry(
-    "preset", "peft_equi.presets", ("peft_equi.core.presets", "peft_equi.families.mace.presets")
-)
+ADAPTERS: Registry = Registry("adapter", "peft_equi.adapters")
+BACKENDS: Registry = Registry("backend", "peft_equi.backends", make=lambda obj: obj() if inspect.isclass(obj) else obj)
+PRESETS: Registry = Registry("preset", "peft_equi.presets")
 
 
 def register_adapter(cls: type[T]) -> type[T]:
-    """Class decorator: register an :class:`~peft_equi.adapters.base.Adapter` under ``cls.name``."""
+    """Class decorator: register an :class:`~peft_equi.core.adapter.Adapter` under ``cls.name``."""
     ADAPTERS.register(cls.name, cls)  # type: ignore[attr-defined]
     return cls
 
 
 def register_backend(cls: type[T]) -> type[T]:
-    """Class decorator: register a :class:`~peft_equi.backends.base.Backend` under ``cls.name``."""
+    """Class decorator: register a :class:`~peft_equi.core.backend.Backend` under ``cls.name``."""
     BACKENDS.register(cls.name, cls())  # type: ignore[attr-defined]
     return cls
 

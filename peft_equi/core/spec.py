@@ -36,20 +36,18 @@ which the layer itself stores a bias (concatenated in that order).
 dense layer such as a radial network (e3nn ``FullyConnectedNet`` in MACE and SevenNet,
 ``ScalarLinearLayer`` MLPs in NequIP), whose input is a radial basis times a cutoff
 envelope, so that each edge's contribution vanishes smoothly at ``r_max``.  A constant added there (a BitFit bias, a
-FiLM or MMEA shift) makes the energy jump whenever an atom crosses ``r_max`` (measured on
-mace-organic-xtb: 17 meV (BitFit) and 111 meV (FiLM) per pair of atoms, and an NVE drift
-of -5.8 meV/atom/ps for BitFit on aspirin); adapters add only multiplicative or weight
-updates to such layers.
+FiLM or MMEA shift) makes the energy jump whenever an atom crosses ``r_max`` (the measured jumps:
+docs/adapters/index.md); adapters add only multiplicative or weight updates to such layers.
 
 ``irreps_known`` says whether the ``0e`` labels can be relied on.  Layers whose module
 states its irreps (e3nn, cuequivariance, MACE's contraction) have it ``True``.  A dense
 layer has it ``False`` as described (:func:`dense_spec`); discovery sets it ``True`` when
 the backend proves the layer's input invariant in its model
-(:meth:`~peft_equi.backends.base.Backend.invariant_input`) or the config declares it
+(:meth:`~peft_equi.core.backend.Backend.invariant_input`) or the config declares it
 (``PeftConfig.invariant_inputs``).  On a layer whose features are not known, weight updates
 and per-channel gains stay equivariant (they act on channels alike for every component);
 reading the input or adding a constant does not, and is refused
-(:meth:`~peft_equi.adapters.base.Adapter.needs_invariant_features`).
+(:meth:`~peft_equi.core.adapter.Adapter.needs_invariant_features`).
 """
 
 from __future__ import annotations

@@ -90,7 +90,7 @@ class Potential(ABC):
         A family with no per-element energies to fold it into raises
         :class:`~peft_equi.errors.EnergyShiftError` and leaves ``model`` as it was.
         """
-        from peft_equi.model import PeftModel
+        from peft_equi.tuner.model import PeftModel
 
         if energy_shift is None:
             return model
@@ -141,7 +141,11 @@ class Family:
 FAMILIES: Registry = Registry(
     "model family",
     "peft_equi.families",
-    ("peft_equi.families.mace.potential", "peft_equi.families.nequip.potential", "peft_equi.families.sevenn.potential"),
+    builtins=(
+        "peft_equi.families.mace.potential",
+        "peft_equi.families.nequip.potential",
+        "peft_equi.families.sevenn.potential",
+    ),
 )
 
 

@@ -24,7 +24,7 @@ import numpy as np
 import torch
 
 import peft_equi
-from peft_equi.core.presets import validate_options
+from peft_equi.core.presets import resolve_config
 from peft_equi.errors import DataError, PeftEquiError, element_names
 from peft_equi.families.base import Potential, load_potential
 from peft_equi.training.checkpoint import check_elements, check_resumable, input_digests, load_checkpoint, run_state
@@ -40,7 +40,7 @@ from peft_equi.training.metrics import ErrorMetrics
 from peft_equi.training.outputs import RUN_FILES, format_results, write_outputs
 from peft_equi.training.reference import energy_correction
 from peft_equi.training.run_directory import RunDirectory
-from peft_equi.utils.save_and_load import set_adapter_tensors
+from peft_equi.tuner.state_dict import set_peft_model_state_dict
 
 __all__ = ["RUN_FILES", "Finetuner", "TrainingDivergedError", "format_results", "load_splits"]
 
@@ -185,7 +185,7 @@ class Finetuner:
         Returns the adapter config, the checkpoint (resuming), the input files' digests and the prepared splits.
         """
         c = self.config
-        peft_config = validate_options(c.adapter, c.adapter_options)
+        peft_config = resolve_config(c.adapter, **c.adapter_options)
         world = self.fabric.world_size
         if c.replay_batch_size() % world:
             raise PeftEquiError(
@@ -253,11 +253,11 @@ class Finetuner:
         """The errors of stage one's best model (``tensors``), as mace tests it beside stage two's; ``model``
         keeps its own tensors."""
         kept = {k: v.detach().clone() for k, v in model.adapter_state_dict().items()}
-        set_adapter_tensors(model, tensors, what="stage one's best adapter tensors")
+        set_peft_model_state_dict(model, tensors, what="stage one's best adapter tensors")
         try:
             return self._errors(model, splits)
         finally:
-            set_adapter_tensors(model, kept, what="the kept adapter tensors")
+            set_peft_model_state_dict(model, kept, what="the kept adapter tensors")
 
     def _errors(self, model: torch.nn.Module, splits: dict[str, GraphDataset]) -> dict[str, ErrorMetrics]:
         """Errors of ``model`` on every split but training: validation, test (when given), the retain files."""

@@ -38,7 +38,7 @@ from peft_equi.training.evaluation import batch_loss, evaluate, validate
 from peft_equi.training.loader import Collate, GraphDataset, train_loader
 from peft_equi.training.logs import MetricsLog
 from peft_equi.training.metrics import SUMMARY_KEYS, ErrorMetrics
-from peft_equi.utils.save_and_load import set_adapter_tensors
+from peft_equi.tuner.state_dict import set_peft_model_state_dict
 
 log = logging.getLogger(__name__)
 
@@ -331,7 +331,7 @@ class TrainingLoop:
 
 
 def _copy_into(model: nn.Module, tensors: dict[str, torch.Tensor]) -> None:
-    set_adapter_tensors(model, tensors, what="the checkpoint's adapter tensors")
+    set_peft_model_state_dict(model, tensors, what="the checkpoint's adapter tensors")
 
 
 def _cycle(loader, epoch: int):

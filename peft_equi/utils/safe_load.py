@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import contextlib
 import pickle
-import types
 from collections.abc import Callable, Sequence
 from contextlib import AbstractContextManager
 from pathlib import Path
@@ -22,30 +21,6 @@ import torch
 from peft_equi.errors import PeftEquiError, UntrustedPickleError, first_line
 
 TRUST_HINT = "pass --trust-pickle (trust_pickle=True) only if you trust its source"
-
-#: Where modules of peft_equi 0.1's first layout live now, for whole-model pickles written before
-#: (e.g. a MACE ``.model`` saved with MMEA adapters in it): old module -> new module.
-MOVED_MODULES = {
-    "peft_equi.layer": "peft_equi.core.adapted_layer",
-    "peft_equi.spec": "peft_equi.core.spec",
-    "peft_equi.irreps": "peft_equi.core.irreps",
-    "peft_equi.plan": "peft_equi.core.plan",
-    "peft_equi.config": "peft_equi.core.config",
-    **{f"peft_equi.adapters.{name}.layer": f"peft_equi.adapters.{name}.adapter"
-       for name in ("bitfit", "conventional", "elora", "film", "lora", "mmea")},
-}  # fmt: skip
-
-
-class _RenamingUnpickler(pickle.Unpickler):
-    """The full unpickler, finding classes of :data:`MOVED_MODULES` at their new homes."""
-
-    def find_class(self, module: str, name: str) -> Any:
-        return super().find_class(MOVED_MODULES.get(module, module), name)
-
-
-_renaming_pickle = types.ModuleType("peft_equi_renaming_pickle")
-_renaming_pickle.Unpickler = _RenamingUnpickler  # type: ignore[attr-defined]
-_renaming_pickle.load = pickle.load  # type: ignore[attr-defined]  # torch's legacy format only
 
 
 def numpy_globals() -> list[Any]:
@@ -109,4 +84,4 @@ def load_torch_file(
         if not trust_pickle:
             raise PeftEquiError(f"{path}: cannot read it as a torch file ({first_line(exc)})") from exc
     with trusted_context():
-        return torch.load(path, map_location="cpu", weights_only=False, pickle_module=_renaming_pickle)
+        return torch.load(path, map_location="cpu", weights_only=False)

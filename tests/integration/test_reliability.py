@@ -30,8 +30,8 @@ from peft_equi.cli import app
 from peft_equi.errors import AdapterLoadError, BaseMismatchError, PeftEquiError, UntrustedPickleError
 from peft_equi.families.base import load_potential
 from peft_equi.testing import randomize_adapters
+from peft_equi.tuner.save_and_load import tensors_digest
 from peft_equi.utils.dtype import torch_default_dtype
-from peft_equi.utils.save_and_load import tensors_digest
 
 runner = CliRunner()
 
@@ -309,7 +309,7 @@ def test_other_base_weights_are_refused_naming_the_tensors(tmp_path, caplog):
     assert "\n" not in message and "tp.weight" in message and "embedding.weight" in message
     assert "allow_base_mismatch=True" in message and "--allow-base-mismatch" in message
     assert not any(isinstance(m, peft_equi.AdaptedLayer) for m in other.modules())
-    with caplog.at_level(logging.WARNING, logger="peft_equi.utils.save_and_load"):
+    with caplog.at_level(logging.WARNING, logger="peft_equi.tuner.save_and_load"):
         loaded = peft_equi.PeftModel.from_pretrained(other, tmp_path, allow_base_mismatch=True)
     assert "loaded anyway" in caplog.text and "tp.weight" in caplog.text
     assert loaded.adapter_state_dict().keys() == model.adapter_state_dict().keys()
@@ -328,7 +328,7 @@ def test_fingerprint_does_not_depend_on_the_dtype(tmp_path, caplog, saved_dtype,
     net = MixedNet().to(saved_dtype)
     base = copy.deepcopy(net).to(loaded_dtype)
     peft_equi.get_peft_model(net, "lora", rank=2).save_pretrained(tmp_path)
-    with caplog.at_level(logging.INFO, logger="peft_equi.utils.save_and_load"):
+    with caplog.at_level(logging.INFO, logger="peft_equi.tuner.save_and_load"):
         peft_equi.PeftModel.from_pretrained(base, tmp_path)
     assert "float32 rounding" not in caplog.text  # same sha256: no tolerance needed
 
@@ -349,24 +349,6 @@ def test_a_base_cut_in_either_precision_has_the_same_fingerprint(tmp_path, saved
     other = subset_elements(build_mace("small", seed=1), [1, 8])
     with pytest.raises(BaseMismatchError, match=r"skip_tp\.weight"):
         peft_equi.PeftModel.from_pretrained(other, tmp_path)
-
-
-def test_adapters_saved_before_fingerprints_need_the_flag(tmp_path, caplog):
-    """A format-1 adapter has nothing to check it by (and a file edited to say format 1 looks the same): it loads
-    only when asked explicitly, with a warning."""
-    _, model = _saved(tmp_path)
-    config = tmp_path / "adapter_config.json"
-    meta = json.loads(config.read_text())
-    del meta["base_fingerprint"], meta["tensors_sha256"]
-    meta["format"] = 1  # as saved before the records were required
-    config.write_text(json.dumps(meta))
-    with pytest.raises(BaseMismatchError, match=r"format 1.*no base fingerprint and no checksum.*allow_base_mismatch"):
-        peft_equi.PeftModel.from_pretrained(MixedNet(), tmp_path)
-    with caplog.at_level(logging.WARNING, logger="peft_equi.utils.save_and_load"):
-        loaded = peft_equi.PeftModel.from_pretrained(MixedNet(), tmp_path, allow_base_mismatch=True)
-    assert "no base fingerprint and no checksum" in caplog.text and "loaded anyway" in caplog.text
-    saved = model.adapter_state_dict()
-    assert all(torch.equal(v, saved[k]) for k, v in loaded.adapter_state_dict().items())
 
 
 @pytest.mark.parametrize(

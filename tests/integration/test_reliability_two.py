@@ -43,7 +43,7 @@ from peft_equi.testing import randomize_adapters
 from peft_equi.training import Finetuner
 from peft_equi.training.loop import TrainingDivergedError
 from peft_equi.training.run_directory import RunDirectory
-from peft_equi.utils.save_and_load import config_digest, tensors_digest
+from peft_equi.tuner.save_and_load import config_digest, tensors_digest
 
 runner = CliRunner()
 MISSING_MODEL = "no-such-model.model"  # loading it would fail: errors below come before the model

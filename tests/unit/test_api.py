@@ -168,8 +168,8 @@ def _assert_unchanged(net, snapshot):
             peft_equi.UnknownNameError,
             "unknown preset or adapter 'loraa'; known: .*lora",
         ),
-        (lambda net: peft_equi.get_peft_model(net, "mmea", rank=0), peft_equi.ConfigError, "mmea: .*rank"),
-        (lambda net: peft_equi.get_peft_model(net, "elora", rnak=4), peft_equi.ConfigError, "elora: .*rnak"),
+        (lambda net: peft_equi.get_peft_model(net, "mmea", rank=0), peft_equi.ConfigError, "adapter 'mmea': rank"),
+        (lambda net: peft_equi.get_peft_model(net, "elora", rnak=4), peft_equi.ConfigError, "unknown option 'rnak'"),
         (lambda net: peft_equi.get_peft_model(net, "lora", target="nothing.*"), peft_equi.RuleMatchError, "nothing"),
         (lambda net: peft_equi.get_peft_model(net, "lora", train=["nope*"]), peft_equi.RuleMatchError, "nope"),
         (

@@ -16,10 +16,8 @@ import torch
 from contract_cases import LAYERS_BY_NAME
 from mace_models import batch_of, build_mace, energy_forces, molecules
 from models import MixedNet, layer_cases, net_inputs
-from paths import FIXTURES
 
 import peft_equi
-from peft_equi.adapters.base import KeyedParameters
 from peft_equi.testing import randomize_adapters
 from peft_equi.utils.dtype import torch_default_dtype
 
@@ -60,26 +58,6 @@ def test_a_backend_without_a_scriptable_wrapper_says_so():
         torch.jit.script(generic)
 
 
-def test_layers_pickled_before_the_wrappers_load_and_compile():
-    """Whole-model pickles written before (``save_adapted_mace`` of MMEA) load as the backends' wrappers.
-
-    They were also written before the modules moved to ``peft_equi.core``: the trusted loader finds them."""
-    from peft_equi.utils.safe_load import load_torch_file
-
-    path = FIXTURES / "adapted_layers_pre_torchscript.pt"
-    with pytest.raises(ModuleNotFoundError, match=r"peft_equi\.layer"):
-        torch.load(path, weights_only=False)
-    cases = load_torch_file(path, trust_pickle=True, what="a pickle of adapted layers")
-    assert len(cases) == 7
-    for name, case in cases.items():
-        layer, args = case["layer"], case["args"]
-        assert type(layer).__name__ != "AdaptedLayer", name
-        torch.testing.assert_close(layer(*args), case["expected"], atol=1e-12, rtol=0)
-        torch.testing.assert_close(torch.jit.script(layer)(*args), case["expected"], atol=1e-12, rtol=0)
-    lora = cases["o3.Linear/lora"]["layer"].adapter
-    assert isinstance(lora.lora_A, KeyedParameters) and "0_0e" in lora.lora_A
-
-
 @pytest.fixture(scope="module")
 def small_mace():
     with torch_default_dtype(torch.float64):
@@ -105,19 +83,3 @@ def test_compiled_mace_gives_the_eager_energies_and_forces(small_mace, name, mer
         energy_c, forces_c = energy_forces(candidate, batch)
         torch.testing.assert_close(energy_c, energy, atol=1e-10, rtol=0)
         torch.testing.assert_close(forces_c, forces, atol=1e-10, rtol=0)
-
-
-def test_adapters_pickled_with_the_former_dynamic_flag_load():
-    """Whole-model pickles from before ``Adapter.dynamic`` was named ``input_dependent`` still run."""
-    import pickle
-
-    layer, _, _ = layer_cases()["o3.Linear"]
-    model = peft_equi.get_peft_model(layer, "mmea")
-    randomize_adapters(model)
-    x = torch.randn(5, model.adapted_layers[""].spec.irreps_in[0].dim)
-    expected = model(x)
-    adapter = model.adapted_layers[""].adapter
-    adapter.__dict__["dynamic"] = adapter.__dict__.pop("input_dependent")  # as the older code stored it
-    loaded = pickle.loads(pickle.dumps(model.base_model))
-    assert loaded.adapter.input_dependent is True and "dynamic" not in loaded.adapter.__dict__
-    assert torch.equal(loaded(x), expected)

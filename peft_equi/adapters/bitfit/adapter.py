@@ -15,8 +15,8 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from peft_equi.adapters.base import Adapter
 from peft_equi.adapters.bitfit.config import BitfitConfig
+from peft_equi.core.adapter import Adapter
 from peft_equi.core.registry import register_adapter
 from peft_equi.core.spec import LayerSpec
 

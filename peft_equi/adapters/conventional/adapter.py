@@ -13,9 +13,9 @@ import math
 
 import torch
 
-from peft_equi.adapters.base import Adapter
 from peft_equi.adapters.conventional.config import ConventionalConfig
 from peft_equi.adapters.lowrank import down_factor, scaling, up_factor
+from peft_equi.core.adapter import Adapter
 from peft_equi.core.registry import register_adapter
 from peft_equi.core.spec import LayerSpec
 

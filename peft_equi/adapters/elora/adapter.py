@@ -32,7 +32,6 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from peft_equi.adapters.base import Adapter, KeyedParameters
 from peft_equi.adapters.elora.config import EloraConfig
 from peft_equi.adapters.lowrank import (
     assemble,
@@ -43,6 +42,7 @@ from peft_equi.adapters.lowrank import (
     unselected_reason,
     up_factor,
 )
+from peft_equi.core.adapter import Adapter, KeyedParameters
 from peft_equi.core.registry import register_adapter
 from peft_equi.core.spec import LayerKind, LayerSpec
 

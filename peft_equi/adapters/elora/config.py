@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pydantic import Field, PositiveFloat, PositiveInt
 
-from peft_equi.adapters.base import AdapterConfig
+from peft_equi.core.adapter import AdapterConfig
 
 
 class EloraConfig(AdapterConfig):

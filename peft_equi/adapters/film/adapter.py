@@ -5,8 +5,8 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from peft_equi.adapters.base import Adapter, InvariantReader
 from peft_equi.adapters.film.config import FilmConfig
+from peft_equi.core.adapter import Adapter, InvariantReader
 from peft_equi.core.registry import register_adapter
 from peft_equi.core.spec import LayerSpec
 

@@ -7,7 +7,7 @@ from typing import Literal
 
 from pydantic import Field, NonNegativeInt, PositiveInt, model_validator
 
-from peft_equi.adapters.base import AdapterConfig
+from peft_equi.core.adapter import AdapterConfig
 
 
 class FilmConfig(AdapterConfig):

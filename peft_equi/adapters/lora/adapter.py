@@ -19,23 +19,41 @@ of one irrep, so the update keeps the path structure: equivariant.
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 
 import torch
 
-from peft_equi.adapters.base import Adapter, KeyedParameters
 from peft_equi.adapters.lora.config import LoraConfig
 from peft_equi.adapters.lowrank import assemble, down_factor, scaling, selected_paths, unselected_reason, up_factor
+from peft_equi.core.adapter import Adapter, KeyedParameters
 from peft_equi.core.registry import register_adapter
 from peft_equi.core.spec import LayerKind, LayerSpec, WeightPath
 
+#: The adapter's two tables of factors (state-dict keys ``lora_A.<key>`` and ``lora_B.<key>``).
+DOWN, UP = "lora_A", "lora_B"
+
+
+def down_key(inputs: Sequence[int], ir: object) -> str:
+    """The key of the factor ``A`` of the paths leaving input blocks ``inputs`` towards irrep ``ir``
+    (linears and tensor products: such paths share it, the bottleneck has one block per irrep)."""
+    return "_".join(str(i) for i in inputs) + f"_{ir}"
+
+
+def path_key(index: int) -> str:
+    """The key of the factor ``A`` of path ``index`` of a layer of another kind (its own)."""
+    return f"p{index}"
+
+
+def up_key(output: int) -> str:
+    """The key of the factor ``B`` of output block ``output``."""
+    return str(output)
+
 
 def _a_key(spec: LayerSpec, index: int) -> str:
-    """Paths of linears and tensor products share ``A`` when they leave the same input blocks
-    towards the same irrep (the bottleneck has one block per irrep); other paths have their own."""
     path = spec.paths[index]
     if spec.kind in (LayerKind.LINEAR, LayerKind.TENSOR_PRODUCT):
-        return "_".join(str(i) for i in path.inputs) + f"_{spec.irreps_out[path.output].ir}"
-    return f"p{index}"
+        return down_key(path.inputs, spec.irreps_out[path.output].ir)
+    return path_key(index)
 
 
 @register_adapter
@@ -53,7 +71,7 @@ class LoraAdapter(Adapter):
         self.selected = [i for i, keep in enumerate(selected_paths(spec, config.paths)) if keep]
         for i in self.selected:
             path = spec.paths[i]
-            key_a, key_b = _a_key(spec, i), str(path.output)
+            key_a, key_b = _a_key(spec, i), up_key(path.output)
             if key_a not in self.lora_A:
                 self.lora_A[key_a] = down_factor(path.fan_in, config.rank, config.init_std)
             if key_b not in self.lora_B:
@@ -61,7 +79,7 @@ class LoraAdapter(Adapter):
         # delta_weight's plan (plain lists, for TorchScript): selected path n uses lora_A[a_of[n]], lora_B[b_of[n]]
         keys_a, keys_b = self.lora_A.keys(), self.lora_B.keys()
         self.a_of = [keys_a.index(_a_key(spec, i)) for i in self.selected]
-        self.b_of = [keys_b.index(str(spec.paths[i].output)) for i in self.selected]
+        self.b_of = [keys_b.index(up_key(spec.paths[i].output)) for i in self.selected]
         self.factors = [self.scaling * self._normalisation(spec, spec.paths[i]) for i in self.selected]
         self.sources = [self.selected.index(k) if k in self.selected else -1 for k in range(len(spec.paths))]
         self.numels = [path.numel for path in spec.paths]

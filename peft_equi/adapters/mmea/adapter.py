@@ -29,8 +29,8 @@ import warnings
 import torch
 from torch import nn
 
-from peft_equi.adapters.base import Adapter, InvariantReader, no_invariant_input_reason
 from peft_equi.adapters.mmea.config import MmeaConfig
+from peft_equi.core.adapter import Adapter, InvariantReader, no_invariant_input_reason
 from peft_equi.core.registry import register_adapter
 from peft_equi.core.spec import LayerSpec
 

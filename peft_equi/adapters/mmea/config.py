@@ -6,7 +6,7 @@ from typing import Literal
 
 from pydantic import Field, PositiveInt, model_validator
 
-from peft_equi.adapters.base import AdapterConfig
+from peft_equi.core.adapter import AdapterConfig
 
 
 class MmeaConfig(AdapterConfig):

@@ -8,16 +8,16 @@ import numpy as np
 import torch
 from torch import nn
 
-from peft_equi.backends.base import FlatWeightAdaptedLayer, FlatWeightBackend
 from peft_equi.backends.cueq.common import has_internal_weight, is_cue_irreps, layout_of, layout_order, polynomial
 from peft_equi.core.adapted_layer import AdaptedLayer
+from peft_equi.core.backend import Backend, FlatWeightAdaptedLayer
 from peft_equi.core.irreps import Irreps
 from peft_equi.core.registry import register_backend
 from peft_equi.core.spec import LayerKind, LayerSpec, WeightPath
 
 
 @register_backend
-class CueLinear(FlatWeightBackend):
+class CueLinear(Backend):
     """``cuet.Linear`` with internal weights; the effective weight goes through the layer's own ``f``."""
 
     name = "cueq.linear"
@@ -71,8 +71,7 @@ class AdaptedCueLinear(FlatWeightAdaptedLayer):
         else:
             layer = self.base_layer
             y = layer.transpose_out(layer.f([weight.reshape(1, -1), layer.transpose_in(x)])[0])
-        if output_shift is not None:
-            y = y + output_shift
-        if self.adapter.input_dependent:
-            y = self.adapter.modulate(y, [x.index_select(-1, self.input_order) if self.reorder_input else x])
-        return y
+        operands: list[torch.Tensor] = []
+        if self.adapter.input_dependent:  # (reordering x is a feature-sized op: only when read)
+            operands = [x.index_select(-1, self.input_order) if self.reorder_input else x]
+        return self.finish(y, output_shift, operands)

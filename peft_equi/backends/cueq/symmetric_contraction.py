@@ -28,9 +28,9 @@ import numpy as np
 import torch
 from torch import nn
 
-from peft_equi.backends.base import Backend, copy_into
 from peft_equi.backends.cueq.common import is_cue_irreps, layout_of, layout_order
 from peft_equi.core.adapted_layer import AdaptedLayer
+from peft_equi.core.backend import Backend, copy_into
 from peft_equi.core.irreps import Irrep, Irreps, MulIrrep
 from peft_equi.core.registry import register_backend
 from peft_equi.core.spec import LayerKind, LayerSpec, WeightPath
@@ -94,7 +94,6 @@ def _row_labels(module: nn.Module, matrix: np.ndarray | None) -> list[tuple[int,
 
 # per-module caches, kept outside the modules (whose attributes TorchScript would have to type)
 _LAYOUTS: weakref.WeakKeyDictionary[nn.Module, tuple[list[RowGroup], np.ndarray | None]] = weakref.WeakKeyDictionary()
-_MAPS: weakref.WeakKeyDictionary[nn.Module, dict] = weakref.WeakKeyDictionary()
 
 
 def _layout(module: nn.Module) -> tuple[list[RowGroup], np.ndarray | None]:
@@ -126,20 +125,62 @@ def row_groups(module: nn.Module) -> list[RowGroup]:
     return _layout(module)[0]
 
 
-def _reduced_maps(module: nn.Module, like: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor] | None:
-    """(e3nn -> stored, stored -> e3nn) row matrices of a reduced-CG module, as tensors like ``like``; else ``None``."""
-    if module.projection is not None:
-        return None
-    matrix = _layout(module)[1]
-    if matrix is None:
-        return None
-    cache = _MAPS.setdefault(module, {})
-    key = (like.dtype, like.device)
-    if key not in cache:
-        to_stored = torch.tensor(matrix, dtype=like.dtype, device=like.device)
-        to_basis = torch.tensor(np.linalg.inv(matrix), dtype=like.dtype, device=like.device)
-        cache[key] = (to_stored, to_basis)
-    return cache[key]
+class ContractionBasis(nn.Module):
+    """The weight layout of one ``cuet.SymmetricContraction``, in one place: its stored rows <-> the canonical
+    flat weight in the e3nn coupling basis (TorchScript-compatible; the backend and the adapted layer use it).
+
+    The basis maps of a reduced-CG layer are non-persistent buffers, rebuilt from the float64
+    matrix whenever they change dtype or device (exact in every dtype, not a cast of the first one).
+    """
+
+    def __init__(self, module: nn.Module) -> None:
+        super().__init__()
+        groups, matrix = _layout(module)
+        self.reduced = module.projection is None and matrix is not None
+        self._matrix = matrix if self.reduced else None
+        self.n_elements, _, self.channels = (int(n) for n in module.weight.shape)
+        self.group_first = [first for *_, first, _ in groups]
+        self.group_rows = [rows for *_, rows in groups]
+        self.group_sizes = [self.n_elements * rows * self.channels for rows in self.group_rows]
+        self.row_order = sorted(range(len(groups)), key=lambda g: self.group_first[g])  # groups by stored row
+        self._set_maps(module.weight)
+
+    def _set_maps(self, like: torch.Tensor) -> None:
+        """(e3nn -> stored, stored -> e3nn) row maps in the dtype and device of ``like`` (empty when not reduced)."""
+        if self._matrix is None:
+            to_stored = to_basis = like.new_zeros(0, 0)
+        else:
+            to_stored = torch.tensor(self._matrix, dtype=like.dtype, device=like.device)
+            to_basis = torch.tensor(np.linalg.inv(self._matrix), dtype=like.dtype, device=like.device)
+        self.register_buffer("to_stored", to_stored, persistent=False)
+        self.register_buffer("to_basis", to_basis, persistent=False)
+
+    def _apply(self, fn, recurse=True):
+        super()._apply(fn, recurse)
+        self._set_maps(self.to_stored)
+        return self
+
+    def canonical(self, stored: torch.Tensor) -> torch.Tensor:
+        """The stored weight ``(n_elements, rows, channels)`` as the canonical flat weight (e3nn basis, path order)."""
+        basis = stored
+        if self.reduced:
+            basis = torch.einsum("zau,ab->zbu", basis, self.to_basis)
+        parts: list[torch.Tensor] = []
+        for first, rows in zip(self.group_first, self.group_rows):
+            parts.append(basis[:, first : first + rows].reshape(-1))
+        return torch.cat(parts)
+
+    def stored(self, weight: torch.Tensor, own: torch.Tensor) -> torch.Tensor:
+        """The canonical flat ``weight`` as the layer, whose stored weight is ``own``, would store it."""
+        pieces = torch.split(weight, self.group_sizes)
+        basis = torch.cat(
+            [pieces[g].reshape(self.n_elements, self.group_rows[g], self.channels) for g in self.row_order], dim=1
+        )
+        if not self.reduced:
+            return basis
+        # own + map(weight - basis of own): the same linear map, and exactly the stored weight when unchanged
+        change = basis - torch.einsum("zau,ab->zbu", own, self.to_basis)
+        return own + torch.einsum("zau,ab->zbu", change, self.to_stored)
 
 
 @register_backend
@@ -180,107 +221,35 @@ class CueSymmetricContraction(Backend):
             layout_of(module.transpose_out.target),
         )
 
-    def _basis_weight(self, module: nn.Module) -> torch.Tensor:
-        """The weight ``(n_elements, basis rows, channels)`` in the e3nn basis."""
-        maps = _reduced_maps(module, module.weight)
-        return module.weight if maps is None else torch.einsum("zau,ab->zbu", module.weight, maps[1])
-
-    def weight(self, module):
-        basis = self._basis_weight(module)
-        return torch.cat([basis[:, first : first + rows].reshape(-1) for *_, first, rows in row_groups(module)])
-
-    def _basis(self, module: nn.Module, weight: torch.Tensor) -> torch.Tensor:
-        """The canonical flat weight back in the basis ``(n_elements, rows, channels)`` row order."""
-        n_elements, _, channels = module.weight.shape
-        pieces, start = {}, 0
-        for *_, first, rows in row_groups(module):
-            pieces[first] = weight[start : start + n_elements * rows * channels].reshape(n_elements, rows, channels)
-            start += n_elements * rows * channels
-        return torch.cat([pieces[first] for first in sorted(pieces)], dim=1)
-
-    def _stored(self, module: nn.Module, weight: torch.Tensor) -> torch.Tensor:
-        """The canonical flat weight as the module would store it."""
-        basis = self._basis(module, weight)
-        maps = _reduced_maps(module, basis)
-        if maps is None:
-            return basis
-        # stored + map(weight - basis of stored): the same linear map, and exactly the stored weight when unchanged
-        change = basis - torch.einsum("zau,ab->zbu", module.weight, maps[1])
-        return module.weight + torch.einsum("zau,ab->zbu", change, maps[0])
-
     def adapted_layer_class(self, module: nn.Module) -> type[AdaptedLayer]:
         return AdaptedCueSymmetricContraction
-
-    def write(self, module, weight, bias):
-        copy_into(module.weight, self._stored(module, weight).detach())
 
 
 class AdaptedCueSymmetricContraction(AdaptedLayer):
     """``cuet.SymmetricContraction`` with an adapter, called as ``layer(x, indices)`` (TorchScript-compatible).
 
     The effective weight (e3nn coupling basis, see the module docstring) is mapped to the
-    stored rows as :meth:`CueSymmetricContraction.write` would store it, then through the
-    layer's ``projection`` (if any) into its own polynomial ``f``.  The basis maps are
-    buffers, rebuilt from the float64 matrix whenever the layer changes dtype or device.
+    stored rows by the layer's :class:`ContractionBasis` (as merging stores it), then through
+    the layer's ``projection`` (if any) into its own polynomial ``f``.
     """
 
     def __init__(self, base_layer: nn.Module, backend, spec, adapter) -> None:
         super().__init__(base_layer, backend, spec, adapter)
-        groups, matrix = _layout(base_layer)
-        self.reduced = base_layer.projection is None and matrix is not None
-        self._matrix = matrix if self.reduced else None
-        self.n_elements, _, self.channels = (int(n) for n in base_layer.weight.shape)
-        self.group_first = [first for *_, first, _ in groups]
-        self.group_rows = [rows for *_, rows in groups]
-        self.group_sizes = [self.n_elements * rows * self.channels for rows in self.group_rows]
-        self.row_order = sorted(range(len(groups)), key=lambda g: self.group_first[g])  # groups by stored row
+        self.basis = ContractionBasis(base_layer)
         source, target = layout_of(base_layer.transpose_in.source), layout_of(base_layer.transpose_out.target)
         self.reorder_input = source is not target
         order = layout_order(Irreps(base_layer.irreps_in), source, target)
         self.register_buffer("input_order", order, persistent=False)
         self.num_elements = int(base_layer.num_elements)
-        self._set_maps()
-
-    def _set_maps(self) -> None:
-        """(e3nn -> stored, stored -> e3nn) row maps in the layer's dtype and device (empty when not reduced)."""
-        like = self.base_layer.weight
-        if self._matrix is None:
-            to_stored = to_basis = like.new_zeros(0, 0)
-        else:
-            to_stored = torch.tensor(self._matrix, dtype=like.dtype, device=like.device)
-            to_basis = torch.tensor(np.linalg.inv(self._matrix), dtype=like.dtype, device=like.device)
-        self.register_buffer("to_stored", to_stored, persistent=False)
-        self.register_buffer("to_basis", to_basis, persistent=False)
-
-    def _apply(self, fn, recurse=True):
-        super()._apply(fn, recurse)
-        self._set_maps()  # exact in every dtype, not a cast of the first one
-        return self
 
     def layer_weight(self) -> torch.Tensor:
-        basis = self.base_layer.weight
-        if self.reduced:
-            basis = torch.einsum("zau,ab->zbu", basis, self.to_basis)
-        parts: list[torch.Tensor] = []
-        for first, rows in zip(self.group_first, self.group_rows):
-            parts.append(basis[:, first : first + rows].reshape(-1))
-        return torch.cat(parts)
+        return self.basis.canonical(self.base_layer.weight)
 
     def layer_bias(self) -> torch.Tensor | None:
         return None
 
-    def _stored(self, weight: torch.Tensor) -> torch.Tensor:
-        """The canonical flat weight as the layer would store it (see :meth:`CueSymmetricContraction.write`)."""
-        pieces = torch.split(weight, self.group_sizes)
-        basis = torch.cat(
-            [pieces[g].reshape(self.n_elements, self.group_rows[g], self.channels) for g in self.row_order], dim=1
-        )
-        if not self.reduced:
-            return basis
-        own = self.base_layer.weight
-        # stored + map(weight - basis of stored): exactly the stored weight when unchanged
-        change = basis - torch.einsum("zau,ab->zbu", own, self.to_basis)
-        return own + torch.einsum("zau,ab->zbu", change, self.to_stored)
+    def write(self, weight: torch.Tensor, bias: torch.Tensor | None) -> None:
+        copy_into(self.base_layer.weight, self.basis.stored(weight, self.base_layer.weight).detach())
 
     def forward(self, x: torch.Tensor, indices: torch.Tensor) -> torch.Tensor:
         if not self.adapter_enabled:
@@ -289,16 +258,14 @@ class AdaptedCueSymmetricContraction(AdaptedLayer):
         if weight is None:
             y = self.base_layer(x, indices)
         else:
-            stored = self._stored(weight)
+            stored = self.basis.stored(weight, self.base_layer.weight)
             projection = self.base_layer.projection
             if projection is not None:
                 stored = torch.einsum("zau,ab->zbu", stored, projection)
             layer = self.base_layer
             y = layer.transpose_out(layer.f([stored.flatten(1), layer.transpose_in(x)], input_indices={0: indices})[0])
-        if output_shift is not None:
-            y = y + output_shift
-        if self.adapter.input_dependent:
+        operands: list[torch.Tensor] = []
+        if self.adapter.input_dependent:  # (feature-sized ops: only when read)
             features = x.index_select(-1, self.input_order) if self.reorder_input else x
-            one_hot = nn.functional.one_hot(indices.long(), self.num_elements).to(features.dtype)
-            y = self.adapter.modulate(y, [features, one_hot])
-        return y
+            operands = [features, nn.functional.one_hot(indices.long(), self.num_elements).to(features.dtype)]
+        return self.finish(y, output_shift, operands)

@@ -8,16 +8,16 @@ import numpy as np
 import torch
 from torch import nn
 
-from peft_equi.backends.base import FlatWeightAdaptedLayer, FlatWeightBackend
 from peft_equi.backends.cueq.common import has_internal_weight, is_cue_irreps, layout_of, layout_order, polynomial
 from peft_equi.core.adapted_layer import AdaptedLayer
+from peft_equi.core.backend import Backend, FlatWeightAdaptedLayer
 from peft_equi.core.irreps import Irreps
 from peft_equi.core.registry import register_backend
 from peft_equi.core.spec import LayerKind, LayerSpec, WeightPath
 
 
 @register_backend
-class CueFullyConnectedTensorProduct(FlatWeightBackend):
+class CueFullyConnectedTensorProduct(Backend):
     """``cuet.FullyConnectedTensorProduct`` with internal weights.
 
     A path's coefficient tensor has the Clebsch-Gordan coefficients times the path
@@ -81,12 +81,10 @@ class AdaptedCueTensorProduct(FlatWeightAdaptedLayer):
             layer = self.base_layer
             inputs = [weight.reshape(1, -1), layer.transpose_in1(x1), layer.transpose_in2(x2)]
             y = layer.transpose_out(layer.f(inputs)[0])
-        if output_shift is not None:
-            y = y + output_shift
-        if self.adapter.input_dependent:
+        operands: list[torch.Tensor] = []
+        if self.adapter.input_dependent:  # (reordering the inputs is a feature-sized op: only when read)
             operands = [
                 x1.index_select(-1, self.x1_order) if self.reorder_x1 else x1,
                 x2.index_select(-1, self.x2_order) if self.reorder_x2 else x2,
             ]
-            y = self.adapter.modulate(y, operands)
-        return y
+        return self.finish(y, output_shift, operands)

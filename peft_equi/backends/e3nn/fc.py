@@ -5,8 +5,8 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from peft_equi.backends.base import FlatWeightAdaptedLayer, FlatWeightBackend
 from peft_equi.core.adapted_layer import AdaptedLayer
+from peft_equi.core.backend import Backend, FlatWeightAdaptedLayer
 from peft_equi.core.invariance import activation_name, breaks_parity, siblings
 from peft_equi.core.registry import register_backend
 from peft_equi.core.spec import LayerSpec, dense_spec
@@ -20,7 +20,7 @@ def _divisor(module: nn.Module) -> float:
 
 
 @register_backend
-class E3nnFullyConnectedLayer(FlatWeightBackend):
+class E3nnFullyConnectedLayer(Backend):
     """One layer of ``e3nn.nn.FullyConnectedNet``.
 
     It computes ``act(x @ W / sqrt(h_in var_in)) * sqrt(var_out)`` (or, without activation,
@@ -82,10 +82,7 @@ class AdaptedE3nnFullyConnected(FlatWeightAdaptedLayer):
             y = x @ (self.base_layer.weight / self.divisor)
         else:
             y = x @ (weight.reshape(self.h_in, self.h_out) / self.divisor)
-        if output_shift is not None:
-            y = y + output_shift
-        if self.adapter.input_dependent:
-            y = self.adapter.modulate(y, [x])
+        y = self.finish(y, output_shift, [x])
         if self.base_layer.act is None:
             return y
         return self.base_layer.act(y) * self.output_scale

@@ -5,8 +5,8 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from peft_equi.backends.base import Backend, copy_into
 from peft_equi.core.adapted_layer import AdaptedLayer
+from peft_equi.core.backend import Backend, copy_into
 from peft_equi.core.irreps import Irreps
 from peft_equi.core.registry import register_backend
 from peft_equi.core.spec import LayerKind, LayerSpec, WeightPath
@@ -60,23 +60,11 @@ class E3nnLinear(Backend):
             bias_blocks = ()
         return LayerSpec(LayerKind.LINEAR, (irreps_in,), irreps_out, tuple(paths), bias_blocks=bias_blocks)
 
-    def weight(self, module: nn.Module) -> torch.Tensor:
-        return module.weight
-
-    def bias(self, module: nn.Module) -> torch.Tensor | None:
-        bias = getattr(module, "bias", None)
-        return bias if isinstance(bias, nn.Parameter) and bias.numel() > 0 else None
-
     def bias_parameter_names(self, module: nn.Module) -> list[str]:
-        return ["bias"] if self.bias(module) is not None else []
+        return ["bias"] if self.describe(module).bias_blocks else []
 
     def adapted_layer_class(self, module: nn.Module) -> type[AdaptedLayer]:
         return AdaptedE3nnLinear
-
-    def write(self, module, weight, bias):
-        copy_into(module.weight, weight)
-        if bias is not None:
-            copy_into(module.bias, bias)
 
 
 class AdaptedE3nnLinear(AdaptedLayer):
@@ -90,13 +78,14 @@ class AdaptedE3nnLinear(AdaptedLayer):
             return self.base_layer.bias
         return None
 
+    def write(self, weight: torch.Tensor, bias: torch.Tensor | None) -> None:
+        copy_into(self.base_layer.weight, weight)
+        if bias is not None:
+            copy_into(self.base_layer.bias, bias)
+
     def forward(self, features: torch.Tensor) -> torch.Tensor:
         if not self.adapter_enabled:
             return self.base_layer(features)
         weight, bias, output_shift = self.effective_parameters()
         y = self.base_layer(features) if weight is None else self.base_layer(features, weight, bias)
-        if output_shift is not None:
-            y = y + output_shift
-        if self.adapter.input_dependent:
-            y = self.adapter.modulate(y, [features])
-        return y
+        return self.finish(y, output_shift, [features])

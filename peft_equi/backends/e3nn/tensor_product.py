@@ -5,9 +5,9 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from peft_equi.backends.base import FlatWeightAdaptedLayer, FlatWeightBackend
 from peft_equi.backends.e3nn.linear import has_internal_flat_weight
 from peft_equi.core.adapted_layer import AdaptedLayer
+from peft_equi.core.backend import Backend, FlatWeightAdaptedLayer
 from peft_equi.core.irreps import Irreps
 from peft_equi.core.registry import register_backend
 from peft_equi.core.spec import LayerKind, LayerSpec, WeightPath
@@ -28,7 +28,7 @@ def _unsupported_modes(module: nn.Module) -> list[str]:
 
 
 @register_backend
-class E3nnTensorProduct(FlatWeightBackend):
+class E3nnTensorProduct(Backend):
     """``e3nn.o3.TensorProduct``: weights of paths with ``has_weight``, blocks of ``path_shape``.
 
     Supported connection modes: ``uvw`` (fully connected, blocks ``(mul1, mul2, mul_out)``),
@@ -66,9 +66,6 @@ class E3nnTensorProduct(FlatWeightBackend):
             tuple(paths),
         )
 
-    def weight(self, module: nn.Module) -> torch.Tensor:
-        return module.weight
-
     def adapted_layer_class(self, module: nn.Module) -> type[AdaptedLayer]:
         return AdaptedE3nnTensorProduct
 
@@ -81,8 +78,4 @@ class AdaptedE3nnTensorProduct(FlatWeightAdaptedLayer):
             return self.base_layer(x, y)
         weight, _, output_shift = self.effective_parameters()
         out = self.base_layer(x, y, weight)  # weight=None: the layer's own
-        if output_shift is not None:
-            out = out + output_shift
-        if self.adapter.input_dependent:
-            out = self.adapter.modulate(out, [x, y])
-        return out
+        return self.finish(out, output_shift, [x, y])

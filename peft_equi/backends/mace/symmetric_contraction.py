@@ -22,8 +22,8 @@ import torch
 from torch import nn
 from torch.func import functional_call
 
-from peft_equi.backends.base import Backend, copy_into
 from peft_equi.core.adapted_layer import AdaptedLayer
+from peft_equi.core.backend import Backend, copy_into
 from peft_equi.core.irreps import Irrep, Irreps, MulIrrep
 from peft_equi.core.registry import register_backend
 from peft_equi.core.spec import LayerKind, LayerSpec, WeightPath
@@ -193,8 +193,7 @@ class AdaptedMaceSymmetricContraction(AdaptedLayer):
             return self.base_layer(x, y)
         weight, _, output_shift = self.effective_parameters()
         out = self.base_layer(x, y) if weight is None else self._contract(x, y, weight)
-        if output_shift is not None:
-            out = out + output_shift
-        if self.adapter.input_dependent:
-            out = self.adapter.modulate(out, self._operands(x, y))
-        return out
+        operands: list[torch.Tensor] = []
+        if self.adapter.input_dependent:  # (flattening x is a feature-sized op: only when read)
+            operands = self._operands(x, y)
+        return self.finish(out, output_shift, operands)

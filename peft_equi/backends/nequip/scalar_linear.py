@@ -15,8 +15,8 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from peft_equi.backends.base import DenseBackend, copy_into, library_base
 from peft_equi.core.adapted_layer import AdaptedLayer
+from peft_equi.core.backend import DenseBackend, copy_into, library_base
 from peft_equi.core.invariance import sequential_proof
 from peft_equi.core.irreps import Irreps
 from peft_equi.core.registry import register_backend
@@ -58,16 +58,8 @@ class NequipScalarLinear(DenseBackend):
             int(module.in_features), int(module.out_features), float(module.alpha), bias=module.bias is not None
         )
 
-    def weight(self, module: nn.Module) -> torch.Tensor:
-        return module.weight.reshape(-1)
-
     def adapted_layer_class(self, module: nn.Module) -> type[AdaptedLayer]:
         return AdaptedNequipScalarLinear
-
-    def write(self, module, weight, bias):
-        copy_into(module.weight, weight)
-        if bias is not None:
-            copy_into(module.bias, bias)
 
 
 class AdaptedNequipScalarLinear(AdaptedLayer):
@@ -83,6 +75,11 @@ class AdaptedNequipScalarLinear(AdaptedLayer):
     def layer_bias(self) -> torch.Tensor | None:
         return self.base_layer.bias
 
+    def write(self, weight: torch.Tensor, bias: torch.Tensor | None) -> None:
+        copy_into(self.base_layer.weight, weight)
+        if bias is not None:
+            copy_into(self.base_layer.bias, bias)
+
     def forward(self, input: torch.Tensor) -> torch.Tensor:  # nequip's argument name
         if not self.adapter_enabled:
             return self.base_layer(input)
@@ -93,8 +90,4 @@ class AdaptedNequipScalarLinear(AdaptedLayer):
         else:
             scaled = weight.reshape(self.in_features, self.out_features) * self.base_layer.alpha  # nequip's op order
             y = torch.mm(input, scaled) if bias is None else torch.addmm(bias, input, scaled)
-        if output_shift is not None:
-            y = y + output_shift
-        if self.adapter.input_dependent:
-            y = self.adapter.modulate(y, [input])
-        return y
+        return self.finish(y, output_shift, [input])

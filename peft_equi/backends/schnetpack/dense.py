@@ -15,9 +15,9 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from peft_equi.backends.base import common_refusal, library_base
 from peft_equi.backends.torch_linear import AdaptedTorchLinear, TorchLinear
 from peft_equi.core.adapted_layer import AdaptedLayer
+from peft_equi.core.backend import common_refusal, library_base
 from peft_equi.core.invariance import activation_name, breaks_parity, sequential_proof, siblings
 from peft_equi.core.registry import register_backend
 

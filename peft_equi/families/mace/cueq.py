@@ -17,9 +17,9 @@ import copy
 import torch
 from torch import nn
 
-from peft_equi.model import PeftModel, get_peft_model
+from peft_equi.tuner.model import PeftModel, get_peft_model
+from peft_equi.tuner.state_dict import set_peft_model_state_dict
 from peft_equi.utils.dtype import torch_default_dtype
-from peft_equi.utils.save_and_load import set_adapter_tensors
 
 _CUET_POLYNOMIAL = "cuequivariance_torch.primitives.segmented_polynomial"
 
@@ -36,9 +36,9 @@ def _reattach(converted: nn.Module, adapters: dict[str, tuple], active: str) -> 
     for name, (config, _, _) in others:
         model.add_adapter(name, config)
     for name, (_, state, trainable) in adapters.items():
-        set_adapter_tensors(model, state, name, what=f"the values of adapter {name!r} on the converted model")
+        set_peft_model_state_dict(model, state, name, what=f"the values of adapter {name!r} on the converted model")
         if not trainable:
-            model._set_trainable(name, False)
+            model.set_trainable(name, False)
     model.set_adapter(active)
     return model
 
@@ -66,12 +66,12 @@ def _switch(model: nn.Module | PeftModel, convert) -> nn.Module | PeftModel:
         name: (
             config,
             {k: v.detach().clone() for k, v in work.adapter_state_dict(name).items()},
-            name not in work._inference,
+            work.is_trainable(name),
         )
         for name, config in work.peft_config.items()
     }
-    work._swap_trained(active, None)  # the base values of fully trained tensors go to the converter
-    return _reattach(_convert(work.unload(), convert), adapters, active)
+    # the base values of fully trained tensors go to the converter
+    return _reattach(_convert(work.unload(restore_trained=True), convert), adapters, active)
 
 
 def kernel_report(device: str) -> str:

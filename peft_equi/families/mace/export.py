@@ -18,7 +18,7 @@ from peft_equi.energy_correction import EnergyShift
 from peft_equi.errors import NotMergeableError, PeftEquiError
 from peft_equi.families.mace.potential import MacePotential
 from peft_equi.families.mace.subset import subset_elements
-from peft_equi.model import PeftModel
+from peft_equi.tuner.model import PeftModel
 
 REQUIREMENT_NOTE = "this model has input-dependent adapters ({adapters}); loading it needs peft_equi installed"
 

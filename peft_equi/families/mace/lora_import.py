@@ -11,10 +11,11 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from peft_equi.adapters.lora.adapter import DOWN, UP, down_key, path_key, up_key
 from peft_equi.backends.e3nn.linear import E3nnLinear
 from peft_equi.errors import PeftEquiError
-from peft_equi.model import PeftModel, get_peft_model
-from peft_equi.utils.save_and_load import adapter_key, set_adapter_tensors
+from peft_equi.tuner.model import PeftModel, get_peft_model
+from peft_equi.tuner.state_dict import adapter_key, set_peft_model_state_dict
 
 
 def _wrappers(model: nn.Module) -> dict[str, nn.Module]:
@@ -40,13 +41,14 @@ def _factors(wrapper: nn.Module) -> dict[str, torch.Tensor]:
         spec_a, spec_b = backend.describe(a), backend.describe(b)
         for path in spec_a.paths:
             (i_in,) = path.inputs
-            state[f"lora_A.{i_in}_{spec_a.irreps_out[path.output].ir}"] = path.block(a.weight)
+            state[f"{DOWN}.{down_key((i_in,), spec_a.irreps_out[path.output].ir)}"] = path.block(a.weight)
         for path in spec_b.paths:
-            state[f"lora_B.{path.output}"] = path.block(b.weight)
+            state[f"{UP}.{up_key(path.output)}"] = path.block(b.weight)
         return state
+    down, up = f"{DOWN}.{path_key(0)}", f"{UP}.{up_key(0)}"
     if isinstance(a, nn.Linear):  # dense: delta = B.weight @ A.weight in (out, in)
-        return {"lora_A.p0": a.weight.t(), "lora_B.0": b.weight.t()}
-    return {"lora_A.p0": a, "lora_B.0": b}  # FC layer: delta = A @ B in (in, out)
+        return {down: a.weight.t(), up: b.weight.t()}
+    return {down: a, up: b}  # FC layer: delta = A @ B in (in, out)
 
 
 def import_mace_lora(model: nn.Module) -> PeftModel:
@@ -69,5 +71,5 @@ def import_mace_lora(model: nn.Module) -> PeftModel:
     if set(layers) != set(factors):
         raise PeftEquiError(f"mace-lora adapts {sorted(set(layers) ^ set(factors))} differently from MACE's LoRA")
     tensors = {adapter_key(path, name): value for path, state in factors.items() for name, value in state.items()}
-    set_adapter_tensors(peft_model, tensors, what="MACE's LoRA factors")
+    set_peft_model_state_dict(peft_model, tensors, what="MACE's LoRA factors")
     return peft_model

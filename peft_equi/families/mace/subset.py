@@ -38,7 +38,7 @@ from peft_equi.families.mace.loading import CODEGEN_MARK, instantiate
 
 def _check_plain_e3nn(model: nn.Module) -> None:
     from peft_equi.core.adapted_layer import AdaptedLayer
-    from peft_equi.model import PeftModel
+    from peft_equi.tuner.model import PeftModel
 
     if isinstance(model, PeftModel) or any(isinstance(m, AdaptedLayer) for m in model.modules()):
         raise PeftEquiError(

@@ -27,7 +27,7 @@ from typing import Any
 
 from torch import nn
 
-import peft_equi
+from peft_equi.tuner.model import get_peft_model
 
 
 def _instantiate(config: Any) -> nn.Module:
@@ -53,5 +53,5 @@ def peft_model(model: Any, adapter: str, options: dict[str, Any] | None = None) 
     """Build ``model`` (a config with ``_target_``, or a module) and attach ``adapter`` to every graph model in it."""
     built = _instantiate(model)
     for graph_model in built.values() if isinstance(built, nn.ModuleDict) else [built]:
-        peft_equi.get_peft_model(graph_model, adapter, **_plain(options))
+        get_peft_model(graph_model, adapter, **_plain(options))
     return built

@@ -29,7 +29,7 @@ from __future__ import annotations
 from torch import nn
 
 from peft_equi.core.adapted_layer import AdaptedLayer
-from peft_equi.model import merge_adapters
+from peft_equi.tuner.model import merge_adapters
 
 MERGE_MODIFIER = "merge_peft_adapters"
 

@@ -10,7 +10,10 @@ Running the layer is the job of the :class:`~peft_equi.core.adapted_layer.Adapte
 signature and is TorchScript-compatible, so adapted models compile.  A backend without one
 gets the generic :class:`~peft_equi.core.adapted_layer.AdaptedLayer` (``forward(*args, **kwargs)``,
 eager only), which calls :meth:`Backend.operands`, :meth:`Backend.forward` and
-:meth:`Backend.after_linear`.
+:meth:`Backend.after_linear`.  The subclass also holds the layer's weight layout
+(``layer_weight``, ``layer_bias``, ``write``): :meth:`Backend.weight`, :meth:`Backend.bias`
+and :meth:`Backend.write` read it from there, so it is written once; a backend for the
+generic wrapper implements those three itself.
 
 Weights and biases cross this interface in the canonical layout of :mod:`peft_equi.core.spec`:
 the flat concatenation of the path blocks, and the bias concatenated over
@@ -28,7 +31,7 @@ import torch
 from torch import nn
 from torch.nn.utils import parametrize
 
-from peft_equi.core.adapted_layer import AdaptedLayer
+from peft_equi.core.adapted_layer import AdaptedLayer, NoAdapter
 from peft_equi.core.spec import LayerSpec
 
 
@@ -72,13 +75,23 @@ class Backend(ABC):
     def describe(self, module: nn.Module) -> LayerSpec:
         """The backend-free description of ``module``."""
 
-    @abstractmethod
     def weight(self, module: nn.Module) -> torch.Tensor:
-        """The module's weight in canonical flat layout (a differentiable view if possible)."""
+        """The module's weight in canonical flat layout (a differentiable view if possible).
+
+        Default: :meth:`AdaptedLayer.layer_weight` of the backend's TorchScript wrapper
+        (:meth:`adapted_layer_class`), where the layout is written once; a backend without
+        one overrides this.
+        """
+        return self.wrap(module).layer_weight()
 
     def bias(self, module: nn.Module) -> torch.Tensor | None:
-        """The module's own bias over ``spec.bias_blocks``, or ``None``."""
-        return None
+        """The module's own bias over ``spec.bias_blocks``, or ``None``.
+
+        Default: :meth:`AdaptedLayer.layer_bias` of the backend's TorchScript wrapper; without one, ``None``.
+        """
+        if self.adapted_layer_class(module) is AdaptedLayer:
+            return None
+        return self.wrap(module).layer_bias()
 
     def bias_parameter_names(self, module: nn.Module) -> list[str]:
         """Names (relative to the module) of the parameters that hold its bias."""
@@ -122,19 +135,25 @@ class Backend(ABC):
         """Whatever the layer does after its linear part (activation, rescaling); generic wrapper only."""
         return y
 
-    @abstractmethod
     def write(self, module: nn.Module, weight: torch.Tensor, bias: torch.Tensor | None) -> None:
-        """Store canonical ``weight`` (and ``bias``) into the module in place (merging)."""
+        """Store canonical ``weight`` (and ``bias``) into the module in place (merging).
 
+        Default: :meth:`AdaptedLayer.write` of the backend's TorchScript wrapper; a backend without one
+        overrides this.
+        """
+        self.wrap(module).write(weight, bias)
 
-class FlatWeightBackend(Backend):
-    """Layers whose ``weight`` Parameter, flattened row-major, is already the canonical flat weight."""
-
-    def weight(self, module: nn.Module) -> torch.Tensor:
-        return module.weight.reshape(-1)
-
-    def write(self, module: nn.Module, weight: torch.Tensor, bias: torch.Tensor | None) -> None:
-        copy_into(module.weight, weight)
+    def wrap(self, module: nn.Module) -> AdaptedLayer:
+        """``module`` in this backend's TorchScript wrapper with no adapter: its weight layout, for
+        :meth:`weight`, :meth:`bias` and :meth:`write` (``module`` itself is not changed)."""
+        cls = self.adapted_layer_class(module)
+        if cls is AdaptedLayer:
+            raise NotImplementedError(
+                f"{type(self).__name__} gives its layers no TorchScript wrapper (adapted_layer_class), so it must "
+                "implement weight(), bias() and write() itself"
+            )
+        spec = self.describe(module)
+        return cls(module, self, spec, NoAdapter(spec))
 
 
 class FlatWeightAdaptedLayer(AdaptedLayer):
@@ -147,13 +166,13 @@ class FlatWeightAdaptedLayer(AdaptedLayer):
     def layer_bias(self) -> torch.Tensor | None:
         return None
 
+    def write(self, weight: torch.Tensor, bias: torch.Tensor | None) -> None:
+        copy_into(self.base_layer.weight, weight)
+
 
 class DenseBackend(Backend):
     """Shared parts of dense layers on invariant features with an optional ``bias`` Parameter,
     called as ``layer(input)``."""
-
-    def bias(self, module: nn.Module) -> torch.Tensor | None:
-        return module.bias
 
     def bias_parameter_names(self, module: nn.Module) -> list[str]:
         return ["bias"] if module.bias is not None else []

@@ -1,4 +1,4 @@
-"""Several named adapters on one model, one active at a time: the part of :class:`~peft_equi.model.PeftModel`
+"""Several named adapters on one model, one active at a time: the part of :class:`~peft_equi.tuner.model.PeftModel`
 that adds, switches and deletes them (peft's ``add_adapter`` / ``set_adapter`` / ``delete_adapter``).
 
 Each :class:`AdaptedLayer` holds the active adapter in ``adapter`` and the others in
@@ -17,15 +17,14 @@ from collections.abc import Iterable, Iterator
 from typing import Any
 
 import torch
-from pydantic import ValidationError
 from torch import nn
 
-from peft_equi.adapters.base import AdapterConfig
 from peft_equi.core.adapted_layer import AdaptedLayer
+from peft_equi.core.adapter import AdapterConfig
 from peft_equi.core.config import PeftConfig
 from peft_equi.core.plan import LayerPlan, assign, base_tensors, discover, select_tensors
 from peft_equi.core.presets import resolve_config
-from peft_equi.errors import ConfigError, PeftEquiError, UnknownNameError
+from peft_equi.errors import ConfigError, UnknownNameError
 
 DEFAULT_ADAPTER = "default"
 
@@ -43,7 +42,7 @@ def replace_module(root: nn.Module, path: str, new: nn.Module) -> None:
 
 
 class NamedAdapters:
-    """Mixin of :class:`~peft_equi.model.PeftModel`: its named adapters (state set up by its ``__init__``)."""
+    """Mixin of :class:`~peft_equi.tuner.model.PeftModel`: its named adapters (state set up by its ``__init__``)."""
 
     @property
     def active_adapter(self) -> str:
@@ -67,7 +66,7 @@ class NamedAdapters:
         """
         self._check_usable()
         check_name(adapter_name, self.peft_config)
-        config = resolve(peft_config, options)
+        config = resolve_config(peft_config, **options)
         assignments = assign(discover(self.base_model), config)
         trained_tensor_names(self.base_model, config, assignments)  # validates the train patterns before any change
         self._inject(adapter_name, config, assignments)
@@ -114,6 +113,8 @@ class NamedAdapters:
     def _check_usable(self) -> None:
         if self._unloaded:
             raise RuntimeError("this PeftModel was merged or unloaded: use the model that call returned")
+        if self._unmerged_values is not None:
+            raise RuntimeError("the active adapter is merged into the weights (merge_adapter): unmerge_adapter() first")
 
     def _check_known(self, adapter_name: str) -> None:
         if adapter_name not in self.peft_config:
@@ -130,11 +131,6 @@ class NamedAdapters:
 
     def _inject(self, adapter_name: str, config: PeftConfig, assignments: list[LayerPlan]) -> None:
         """Attach adapter ``adapter_name`` (inactive unless it is the first) as ``assignments`` say."""
-        if self._trained and any(v is None for v in self._base_values.values()):
-            raise PeftEquiError(
-                "this PeftModel was pickled by a peft_equi before named adapters, which kept no base values "
-                "of its fully trained tensors: save_pretrained it and load it into the base model to add adapters"
-            )
         names = trained_tensor_names(self.base_model, config, assignments)
         owners = base_tensors(self.base_model, buffers=True)
         for name in names:
@@ -269,10 +265,3 @@ def trained_tensor_names(model: nn.Module, config: PeftConfig, assignments: list
             layer = entry.layer
             names += [_join(layer.path, n) for n in layer.backend.bias_parameter_names(layer.module)]
     return list(dict.fromkeys(names))
-
-
-def resolve(config: PeftConfig | AdapterConfig | str, options: dict[str, Any]) -> PeftConfig:
-    try:
-        return resolve_config(config, **options)
-    except ValidationError as exc:
-        raise ConfigError.from_validation(exc, config if isinstance(config, str) else "config") from None

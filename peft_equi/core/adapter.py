@@ -112,11 +112,6 @@ class Adapter(nn.Module):
     def extra_repr(self) -> str:
         return f"{self.spec.describe()}, {self.config!r}"
 
-    def __setstate__(self, state: dict[str, Any]) -> None:
-        if "dynamic" in state:  # pickled (a whole adapted model) before ``dynamic`` became ``input_dependent``
-            state["input_dependent"] = state.pop("dynamic")
-        super().__setstate__(state)
-
 
 class KeyedParameters(nn.ParameterList):
     """Parameters under string keys, as in ``nn.ParameterDict`` (the same state-dict keys
@@ -225,11 +220,6 @@ class _OperandChannels(nn.Module):
         if self.contiguous:
             return operand.narrow(-1, self.start, self.length)
         return operand.index_select(-1, self.index)
-
-    def __setstate__(self, state: dict[str, Any]) -> None:
-        super().__setstate__(state)
-        if "contiguous" not in state:  # pickled (torch.save of a whole model) before the range was kept
-            self._find_range()
 
 
 def no_invariant_input_reason(name: str, spec: LayerSpec, option: str) -> str | None:

@@ -4,15 +4,23 @@ The API is Hugging Face peft's, with its semantics:
 
 .. code-block:: python
 
-    model = get_peft_model(base, MmeaConfig(rank=16))            # adapter "default", active
-    model.add_adapter("water", EloraConfig(rank=8))              # a second one, inactive
-    model.set_adapter("water")                                   # one adapter is active at a time
-    with model.disable_adapter():                                # the base model
-        ...
-    model.save_pretrained("out")          # "default" in out/, the others in out/<name>/
-    model = PeftModel.from_pretrained(fresh_base, "out")                    # frozen (is_trainable=False)
-    model.load_adapter("out/water", adapter_name="water", is_trainable=True)
-    plain = model.merge_and_unload()      # merges the active adapter; unload() merges none
+    >>> import copy, tempfile
+    >>> from e3nn import o3
+    >>> from peft_equi import EloraConfig, MmeaConfig, PeftModel, get_peft_model
+    >>> base = o3.Linear("8x0e+4x1o", "8x0e+4x1o")
+    >>> fresh_base = copy.deepcopy(base)
+    >>> model = get_peft_model(base, MmeaConfig(rank=4))           # adapter "default", active
+    >>> model.add_adapter("water", EloraConfig(rank=2))             # a second one, inactive
+    >>> model.set_adapter("water")                                  # one adapter is active at a time
+    >>> with model.disable_adapter():                               # the base model
+    ...     pass
+    >>> out = model.save_pretrained(tempfile.mkdtemp())  # "default" in out/, the others in out/<name>/
+    >>> model = PeftModel.from_pretrained(fresh_base, out)          # frozen (is_trainable=False)
+    >>> model.load_adapter(out / "water", adapter_name="water", is_trainable=True)
+    >>> model.set_adapter("water")
+    >>> plain = model.merge_and_unload()  # merges the active adapter (MMEA is not mergeable); unload() merges none
+    >>> type(plain).__name__
+    'Linear'
 
 ``peft_config`` maps each adapter's name to its :class:`PeftConfig`, ``active_adapter`` names
 the active one; ``delete_adapter`` removes one.  Each named adapter may adapt other layers:
@@ -35,6 +43,7 @@ adapter's (or the base values, for tensors it does not train).
 from __future__ import annotations
 
 import contextlib
+import json
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -42,16 +51,41 @@ from typing import Any
 import torch
 from torch import nn
 
-from peft_equi.adapters.base import Adapter, AdapterConfig
 from peft_equi.core.adapted_layer import AdaptedLayer
+from peft_equi.core.adapter import Adapter, AdapterConfig
 from peft_equi.core.config import PeftConfig
-from peft_equi.core.plan import LayerPlan, assign, survey
-from peft_equi.errors import ConfigError
-from peft_equi.merging import Merging, check_mergeable, merge_adapters
-from peft_equi.named_adapters import DEFAULT_ADAPTER, NamedAdapters, check_name, resolve, trained_tensor_names
-from peft_equi.utils.save_and_load import adapter_key
+from peft_equi.core.plan import LayerPlan, assign, base_tensors, discover, survey
+from peft_equi.core.presets import resolve_config
+from peft_equi.errors import AdapterLoadError, ConfigError
+from peft_equi.tuner.merging import Merging, check_mergeable, merge_adapters
+from peft_equi.tuner.named_adapters import DEFAULT_ADAPTER, NamedAdapters, check_name, trained_tensor_names
+from peft_equi.tuner.save_and_load import (
+    FINGERPRINT_FORM,
+    adapter_config,
+    base_fingerprint,
+    check_base,
+    read_adapter,
+    write_adapter,
+)
+from peft_equi.tuner.state_dict import (
+    adapter_key,
+    listing,
+    mismatches,
+    set_peft_model_state_dict,
+    trained_key,
+    trained_names,
+)
+from peft_equi.version import __version__
 
-__all__ = ["DEFAULT_ADAPTER", "PeftModel", "check_mergeable", "get_peft_model", "merge_adapters", "plan_layers"]
+__all__ = [
+    "DEFAULT_ADAPTER",
+    "PeftModel",
+    "check_mergeable",
+    "get_peft_model",
+    "inject_adapter_in_model",
+    "merge_adapters",
+    "plan_layers",
+]
 
 
 class PeftModel(NamedAdapters, Merging, nn.Module):
@@ -83,6 +117,7 @@ class PeftModel(NamedAdapters, Merging, nn.Module):
         self._base_values: dict[str, torch.Tensor | None] = {}  # the base values of the trained tensors
         self._stash: dict[str, dict[str, torch.Tensor]] = {}  # inactive adapter -> its trained tensors' values
         self._disabled_states: dict[str, bool] | None = None  # inside disable_adapter(): the states to restore
+        self._unmerged_values: dict[str, dict[str, torch.Tensor]] | None = None  # merge_adapter(): layer -> values
         for param in base_model.parameters():
             param.requires_grad_(False)
         self.base_model = base_model
@@ -117,26 +152,22 @@ class PeftModel(NamedAdapters, Merging, nn.Module):
     def _apply(self, fn: Any, recurse: bool = True) -> PeftModel:
         """``.to()``, ``.double()``, ``.cuda()``, ...: the stored values of fully trained tensors follow."""
         super()._apply(fn, recurse)
-        for values in [self._base_values, *self._stash.values()]:
+        for values in [self._base_values, *self._stash.values(), *(self._unmerged_values or {}).values()]:
             for name, value in values.items():
                 if value is not None:
                     values[name] = fn(value)
         return self
 
-    def __setstate__(self, state: dict[str, Any]) -> None:
-        super().__setstate__(state)
-        if isinstance(state.get("peft_config"), PeftConfig):  # pickled before named adapters: one, "default"
-            name = DEFAULT_ADAPTER
-            self.peft_config = {name: state["peft_config"]}
-            self._active = name
-            self._inference = set()
-            self._adapter_paths = {name: list(self._layers)}
-            self._trained_names = {name: list(self._trained)}
-            self._base_values = dict.fromkeys(self._trained)  # not kept then: unknown
-            self._stash = {}
-            self._disabled_states = None
-
     # -- inspection --
+
+    def get_base_model(self) -> nn.Module:
+        """The user's model, with the adapted layers inside it (peft's ``get_base_model``).
+
+        Here it is also :attr:`base_model`, where peft's ``base_model`` is its tuner (``LoraModel``,
+        whose ``model`` is the user's model): this ``PeftModel`` is the tuner itself, so that its
+        state-dict keys are ``base_model.<the model's keys>`` and TorchScript compiles ``base_model``.
+        """
+        return self.base_model
 
     @property
     def adapted_layers(self) -> dict[str, AdaptedLayer]:
@@ -208,7 +239,7 @@ class PeftModel(NamedAdapters, Merging, nn.Module):
     def adapter_state_dict(self, adapter_name: str | None = None) -> dict[str, torch.Tensor]:
         """Tensors of adapter ``adapter_name`` (default: the active one): its parameters
         (``adapters.<path>.<name>``) and its fully trained tensors (``base.<name>``), sharing storage
-        with the model."""
+        with the model (the keys: :mod:`peft_equi.tuner.state_dict`)."""
         adapter_name = self.active_adapter if adapter_name is None else adapter_name
         self._check_known(adapter_name)
         state = {}
@@ -217,25 +248,50 @@ class PeftModel(NamedAdapters, Merging, nn.Module):
                 state[adapter_key(path, name)] = tensor
         for name in self._trained_names[adapter_name]:
             if adapter_name == self._active:
-                state[f"base.{name}"] = self._live(name).detach()
+                state[trained_key(name)] = self._live(name).detach()
             else:
-                state[f"base.{name}"] = self._stash[adapter_name][name]
+                state[trained_key(name)] = self._stash[adapter_name][name]
         return state
 
     def save_pretrained(self, save_directory: str | Path, selected_adapters: list[str] | None = None) -> Path:
         """Write each adapter (default: all) as ``adapter_config.json`` + ``adapter_model.safetensors``:
         the adapter named ``"default"`` into ``save_directory``, the others into ``save_directory/<name>``
-        (as peft).  Adapter weights and fully trained tensors only.  Returns ``save_directory``."""
-        from peft_equi.utils.save_and_load import save_adapter
-
+        (as peft).  Adapter weights and fully trained tensors only (:mod:`peft_equi.tuner.save_and_load`).
+        Returns ``save_directory``."""
         self._check_usable()
         names = list(self.peft_config) if selected_adapters is None else list(selected_adapters)
         for name in names:
             self._check_known(name)
         directory = Path(save_directory)
         for name in names:
-            save_adapter(self, directory if name == DEFAULT_ADAPTER else directory / name, name)
+            self._save(directory if name == DEFAULT_ADAPTER else directory / name, name)
         return directory
+
+    def _save(self, directory: Path, adapter_name: str) -> None:
+        tensors = {k: v.detach().cpu().clone() for k, v in self.adapter_state_dict(adapter_name).items()}
+        layers = {path: self._layers[path] for path, _ in self.adapters(adapter_name)}
+        # the base as this adapter sees it: tensors trained by another adapter hold their base values
+        with self._trained_values_of(adapter_name):
+            fingerprint = base_fingerprint(
+                ((path, layer.base_layer, layer.backend) for path, layer in layers.items()),
+                trained_names(tensors),  # stored: replaced on load
+            )
+        base = self.base_model
+        meta = {
+            "peft_equi_version": __version__,
+            "base_model_class": f"{type(base).__module__}.{type(base).__qualname__}",
+            "config": json.loads(self.peft_config[adapter_name].to_json()),
+            "layers": {
+                path: {
+                    "adapter": layer.named_adapter(adapter_name).name,
+                    "backend": layer.backend.name,
+                    "spec": layer.spec.describe(),
+                }
+                for path, layer in layers.items()
+            },
+            "base_fingerprint": {"form": FINGERPRINT_FORM, "tensors": fingerprint},
+        }
+        write_adapter(directory, tensors, meta)
 
     @classmethod
     def from_pretrained(
@@ -250,25 +306,26 @@ class PeftModel(NamedAdapters, Merging, nn.Module):
         """Attach the adapter saved in directory ``model_id`` to ``model`` (which holds the base weights).
 
         As peft: the adapter is called ``adapter_name`` and is frozen, and the model put in
-        ``eval()`` mode, unless ``is_trainable``.  The saved tensors, their checksum and the
-        base fingerprint are checked before ``model`` is changed (see
-        :mod:`peft_equi.utils.save_and_load`; ``allow_base_mismatch`` accepts other base weights
+        ``eval()`` mode, unless ``is_trainable``.  The saved tensors are checked against the
+        adapters the saved config builds on this model (missing or unexpected keys, shapes), and
+        so are their checksum and the base fingerprint, before ``model`` is changed (see
+        :mod:`peft_equi.tuner.save_and_load`; ``allow_base_mismatch`` accepts other base weights
         with a warning).
         """
-        from peft_equi.utils.save_and_load import load_adapter
-
         if isinstance(model, PeftModel):
             raise ConfigError(
                 "from_pretrained takes the base model, not a PeftModel: add a saved adapter to a PeftModel "
                 "with its load_adapter(directory, adapter_name)"
             )
-        return load_adapter(
-            model,
-            model_id,
-            adapter_name=adapter_name,
-            is_trainable=is_trainable,
-            allow_base_mismatch=allow_base_mismatch,
-        )
+        check_name(adapter_name)
+        directory = Path(model_id)
+        meta, tensors = read_adapter(directory)
+        config = adapter_config(meta, directory)
+        assignments = plan_layers(model, config)
+        check_saved_adapter(meta, tensors, model, config, assignments, directory, allow_base_mismatch)
+        peft_model = cls(model, config, assignments, adapter_name)
+        peft_model._set_loaded(tensors, adapter_name, is_trainable, directory)
+        return peft_model
 
     def load_adapter(
         self,
@@ -279,19 +336,37 @@ class PeftModel(NamedAdapters, Merging, nn.Module):
         allow_base_mismatch: bool = False,
     ) -> None:
         """Add the adapter saved in directory ``model_id`` as ``adapter_name``, inactive
-        (:meth:`set_adapter`); frozen and the model in ``eval()`` mode unless ``is_trainable`` (as peft)."""
-        from peft_equi.utils.save_and_load import load_adapter
-
+        (:meth:`set_adapter`); frozen and the model in ``eval()`` mode unless ``is_trainable`` (as peft).
+        Checked as by :meth:`from_pretrained` before the model is changed."""
         self._check_usable()
-        load_adapter(
-            self,
-            model_id,
-            adapter_name=adapter_name,
-            is_trainable=is_trainable,
-            allow_base_mismatch=allow_base_mismatch,
-        )
+        check_name(adapter_name, self.peft_config)
+        directory = Path(model_id)
+        meta, tensors = read_adapter(directory)
+        config = adapter_config(meta, directory)
+        assignments = assign(discover(self.base_model), config)
+        # the base as this adapter will see it: tensors another adapter trains hold their base values
+        with self._trained_values_of(None):
+            check_saved_adapter(meta, tensors, self.base_model, config, assignments, directory, allow_base_mismatch)
+        self._inject(adapter_name, config, assignments)
+        self._set_loaded(tensors, adapter_name, is_trainable, directory)
 
-    def _set_trainable(self, adapter_name: str, is_trainable: bool) -> None:
+    def _set_loaded(self, tensors: dict[str, torch.Tensor], adapter_name: str, is_trainable: bool, directory: Path):
+        set_peft_model_state_dict(self, tensors, adapter_name, what=f"the tensors in {directory}")
+        self.set_trainable(adapter_name, is_trainable)
+        if not is_trainable:
+            self.eval()
+
+    def is_trainable(self, adapter_name: str) -> bool:
+        """Whether adapter ``adapter_name`` gets ``requires_grad`` when active (it was not loaded with
+        ``is_trainable=False``)."""
+        self._check_known(adapter_name)
+        return adapter_name not in self._inference
+
+    def set_trainable(self, adapter_name: str, is_trainable: bool) -> None:
+        """Let adapter ``adapter_name`` be trained when active, or freeze it (``is_trainable`` of
+        :meth:`load_adapter`)."""
+        self._check_usable()
+        self._check_known(adapter_name)
         if is_trainable:
             self._inference.discard(adapter_name)
         else:
@@ -314,6 +389,44 @@ def plan_layers(model: nn.Module, config: PeftConfig) -> list[LayerPlan]:
     return assign(layers, config, left_out=left_out)
 
 
+def check_saved_adapter(
+    meta: dict[str, Any],
+    tensors: dict[str, torch.Tensor],
+    base_model: nn.Module,
+    config: PeftConfig,
+    assignments: list[LayerPlan],
+    directory: Path,
+    allow_base_mismatch: bool,
+) -> None:
+    """Check a saved adapter against the adapters ``assignments`` plan on ``base_model`` before anything is attached:
+    layers adapted then and now, keys and shapes (:class:`AdapterLoadError` listing every difference), then the
+    base fingerprint (:func:`~peft_equi.tuner.save_and_load.check_base`)."""
+    planned = {a.layer.path: a.adapter for a in assignments if a.adapter is not None}
+    trained = trained_tensor_names(base_model, config, assignments)
+    expected = {
+        adapter_key(path, name): tuple(tensor.shape)
+        for path, adapter in planned.items()
+        for name, tensor in adapter.state_dict().items()
+    }
+    owners = base_tensors(base_model, buffers=True)
+    for name in trained:
+        owner, attr = owners[name]
+        expected[trained_key(name)] = tuple(getattr(owner, attr).shape)
+    saved_layers = set(meta.get("layers", {}))
+    problems = [
+        listing(title, items)
+        for title, items in [
+            ("layers adapted when saved but not now", sorted(saved_layers - set(planned))),
+            ("layers adapted now but not when saved", sorted(set(planned) - saved_layers)),
+        ]
+        if items
+    ] + mismatches(expected, tensors)
+    if problems:
+        raise AdapterLoadError(f"adapter in {directory} does not fit this model:\n  " + "\n  ".join(problems))
+    layers = ((a.layer.path, a.layer.module, a.layer.backend) for a in assignments if a.adapter is not None)
+    check_base(meta, base_fingerprint(layers, trained), directory, allow_base_mismatch)
+
+
 def get_peft_model(
     model: nn.Module,
     config: PeftConfig | AdapterConfig | str,
@@ -331,7 +444,19 @@ def get_peft_model(
     naming each.
     """
     check_name(adapter_name)
-    config = resolve(config, options)
+    config = resolve_config(config, **options)
     assignments = plan_layers(model, config)
     trained_tensor_names(model, config, assignments)  # validates the train patterns before any change
     return PeftModel(model, config, assignments, adapter_name)
+
+
+def inject_adapter_in_model(
+    peft_config: PeftConfig | AdapterConfig | str, model: nn.Module, adapter_name: str = DEFAULT_ADAPTER
+) -> nn.Module:
+    """Attach adapters to ``model`` in place and return it, without a :class:`PeftModel` around it
+    (peft's ``inject_adapter_in_model``): the layers hold their adapter, everything else is frozen.
+
+    For code that keeps the model as it is (a NequIP model built by a training config); merge with
+    :func:`merge_adapters`.  Named adapters, saving and loading need :func:`get_peft_model`.
+    """
+    return get_peft_model(model, peft_config, adapter_name).get_base_model()
