@@ -43,7 +43,7 @@ from comparison import (
 from record import ROOT
 
 from peft_equi.families import load_potential
-from peft_equi.training.data import read_dataset
+from peft_equi_train.data import read_dataset
 
 SHARED_3BPA = ROOT.parent / "shared" / "data" / "3bpa"
 QUICK = {"epochs": 10, "dtype": "float32", "n_train": 100}
@@ -153,7 +153,7 @@ def main(argv: list[str] | None = None) -> None:
 
 
 if __name__ == "__main__":
-    from peft_equi.cli import configure_logging
+    from peft_equi_train.cli import configure_logging
 
     configure_logging()  # the engine's messages (one line per epoch, the model cut) on stderr
     main()

@@ -21,8 +21,8 @@ from typing import Any
 
 from record import add_run_arguments, finished, start_run, write_json
 
-from peft_equi.training.config import FinetuneConfig
-from peft_equi.training.engine import Finetuner, TrainingDivergedError
+from peft_equi_train.config import FinetuneConfig
+from peft_equi_train.engine import Finetuner, TrainingDivergedError
 
 Methods = dict[str, tuple[str, dict[str, Any]]]
 
@@ -222,10 +222,10 @@ def md_settings(args) -> dict[str, Any] | None:
 
 
 def md_check(potential, model, md: dict[str, Any]) -> dict[str, Any]:
-    """``md_`` numbers of a trained model: :func:`peft_equi.md.md_stability` from ``md['structure']``, per seed."""
+    """``md_`` numbers of a trained model (:func:`peft_equi_train.md.md_stability` of ``md["structure"]``), per seed."""
     from ase.io import read
 
-    from peft_equi.md import PotentialCalculator, md_stability
+    from peft_equi_train.md import PotentialCalculator, md_stability
 
     atoms = read(md["structure"], index=0)
     runs = [

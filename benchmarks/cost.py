@@ -47,8 +47,8 @@ from peft_equi.families.base import Potential
 from peft_equi.families.mace.architectures import HCO, build_mace
 from peft_equi.families.mace.potential import MacePotential
 from peft_equi.testing import randomize_adapters
-from peft_equi.training.data import read_dataset
 from peft_equi.utils.dtype import torch_default_dtype
+from peft_equi_train.data import read_dataset
 
 ASPIRIN = ROOT.parent / "shared" / "data" / "rmd17" / "rmd17_aspirin_train_01.npz"
 ACETAMIDE = ROOT / "examples" / "data" / "acetamide_gfn2xtb_md.extxyz"

@@ -58,8 +58,8 @@ def write_splits(args: argparse.Namespace, folder: Path) -> dict[str, Path]:
     """The engine's 50 + 50 draw, written as extxyz for mace (``REF_energy``, ``REF_forces``)."""
     from ase.io import write
 
-    from peft_equi.training.config import FinetuneConfig
-    from peft_equi.training.engine import load_splits
+    from peft_equi_train.config import FinetuneConfig
+    from peft_equi_train.engine import load_splits
 
     config = FinetuneConfig(**ours_options(args, folder / "probe"))
     train, valid, _ = load_splits(config)
@@ -130,7 +130,7 @@ def environment(threads: int) -> dict[str, str]:
 
 def run_ours(args: argparse.Namespace, folder: Path) -> list[float]:
     """Seconds per epoch of ``peft-equi finetune`` (the command line, in its own process as mace's)."""
-    command = [sys.executable, "-m", "peft_equi.cli", "--quiet", "finetune", *flags(ours_options(args, folder))]
+    command = [sys.executable, "-m", "peft_equi_train.cli", "--quiet", "finetune", *flags(ours_options(args, folder))]
     subprocess.run(command, cwd=ROOT, env=environment(args.threads), check=True)
     with (folder / "metrics.csv").open() as handle:
         return [float(row["time_s"]) for row in csv.DictReader(handle)]

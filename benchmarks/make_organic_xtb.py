@@ -10,7 +10,7 @@ molecule, 3BPA or acetylacetone is among them (``tests/integration/test_organic_
 
 Per molecule and per bath temperature (300, 600 and 1200 K by default), a separate trajectory:
 RDKit ETKDGv3 conformer (seeded), MMFF94 relaxation, Maxwell-Boltzmann velocities, Langevin
-dynamics with GFN2-xTB forces (``peft_equi.xtb``: dt 0.5 fs, friction 0.01/fs, centre of mass
+dynamics with GFN2-xTB forces (``peft_equi_train.xtb``: dt 0.5 fs, friction 0.01/fs, centre of mass
 fixed), ``--equilibration-steps`` steps, then one snapshot every ``--stride`` steps.  A trajectory
 stops at the first snapshot whose bond graph (1.25 x covalent radii) differs from its starting
 geometry's: the set holds intact molecules only; how many trajectories stopped early is recorded.
@@ -107,8 +107,8 @@ def conformer(smiles: str, seed: int) -> Atoms:
 
 def generate_molecule(molecule: Molecule, options: dict[str, Any]) -> tuple[list[Atoms], dict[str, Any]]:
     """All temperatures' snapshots of one molecule, and what happened (counts, early stops, seconds)."""
-    from peft_equi.md import bond_graph
-    from peft_equi.xtb import langevin_snapshots
+    from peft_equi_train.md import bond_graph
+    from peft_equi_train.xtb import langevin_snapshots
 
     start = time.perf_counter()
     snapshots: list[Atoms] = []
@@ -185,7 +185,7 @@ def holdout_split(molecules: Sequence[Molecule], fraction: float, seed: int) -> 
 
 def load_split(out_dir: Path, split: str) -> list[Atoms]:
     """The labelled snapshots of one split (``train``, ``valid`` or ``test``) of a generated set."""
-    from peft_equi.xtb import read_labelled
+    from peft_equi_train.xtb import read_labelled
 
     names = set(json.loads((out_dir / "split.json").read_text())[split])
     images: list[Atoms] = []
@@ -248,7 +248,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(argv)
     from ase.io import write
 
-    from peft_equi.xtb import isolated_atoms
+    from peft_equi_train.xtb import isolated_atoms
 
     molecules = read_molecules(args.molecules)[: args.limit]
     options = {

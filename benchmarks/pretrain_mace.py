@@ -29,8 +29,8 @@ from record import ROOT, add_run_arguments, finished, start_run, write_json
 from peft_equi.families.mace.architectures import HCO, build_mace
 from peft_equi.families.mace.loading import save_mace_state
 from peft_equi.families.mace.potential import MacePotential
-from peft_equi.training import FinetuneConfig, Finetuner
-from peft_equi.training.data import read_dataset, read_isolated_atom_energies
+from peft_equi_train import FinetuneConfig, Finetuner
+from peft_equi_train.data import read_dataset, read_isolated_atom_energies
 
 SHARED = ROOT.parent / "shared" / "data"
 HCO_MOLECULES = ("aspirin", "benzene", "ethanol", "malonaldehyde", "naphthalene", "salicylic", "toluene")
@@ -132,7 +132,7 @@ def main(argv: list[str] | None = None) -> None:
 
 
 if __name__ == "__main__":
-    from peft_equi.cli import configure_logging
+    from peft_equi_train.cli import configure_logging
 
     configure_logging()  # the engine's messages (one line per epoch, the model cut) on stderr
     main()

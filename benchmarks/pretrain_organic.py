@@ -64,7 +64,7 @@ def write_split(data: Path, split: str, path: Path) -> int:
 
 def isolated_energies(data: Path) -> dict[int, float]:
     """GFN2-xTB energies of the isolated atoms (eV), by atomic number."""
-    from peft_equi.xtb import read_labelled
+    from peft_equi_train.xtb import read_labelled
 
     return {int(a.numbers[0]): float(a.info["energy"]) for a in read_labelled(data / "isolated_atoms.xyz")}
 

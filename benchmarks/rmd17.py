@@ -163,7 +163,7 @@ def main(argv: list[str] | None = None) -> None:
 
 
 if __name__ == "__main__":
-    from peft_equi.cli import configure_logging
+    from peft_equi_train.cli import configure_logging
 
     configure_logging()  # the engine's messages (one line per epoch, the model cut) on stderr
     main()

@@ -76,6 +76,10 @@ class DataError(PeftEquiError):
     """A data file that cannot be used: unreadable, empty, non-finite values, mismatched shapes."""
 
 
+class MissingDependencyError(PeftEquiError, ImportError):
+    """An optional package that a feature needs is not installed; the message names what to install."""
+
+
 class UntrustedPickleError(PeftEquiError):
     """A file that would execute code when loaded, read without ``trust_pickle`` (``--trust-pickle``)."""
 

@@ -2,7 +2,7 @@
 
 from pathlib import Path
 
-from peft_equi.training import FinetuneConfig
+from peft_equi_train import FinetuneConfig
 
 
 def finetune_config(files: Path, out: Path, **overrides) -> FinetuneConfig:

@@ -43,7 +43,7 @@ write byte-identical files. Langevin trajectories are chaotic: another CPU, BLAS
 may give a different (equally valid) trajectory after a few hundred steps.
 
 Run (about two minutes on one core), from the repository root, in the project's environment
-(``make`` installs tblite with the tested set; the MD and labelling code is ``peft_equi.xtb``)::
+(``make`` installs tblite with the tested set; the MD and labelling code is ``peft_equi_train.xtb``)::
 
     .venv/bin/python examples/data/make_xtb_dataset.py
 
@@ -68,9 +68,9 @@ from typing import TYPE_CHECKING  # noqa: E402
 
 import numpy as np  # noqa: E402
 
-from peft_equi.md import bond_graph  # noqa: E402
 from peft_equi.utils.files import sha256  # noqa: E402
-from peft_equi.xtb import check_round_trip, isolated_atoms, langevin_snapshots  # noqa: E402
+from peft_equi_train.md import bond_graph  # noqa: E402
+from peft_equi_train.xtb import check_round_trip, isolated_atoms, langevin_snapshots  # noqa: E402
 
 if TYPE_CHECKING:
     from ase import Atoms

@@ -13,15 +13,21 @@ from __future__ import annotations
 
 import fnmatch
 from pathlib import Path
+from types import ModuleType
 from typing import Any, Literal
 
-import yaml
 from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, field_validator, model_validator
 
 from peft_equi.core.adapter import AdapterConfig, validated_config
 from peft_equi.core.regex import compile_regex
 from peft_equi.core.registry import ADAPTERS
 from peft_equi.core.spec import LayerKind
+from peft_equi.utils.optional import require
+
+
+def _yaml() -> ModuleType:
+    """PyYAML, for the YAML forms of a config (the library's own dependencies do not include it)."""
+    return require("yaml", "YAML configs", "pyyaml")
 
 
 def pattern_matches(pattern: str, name: str) -> bool:
@@ -141,7 +147,7 @@ class PeftConfig(BaseModel):
 
     def to_yaml(self) -> str:
         """YAML text of the config."""
-        return yaml.safe_dump(self.model_dump(mode="json"), sort_keys=False)
+        return _yaml().safe_dump(self.model_dump(mode="json"), sort_keys=False)
 
     @classmethod
     def from_json(cls, text: str) -> PeftConfig:
@@ -151,7 +157,7 @@ class PeftConfig(BaseModel):
     @classmethod
     def from_yaml(cls, text: str) -> PeftConfig:
         """Parse and validate YAML text."""
-        return cls.model_validate(yaml.safe_load(text) or {})
+        return cls.model_validate(_yaml().safe_load(text) or {})
 
     @classmethod
     def from_file(cls, path: str | Path) -> PeftConfig:

@@ -35,7 +35,7 @@ def test_schedule_names_tell_overridden_schedules_apart():
 
 
 def test_organic_sample_spreads_over_the_split_and_keeps_the_labels(tmp_path):
-    from peft_equi.training.data import read_dataset
+    from peft_equi_train.data import read_dataset
 
     out = tmp_path / "retain.extxyz"
     sample_organic.main(["--split", "test", "--n", "15", "--out", str(out)])
@@ -70,7 +70,7 @@ def test_epochs_to_reach():
 
 @pytest.mark.skipif(not (SHARED / "3bpa").is_dir(), reason="needs ../shared/data/3bpa")
 def test_bpa3_hot_test_set_is_hotter_than_every_300k_configuration(tmp_path):
-    from peft_equi.training.data import read_dataset
+    from peft_equi_train.data import read_dataset
 
     path, rule = bpa3.hot_test_set(
         SHARED / "3bpa" / "train_300K.xyz", SHARED / "3bpa" / "train_mixedT.xyz", tmp_path / "t.xyz"
@@ -154,7 +154,7 @@ def test_an_interrupted_method_continues_from_its_checkpoint(tmp_path, monkeypat
     import csv
 
     from peft_equi.families.mace.architectures import build_mace
-    from peft_equi.training.loop import TrainingLoop
+    from peft_equi_train.loop import TrainingLoop
 
     torch.save(build_mace("small"), tmp_path / "small.model")
     out = tmp_path / "out"

@@ -16,12 +16,12 @@ from finetune_setup import finetune_config
 from peft_equi.errors import PeftEquiError
 from peft_equi.families import load_potential
 from peft_equi.families.base import Potential
-from peft_equi.training import Finetuner
-from peft_equi.training.data import read_dataset
-from peft_equi.training.engine import load_splits
-from peft_equi.training.evaluation import predict
-from peft_equi.training.loader import prepare
-from peft_equi.training.reference import energy_correction
+from peft_equi_train import Finetuner
+from peft_equi_train.data import read_dataset
+from peft_equi_train.engine import load_splits
+from peft_equi_train.evaluation import predict
+from peft_equi_train.loader import prepare
+from peft_equi_train.reference import energy_correction
 
 
 def mace_average_e0s(dataset, atomic_numbers) -> dict[int, float]:

@@ -22,17 +22,17 @@ from nequip_models import NEQUIP_OPTIONS, TYPES, small_nequip
 from paths import ROOT
 from typer.testing import CliRunner
 
-from peft_equi.cli import app
 from peft_equi.energy_correction import EnergyCorrection
 from peft_equi.errors import EnergyShiftError, PeftEquiError, UnknownElementError
 from peft_equi.families.base import load_potential
 from peft_equi.families.mace.architectures import HCO
 from peft_equi.families.mace.export import export_lammps, save_adapted_mace
 from peft_equi.families.mace.potential import MacePotential, mace_batch
-from peft_equi.training import FinetuneConfig, Finetuner
-from peft_equi.training.data import read_dataset
-from peft_equi.training.evaluation import predict
 from peft_equi.utils.dtype import torch_default_dtype
+from peft_equi_train import FinetuneConfig, Finetuner
+from peft_equi_train.cli import app
+from peft_equi_train.data import read_dataset
+from peft_equi_train.evaluation import predict
 
 ACETAMIDE = ROOT / "examples" / "data" / "acetamide_gfn2xtb_md.extxyz"
 CPU = torch.device("cpu")

@@ -17,10 +17,10 @@ from finetune_setup import finetune_config
 from paths import ROOT
 from typer.testing import CliRunner
 
-from peft_equi.cli import app
 from peft_equi.errors import DataError, PeftEquiError
-from peft_equi.training import Finetuner, TrainingDivergedError
-from peft_equi.training.checkpoint import load_checkpoint
+from peft_equi_train import Finetuner, TrainingDivergedError
+from peft_equi_train.checkpoint import load_checkpoint
+from peft_equi_train.cli import app
 
 runner = CliRunner()
 
@@ -151,7 +151,7 @@ DDP_SCRIPT = """
 import sys, torch
 from pathlib import Path
 sys.path.insert(0, {tests!r})
-from peft_equi.training import FinetuneConfig, Finetuner
+from peft_equi_train import FinetuneConfig, Finetuner
 config = FinetuneConfig.model_validate_json(Path({config!r}).read_text())
 finetuner = Finetuner(config)
 finetuner.run()
@@ -184,7 +184,7 @@ def test_held_out_rest_of_the_training_file(files, tmp_path):
     result = Finetuner(
         finetune_config(files, tmp_path / "rest", epochs=1, test=None, test_on_rest=True, n_train=12)
     ).run()
-    from peft_equi.training.data import read_dataset, select_and_split
+    from peft_equi_train.data import read_dataset, select_and_split
 
     _, _, rest = select_and_split(read_dataset(files / "data.xyz"), 12, 0.25, 0)
     assert len(rest) == 4

@@ -10,10 +10,10 @@ from finetune_setup import finetune_config
 
 from peft_equi.errors import ConfigError, DataError
 from peft_equi.families.base import load_potential
-from peft_equi.training import FinetuneConfig, Finetuner
-from peft_equi.training.data import read_dataset
-from peft_equi.training.evaluation import evaluate
-from peft_equi.training.foundation_data import pseudo_labelled, read_structures
+from peft_equi_train import FinetuneConfig, Finetuner
+from peft_equi_train.data import read_dataset
+from peft_equi_train.evaluation import evaluate
+from peft_equi_train.foundation_data import pseudo_labelled, read_structures
 
 
 @pytest.mark.slow

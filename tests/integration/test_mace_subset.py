@@ -16,15 +16,15 @@ from paths import FIXTURES
 from typer.testing import CliRunner
 
 import peft_equi
-from peft_equi.cli import app
 from peft_equi.errors import PeftEquiError, UnknownElementError
 from peft_equi.families.mace import subset_elements
 from peft_equi.families.mace.architectures import HCO, MACE_OFF23_ELEMENTS, build_mace
 from peft_equi.families.mace.export import save_adapted_mace
 from peft_equi.families.mace.potential import mace_batch
 from peft_equi.testing import randomize_adapters
-from peft_equi.training import FinetuneConfig, Finetuner
 from peft_equi.utils.dtype import torch_default_dtype
+from peft_equi_train import FinetuneConfig, Finetuner
+from peft_equi_train.cli import app
 
 HCNO = (1, 6, 7, 8)
 

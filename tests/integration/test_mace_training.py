@@ -13,8 +13,8 @@ from paths import SHARED_DATA
 import peft_equi
 from peft_equi.families.mace.architectures import HCO, build_mace
 from peft_equi.testing import equivariant_adapters
-from peft_equi.training.data import read_isolated_atom_energies, read_rmd17
 from peft_equi.utils.dtype import torch_default_dtype
+from peft_equi_train.data import read_isolated_atom_energies, read_rmd17
 
 DATA = SHARED_DATA
 ETHANOL = DATA / "rmd17" / "rmd17_ethanol_train_01.npz"

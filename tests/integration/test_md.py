@@ -1,4 +1,4 @@
-"""MD stability (peft_equi.md, ``peft-equi md``): sane models stay intact, broken ones are caught, drift is right."""
+"""MD stability (``peft_equi_train.md``, ``peft-equi md``): sane models stay intact, broken ones caught, drift right."""
 
 from __future__ import annotations
 
@@ -14,9 +14,9 @@ from paths import ROOT
 from typer.testing import CliRunner
 
 import peft_equi
-from peft_equi.cli import app
 from peft_equi.families.base import load_potential
-from peft_equi.md import PotentialCalculator, bond_graph, energy_drift, md_stability, write_reports
+from peft_equi_train.cli import app
+from peft_equi_train.md import PotentialCalculator, bond_graph, energy_drift, md_stability, write_reports
 
 MODEL = ROOT / "benchmarks" / "models" / "mace-small-no-aspirin.pt"
 runner = CliRunner()

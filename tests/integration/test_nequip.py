@@ -16,8 +16,8 @@ from paths import ROOT
 import peft_equi
 from peft_equi.families.nequip.potential import NequipPotential, preserved_global_state, set_nequip_global_state
 from peft_equi.testing import energy_forces_equivariance_error, equivariant_adapters, randomize_adapters
-from peft_equi.training import FinetuneConfig, Finetuner
-from peft_equi.training.data import read_dataset
+from peft_equi_train import FinetuneConfig, Finetuner
+from peft_equi_train.data import read_dataset
 
 ACETAMIDE = ROOT / "examples" / "data" / "acetamide_gfn2xtb_md.extxyz"
 CPU = torch.device("cpu")

@@ -26,12 +26,12 @@ from models import MixedNet, net_inputs
 from typer.testing import CliRunner
 
 import peft_equi
-from peft_equi.cli import app
 from peft_equi.errors import AdapterLoadError, BaseMismatchError, PeftEquiError, UntrustedPickleError
 from peft_equi.families.base import load_potential
 from peft_equi.testing import randomize_adapters
 from peft_equi.tuner.save_and_load import tensors_digest
 from peft_equi.utils.dtype import torch_default_dtype
+from peft_equi_train.cli import app
 
 runner = CliRunner()
 
@@ -210,7 +210,7 @@ def test_nequip_package_needs_trust(tmp_path):
 
 @pytest.mark.parametrize("writer", WRITERS)
 def test_crafted_engine_checkpoint_does_not_run(tmp_path, writer):
-    from peft_equi.training.checkpoint import load_checkpoint
+    from peft_equi_train.checkpoint import load_checkpoint
 
     marker, path = tmp_path / "marker", tmp_path / "checkpoint.pt"
     WRITERS[writer]({"epoch": 1, "adapter": {}, "x": RunsCode(marker)}, path)
@@ -243,7 +243,7 @@ def test_atomic_write_keeps_the_old_file_when_writing_fails(tmp_path):
 
 
 def test_truncated_engine_checkpoint_is_named(tmp_path):
-    from peft_equi.training.checkpoint import atomic_save, load_checkpoint
+    from peft_equi_train.checkpoint import atomic_save, load_checkpoint
 
     path = atomic_save({"epoch": 1, "adapter": {"w": torch.ones(100)}}, tmp_path / "checkpoint.pt")
     assert load_checkpoint(path)["epoch"] == 1
@@ -266,7 +266,7 @@ def test_crafted_adapter_payload_does_not_run(tmp_path):
 
 def test_crafted_data_file_does_not_run(tmp_path):
     """rMD17 .npz files are read with numpy's allow_pickle=False: an object array is refused."""
-    from peft_equi.training.data import read_rmd17
+    from peft_equi_train.data import read_rmd17
 
     marker, path = tmp_path / "marker", tmp_path / "evil.npz"
     objects = np.empty(1, dtype=object)

@@ -37,13 +37,13 @@ from models import MixedNet
 from typer.testing import CliRunner
 
 import peft_equi
-from peft_equi.cli import app
 from peft_equi.errors import AdapterLoadError, BaseMismatchError, ConfigError, DataError, PeftEquiError
 from peft_equi.testing import randomize_adapters
-from peft_equi.training import Finetuner
-from peft_equi.training.loop import TrainingDivergedError
-from peft_equi.training.run_directory import RunDirectory
 from peft_equi.tuner.save_and_load import config_digest, tensors_digest
+from peft_equi_train import Finetuner
+from peft_equi_train.cli import app
+from peft_equi_train.loop import TrainingDivergedError
+from peft_equi_train.run_directory import RunDirectory
 
 runner = CliRunner()
 MISSING_MODEL = "no-such-model.model"  # loading it would fail: errors below come before the model
@@ -92,7 +92,7 @@ def _fail_training(monkeypatch):
     def fit(*args, **kwargs):
         raise _Killed
 
-    monkeypatch.setattr("peft_equi.training.loop.TrainingLoop.fit", fit)
+    monkeypatch.setattr("peft_equi_train.loop.TrainingLoop.fit", fit)
 
 
 def _fail_writing(monkeypatch, name: str):
@@ -342,7 +342,7 @@ def test_adapter_tensors_must_be_finite_float32_or_float64(tmp_path, case):
 def test_resume_cannot_report_an_earlier_epoch(files, finished, tmp_path):
     """--resume --epochs 2 --keep last on an epoch-4 checkpoint would report 'kept: epoch 2' with epoch 4's weights:
     refused before anything else is done."""
-    from peft_equi.training.checkpoint import atomic_save, load_checkpoint
+    from peft_equi_train.checkpoint import atomic_save, load_checkpoint
 
     run = _copy_run(finished, tmp_path)
     atomic_save(load_checkpoint(run / "checkpoint.pt") | {"epoch": 4}, run / "checkpoint.pt")
@@ -376,7 +376,7 @@ DATA_CASES = {
 
 @pytest.mark.parametrize("case", list(DATA_CASES))
 def test_bad_data_values_are_one_line_data_errors(tmp_path, case):
-    from peft_equi.training.data import read_dataset
+    from peft_equi_train.data import read_dataset
 
     kind, change, message = DATA_CASES[case]
     if kind == "xyz":

@@ -14,10 +14,10 @@ from ase.io import read, write
 from finetune_setup import finetune_config
 from typer.testing import CliRunner
 
-from peft_equi.cli import app
 from peft_equi.errors import ConfigError, DataError, PeftEquiError, UnknownElementError, UntrustedPickleError
-from peft_equi.training import FinetuneConfig, Finetuner
-from peft_equi.training.checkpoint import load_checkpoint
+from peft_equi_train import FinetuneConfig, Finetuner
+from peft_equi_train.checkpoint import load_checkpoint
+from peft_equi_train.cli import app
 
 runner = CliRunner()
 MISSING_MODEL = "no-such-model.model"  # loading it would fail: errors below come before the model
@@ -107,7 +107,7 @@ def test_bad_rmd17_files_are_named(files, tmp_path):
 
 def test_data_errors_are_data_errors(tmp_path):
     """Item 5: missing keys, non-numeric values and bad indices are DataErrors (one line naming the file)."""
-    from peft_equi.training.data import read_dataset, read_isolated_atom_energies, read_rmd17
+    from peft_equi_train.data import read_dataset, read_isolated_atom_energies, read_rmd17
 
     n, atoms = 4, 2
     coords = np.zeros((n, atoms, 3))

@@ -11,10 +11,10 @@ from paths import ROOT
 from typer.testing import CliRunner
 
 import peft_equi
-from peft_equi.cli import app
 from peft_equi.families.base import load_potential
 from peft_equi.testing import energy_forces_equivariance_error, equivariant_adapters, randomize_adapters
-from peft_equi.training.data import read_dataset
+from peft_equi_train.cli import app
+from peft_equi_train.data import read_dataset
 
 ACETAMIDE = ROOT / "examples" / "data" / "acetamide_gfn2xtb_md.extxyz"
 RMD17_ETHANOL = ROOT.parent / "shared" / "data" / "rmd17" / "rmd17_ethanol_train_01.npz"

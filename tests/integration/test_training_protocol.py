@@ -8,10 +8,10 @@ import pytest
 import torch
 from finetune_setup import finetune_config
 
-from peft_equi.training import FinetuneConfig, Finetuner, evaluate
-from peft_equi.training.checkpoint import load_checkpoint
-from peft_equi.training.engine import load_splits
-from peft_equi.training.metrics import weighted_loss
+from peft_equi_train import FinetuneConfig, Finetuner, evaluate
+from peft_equi_train.checkpoint import load_checkpoint
+from peft_equi_train.engine import load_splits
+from peft_equi_train.metrics import weighted_loss
 
 
 def test_total_energy_loss_is_n_squared_stronger_than_per_atom():
@@ -139,7 +139,7 @@ def test_process_shares_make_up_the_single_process_batches():
     from torch.utils.data import DataLoader
 
     from peft_equi.errors import PeftEquiError
-    from peft_equi.training.loader import ShuffledShares
+    from peft_equi_train.loader import ShuffledShares
 
     n, batch, seed = 23, 4, 5
     one = [b.tolist() for b in DataLoader(range(n), batch_size=batch, sampler=ShuffledShares(n, batch, seed))]

@@ -3,8 +3,9 @@
 Every module's imports are read from its source (``ast``): top-level, function-level and
 ``TYPE_CHECKING`` imports alike, plus modules named by string to ``importlib.import_module``
 and to a registry's ``builtins``.  A unit is a subpackage or top-level module of peft_equi
-(``peft_equi.core``, ``peft_equi.errors``, ...); each sits on one layer of :data:`LAYERS`, and
-may import units of its own layer or below, as long as the units form no cycle.
+(``peft_equi.core``, ``peft_equi.errors``, ...), or the whole application ``peft_equi_train``;
+each sits on one layer of :data:`LAYERS`, and may import units of its own layer or below, as
+long as the units form no cycle.  The library never imports the application.
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ import pytest
 from paths import ROOT
 
 PACKAGE = ROOT / "peft_equi"
+APPLICATION = ROOT / "peft_equi_train"
 
 #: The layers, bottom up; ``"peft_equi"`` is the package's own ``__init__`` (its public names).
 LAYERS: list[tuple[str, ...]] = [
@@ -29,10 +31,10 @@ LAYERS: list[tuple[str, ...]] = [
     ("energy_correction", "families"),
     ("inspection", "testing", "lammps"),
     ("peft_equi",),
-    ("training", "cli", "md", "xtb"),
+    ("peft_equi_train",),  # the application (engine, command line, MD check, xTB labels): the train extra
 ]
 LEVEL = {unit: level for level, units in enumerate(LAYERS) for unit in units}
-MODULE_NAME = re.compile(r"peft_equi(\.\w+)*")
+MODULE_NAME = re.compile(r"peft_equi(_train)?(\.\w+)*")
 
 
 def module_name(path: Path) -> str:
@@ -42,6 +44,8 @@ def module_name(path: Path) -> str:
 
 def unit_of(module: str) -> str:
     parts = module.split(".")
+    if parts[0] == "peft_equi_train":
+        return "peft_equi_train"
     return parts[1] if len(parts) > 1 else "peft_equi"
 
 
@@ -81,7 +85,7 @@ def imports_of(path: Path) -> list[tuple[str, int]]:
             found += [(f"{target}.{a.name}", node.lineno) for a in node.names if _is_module(f"{target}.{a.name}")]
         elif isinstance(node, ast.Call):
             found += [(name, node.lineno) for name in _named_by_string(node)]
-    return [(name, line) for name, line in found if name == "peft_equi" or name.startswith("peft_equi.")]
+    return [(name, line) for name, line in found if MODULE_NAME.fullmatch(name)]
 
 
 def _is_module(name: str) -> bool:
@@ -90,7 +94,7 @@ def _is_module(name: str) -> bool:
 
 
 def sources() -> list[Path]:
-    return sorted(PACKAGE.rglob("*.py"))
+    return sorted([*PACKAGE.rglob("*.py"), *APPLICATION.rglob("*.py")])
 
 
 def unit_edges() -> dict[tuple[str, str], list[str]]:

@@ -27,7 +27,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from peft_equi.md import langevin
+from peft_equi_train.md import langevin
 
 if TYPE_CHECKING:
     from ase import Atoms

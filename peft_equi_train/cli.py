@@ -1,6 +1,6 @@
 """The ``peft-equi`` command line: ``finetune``, ``evaluate``, ``merge``, ``md``, ``inspect``, ``adapters``.
 
-``finetune`` takes every option of :class:`~peft_equi.training.config.FinetuneConfig` as a
+``finetune`` takes every option of :class:`~peft_equi_train.config.FinetuneConfig` as a
 flag (``--n-train 50``) and/or from ``--config run.yaml``; flags win.  Invalid values are
 reported by validation, one line per problem, without a traceback.
 """
@@ -22,7 +22,7 @@ import yaml
 from pydantic import ValidationError
 
 from peft_equi.errors import PeftEquiError, first_line, one_line
-from peft_equi.training.config import FinetuneConfig
+from peft_equi_train.config import FinetuneConfig
 
 app = typer.Typer(help="Parameter-efficient fine-tuning of equivariant interatomic potentials.", add_completion=False)
 
@@ -107,8 +107,8 @@ def _finetune(config: Optional[Path] = None, **flags: Any) -> None:  # noqa: UP0
         run_config = FinetuneConfig.from_file(config, **given) if config else FinetuneConfig.checked(given)
     except (FileNotFoundError, ValueError) as exc:  # ConfigError is a ValueError
         raise _fail(str(exc)) from None
-    from peft_equi.training.engine import Finetuner
-    from peft_equi.training.outputs import format_results
+    from peft_equi_train.engine import Finetuner
+    from peft_equi_train.outputs import format_results
 
     try:
         result = Finetuner(run_config).run()
@@ -213,8 +213,8 @@ def _adapted(model: str, run: Path, trust_pickle: bool, allow_base_mismatch: boo
     import peft_equi
     from peft_equi.energy_correction import EnergyCorrection
     from peft_equi.families.base import load_potential
-    from peft_equi.training.run_directory import finished_run
     from peft_equi.tuner.save_and_load import read_adapter
+    from peft_equi_train.run_directory import finished_run
 
     record = finished_run(run)
     correction = EnergyCorrection(tuple(record["atomic_numbers"]), tuple(record["delta_eV"]))
@@ -258,8 +258,8 @@ def evaluate(
 ) -> None:
     """Energy and force errors of a model (with a fine-tuned adapter from --run) on a data file."""
     from peft_equi.families.base import load_potential
-    from peft_equi.training.data import read_dataset
-    from peft_equi.training.evaluation import evaluate as errors_of
+    from peft_equi_train.data import read_dataset
+    from peft_equi_train.evaluation import evaluate as errors_of
 
     try:
         if batch_size < 1:
@@ -327,7 +327,7 @@ def md(
 ) -> None:
     """MD stability: Langevin NVT then NVE with the model (and, with --run, the fine-tuned model); before/after."""
     from peft_equi.families.base import load_potential
-    from peft_equi.md import format_reports, write_reports
+    from peft_equi_train.md import format_reports, write_reports
 
     nve = steps if nve_steps is None else nve_steps
     try:
@@ -358,8 +358,8 @@ def md(
 
 
 def _md_reports(models: dict[str, tuple], atoms, device: str, settings: dict[str, Any]) -> dict[str, Any]:
-    """:func:`~peft_equi.md.md_stability` of each ``name: (potential, module, shift)``."""
-    from peft_equi.md import PotentialCalculator, md_stability
+    """:func:`~peft_equi_train.md.md_stability` of each ``name: (potential, module, shift)``."""
+    from peft_equi_train.md import PotentialCalculator, md_stability
 
     reports = {}
     for name, (pot, module, shift) in models.items():
@@ -384,10 +384,5 @@ def _read_structure(path: Path):
     return atoms
 
 
-def main() -> None:
-    """Console entry point."""
+if __name__ == "__main__":  # python -m peft_equi_train.cli (torchrun); the console script is peft_equi_train.launch
     app()
-
-
-if __name__ == "__main__":
-    sys.exit(main())

@@ -51,7 +51,7 @@ RESUMABLE_CHANGES = frozenset(
     }
 )
 
-#: The ``e0s`` options that are not a file (:mod:`~peft_equi.training.reference`).
+#: The ``e0s`` options that are not a file (:mod:`~peft_equi_train.reference`).
 E0S_MODES = ("fit", "average", "none")
 
 

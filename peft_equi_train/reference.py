@@ -22,9 +22,9 @@ import numpy as np
 from torch import nn
 
 from peft_equi.families.base import Potential
-from peft_equi.training.data import Dataset, fit_reference_energies, read_isolated_atom_energies
-from peft_equi.training.evaluation import predict
-from peft_equi.training.loader import Collate, prepare
+from peft_equi_train.data import Dataset, fit_reference_energies, read_isolated_atom_energies
+from peft_equi_train.evaluation import predict
+from peft_equi_train.loader import Collate, prepare
 
 
 def energy_correction(

@@ -8,7 +8,7 @@ mace also keeps an ``AveragedModel`` that it never evaluates or saves; we do not
 
 Data parallelism: :func:`make_fabric` gives a single-device Fabric, or, under ``torchrun``
 (Fabric detects its environment), a DDP Fabric over all its processes.  Every process takes
-an equal share of each batch (:class:`~peft_equi.training.loader.ShuffledShares`), scales its
+an equal share of each batch (:class:`~peft_equi_train.loader.ShuffledShares`), scales its
 share's loss so that the shares add up to the whole batch's loss, and DDP averages the
 gradients: ``torchrun --nproc_per_node 2`` follows the same trajectory as one process.
 Floating-point precision is the engine's own (``dtype``): Fabric runs with its no-op
@@ -32,13 +32,13 @@ from torch import nn
 
 from peft_equi.errors import PeftEquiError, first_line
 from peft_equi.families.base import Potential
-from peft_equi.training.checkpoint import atomic_save, checkpoint_state
-from peft_equi.training.config import FinetuneConfig
-from peft_equi.training.evaluation import batch_loss, evaluate, validate
-from peft_equi.training.loader import Collate, GraphDataset, train_loader
-from peft_equi.training.logs import MetricsLog
-from peft_equi.training.metrics import SUMMARY_KEYS, ErrorMetrics
 from peft_equi.tuner.state_dict import set_peft_model_state_dict
+from peft_equi_train.checkpoint import atomic_save, checkpoint_state
+from peft_equi_train.config import FinetuneConfig
+from peft_equi_train.evaluation import batch_loss, evaluate, validate
+from peft_equi_train.loader import Collate, GraphDataset, train_loader
+from peft_equi_train.logs import MetricsLog
+from peft_equi_train.metrics import SUMMARY_KEYS, ErrorMetrics
 
 log = logging.getLogger(__name__)
 
@@ -178,7 +178,7 @@ class TrainingLoop:
     ) -> int:
         """Train from ``state.epoch`` to ``epochs``; load the kept weights into ``state.model``; the kept epoch.
 
-        The ``retain`` splits (:mod:`~peft_equi.training.foundation_data`) are evaluated every
+        The ``retain`` splits (:mod:`~peft_equi_train.foundation_data`) are evaluated every
         ``retain_every`` epochs and at the last, with the validation weights; other epochs
         record NaN in their columns.  ``replay`` structures join every training step
         (``replay_batch_size`` of them, drawn in a seeded order per epoch: resumable).

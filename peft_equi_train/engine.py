@@ -2,14 +2,14 @@
 
 One :class:`Finetuner` run: load and split the data, check the output directory (and the
 checkpoint when resuming), load the model and cut it to the data's elements, correct the
-per-element reference energies (:mod:`~peft_equi.training.reference`; foundation models were
+per-element reference energies (:mod:`~peft_equi_train.reference`; foundation models were
 trained on another level of theory), evaluate the base model
-(:mod:`~peft_equi.training.evaluation`), attach adapters, train
-(:mod:`~peft_equi.training.loop`, on Lightning Fabric: one process, or DDP under
+(:mod:`~peft_equi_train.evaluation`), attach adapters, train
+(:mod:`~peft_equi_train.loop`, on Lightning Fabric: one process, or DDP under
 ``torchrun``), keep the best-validation (EMA) weights or the last, evaluate again, and write
 the adapter (peft format), the merged model when mergeable, logs and plots
-(:mod:`~peft_equi.training.outputs`).  Batches come from a torch ``DataLoader``
-(:mod:`~peft_equi.training.loader`).  Messages go to the ``peft_equi`` loggers (the first
+(:mod:`~peft_equi_train.outputs`).  Batches come from a torch ``DataLoader``
+(:mod:`~peft_equi_train.loader`).  Messages go to the ``peft_equi`` loggers (the first
 process only); the CLI shows them.
 """
 
@@ -27,20 +27,20 @@ import peft_equi
 from peft_equi.core.presets import resolve_config
 from peft_equi.errors import DataError, PeftEquiError, element_names
 from peft_equi.families.base import Potential, load_potential
-from peft_equi.training.checkpoint import check_elements, check_resumable, input_digests, load_checkpoint, run_state
-from peft_equi.training.config import E0S_MODES, FinetuneConfig
-from peft_equi.training.data import Dataset, read_dataset, read_isolated_atom_energies
-from peft_equi.training.data import select_and_split as split_data
-from peft_equi.training.evaluation import evaluate
-from peft_equi.training.foundation_data import PREFIX as RETAIN_PREFIX
-from peft_equi.training.foundation_data import check_files, foundation_elements, replay_set, retain_sets
-from peft_equi.training.loader import Collate, GraphDataset, prepare
-from peft_equi.training.loop import TrainingDivergedError, TrainingLoop, make_fabric, new_state
-from peft_equi.training.metrics import ErrorMetrics
-from peft_equi.training.outputs import RUN_FILES, format_results, write_outputs
-from peft_equi.training.reference import energy_correction
-from peft_equi.training.run_directory import RunDirectory
 from peft_equi.tuner.state_dict import set_peft_model_state_dict
+from peft_equi_train.checkpoint import check_elements, check_resumable, input_digests, load_checkpoint, run_state
+from peft_equi_train.config import E0S_MODES, FinetuneConfig
+from peft_equi_train.data import Dataset, read_dataset, read_isolated_atom_energies
+from peft_equi_train.data import select_and_split as split_data
+from peft_equi_train.evaluation import evaluate
+from peft_equi_train.foundation_data import PREFIX as RETAIN_PREFIX
+from peft_equi_train.foundation_data import check_files, foundation_elements, replay_set, retain_sets
+from peft_equi_train.loader import Collate, GraphDataset, prepare
+from peft_equi_train.loop import TrainingDivergedError, TrainingLoop, make_fabric, new_state
+from peft_equi_train.metrics import ErrorMetrics
+from peft_equi_train.outputs import RUN_FILES, format_results, write_outputs
+from peft_equi_train.reference import energy_correction
+from peft_equi_train.run_directory import RunDirectory
 
 __all__ = ["RUN_FILES", "Finetuner", "TrainingDivergedError", "format_results", "load_splits"]
 
@@ -81,7 +81,7 @@ class Finetuner:
     """Runs :class:`FinetuneConfig`; ``potential`` may be given to skip loading by name.
 
     After :meth:`run`, :attr:`model` is the trained PeftModel and :attr:`energy_shift` the energy
-    correction; :attr:`loop` is the :class:`~peft_equi.training.loop.TrainingLoop`.
+    correction; :attr:`loop` is the :class:`~peft_equi_train.loop.TrainingLoop`.
     """
 
     def __init__(self, config: FinetuneConfig, potential: Potential | None = None) -> None:
@@ -136,7 +136,7 @@ class Finetuner:
         """Fine-tune; returns the before/after errors (and writes everything under ``output``).
 
         The output directory is locked for the run; with ``overwrite`` the new run replaces the
-        previous one only once all its outputs are written (:mod:`~peft_equi.training.run_directory`).
+        previous one only once all its outputs are written (:mod:`~peft_equi_train.run_directory`).
         """
         try:
             return self._run()

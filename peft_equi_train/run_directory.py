@@ -20,7 +20,7 @@ write nothing):
   in ``.<name>.previous``.  A failed run's sibling is removed (:meth:`RunDirectory.close`);
   one left by a killed process is removed by the next ``overwrite``.
 
-A run writes ``results.json`` last (:func:`~peft_equi.training.outputs.write_outputs`):
+A run writes ``results.json`` last (:func:`~peft_equi_train.outputs.write_outputs`):
 :func:`finished_run` refuses a directory without it.
 """
 
@@ -37,7 +37,7 @@ from pathlib import Path
 from typing import Any
 
 from peft_equi.errors import PeftEquiError, one_line
-from peft_equi.training.outputs import RUN_FILES
+from peft_equi_train.outputs import RUN_FILES
 
 log = logging.getLogger(__name__)
 

@@ -1,6 +1,6 @@
 """Batches for the engine: prepared structures in a torch ``DataLoader``.
 
-A :class:`GraphDataset` set holds a :class:`~peft_equi.training.data.Dataset` with the model
+A :class:`GraphDataset` set holds a :class:`~peft_equi_train.data.Dataset` with the model
 inputs (neighbour lists, computed once) and each structure's energy correction.  Evaluation
 reads it in order (:func:`eval_loader`); training (:func:`train_loader`) draws a new order
 every epoch with :class:`ShuffledShares`, which has the semantics of torch's
@@ -22,7 +22,7 @@ from torch.utils.data import DataLoader, Sampler
 
 from peft_equi.errors import PeftEquiError
 from peft_equi.families.base import Potential
-from peft_equi.training.data import Dataset, composition_matrix
+from peft_equi_train.data import Dataset, composition_matrix
 
 
 @dataclass

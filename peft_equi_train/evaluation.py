@@ -9,9 +9,9 @@ import torch
 from torch import nn
 
 from peft_equi.families.base import Potential
-from peft_equi.training.data import Dataset
-from peft_equi.training.loader import Batch, Collate, GraphDataset, eval_loader, prepare
-from peft_equi.training.metrics import ErrorMetrics, weighted_loss
+from peft_equi_train.data import Dataset
+from peft_equi_train.loader import Batch, Collate, GraphDataset, eval_loader, prepare
+from peft_equi_train.metrics import ErrorMetrics, weighted_loss
 
 
 def _collate(potential: Potential, model: nn.Module) -> Collate:
@@ -68,7 +68,7 @@ def batch_loss(
     training: bool,
     totals: tuple[int, int] | torch.Tensor | None = None,
 ) -> torch.Tensor:
-    """The weighted energy-forces loss of ``model`` on ``batch`` (:func:`~peft_equi.training.metrics.weighted_loss`)."""
+    """The weighted energy-forces loss of ``model`` on ``batch`` (:func:`~peft_equi_train.metrics.weighted_loss`)."""
     energy, forces = potential.energy_forces(model, batch.inputs, training=training)
     return weighted_loss(
         energy + batch.shift, forces, batch.energy, batch.forces, batch.n_atoms, *weights, totals, energy_loss

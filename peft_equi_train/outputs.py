@@ -1,6 +1,6 @@
 """What a run writes into its output directory, each file atomically (results.json last), and its summary table.
 
-The directory itself (lock, checks, overwrite) is :mod:`~peft_equi.training.run_directory`'s.
+The directory itself (lock, checks, overwrite) is :mod:`~peft_equi_train.run_directory`'s.
 """
 
 from __future__ import annotations
@@ -17,8 +17,8 @@ from torch import nn
 from peft_equi.energy_correction import EnergyCorrection
 from peft_equi.errors import EnergyShiftError, NotMergeableError
 from peft_equi.families.base import Potential
-from peft_equi.training.logs import MetricsLog, plot_force_parity, plot_learning_curves
 from peft_equi.utils.files import atomic_write
+from peft_equi_train.logs import MetricsLog, plot_force_parity, plot_learning_curves
 
 log = logging.getLogger(__name__)
 

@@ -1,6 +1,6 @@
 """Structures labelled for the foundation: retain sets measure forgetting, replay sets prevent it.
 
-**Retain** (``retain`` files of a :class:`~peft_equi.training.config.FinetuneConfig`):
+**Retain** (``retain`` files of a :class:`~peft_equi_train.config.FinetuneConfig`):
 structures the foundation model handled before fine-tuning (held-out pretraining structures,
 other molecules, ...).  The engine evaluates the model on each before fine-tuning, every
 ``retain_every`` epochs (with the validation weights: EMA-averaged when EMA is on) and after,
@@ -34,10 +34,10 @@ from torch import nn
 
 from peft_equi.errors import DataError, one_line
 from peft_equi.families.base import Potential
-from peft_equi.training.config import FinetuneConfig
-from peft_equi.training.data import Dataset, read_dataset
-from peft_equi.training.evaluation import predict
-from peft_equi.training.loader import Collate, GraphDataset, prepare
+from peft_equi_train.config import FinetuneConfig
+from peft_equi_train.data import Dataset, read_dataset
+from peft_equi_train.evaluation import predict
+from peft_equi_train.loader import Collate, GraphDataset, prepare
 
 PREFIX = "retain_"
 

@@ -1,0 +1,5 @@
+"""``python -m peft_equi_train``: the ``peft-equi`` command."""
+
+from peft_equi_train.launch import main
+
+main()
