@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import functools
 from collections.abc import Callable, Sequence
-from typing import Any
+from typing import Any, NamedTuple
 
 import torch
 from torch import nn
@@ -216,7 +216,14 @@ def _adapted_layer(fn: Any) -> Any:
     return fn if isinstance(fn, AdaptedLayer) else None
 
 
-def _equivariance_error(
+class EquivarianceCheck(NamedTuple):
+    """What :func:`equivariance_check` measured."""
+
+    error: float  #: the largest ``|f(D x) - D f(x)|``
+    dtype: torch.dtype  #: the least precise dtype among the checked outputs
+
+
+def equivariance_check(
     fn: Callable[..., Any],
     irreps_in: Sequence[Irreps | str | None] | None,
     irreps_out: Sequence[Irreps | str] | Irreps | str | None,
@@ -230,8 +237,30 @@ def _equivariance_error(
     rep: Rep = e3nn_rep,
     generator: torch.Generator | None = None,
     dtype: torch.dtype = torch.float64,
-) -> tuple[float, torch.dtype]:
-    """:func:`equivariance_error` and the least precise dtype among the checked outputs."""
+) -> EquivarianceCheck:
+    """Largest ``|f(D x) - D f(x)|`` over ``trials`` rotations and ``trials`` improper rotations, and the
+    least precise dtype among the checked outputs (what :func:`assert_equivariant`'s tolerance follows).
+
+    ``irreps_in`` has one entry per positional argument; ``None`` marks an argument passed
+    unchanged (it must be invariant), which then has to be given in ``args``.  Random
+    inputs of ``dtype`` (float64) are drawn for the others unless ``args`` provides them.
+
+    ``irreps_in``, ``irreps_out`` and ``layout`` default to those of ``spec``; when irreps
+    are missing and no ``spec`` is given, to those of ``fn`` itself if it is an adapted
+    layer, a :class:`~peft_equi.PeftModel` of one adapted layer or a module a backend
+    describes (``equivariance_error(layer)``).  Explicit values win.
+
+    Read from a layer, the spec is not trusted alone: the layer is called as it is.  A layer
+    whose features its module does not state (a dense layer, ``spec.irreps_known`` false) is
+    fed ``(batch, 2l+1, channels)`` features of ``0e``, ``0o``, ``1o``, ``1e`` and ``2e`` and
+    must commute with the Wigner matrices on the component axis (a ``ValueError`` says so when
+    it does not take such features); an adapted dense layer whose adapter needs invariant
+    input must refuse ``(batch, 3, channels)`` vectors (``AssertionError`` otherwise); a layer
+    that does not take flat features of its spec's irreps raises ``ValueError`` (give
+    ``irreps_in``, ``irreps_out`` and ``args``).  ``layout`` (default
+    ``mul_ir`` without a spec) is the layout of the outputs and of every input;
+    ``layout_in`` gives one layout per argument where the inputs differ (``None``: ``layout``).
+    """
     from_layer = irreps_in is None and irreps_out is None
     irreps_in, irreps_out, layout = _resolve(fn, irreps_in, irreps_out, spec, layout)
     layer_spec_ = spec if spec is not None else (layer_spec(fn) if from_layer else None)
@@ -275,60 +304,17 @@ def _equivariance_error(
                 worst = max(worst, (out_rot - expected).abs().max().item())
                 if out_dtype is None or torch.finfo(out.dtype).eps > torch.finfo(out_dtype).eps:
                     out_dtype = out.dtype
-    return worst, out_dtype or dtype
+    return EquivarianceCheck(worst, out_dtype or dtype)
 
 
 def equivariance_error(
     fn: Callable[..., Any],
     irreps_in: Sequence[Irreps | str | None] | None = None,
     irreps_out: Sequence[Irreps | str] | Irreps | str | None = None,
-    *,
-    spec: LayerSpec | None = None,
-    args: Sequence[torch.Tensor] | None = None,
-    layout: Layout | str | None = None,
-    layout_in: Sequence[Layout | str | None] | None = None,
-    batch: int = 7,
-    trials: int = 2,
-    rep: Rep = e3nn_rep,
-    generator: torch.Generator | None = None,
-    dtype: torch.dtype = torch.float64,
+    **kwargs: Any,
 ) -> float:
-    """Largest ``|f(D x) - D f(x)|`` over ``trials`` rotations and ``trials`` improper rotations.
-
-    ``irreps_in`` has one entry per positional argument; ``None`` marks an argument passed
-    unchanged (it must be invariant), which then has to be given in ``args``.  Random
-    inputs of ``dtype`` (float64) are drawn for the others unless ``args`` provides them.
-
-    ``irreps_in``, ``irreps_out`` and ``layout`` default to those of ``spec``; when irreps
-    are missing and no ``spec`` is given, to those of ``fn`` itself if it is an adapted
-    layer, a :class:`~peft_equi.PeftModel` of one adapted layer or a module a backend
-    describes (``equivariance_error(layer)``).  Explicit values win.
-
-    Read from a layer, the spec is not trusted alone: the layer is called as it is.  A layer
-    whose features its module does not state (a dense layer, ``spec.irreps_known`` false) is
-    fed ``(batch, 2l+1, channels)`` features of ``0e``, ``0o``, ``1o``, ``1e`` and ``2e`` and
-    must commute with the Wigner matrices on the component axis (a ``ValueError`` says so when
-    it does not take such features); an adapted dense layer whose adapter needs invariant
-    input must refuse ``(batch, 3, channels)`` vectors (``AssertionError`` otherwise); a layer
-    that does not take flat features of its spec's irreps raises ``ValueError`` (give
-    ``irreps_in``, ``irreps_out`` and ``args``).  ``layout`` (default
-    ``mul_ir`` without a spec) is the layout of the outputs and of every input;
-    ``layout_in`` gives one layout per argument where the inputs differ (``None``: ``layout``).
-    """
-    return _equivariance_error(
-        fn,
-        irreps_in,
-        irreps_out,
-        spec=spec,
-        args=args,
-        layout=layout,
-        layout_in=layout_in,
-        batch=batch,
-        trials=trials,
-        rep=rep,
-        generator=generator,
-        dtype=dtype,
-    )[0]
+    """The error of :func:`equivariance_check` (same arguments): ``max |f(D x) - D f(x)|``."""
+    return equivariance_check(fn, irreps_in, irreps_out, **kwargs).error
 
 
 def assert_equivariant(
@@ -339,15 +325,15 @@ def assert_equivariant(
     atol: float | None = None,
     **kwargs: Any,
 ) -> float:
-    """Raise ``AssertionError`` when :func:`equivariance_error` exceeds ``atol``; return the error.
+    """Raise ``AssertionError`` when the error of :func:`equivariance_check` exceeds ``atol``; return the error.
 
-    Takes the arguments of :func:`equivariance_error`: ``assert_equivariant(adapted_layer)``
+    Takes the arguments of :func:`equivariance_check`: ``assert_equivariant(adapted_layer)``
     reads the irreps and layout from the layer's spec, ``assert_equivariant(fn, spec=spec)``
     from a :class:`LayerSpec`.  ``atol`` defaults by the dtype of the outputs
     (:data:`DEFAULT_ATOL`: 1e-10 in float64, 1e-4 in float32).  Pytest reports the caller's line.
     """
     __tracebackhide__ = True
-    error, dtype = _equivariance_error(fn, irreps_in, irreps_out, **kwargs)
+    error, dtype = equivariance_check(fn, irreps_in, irreps_out, **kwargs)
     if atol is None:
         if dtype not in DEFAULT_ATOL:
             raise ValueError(f"no default tolerance for {dtype}: pass atol")

@@ -55,13 +55,15 @@ class _StderrHandler(logging.StreamHandler):
 
 
 def configure_logging(level: int = logging.INFO) -> None:
-    """Show the library's messages (``peft_equi`` loggers) on stderr, one line each, at ``level`` and above."""
-    logger = logging.getLogger("peft_equi")
-    if not any(isinstance(h, _StderrHandler) for h in logger.handlers):
-        handler = _StderrHandler()
-        handler.setFormatter(logging.Formatter("%(message)s"))
-        logger.addHandler(handler)
-    logger.setLevel(level)
+    """Show the messages of the library and the application (``peft_equi``, ``peft_equi_train`` loggers) on
+    stderr, one line each, at ``level`` and above."""
+    for name in ("peft_equi", "peft_equi_train"):
+        logger = logging.getLogger(name)
+        if not any(isinstance(h, _StderrHandler) for h in logger.handlers):
+            handler = _StderrHandler()
+            handler.setFormatter(logging.Formatter("%(message)s"))
+            logger.addHandler(handler)
+        logger.setLevel(level)
 
 
 @app.callback()

@@ -9,7 +9,7 @@ trained on another level of theory), evaluate the base model
 ``torchrun``), keep the best-validation (EMA) weights or the last, evaluate again, and write
 the adapter (peft format), the merged model when mergeable, logs and plots
 (:mod:`~peft_equi_train.outputs`).  Batches come from a torch ``DataLoader``
-(:mod:`~peft_equi_train.loader`).  Messages go to the ``peft_equi`` loggers (the first
+(:mod:`~peft_equi_train.loader`).  Messages go to the ``peft_equi_train`` loggers (the first
 process only); the CLI shows them.
 """
 

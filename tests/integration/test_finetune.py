@@ -195,7 +195,7 @@ def test_held_out_rest_of_the_training_file(files, tmp_path):
 
 def test_cueq_backend_option(files, tmp_path, caplog):
     options = dict(epochs=1, backend="cueq", adapter="mmea-paper", adapter_options={"rank": 4})
-    with caplog.at_level(logging.INFO, logger="peft_equi"):
+    with caplog.at_level(logging.INFO):
         result = Finetuner(finetune_config(files, tmp_path / "cueq", **options)).run()
     assert "naive" in caplog.text  # no GPU kernels here, and the run says so
     assert np.isfinite(result["after"]["test"].forces_mae)

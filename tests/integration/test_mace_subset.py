@@ -164,11 +164,11 @@ def _run(files, out, **overrides) -> dict:
 
 
 def test_engine_cuts_to_the_data_elements_and_cli_rebuilds_the_cut(hcno_files, tmp_path, caplog):
-    with caplog.at_level(logging.INFO, logger="peft_equi"):
+    with caplog.at_level(logging.INFO):
         cut = _run(hcno_files, tmp_path / "cut")
     assert "model cut from 4 to the data's elements (H, C, O)" in caplog.text
     caplog.clear()
-    with caplog.at_level(logging.INFO, logger="peft_equi"):
+    with caplog.at_level(logging.INFO):
         whole = _run(hcno_files, tmp_path / "whole", subset_elements=False)
     assert "model cut" not in caplog.text
 
@@ -201,7 +201,7 @@ def test_engine_cuts_to_the_data_elements_and_cli_rebuilds_the_cut(hcno_files, t
 
 
 def test_engine_cuts_before_moving_to_cueq(hcno_files, tmp_path, caplog):
-    with caplog.at_level(logging.INFO, logger="peft_equi"):
+    with caplog.at_level(logging.INFO):
         result = _run(hcno_files, tmp_path / "cueq", backend="cueq", adapter="lora", adapter_options={"rank": 2})
     out = caplog.text
     assert out.index("model cut from 4") < out.index("cuequivariance:")
@@ -233,7 +233,7 @@ def test_the_cut_keeps_the_elements_of_retain_and_replay_files(hcno_files, tmp_p
     from ase.io import write
 
     write(tmp_path / "amines.xyz", [molecule("CH3CN"), molecule("NH3")])
-    with caplog.at_level(logging.INFO, logger="peft_equi"):
+    with caplog.at_level(logging.INFO):
         result = _run(hcno_files, tmp_path / "run", retain=[tmp_path / "amines.xyz"], replay=[tmp_path / "amines.xyz"],
                       replay_ratio=0.5, batch_size=4)  # fmt: skip
     assert "model cut" not in caplog.text  # H, C, N, O: nothing to cut

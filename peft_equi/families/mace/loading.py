@@ -26,7 +26,7 @@ import importlib
 import inspect
 import json
 import threading
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -39,6 +39,18 @@ from peft_equi.utils.safe_load import load_torch_file
 
 STATE_FORMAT = "peft_equi.mace_state.v1"
 CODEGEN_MARK = "_compiled_main"  # in the state-dict keys of e3nn's generated-code constants (never copied)
+
+
+def weights_of(state_dict: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """``state_dict`` without e3nn's generated-code constants (keys with :data:`CODEGEN_MARK`)."""
+    return {k: v for k, v in state_dict.items() if CODEGEN_MARK not in k}
+
+
+def key_difference(have: Mapping[str, object], want: Mapping[str, object]) -> tuple[list[str], list[str]]:
+    """``(keys want has and have lacks, keys have has and want lacks)``, each sorted."""
+    return sorted(want.keys() - have.keys()), sorted(have.keys() - want.keys())
+
+
 _ALLOWED_PACKAGES = ("mace.modules",)  # callables in state files: defined in these packages, or activations
 _PATCH_LOCK = threading.RLock()
 
@@ -176,9 +188,8 @@ def model_with_weights(
     """
     source_dtype = next((t.dtype for t in state_dict.values() if torch.is_floating_point(t)), None)
     model = instantiate(model_class, config, dtype or source_dtype or torch.get_default_dtype())
-    source = {k: v for k, v in state_dict.items() if CODEGEN_MARK not in k}
-    built = {k: v for k, v in model.state_dict().items() if CODEGEN_MARK not in k}
-    missing, unexpected = sorted(built.keys() - source.keys()), sorted(source.keys() - built.keys())
+    source, built = weights_of(state_dict), weights_of(model.state_dict())
+    missing, unexpected = key_difference(source, built)
     if missing or unexpected:
         raise PeftEquiError(
             f"weights do not fit the rebuilt {model_class.__name__}: "
@@ -224,7 +235,7 @@ def save_mace_state(model: nn.Module, path: str | Path) -> None:
         "format": STATE_FORMAT,
         "model_class": f"{type(model).__module__}:{type(model).__qualname__}",
         "config": json.dumps(_encode(config)),
-        "state_dict": {k: v.detach().cpu() for k, v in model.state_dict().items() if CODEGEN_MARK not in k},
+        "state_dict": {k: v.detach().cpu() for k, v in weights_of(model.state_dict()).items()},
     }
     torch.save(payload, path)
 

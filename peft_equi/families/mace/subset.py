@@ -33,7 +33,7 @@ import torch
 from torch import nn
 
 from peft_equi.errors import PeftEquiError, UnknownElementError, element_names
-from peft_equi.families.mace.loading import CODEGEN_MARK, instantiate
+from peft_equi.families.mace.loading import instantiate, key_difference, weights_of
 
 
 def _check_plain_e3nn(model: nn.Module) -> None:
@@ -110,9 +110,8 @@ def _check_external_weights(old: nn.Module, new: nn.Module, where: str) -> None:
 
 def _cut_state(old: nn.Module, new: nn.Module, index: torch.Tensor) -> dict[str, torch.Tensor]:
     n_old = len(old.atomic_numbers)
-    old_state = {k: v for k, v in old.state_dict().items() if CODEGEN_MARK not in k}
-    new_state = {k: v for k, v in new.state_dict().items() if CODEGEN_MARK not in k}
-    missing, unexpected = sorted(new_state.keys() - old_state.keys()), sorted(old_state.keys() - new_state.keys())
+    old_state, new_state = weights_of(old.state_dict()), weights_of(new.state_dict())
+    missing, unexpected = key_difference(old_state, new_state)
     if missing or unexpected:
         raise PeftEquiError(
             f"cannot cut {type(old).__name__}: the rebuilt model has other tensors "
