@@ -18,8 +18,8 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from ase import Atoms
 from ase.io import read
+from organic_sets import fake_set
 from paths import ROOT
 from rdkit import Chem
 
@@ -182,29 +182,6 @@ def test_the_regeneration_command_makes_the_recorded_set(record):
     assert make_organic_xtb.parse_args(elsewhere[2:]).out_dir == Path("/tmp/a b")
 
 
-def _fake_set(out: Path, options: dict, seconds: float = 1.0) -> None:
-    """Three molecules' shards, their split and record, written by the generator's own writers (no xTB)."""
-    molecules = make_organic_xtb.read_molecules()[:3]
-    for m in molecules:
-        snapshots = []
-        for t in options["temperatures"]:
-            for step in range(options["configs_per_temperature"] - (m.index == 2)):  # the third stops early
-                atoms = Atoms("H2", positions=[[0, 0, 0], [0, 0, 0.74 + 0.01 * step]])
-                atoms.info.update({"energy": -1.0 - step, "config_type": f"md_{t:g}K", "molecule": m.name})
-                atoms.arrays["forces"] = np.full((2, 3), 0.1 * step)
-                snapshots.append(atoms)
-        n = len(snapshots)
-        stops = (
-            {f"{t:g}K": options["configs_per_temperature"] - 1 for t in options["temperatures"]} if m.index == 2 else {}
-        )
-        info = {"name": m.name, "smiles": m.smiles, "category": m.category, "atoms": 2, "configurations": n,
-                "stopped_early": stops, "seconds": seconds}  # fmt: skip
-        make_organic_xtb.write_shard(out / "shards", m, snapshots, info)
-    split = make_organic_xtb.holdout_split(molecules, options["holdout_fraction"], options["seed"])
-    (out / "split.json").write_text(json.dumps(split))
-    make_organic_xtb.write_record(out, molecules, options, wall=seconds)
-
-
 def _edit_shard(path: Path, edit) -> None:
     text = gzip.decompress(path.read_bytes()).decode()
     path.write_bytes(gzip.compress(edit(text).encode()))
@@ -212,10 +189,9 @@ def _edit_shard(path: Path, edit) -> None:
 
 def test_verify_checks_shards_against_the_record(tmp_path, capsys):
     options = {"seed": 1, "temperatures": [300.0, 600.0], "configs_per_temperature": 2, "holdout_fraction": 0.5}
-    (tmp_path / "shards").mkdir()
-    _fake_set(tmp_path, options)
+    fake_set(tmp_path, options)
     record = (tmp_path / "record.json").read_bytes()
-    _fake_set(tmp_path, options, seconds=2.0)  # the same set again, at another cost: the record is kept
+    fake_set(tmp_path, options, seconds=2.0)  # the same set again, at another cost: the record is kept
     assert (tmp_path / "record.json").read_bytes() == record
     assert make_organic_xtb.main(["--verify", "--out-dir", str(tmp_path)]) == 0
     assert "3 of 3 shards match" in capsys.readouterr().out
