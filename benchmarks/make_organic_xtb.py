@@ -3,6 +3,12 @@
 One command, deterministic, resumable, on every core::
 
     .venv/bin/python benchmarks/make_organic_xtb.py            # writes benchmarks/data/organic-xtb/
+    .venv/bin/python benchmarks/make_organic_xtb.py --verify   # the shards there against record.json
+
+The shards are not in git (regenerable, 19 MB); ``record.json`` (options, versions, counts and
+sha256 of every shard), ``split.json``, ``options.json`` and ``isolated_atoms.xyz`` are.  The full
+command that regenerates the recorded set is :func:`regeneration_command` of its options (also in
+``benchmarks/data/README.md``); a consumer that finds shards missing says so in one line with it.
 
 Molecules: ``benchmarks/data/organic_molecules.csv`` (name, SMILES, category; H, C, N, O only, at
 most 20 heavy atoms; how they were chosen is written in ``benchmarks/data/README.md``).  No rMD17
@@ -26,12 +32,19 @@ Output (``--out-dir``):
 * ``split.json``: whole molecules held out (``--holdout-fraction``, half validation, half test),
   drawn by a seeded permutation.
 * ``record.json``: options, versions, machine, per-molecule counts and sha256s, totals, cost.
+  A run that finds a record of the same set there (same molecules, options and counts) keeps it
+  and checks the shards against it (``--verify``): regenerating the committed set leaves the
+  committed record, whose sha256 the pretraining's results cite, as it is.
 
 ``load_split(out_dir, "train" | "valid" | "test")`` reads a split back as ``ase.Atoms``.
 
 Determinism: every random draw comes from ``numpy.random.SeedSequence([seed, index, t])``;
-tblite and BLAS run on one thread per worker.  Langevin trajectories are chaotic: another CPU,
-BLAS or tblite build may give different (equally valid) snapshots.
+tblite and BLAS run on one thread per worker, and two runs in fresh processes write the same
+bytes.  Not the recorded bytes, though: water and ammonia, regenerated on the machine that made
+the record, have the recorded positions and forces but energies that differ in the last digits
+(``benchmarks/data/README.md``), hence other sha256s; ``--verify`` then says whether the counts
+agree.  Langevin trajectories are chaotic: another CPU, BLAS or tblite build may give different
+(equally valid) snapshots.
 """
 
 from __future__ import annotations
@@ -48,8 +61,11 @@ import io  # noqa: E402
 import json  # noqa: E402
 import multiprocessing  # noqa: E402
 import platform  # noqa: E402
+import re  # noqa: E402
+import shlex  # noqa: E402
 import sys  # noqa: E402
 import time  # noqa: E402
+from collections import Counter  # noqa: E402
 from collections.abc import Sequence  # noqa: E402
 from dataclasses import dataclass  # noqa: E402
 from importlib.metadata import version  # noqa: E402
@@ -65,6 +81,8 @@ BENCHMARKS = Path(__file__).resolve().parent
 MOLECULES_CSV = BENCHMARKS / "data" / "organic_molecules.csv"
 DEFAULT_OUT = BENCHMARKS / "data" / "organic-xtb"
 ELEMENTS = ("H", "C", "N", "O")
+#: What a rerun may change in ``record.json`` without its shards being another set.
+INVOCATION_KEYS = ("command", "versions", "machine", "cpu_seconds", "wall_seconds_last_invocation")
 
 
 @dataclass(frozen=True)
@@ -183,10 +201,40 @@ def holdout_split(molecules: Sequence[Molecule], fraction: float, seed: int) -> 
     return {"train": train, "valid": valid, "test": test}
 
 
+def regeneration_arguments(options: dict[str, Any]) -> list[str]:
+    """The command-line options that make a set with these ``options`` (every one spelled out)."""
+    arguments = []
+    for key, value in options.items():
+        values = value if isinstance(value, list) else [value]
+        arguments += [f"--{key.replace('_', '-')}", *(f"{v:g}" if isinstance(v, float) else str(v) for v in values)]
+    return arguments
+
+
+def regeneration_command(options: dict[str, Any], out_dir: Path = DEFAULT_OUT) -> str:
+    """The shell command, from the repository root, that makes (or completes) the set of ``options``."""
+    where = [] if out_dir.resolve() == DEFAULT_OUT else ["--out-dir", str(out_dir)]
+    return shlex.join([".venv/bin/python", "benchmarks/make_organic_xtb.py", *regeneration_arguments(options), *where])
+
+
+def require_shards(out_dir: Path) -> None:
+    """Exit with one line saying how to regenerate them unless every shard of ``out_dir``'s record is there."""
+    record_file = out_dir / "record.json"
+    if not record_file.is_file() or not (out_dir / "split.json").is_file():
+        raise SystemExit(f"error: no finished data set in {out_dir}: run benchmarks/make_organic_xtb.py first")
+    record = json.loads(record_file.read_text())
+    missing = [s["file"] for s in record["shards"] if not (out_dir / "shards" / s["file"]).is_file()]
+    if missing:
+        raise SystemExit(
+            f"error: {len(missing)} of the {len(record['shards'])} shards of {record_file} are missing (they are not "
+            f"in git): regenerate them with `{regeneration_command(record['options'], out_dir)}` (about 1.5 CPU hours)"
+        )
+
+
 def load_split(out_dir: Path, split: str) -> list[Atoms]:
     """The labelled snapshots of one split (``train``, ``valid`` or ``test``) of a generated set."""
     from peft_equi_train.xtb import read_labelled
 
+    require_shards(out_dir)
     names = set(json.loads((out_dir / "split.json").read_text())[split])
     images: list[Atoms] = []
     for shard in sorted((out_dir / "shards").glob("*.extxyz.gz")):
@@ -195,8 +243,43 @@ def load_split(out_dir: Path, split: str) -> list[Atoms]:
     return images
 
 
+def shard_counts(path: Path, options: dict[str, Any]) -> dict[str, Any]:
+    """A shard's ``configurations`` and ``stopped_early`` (as its record has them), read from its frames."""
+    per_type = Counter(re.findall(r"config_type=md_(\S+)K", gzip.decompress(path.read_bytes()).decode()))
+    counts = {f"{t:g}K": per_type[f"{t:g}"] for t in options["temperatures"]}
+    stops = {t: n for t, n in counts.items() if n < options["configs_per_temperature"]}
+    return {"configurations": sum(counts.values()), "stopped_early": stops}
+
+
+def verify(out_dir: Path) -> int:
+    """Check the shards of ``out_dir`` against its ``record.json``: 0 if every sha256 matches, else 1.
+
+    A shard whose bytes differ is read to say whether its counts (configurations, early stops) are
+    the recorded ones."""
+    from peft_equi.utils.files import sha256
+
+    record = json.loads((out_dir / "record.json").read_text())
+    missing, same_counts, different = [], [], []
+    for entry in record["shards"]:
+        path = out_dir / "shards" / entry["file"]
+        if not path.is_file():
+            missing.append(entry["name"])
+        elif sha256(path) != entry["sha256"]:
+            counts = shard_counts(path, record["options"])
+            (same_counts if counts == {key: entry[key] for key in counts} else different).append(entry["name"])
+    n = len(record["shards"])
+    print(f"{n - len(missing) - len(same_counts) - len(different)} of {n} shards match record.json's sha256")
+    if same_counts:
+        print(f"{len(same_counts)} differ in bytes, with the recorded counts: {', '.join(same_counts)}")
+    if different:
+        print(f"{len(different)} differ in bytes and counts: {', '.join(different)}")
+    if missing:
+        print(f"{len(missing)} missing: regenerate with `{regeneration_command(record['options'], out_dir)}`")
+    return 1 if missing or same_counts or different else 0
+
+
 def write_record(out_dir: Path, molecules: Sequence[Molecule], options: dict[str, Any], wall: float) -> dict:
-    """Collect the shards' metadata into ``record.json``; return it."""
+    """Collect the shards' metadata into ``record.json`` (unless it holds this set already); return it."""
     shards = [json.loads((out_dir / "shards" / f"{m.stem}.json").read_text()) for m in molecules]
     split = json.loads((out_dir / "split.json").read_text())
     counts = {name: sum(s["configurations"] for s in shards if s["name"] in set(split[name])) for name in split}
@@ -215,8 +298,24 @@ def write_record(out_dir: Path, molecules: Sequence[Molecule], options: dict[str
         "wall_seconds_last_invocation": round(wall, 1),
         "shards": shards,
     }
-    (out_dir / "record.json").write_text(json.dumps(record, indent=1) + "\n")
+    record_file = out_dir / "record.json"
+    if record_file.is_file() and _same_set(json.loads(record_file.read_text()), record):
+        print(f"{record_file} describes this set already (same molecules, options and counts): kept as it is")
+        verify(out_dir)
+    else:
+        record_file.write_text(json.dumps(record, indent=1) + "\n")
     return record
+
+
+def _same_set(a: dict[str, Any], b: dict[str, Any]) -> bool:
+    """Whether two records describe one set: the same molecules, options and counts (sha256s, cost and
+    invocation aside: a regeneration differs from the recorded bytes in the last digits of its energies)."""
+
+    def content(record: dict[str, Any]) -> dict[str, Any]:
+        shards = [{k: v for k, v in s.items() if k not in ("seconds", "sha256")} for s in record["shards"]]
+        return {k: v for k, v in record.items() if k not in INVOCATION_KEYS} | {"shards": shards}
+
+    return content(a) == content(b)
 
 
 def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
@@ -234,6 +333,7 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--friction", type=float, default=0.01, help="Langevin friction (1/fs)")
     parser.add_argument("--holdout-fraction", type=float, default=0.1, help="molecules held out (valid + test)")
     parser.add_argument("--workers", type=int, default=os.cpu_count() or 1, help="processes")
+    parser.add_argument("--verify", action="store_true", help="only check --out-dir's shards against its record")
     args = parser.parse_args(argv)
     for name in ("configs_per_temperature", "stride", "timestep", "friction", "workers"):
         if getattr(args, name) <= 0:
@@ -246,6 +346,10 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
 def main(argv: Sequence[str] | None = None) -> int:
     """Generate what is missing, then write the split and the record."""
     args = parse_args(argv)
+    if args.verify:
+        if not (args.out_dir / "record.json").is_file():
+            raise SystemExit(f"error: --verify: no record.json in {args.out_dir}")
+        return verify(args.out_dir)
     from ase.io import write
 
     from peft_equi_train.xtb import isolated_atoms

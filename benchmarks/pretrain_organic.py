@@ -2,7 +2,7 @@
 
 Usage (resumable: run it again, with a larger ``--epochs`` to train on)::
 
-    .venv/bin/python benchmarks/make_organic_xtb.py        # the data (benchmarks/data/organic-xtb)
+    .venv/bin/python benchmarks/make_organic_xtb.py        # the data (benchmarks/data/organic-xtb; not in git)
     .venv/bin/python benchmarks/pretrain_organic.py --epochs 20
 
 MACE-OFF23 cannot be downloaded here, and the MMEA/ELoRA papers' result is about adapting an
@@ -38,7 +38,7 @@ from pathlib import Path
 
 import numpy as np
 from make_organic_xtb import DEFAULT_OUT as DATA
-from make_organic_xtb import load_split
+from make_organic_xtb import load_split, require_shards
 from record import ROOT, finished, run_record, write_json
 
 from peft_equi.utils.files import sha256
@@ -279,8 +279,7 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--output", type=Path, default=ROOT / "benchmarks" / "results" / "pretrain" / NAME)
     p.add_argument("--models-dir", type=Path, default=ROOT / "benchmarks" / "models", help="where the model files go")
     args = p.parse_args(argv)
-    if not (args.data / "record.json").is_file():
-        sys.exit(f"no finished data set in {args.data}: run benchmarks/make_organic_xtb.py first")
+    require_shards(args.data)  # the shards are not in git: a one-line error with the command if any is missing
     record = run_record()
     folder = args.output
     (folder / "runs").mkdir(parents=True, exist_ok=True)

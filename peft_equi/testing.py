@@ -1,4 +1,4 @@
-"""Test helpers for library authors: equivariance checks under rotations *and* inversion.
+"""Test helpers for library authors: equivariance checks under rotations *and* inversion, random irreps.
 
 .. code-block:: python
 
@@ -19,13 +19,14 @@ tolerance depends on the dtype of the outputs (:data:`DEFAULT_ATOL`).
 from __future__ import annotations
 
 import functools
+import random
 from collections.abc import Callable, Sequence
 from typing import Any, NamedTuple
 
 import torch
 from torch import nn
 
-from peft_equi.core.irreps import Irreps, Layout
+from peft_equi.core.irreps import Irrep, Irreps, Layout, MulIrrep
 from peft_equi.core.spec import LayerKind, LayerSpec
 
 Rep = Callable[[Irreps, torch.Tensor], torch.Tensor]
@@ -367,6 +368,19 @@ def energy_forces_equivariance_error(
                 (forces_rot - forces @ rotation.t()).abs().max().item(),
             )
     return worst
+
+
+def random_irreps(seed: int | random.Random, *, lmax: int = 2, mul_max: int = 4, max_blocks: int = 4) -> Irreps:
+    """Random irreps to test a layer on (as e3nn's ``random_irreps``): 1 to ``max_blocks`` blocks,
+    each ``mul x (l, p)`` with ``l <= lmax`` and ``p`` either parity drawn uniformly, and
+    ``1 <= mul <= mul_max``.  Blocks are neither sorted nor merged: a repeated irrep stays two
+    blocks, as in real layers.  ``seed`` is a seed or a :class:`random.Random` to draw from.
+    """
+    rng = seed if isinstance(seed, random.Random) else random.Random(seed)
+    blocks = rng.randint(1, max_blocks)
+    return Irreps(
+        MulIrrep(rng.randint(1, mul_max), Irrep(rng.randint(0, lmax), rng.choice((1, -1)))) for _ in range(blocks)
+    )
 
 
 def randomize_adapters(model: nn.Module, std: float = 0.1, generator: torch.Generator | None = None) -> None:

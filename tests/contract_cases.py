@@ -7,8 +7,9 @@ adapter joins without any row: its default options come from the registry
 sets that change its math go to :data:`VARIANTS`, which run on :data:`VARIANT_LAYERS` only
 (to bound the run time).  Combinations an adapter must refuse go to :data:`REFUSALS`.
 
-Layers are small and built in float64 (the tests' default dtype); cuequivariance layers
-use ``method="naive"`` (the CPU fallback, slow: keep them small).
+Layers are small and built in the default dtype (float64, the tests' default; float32 too for
+identity and equivariance); cuequivariance layers use ``method="naive"`` (the CPU fallback,
+slow: keep them small).
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
+import pytest
 import torch
 from models import LINEAR_IN, LINEAR_OUT, TP_IN1, TP_IN2, TP_OUT
 
@@ -80,6 +82,17 @@ class AdapterCase:
 
     def __str__(self) -> str:
         return self.adapter + "".join(f"-{k}={v}" for k, v in self.options.items())
+
+
+def assert_refuses(module: torch.nn.Module, args: Args, adapter: str, options: dict[str, Any], match: str) -> None:
+    """``get_peft_model`` refuses ``module`` with a ``RuleMatchError`` matching ``match``, and leaves it as it
+    was: not wrapped, nothing frozen, the same outputs."""
+    expected = module(*args)
+    with pytest.raises(peft_equi.RuleMatchError, match=match):
+        peft_equi.get_peft_model(module, adapter, **options)
+    assert not any(isinstance(m, peft_equi.AdaptedLayer) for m in module.modules())
+    assert all(p.requires_grad for p in module.parameters())
+    assert torch.equal(module(*args), expected)
 
 
 # -- layer factories (imports inside: cuequivariance, mace and nequip load only when used) --

@@ -8,6 +8,7 @@ import sys
 import numpy as np
 import pytest
 import torch
+from organic_sets import fake_set
 from paths import ROOT
 
 import peft_equi
@@ -37,16 +38,20 @@ def test_schedule_names_tell_overridden_schedules_apart():
 def test_organic_sample_spreads_over_the_split_and_keeps_the_labels(tmp_path):
     from peft_equi_train.data import read_dataset
 
-    out = tmp_path / "retain.extxyz"
-    sample_organic.main(["--split", "test", "--n", "15", "--out", str(out)])
-    images = sample_organic.sample(sample_organic.DATA, "test", 15, seed=0)
-    test_molecules = json.loads((sample_organic.DATA / "split.json").read_text())["test"]
+    folder, out = tmp_path / "data", tmp_path / "retain.extxyz"  # the real shards are not in git: a fake set
+    fake_set(
+        folder, {"seed": 1, "temperatures": [300.0, 600.0], "configs_per_temperature": 5, "holdout_fraction": 0.5}, 6
+    )
+    sample_organic.main(["--data", str(folder), "--split", "test", "--n", "5", "--out", str(out)])
+    images = sample_organic.sample(folder, "test", 5, seed=0)
+    test_molecules = json.loads((folder / "split.json").read_text())["test"]
+    assert len(test_molecules) >= 2
     counts = [sum(a.info["molecule"] == m for a in images) for m in test_molecules]
-    assert len(images) == 15 and max(counts) - min(counts) <= 1  # spread evenly over every test molecule
-    data = read_dataset(out)  # the xTB labels travel with the sample
+    assert len(images) == 5 and max(counts) - min(counts) <= 1  # spread evenly over every test molecule
+    data = read_dataset(out)  # the labels travel with the sample
     assert np.allclose(data.energies, [a.info["energy"] for a in images])
     assert np.allclose(np.concatenate(data.forces), np.concatenate([a.arrays["forces"] for a in images]))
-    other = sample_organic.sample(sample_organic.DATA, "test", 15, seed=1)
+    other = sample_organic.sample(folder, "test", 5, seed=1)
     assert [a.positions.tobytes() for a in other] != [a.positions.tobytes() for a in images]
 
 

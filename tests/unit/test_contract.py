@@ -1,35 +1,82 @@
 """The contract every (layer x adapter) pair keeps, run over the tables of ``contract_cases.py``.
 
 For each layer row and adapter case (in the manner of Hugging Face peft's ``TEST_CASES`` +
-``PeftCommonTester``; a new backend or adapter joins by a row there, not by a test here):
+``PeftCommonTester``; a new backend or adapter joins by a row there, not by a test here), one
+test per property, so that a failure names it (``test_identity_at_init[o3.Linear-lora-float32]``):
 
-* refusal: an adapter with nothing to act on raises ``RuleMatchError`` saying so, model untouched;
-* the backend's ``AdaptedLayer`` subclass wraps the layer; equivariant adapters attach
-  without any warning, the non-equivariant ones warn;
-* identity at initialisation, bit for bit (and with the adapters disabled);
-* after randomising the adapters: the output changes, and it is equivariant under random
-  rotations and rotations times inversion in float64 (the non-equivariant adapter is not,
-  wherever the layer has anything but ``0e`` features);
-* the saved tensors are the documented state dict (``adapters.<key>``, ``base.<name>`` for
-  BitFit's layer biases), exactly the trainable parameters; loading them into the base
-  layer as built gives the same outputs, bit for bit;
-* TorchScript (on the loaded model): the compiled layer gives the eager outputs, with the
-  adapter on and off;
-* merged (the loaded model) == unmerged, or ``NotMergeableError`` naming the adapter.
+* ``test_refuses_what_it_cannot_adapt``: an adapter with nothing to act on raises
+  ``RuleMatchError`` saying so (the pairs of ``REFUSALS``), the layer untouched; the other
+  tests run on the pairs it accepts;
+* ``test_wraps_and_warns``: the backend's ``AdaptedLayer`` subclass wraps the layer;
+  equivariant adapters attach without any warning, the non-equivariant ones warn;
+* ``test_identity_at_init``: identity at initialisation, bit for bit (and with the adapters
+  disabled), in float64 and float32;
+* ``test_equivariant_after_randomising``: after randomising the adapters the output changes,
+  and it is equivariant under random rotations and rotations times inversion, in float64
+  (two of each) and float32 (one of each), each with its tolerance
+  (``peft_equi.testing.DEFAULT_ATOL``); the non-equivariant adapter is not, wherever the
+  layer has anything but ``0e`` features;
+* ``test_state_dict_is_documented``: the tensors saved (by ``save_pretrained``) are the
+  documented state dict (``adapters.<key>``, ``base.<name>`` for BitFit's layer biases),
+  exactly the trainable parameters;
+* ``test_round_trip``: loading them into the base layer as built gives the same outputs, bit
+  for bit;
+* ``test_torchscript_matches_eager``: the compiled layer (of the loaded model) gives the eager
+  outputs, with the adapter on and off;
+* ``test_merge_or_refuse``: merged (the loaded model) == unmerged, or ``NotMergeableError``
+  naming the adapter.
+
+Each layer is built once per dtype and each accepted pair adapted, randomised and saved once
+per dtype (module-scoped caches: building MACE's contraction takes seconds); the tests read the
+cached values and change nothing in them: what they change (loading, compiling, merging) is a
+copy.  The tables themselves are checked first.  Random irreps: ``test_contract_random_irreps.py``.
 """
 
 from __future__ import annotations
 
+import copy
 import re
 import warnings
+from dataclasses import dataclass
+from pathlib import Path
 
 import pytest
 import torch
-from contract_cases import CASES, DEFAULTS, LAYERS, REFUSALS, VARIANTS, AdapterCase, LayerCase
+from contract_cases import (
+    CASES,
+    DEFAULTS,
+    LAYERS,
+    REFUSALS,
+    VARIANTS,
+    AdapterCase,
+    Args,
+    LayerCase,
+    assert_refuses,
+)
 from safetensors import safe_open
 
 import peft_equi
+from peft_equi.families.mace.cueq import _compiled_modules
 from peft_equi.testing import assert_equivariant, equivariance_error, randomize_adapters
+from peft_equi.utils.dtype import torch_default_dtype
+
+ACCEPTED = [(layer, case) for layer, case in CASES if (layer.name, str(case)) not in REFUSALS]
+REFUSED = [(layer, case) for layer, case in CASES if (layer.name, str(case)) in REFUSALS]
+DTYPES = [torch.float64, torch.float32]
+WITH_DTYPES = [(layer, case, dtype) for layer, case in ACCEPTED for dtype in DTYPES]
+#: Rotations (and as many improper ones) per equivariance check: float32 checks the precision of a
+#: path float64 checks with two, so one of each is enough there (and halves its cost).
+TRIALS = {torch.float64: 2, torch.float32: 1}
+
+
+def _rows(rows: list[tuple]):
+    """Parametrise over ``(layer, case)`` or ``(layer, case, dtype)`` rows, ids like ``o3.Linear-lora-float32``."""
+    names = ("layer", "case", "dtype")[: len(rows[0])]
+    ids = ["-".join(str(item).removeprefix("torch.") for item in row) for row in rows]
+    return pytest.mark.parametrize(names, rows, ids=ids)
+
+
+accepted = _rows(ACCEPTED)
 
 
 def _feature_irreps(layer: LayerCase) -> list[peft_equi.Irreps]:
@@ -41,11 +88,114 @@ def _scalar_only(layer: LayerCase) -> bool:
     return all(block.ir.is_invariant for irreps in _feature_irreps(layer) for block in irreps)
 
 
-def _check_equivariance(layer: LayerCase, fn, args) -> float:
+def _equivariance_kwargs(layer: LayerCase, fn, args) -> tuple:
     fn, args = layer.equivariance_call(fn, args)
-    return assert_equivariant(
-        fn, layer.irreps_in, layer.irreps_out, args=args, layout=layer.layout, layout_in=layer.layouts_in
+    return fn, layer.irreps_in, layer.irreps_out, {"args": args, "layout": layer.layout, "layout_in": layer.layouts_in}
+
+
+def _check_equivariance(layer: LayerCase, fn, args) -> float:
+    fn, irreps_in, irreps_out, kwargs = _equivariance_kwargs(layer, fn, args)
+    return assert_equivariant(fn, irreps_in, irreps_out, **kwargs)
+
+
+def _copy(module: torch.nn.Module) -> torch.nn.Module:
+    """A deep copy sharing the parameter-free compiled modules (copying recompiles them: seconds for
+    cuet's) and MACE's zeroed weights (``EmptyParam``: zero, frozen, written by nobody, and it cannot be
+    deep-copied)."""
+    memo = _compiled_modules(module) | {id(p): p for p in module.parameters() if type(p).__name__ == "EmptyParam"}
+    return copy.deepcopy(module, memo=memo)
+
+
+def _options(layer: LayerCase, case: AdapterCase) -> dict:
+    return {**case.options, "invariant_inputs": list(layer.invariant_inputs)}
+
+
+def _randomize(model: peft_equi.PeftModel) -> None:
+    """Random adapters, and random values for the base tensors trained too (BitFit's layer biases)."""
+    randomize_adapters(model, std=0.3)
+    adapter_params = {id(p) for _, adapter in model.adapters() for p in adapter.parameters()}
+    with torch.no_grad():
+        for p in model.parameters():
+            if p.requires_grad and id(p) not in adapter_params:
+                p.add_(0.3 * torch.randn_like(p))
+
+
+@dataclass(frozen=True)
+class Adapted:
+    """One accepted (layer, adapter case) in one dtype, as the property tests read it (they copy
+    before changing anything): the outputs at initialisation and after randomising, adapter on and off."""
+
+    base: torch.nn.Module  # the layer as built, never adapted
+    args: Args
+    base_out: torch.Tensor
+    messages: list[str]  # the warnings get_peft_model gave
+    init_out: torch.Tensor
+    init_switched_off: torch.Tensor
+    model: peft_equi.PeftModel  # its adapters (and BitFit's layer biases) randomised
+    adapted: torch.Tensor
+    switched_off: torch.Tensor  # the base layer with its trained tensors (BitFit's biases) as they are now
+    directory: Path  # where model.save_pretrained wrote them
+
+
+@pytest.fixture(scope="module")
+def built():
+    """``built(layer, dtype)``: the layer as built from seed 0 in ``dtype`` and its call arguments, once per
+    module (copy before changing it)."""
+    cache: dict[tuple[str, torch.dtype], tuple[torch.nn.Module, Args]] = {}
+
+    def get(layer: LayerCase, dtype: torch.dtype = torch.float64) -> tuple[torch.nn.Module, Args]:
+        if (layer.name, dtype) not in cache:
+            torch.manual_seed(0)
+            with torch_default_dtype(dtype):
+                cache[layer.name, dtype] = layer.make()
+        return cache[layer.name, dtype]
+
+    return get
+
+
+def _adapt(layer: LayerCase, case: AdapterCase, base: torch.nn.Module, args: Args, directory: Path) -> Adapted:
+    """Adapt a copy of ``base``, read its outputs, randomise it, read them again and save it to ``directory``."""
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        model = peft_equi.get_peft_model(_copy(base), case.adapter, **_options(layer, case))
+    init_out = model(*args)
+    with model.disable_adapter():
+        init_switched_off = model(*args)
+    torch.manual_seed(1)
+    _randomize(model)
+    with model.disable_adapter():
+        switched_off = model(*args)
+    return Adapted(
+        base=base,
+        args=args,
+        base_out=base(*args),
+        messages=[str(w.message) for w in caught],
+        init_out=init_out,
+        init_switched_off=init_switched_off,
+        model=model,
+        adapted=model(*args),
+        switched_off=switched_off,
+        directory=model.save_pretrained(directory),
     )
+
+
+@pytest.fixture(scope="module")
+def adapted(built, tmp_path_factory):
+    """``adapted(layer, case, dtype)``: the :class:`Adapted` pair, made once per module."""
+    cache: dict[tuple[str, str, torch.dtype], Adapted] = {}
+
+    def get(layer: LayerCase, case: AdapterCase, dtype: torch.dtype = torch.float64) -> Adapted:
+        key = layer.name, str(case), dtype
+        if key not in cache:
+            cache[key] = _adapt(layer, case, *built(layer, dtype), tmp_path_factory.mktemp("adapter"))
+        return cache[key]
+
+    return get
+
+
+def _loaded(pair: Adapted) -> peft_equi.PeftModel:
+    """The pair's saved adapter loaded into a copy of the base layer as built."""
+    return peft_equi.PeftModel.from_pretrained(_copy(pair.base), pair.directory)
 
 
 # -- the tables themselves --
@@ -65,9 +215,9 @@ def test_adapter_cases_are_valid_and_refusals_occur():
 
 
 @pytest.mark.parametrize("layer", LAYERS, ids=str)
-def test_layer_row_describes_its_layer(layer):
+def test_layer_row_describes_its_layer(layer, built):
     """The row's irreps and layout are the layer's spec, and the base layer passes the check."""
-    module, args = layer.make()
+    module, args = built(layer)
     (found,) = peft_equi.discover(module)
     assert found.path == "" and found.backend.name == layer.backend
     spec = found.spec
@@ -82,122 +232,88 @@ def test_layer_row_describes_its_layer(layer):
 # -- the contract --
 
 
-def _options(layer: LayerCase, case: AdapterCase) -> dict:
-    return {**case.options, "invariant_inputs": list(layer.invariant_inputs)}
+@_rows(REFUSED)
+def test_refuses_what_it_cannot_adapt(layer, case, built):
+    module, args = built(layer)
+    reason = REFUSALS[layer.name, str(case)]
+    match = rf"{re.escape(case.adapter)}\b.*{re.escape(reason)}"
+    assert_refuses(_copy(module), args, case.adapter, _options(layer, case), match)
 
 
-def _adapt(module: torch.nn.Module, layer: LayerCase, case: AdapterCase) -> peft_equi.PeftModel:
-    with warnings.catch_warnings(record=True) as caught:
-        warnings.simplefilter("always")
-        model = peft_equi.get_peft_model(module, case.adapter, **_options(layer, case))
-    messages = [str(w.message) for w in caught]
+@accepted
+def test_wraps_and_warns(layer, case, adapted):
+    pair = adapted(layer, case)
+    assert type(pair.model.base_model).__name__ == layer.wrapper
     if case.equivariant:
-        assert not messages, messages
+        assert not pair.messages, pair.messages
     else:
-        assert any("NOT equivariant" in m for m in messages), messages
-    return model
+        assert any("NOT equivariant" in m for m in pair.messages), pair.messages
 
 
-def _randomize(model: peft_equi.PeftModel) -> None:
-    """Random adapters, and random values for the base tensors trained too (BitFit's layer biases)."""
-    randomize_adapters(model, std=0.3)
-    adapter_params = {id(p) for _, adapter in model.adapters() for p in adapter.parameters()}
-    with torch.no_grad():
-        for p in model.parameters():
-            if p.requires_grad and id(p) not in adapter_params:
-                p.add_(0.3 * torch.randn_like(p))
+@_rows(WITH_DTYPES)
+def test_identity_at_init(layer, case, dtype, adapted):
+    pair = adapted(layer, case, dtype)
+    assert pair.init_out.dtype == dtype
+    assert torch.equal(pair.init_out, pair.base_out) is case.identity_at_init, "identity at initialisation, bit for bit"
+    assert torch.equal(pair.init_switched_off, pair.base_out)
 
 
-def _check_refusal(module, args, layer, case, reason):
-    expected = module(*args)
-    with pytest.raises(peft_equi.RuleMatchError, match=rf"{re.escape(case.adapter)}\b.*{re.escape(reason)}"):
-        peft_equi.get_peft_model(module, case.adapter, **_options(layer, case))
-    assert not any(isinstance(m, peft_equi.AdaptedLayer) for m in module.modules())
-    assert all(p.requires_grad for p in module.parameters())
-    assert torch.equal(module(*args), expected)
+@_rows(WITH_DTYPES)
+def test_equivariant_after_randomising(layer, case, dtype, adapted):
+    pair = adapted(layer, case, dtype)
+    assert not torch.allclose(pair.adapted, pair.base_out), "the randomised adapter changes nothing"
+    fn, irreps_in, irreps_out, kwargs = _equivariance_kwargs(layer, pair.model, pair.args)
+    kwargs["trials"] = TRIALS[dtype]
+    if case.equivariant or _scalar_only(layer):
+        assert_equivariant(fn, irreps_in, irreps_out, **kwargs)  # the tolerance of the outputs' dtype
+    else:
+        error = equivariance_error(fn, irreps_in, irreps_out, **kwargs)
+        assert error > 1e-3, f"{case.adapter} is registered as not equivariant, but is (error {error:.1e})"
 
 
-def _check_state_dict(model, module, tmp_path):
+@accepted
+def test_state_dict_is_documented(layer, case, adapted):
     """Saved keys: ``adapters.<adapter key>`` and ``base.<name>`` of trained layer biases; nothing else."""
-    adapted = model.adapted_layers[""]
-    state = model.adapter_state_dict()
-    expected = {f"adapters.{k}" for k in adapted.adapter.state_dict()}
-    if adapted.adapter.trains_layer_bias:
-        expected |= {f"base.{name}" for name in adapted.backend.bias_parameter_names(module)}
+    pair = adapted(layer, case)
+    adapted_layer = pair.model.adapted_layers[""]
+    state = pair.model.adapter_state_dict()
+    expected = {f"adapters.{k}" for k in adapted_layer.adapter.state_dict()}
+    if adapted_layer.adapter.trains_layer_bias:
+        expected |= {f"base.{name}" for name in adapted_layer.backend.bias_parameter_names(pair.base)}
     assert set(state) == expected
-    assert sum(t.numel() for t in state.values()) == model.num_trainable_parameters()
-    model.save_pretrained(tmp_path)
-    with safe_open(tmp_path / "adapter_model.safetensors", framework="pt") as f:
+    assert sum(t.numel() for t in state.values()) == pair.model.num_trainable_parameters()
+    with safe_open(pair.directory / "adapter_model.safetensors", framework="pt") as f:
         saved = {k: f.get_tensor(k) for k in f.keys()}  # noqa: SIM118 (safe_open is no dict)
     assert saved.keys() == state.keys()
     assert all(torch.equal(saved[k], state[k]) for k in state)
 
 
-def _check_round_trip(model, original, args, adapted, tmp_path):
-    """Load the saved adapter into the base layer as it was built (the layer unloaded, its
-    original tensors put back: building the layer again costs seconds for cuet's contraction,
-    and MACE's do not deepcopy); returns the loaded model."""
-    wrapper = type(model.base_model)
-    base = model.unload()
-    base.load_state_dict(original)
-    assert not any(isinstance(m, peft_equi.AdaptedLayer) for m in base.modules())
-    loaded = peft_equi.PeftModel.from_pretrained(base, tmp_path)
-    assert type(loaded.base_model) is wrapper
-    assert torch.equal(loaded(*args), adapted)
-    return loaded
+@accepted
+def test_round_trip(layer, case, adapted):
+    pair = adapted(layer, case)
+    loaded = _loaded(pair)
+    assert type(loaded.base_model) is type(pair.model.base_model)
+    assert torch.equal(loaded(*pair.args), pair.adapted)
 
 
-def _check_torchscript(model, args, adapted, switched_off):
-    scripted = torch.jit.script(model.base_model)
-    torch.testing.assert_close(scripted(*args), adapted, atol=1e-10, rtol=0)
+@accepted
+def test_torchscript_matches_eager(layer, case, adapted):
+    pair = adapted(layer, case)
+    scripted = torch.jit.script(_loaded(pair).base_model)
+    torch.testing.assert_close(scripted(*pair.args), pair.adapted, atol=1e-10, rtol=0)
     scripted.adapter_enabled = False  # an attribute of the compiled module, read at call time
-    torch.testing.assert_close(scripted(*args), switched_off, atol=1e-10, rtol=0)
+    torch.testing.assert_close(scripted(*pair.args), pair.switched_off, atol=1e-10, rtol=0)
 
 
-def _check_merge(model, module_type, args, adapted, case):
-    if model.adapted_layers[""].merge_blocker() is not None:
+@accepted
+def test_merge_or_refuse(layer, case, adapted):
+    pair = adapted(layer, case)
+    loaded = _loaded(pair)
+    if loaded.adapted_layers[""].merge_blocker() is not None:
         with pytest.raises(peft_equi.NotMergeableError, match=re.escape(case.adapter)):
-            model.merge_and_unload()
+            loaded.merge_and_unload()
         return
-    merged = model.merge_and_unload()
-    assert type(merged) is module_type
+    merged = loaded.merge_and_unload()
+    assert type(merged) is type(pair.base)
     assert not any(isinstance(m, peft_equi.AdaptedLayer) for m in merged.modules())
-    torch.testing.assert_close(merged(*args), adapted, atol=1e-10, rtol=0)
-
-
-@pytest.mark.parametrize(("layer", "case"), CASES, ids=[f"{layer}-{case}" for layer, case in CASES])
-def test_contract(layer, case, tmp_path):
-    torch.manual_seed(0)
-    module, args = layer.make()
-    reason = REFUSALS.get((layer.name, str(case)))
-    if reason is not None:
-        _check_refusal(module, args, layer, case, reason)
-        return
-    original = {k: v.detach().clone() for k, v in module.state_dict().items()}  # to load the adapter into
-    base_out = module(*args)
-    model = _adapt(module, layer, case)
-    assert type(model.base_model).__name__ == layer.wrapper
-
-    out = model(*args)
-    assert torch.equal(out, base_out) is case.identity_at_init, "identity at initialisation, bit for bit"
-    with model.disable_adapter():
-        assert torch.equal(model(*args), base_out)
-
-    _randomize(model)
-    adapted = model(*args)
-    assert not torch.allclose(adapted, base_out), "the randomised adapter changes nothing"
-    with model.disable_adapter():  # the base layer, with its trained tensors (BitFit's biases) as they are now
-        switched_off = model(*args)
-    if case.equivariant or _scalar_only(layer):
-        _check_equivariance(layer, model, args)
-    else:
-        fn, flat = layer.equivariance_call(model, args)
-        error = equivariance_error(
-            fn, layer.irreps_in, layer.irreps_out, args=flat, layout=layer.layout, layout_in=layer.layouts_in
-        )
-        assert error > 1e-3, f"{case.adapter} is registered as not equivariant, but is (error {error:.1e})"
-
-    _check_state_dict(model, module, tmp_path)
-    loaded = _check_round_trip(model, original, args, adapted, tmp_path)
-    _check_torchscript(loaded, args, adapted, switched_off)
-    _check_merge(loaded, type(module), args, adapted, case)
+    torch.testing.assert_close(merged(*pair.args), pair.adapted, atol=1e-10, rtol=0)

@@ -5,11 +5,15 @@
 
       energies within 7.3e-12 eV<!-- record: benchmarks/results/lammps/results.json max agreement[*].energy -->
 
-  ``<file> <term> [/ <term> | - <term>] [*<factor>]``, a term being ``[max|min] <path>``: ``path``
-  is dot-separated keys and list indices; ``*`` takes every element of a list and
-  ``[k=v;k2=v2]`` the elements whose fields have these values (then ``max``/``min`` reduce them);
-  ``/`` and ``-`` between terms give ratios and differences; ``*<factor>`` converts units
-  (``*1000``: eV to meV).  The
+  ``[max|min] <file> <term> [/ <term> | - <term>] [*<factor>]``, a term being a number or
+  ``[max|min|mean|std|count] <path>``: ``path`` is dot-separated keys and list indices; ``*``
+  takes every element of a list and ``[k=v;k2=v2]`` the elements whose fields have these values
+  (then ``max``/``min``/``mean``/``std`` (sample)/``count`` reduce them); ``/`` and ``-`` between
+  terms give ratios and differences, left to right; ``*<factor>`` converts units (``*1000``: eV
+  to meV; ``a / b - 1 *100``: a relative difference in per cent).  ``<file>`` may be a glob
+  pattern: the expression is evaluated in every file it matches, and the leading ``max`` or
+  ``min`` (required then) takes the largest or smallest (a range over the molecules of a
+  benchmark, one file each).  The
   number is the last one before the marker on its line, and must equal the record's value rounded
   as the page shows it (the same decimals, or significant digits in ``1.2e-3`` form).  A marker
   right after a backtick is an example in inline code, not checked.
@@ -25,7 +29,9 @@ import inspect
 import json
 import math
 import re
+import statistics
 import warnings
+from pathlib import Path
 
 import pydantic
 import pytest
@@ -36,11 +42,14 @@ from peft_equi import errors
 
 DOC_FILES = sorted(["README.md", *(p.relative_to(ROOT).as_posix() for p in (ROOT / "docs").rglob("*.md"))])
 
-MARKER = re.compile(r"(?<!`)<!--\s*record:\s*(?P<file>\S+)\s+(?P<expr>.*?)\s*-->")
-TERM = re.compile(r"^(?:(?P<agg>max|min)\s+)?(?P<path>\S.*)$")
+MARKER = re.compile(r"(?<!`)<!--\s*record:\s*(?P<file>(?:(?:max|min)\s+)?\S+)\s+(?P<expr>.*?)\s*-->")
+AGGREGATES = {"max": max, "min": min, "mean": statistics.mean, "std": statistics.stdev, "count": len}
+TERM = re.compile(r"^(?:(?P<agg>max|min|mean|std|count)\s+)?(?P<path>\S.*)$")
+LITERAL = re.compile(r"^\d+(?:\.\d+)?$")
 OPERATOR = re.compile(r"\s+([/-])\s+")
-# a number; a sign only where it cannot be a range's hyphen ("9-11", "9<!-- -->-11")
-NUMBER = re.compile(r"(?:(?<=[\s(|])[-+]|^[-+])?\d+(?:,\d{3})*(?:\.\d+)?(?:e[-+]?\d+)?", re.IGNORECASE)
+# a number; a sign only where it cannot be a range's hyphen ("9-11", "9<!-- -->-11"): after a space,
+# a bracket, a table's bar or Markdown's emphasis ("**-2 %**")
+NUMBER = re.compile(r"(?:(?<=[\s(|*])[-+]|^[-+])?\d+(?:,\d{3})*(?:\.\d+)?(?:e[-+]?\d+)?", re.IGNORECASE)
 SEGMENT = re.compile(r"\[[^\]]*\]|[^.\[\]]+")
 
 
@@ -80,9 +89,17 @@ def _has(value, segments: list[str]) -> bool:
     return key is None or not isinstance(value, dict) or key.startswith("[") or key == "*" or key in value
 
 
-def record_value(file: str, expr: str) -> float:
-    """The value a marker names (see the module docstring)."""
-    record = json.loads((ROOT / file).read_text())
+def record_value(file: str, expr: str, root: Path = ROOT) -> float:
+    """The value a marker names (see the module docstring); ``file`` relative to ``root``."""
+    over, _, pattern = file.rpartition(" ")
+    records = sorted(root.glob(pattern))
+    assert records, f"no record {pattern}"
+    assert over or len(records) == 1, f"{pattern} matches {len(records)} records: say max or min"
+    values = [_value(json.loads(path.read_text()), expr) for path in records]
+    return AGGREGATES[over](values) if over else values[0]
+
+
+def _value(record, expr: str) -> float:
     factor = re.search(r"\s+\*(?P<factor>[0-9.eE+-]+)$", expr)
     terms = OPERATOR.split(expr[: factor.start()] if factor else expr)
     value = _term(record, terms[0])
@@ -92,11 +109,13 @@ def record_value(file: str, expr: str) -> float:
 
 
 def _term(record, term: str) -> float:
+    if LITERAL.match(term):
+        return float(term)
     parsed = TERM.match(term)
     assert parsed, f"unreadable record expression {term!r}"
     values = _select(record, SEGMENT.findall(parsed.group("path")))
     if parsed.group("agg"):
-        return float({"max": max, "min": min}[parsed.group("agg")](values))
+        return float(AGGREGATES[parsed.group("agg")](values))
     assert len(values) == 1, f"{term!r} selects {len(values)} values: say max or min"
     return float(values[0])
 
@@ -128,9 +147,36 @@ def test_the_rounding_rule():
     assert as_shown(110209, "110,209") == "110,209"
     assert as_shown(-0.001, "0.00") == "0.00"
     assert as_shown(314.26, "314.3") == "314.3" and as_shown(314.26, "314") == "314"
-    line = "within 9<!-- record: a b -->-11 ms and -5 (-2, x-3)"
+    line = "within 9<!-- record: a b -->-11 ms and -5 (-2, x-3), **-2 %**"
     shown = [m.group(0) for m in NUMBER.finditer(MARKER.sub(lambda m: "~" * len(m.group(0)), line))]
-    assert shown == ["9", "11", "-5", "-2", "3"]  # a range's hyphen is no sign
+    assert shown == ["9", "11", "-5", "-2", "3", "-2"]  # a range's hyphen is no sign
+
+
+@pytest.mark.parametrize(
+    "file, expr, expected",
+    [
+        ("a.json", "rows[k=x].v", 2.0),
+        ("a.json", "rows[k=x].v / rows[k=y].v - 1 *100", -50.0),  # a relative difference in per cent
+        ("a.json", "max rows[*].v - min rows[*].v", 4.0),
+        ("a.json", "mean rows[*].v", 4.0),
+        ("a.json", "std rows[*].v", 2.0),  # the sample standard deviation of 2, 4, 6
+        ("a.json", "count rows[*].v", 3.0),
+        ("max *.json", "rows[k=x].v", 5.0),  # over the files a glob matches
+        ("min *.json", "rows[k=x].v", 2.0),
+    ],
+)
+def test_the_expression_syntax(tmp_path, file, expr, expected):
+    rows = [{"k": "x", "v": 2}, {"k": "y", "v": 4}, {"k": "z", "v": 6}]
+    (tmp_path / "a.json").write_text(json.dumps({"rows": rows}))
+    (tmp_path / "b.json").write_text(json.dumps({"rows": [{"k": "x", "v": 5}]}))
+    assert record_value(file, expr, root=tmp_path) == pytest.approx(expected)
+
+
+def test_a_glob_without_max_or_min_is_refused(tmp_path):
+    for name in ("a.json", "b.json"):
+        (tmp_path / name).write_text(json.dumps({"v": 1}))
+    with pytest.raises(AssertionError, match="matches 2 records: say max or min"):
+        record_value("*.json", "v", root=tmp_path)
 
 
 def test_record_markers_are_found():

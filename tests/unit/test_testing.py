@@ -1,4 +1,5 @@
-"""peft_equi.testing: irreps and layout read from a spec or a layer, per-dtype tolerances, a precise Wigner D."""
+"""peft_equi.testing: irreps and layout read from a spec or a layer, per-dtype tolerances, a precise Wigner D,
+random irreps."""
 
 import pytest
 import torch
@@ -12,6 +13,7 @@ from peft_equi.testing import (
     assert_equivariant,
     e3nn_rep,
     equivariance_error,
+    random_irreps,
     random_orthogonal,
     randomize_adapters,
 )
@@ -70,3 +72,13 @@ def test_equivariant_adapters_are_the_registered_ones_but_the_ablation():
 
     assert equivariant_adapters() == ["bitfit", "elora", "film", "lora", "mmea"]
     assert set(peft_equi.list_adapters()) - set(equivariant_adapters()) == {"conventional"}
+
+
+def test_random_irreps_are_seeded_and_span_their_ranges():
+    assert random_irreps(3) == random_irreps(3)
+    draws = [random_irreps(seed, lmax=3, mul_max=4, max_blocks=4) for seed in range(200)]
+    assert {len(irreps) for irreps in draws} == {1, 2, 3, 4}
+    blocks = [block for irreps in draws for block in irreps]
+    assert {block.mul for block in blocks} == {1, 2, 3, 4}
+    assert {(block.ir.l, block.ir.p) for block in blocks} == {(degree, p) for degree in range(4) for p in (1, -1)}
+    assert any(len({block.ir for block in irreps}) < len(irreps) for irreps in draws)  # repeats stay blocks
