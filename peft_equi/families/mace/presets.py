@@ -22,9 +22,7 @@ MACE's 8 Bessel weights: the reference code sets ``requires_grad`` on them, and 
 among the trainable parameters, but its ``run_train.py`` puts ``radial_embedding`` in no
 optimizer group, so they are never updated.  The paper presets leave them frozen, as the
 reference's optimizer does; ``train_bessel=True`` trains them (and reproduces the published
-counts).  On MACE-OFF23-medium (H, C, O), with ``train_bessel=True``, these give 151,354
-(``mmea-paper``, r=16), 201,258 (r=32), 175,880 (``elora-paper``) and 29,396
-(``mace-lora``, r=4, which has no such option) trainable parameters; 8 fewer by default.
+counts, recorded with the command that measures them in ``benchmarks/results/param_counts/``).
 
 The two paper presets start from the initialisation of the papers' reference code, which
 differs from the adapters' defaults in three places (see docs/adapters/initialisation.md):
