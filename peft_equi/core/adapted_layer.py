@@ -40,6 +40,7 @@ then (:meth:`AdaptedLayer.check_input`): ``(atoms, 3, channels)`` vectors are no
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from typing import TYPE_CHECKING, Any
 
 import torch
@@ -103,6 +104,12 @@ class AdaptedLayer(nn.Module):
     :meth:`layer_weight`, :meth:`layer_bias` and ``forward`` in TorchScript-compatible code;
     the rest (:meth:`effective_parameters`, the adapter's hooks) is shared and scriptable.
     """
+
+    #: The attributes that hold the layer's adapters, and so all its adapter state (peft's
+    #: ``BaseTunerLayer.adapter_layer_names``): the active adapter and the inactive ones by name.  Everything
+    #: else is ``base_layer`` or derived from the spec (non-persistent buffers); an adapter module keeps its own
+    #: hyperparameters, so there is no ``other_param_names``.  :meth:`adapter_parameters` reads it.
+    adapter_layer_names = ("adapter", "other_adapters")
 
     # Python objects TorchScript has no type for; the scripted methods do not use them
     __jit_ignored_attributes__ = ("backend", "spec", "active_adapter", "aliased_buffers")
@@ -233,6 +240,11 @@ class AdaptedLayer(nn.Module):
     def adapter_names(self) -> list[str]:
         """Names of the adapters this layer holds, the active one first."""
         return ([self.active_adapter] if self.active_adapter is not None else []) + list(self.other_adapters)
+
+    def adapter_parameters(self) -> Iterator[nn.Parameter]:
+        """The parameters of every adapter the layer holds, active or not (those under :attr:`adapter_layer_names`)."""
+        for attr in self.adapter_layer_names:
+            yield from getattr(self, attr).parameters()
 
     def add_named_adapter(self, name: str, adapter: Adapter) -> None:
         """Keep ``adapter`` as the inactive adapter ``name``."""

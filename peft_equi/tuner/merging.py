@@ -15,7 +15,7 @@ from torch import nn
 
 from peft_equi.core.adapted_layer import AdaptedLayer
 from peft_equi.errors import NotMergeableError
-from peft_equi.tuner.named_adapters import replace_module, to_buffer
+from peft_equi.tuner.named_adapters import replace_module
 
 
 class Merging:
@@ -25,7 +25,7 @@ class Merging:
     @property
     def merged(self) -> bool:
         """Whether the active adapter is merged into the base weights (:meth:`merge_adapter`)."""
-        return self._unmerged_values is not None
+        return self.tuner_state.unmerged_values is not None
 
     def merge_adapter(self, safe_merge: bool = False) -> None:
         """Write the active adapter into the weights of its layers, keeping the wrappers (peft's ``merge_adapter``).
@@ -36,10 +36,10 @@ class Merging:
         every blocking layer) before changing anything when an adapter depends on the input, or,
         with ``safe_merge``, when a merged weight is not finite.
         """
-        self._check_usable()
+        self.tuner_state.check_usable()
         layers = self.adapted_layers
         check_mergeable(layers, safe_merge=safe_merge)
-        self._unmerged_values = {
+        self.tuner_state.unmerged_values = {
             path: {name: p.detach().clone() for name, p in layer.base_layer.named_parameters()}
             for path, layer in layers.items()
         }
@@ -49,15 +49,16 @@ class Merging:
 
     def unmerge_adapter(self) -> None:
         """Restore the weights :meth:`merge_adapter` changed, exactly, and switch the adapter back on."""
-        if self._unmerged_values is None:
+        state = self.tuner_state
+        if state.unmerged_values is None:
             raise RuntimeError("no adapter is merged: merge_adapter() first")
         with torch.no_grad():
-            for path, values in self._unmerged_values.items():
-                layer = self._layers[path]
+            for path, values in state.unmerged_values.items():
+                layer = state.layers[path]
                 for name, param in layer.base_layer.named_parameters():
                     param.copy_(values[name])
                 layer.adapter_enabled = True
-        self._unmerged_values = None
+        state.unmerged_values = None
 
     def merge_and_unload(self, safe_merge: bool = False) -> nn.Module:
         """Fold the active adapter into its layers, remove all adapters and return the plain base model.
@@ -67,34 +68,34 @@ class Merging:
         ``safe_merge`` (as peft), when a merged weight is not finite.  Fully trained base
         tensors keep the active adapter's values.
         """
-        self._check_usable()
-        check_mergeable(self._layers, safe_merge=safe_merge)
+        self.tuner_state.check_usable()
+        check_mergeable(self.tuner_state.layers, safe_merge=safe_merge)
         return self._unload(merge=True)
 
     def unload(self, *, restore_trained: bool = False) -> nn.Module:
         """Remove all adapters without merging and return the base model.  Fully trained base tensors
         keep the active adapter's values, or get their base values back with ``restore_trained``
         (the model as it was before any adapter)."""
-        self._check_usable()
+        self.tuner_state.check_usable()
         if restore_trained:
-            self._swap_trained(self._active, None)
+            self.tuner_state.swap_trained(self.tuner_state.active, None)
         return self._unload(merge=False)
 
     def _unload(self, merge: bool) -> nn.Module:
+        state = self.tuner_state
         root = self.base_model
-        for path, layer in self._layers.items():
+        for path, layer in state.layers.items():
             base = layer.merge(path) if merge else layer.base_layer
             if path == "":
                 root = base
             else:
                 replace_module(root, path, base)
-        for name, persistent in self._trained_buffers.items():
-            to_buffer(*self._trained[name], persistent)
+        state.restore_buffers()
         for name, param in root.named_parameters():
-            param.requires_grad_(self._original_requires_grad.get(name, True))
-        self._layers = {}
-        self._stash = {}
-        self._unloaded = True
+            param.requires_grad_(state.original_requires_grad.get(name, True))
+        state.layers = {}
+        state.stash = {}
+        state.unloaded = True
         return root
 
 

@@ -67,6 +67,7 @@ from peft_equi.tuner.save_and_load import (
     read_adapter,
     write_adapter,
 )
+from peft_equi.tuner.state import UNLOADED, TunerState
 from peft_equi.tuner.state_dict import (
     adapter_key,
     listing,
@@ -105,19 +106,8 @@ class PeftModel(NamedAdapters, Merging, nn.Module):
     ) -> None:
         super().__init__()
         self.peft_config: dict[str, PeftConfig] = {}
-        self._active: str | None = None
-        self._unloaded = False
-        self._inference: set[str] = set()  # adapters loaded with is_trainable=False
-        self._original_requires_grad = {n: p.requires_grad for n, p in base_model.named_parameters()}
-        self._layers: dict[str, AdaptedLayer] = {}  # every wrapper, any adapter, in model order
-        self._adapter_paths: dict[str, list[str]] = {}  # adapter -> the layers it adapts
-        self._trained: dict[str, tuple[nn.Module, str]] = {}  # trained by any adapter: name -> (owner, attribute)
-        self._trained_names: dict[str, list[str]] = {}  # adapter -> the base tensors it trains
-        self._trained_buffers: dict[str, bool] = {}  # buffers made parameters: name -> was persistent
-        self._base_values: dict[str, torch.Tensor | None] = {}  # the base values of the trained tensors
-        self._stash: dict[str, dict[str, torch.Tensor]] = {}  # inactive adapter -> its trained tensors' values
-        self._disabled_states: dict[str, bool] | None = None  # inside disable_adapter(): the states to restore
-        self._unmerged_values: dict[str, dict[str, torch.Tensor]] | None = None  # merge_adapter(): layer -> values
+        #: Everything else the tuner keeps beside its modules (:class:`~peft_equi.tuner.state.TunerState`).
+        self.tuner_state = TunerState({n: p.requires_grad for n, p in base_model.named_parameters()})
         for param in base_model.parameters():
             param.requires_grad_(False)
         self.base_model = base_model
@@ -127,8 +117,8 @@ class PeftModel(NamedAdapters, Merging, nn.Module):
     # -- calling and attribute access --
 
     def forward(self, *args: Any, **kwargs: Any) -> Any:
-        if self._unloaded:
-            raise RuntimeError("this PeftModel was merged or unloaded: use the model that call returned")
+        if self.tuner_state.unloaded:
+            raise RuntimeError(UNLOADED)
         return self.base_model(*args, **kwargs)
 
     # e3nn's jit.compile(peft_model) compiles ``base_model`` in place and returns this wrapper (attribute
@@ -137,7 +127,7 @@ class PeftModel(NamedAdapters, Merging, nn.Module):
 
     def __prepare_scriptable__(self) -> nn.Module:
         """``torch.jit.script(peft_model)`` compiles the adapted base model (and returns it), active adapter only."""
-        if self._unloaded:
+        if self.tuner_state.unloaded:
             raise RuntimeError("this PeftModel was merged or unloaded: compile the model that call returned")
         return self.base_model
 
@@ -152,10 +142,7 @@ class PeftModel(NamedAdapters, Merging, nn.Module):
     def _apply(self, fn: Any, recurse: bool = True) -> PeftModel:
         """``.to()``, ``.double()``, ``.cuda()``, ...: the stored values of fully trained tensors follow."""
         super()._apply(fn, recurse)
-        for values in [self._base_values, *self._stash.values(), *(self._unmerged_values or {}).values()]:
-            for name, value in values.items():
-                if value is not None:
-                    values[name] = fn(value)
+        self.tuner_state.apply(fn)
         return self
 
     # -- inspection --
@@ -172,13 +159,13 @@ class PeftModel(NamedAdapters, Merging, nn.Module):
     @property
     def adapted_layers(self) -> dict[str, AdaptedLayer]:
         """Module path -> wrapper of the layers the active adapter adapts, in model order."""
-        return {path: layer for path, layer in self._layers.items() if layer.active_adapter is not None}
+        return {path: layer for path, layer in self.tuner_state.layers.items() if layer.active_adapter is not None}
 
     def adapters(self, adapter_name: str | None = None) -> Iterator[tuple[str, Adapter]]:
         """``(module path, adapter)`` pairs of adapter ``adapter_name`` (default: the active one), in model order."""
         adapter_name = self.active_adapter if adapter_name is None else adapter_name
         self._check_known(adapter_name)
-        for path, layer in self._layers.items():
+        for path, layer in self.tuner_state.layers.items():
             adapter = layer.named_adapter(adapter_name)
             if adapter is not None:
                 yield path, adapter
@@ -188,7 +175,7 @@ class PeftModel(NamedAdapters, Merging, nn.Module):
         rows = [(a.name, path or "<root>", _count(a)) for path, a in self.adapters()]
         rows += [
             ("trained", name, getattr(owner, attr).numel())
-            for name, (owner, attr) in self._trained.items()
+            for name, (owner, attr) in self.tuner_state.trained.items()
             if getattr(owner, attr).requires_grad
         ]
         return rows
@@ -220,18 +207,19 @@ class PeftModel(NamedAdapters, Merging, nn.Module):
     def disable_adapter(self) -> Iterator[None]:
         """Context in which the model behaves as the base model, whichever adapter is active
         (fully trained tensors keep the active adapter's values)."""
-        self._check_usable()
-        if self._disabled_states is not None:  # nested: already off
+        state = self.tuner_state
+        state.check_usable()
+        if state.disabled_states is not None:  # nested: already off
             yield
             return
-        self._disabled_states = {path: layer.adapter_enabled for path, layer in self._layers.items()}
-        for layer in self._layers.values():
+        state.disabled_states = {path: layer.adapter_enabled for path, layer in state.layers.items()}
+        for layer in state.layers.values():
             layer.adapter_enabled = False
         try:
             yield
         finally:
-            states, self._disabled_states = self._disabled_states, None
-            for path, layer in self._layers.items():
+            states, state.disabled_states = state.disabled_states, None
+            for path, layer in state.layers.items():
                 layer.adapter_enabled = states.get(path, layer.active_adapter is not None)
 
     # -- saving and loading --
@@ -242,23 +230,20 @@ class PeftModel(NamedAdapters, Merging, nn.Module):
         with the model (the keys: :mod:`peft_equi.tuner.state_dict`)."""
         adapter_name = self.active_adapter if adapter_name is None else adapter_name
         self._check_known(adapter_name)
-        state = {}
+        tensors = {}
         for path, adapter in self.adapters(adapter_name):
             for name, tensor in adapter.state_dict().items():
-                state[adapter_key(path, name)] = tensor
-        for name in self._trained_names[adapter_name]:
-            if adapter_name == self._active:
-                state[trained_key(name)] = self._live(name).detach()
-            else:
-                state[trained_key(name)] = self._stash[adapter_name][name]
-        return state
+                tensors[adapter_key(path, name)] = tensor
+        for name, value in self.tuner_state.trained_values(adapter_name).items():
+            tensors[trained_key(name)] = value
+        return tensors
 
     def save_pretrained(self, save_directory: str | Path, selected_adapters: list[str] | None = None) -> Path:
         """Write each adapter (default: all) as ``adapter_config.json`` + ``adapter_model.safetensors``:
         the adapter named ``"default"`` into ``save_directory``, the others into ``save_directory/<name>``
         (as peft).  Adapter weights and fully trained tensors only (:mod:`peft_equi.tuner.save_and_load`).
         Returns ``save_directory``."""
-        self._check_usable()
+        self.tuner_state.check_usable()
         names = list(self.peft_config) if selected_adapters is None else list(selected_adapters)
         for name in names:
             self._check_known(name)
@@ -269,9 +254,9 @@ class PeftModel(NamedAdapters, Merging, nn.Module):
 
     def _save(self, directory: Path, adapter_name: str) -> None:
         tensors = {k: v.detach().cpu().clone() for k, v in self.adapter_state_dict(adapter_name).items()}
-        layers = {path: self._layers[path] for path, _ in self.adapters(adapter_name)}
+        layers = {path: self.tuner_state.layers[path] for path, _ in self.adapters(adapter_name)}
         # the base as this adapter sees it: tensors trained by another adapter hold their base values
-        with self._trained_values_of(adapter_name):
+        with self.tuner_state.trained_values_of(adapter_name):
             fingerprint = base_fingerprint(
                 ((path, layer.base_layer, layer.backend) for path, layer in layers.items()),
                 trained_names(tensors),  # stored: replaced on load
@@ -338,14 +323,14 @@ class PeftModel(NamedAdapters, Merging, nn.Module):
         """Add the adapter saved in directory ``model_id`` as ``adapter_name``, inactive
         (:meth:`set_adapter`); frozen and the model in ``eval()`` mode unless ``is_trainable`` (as peft).
         Checked as by :meth:`from_pretrained` before the model is changed."""
-        self._check_usable()
+        self.tuner_state.check_usable()
         check_name(adapter_name, self.peft_config)
         directory = Path(model_id)
         meta, tensors = read_adapter(directory)
         config = adapter_config(meta, directory)
         assignments = assign(discover(self.base_model), config)
         # the base as this adapter will see it: tensors another adapter trains hold their base values
-        with self._trained_values_of(None):
+        with self.tuner_state.trained_values_of(None):
             check_saved_adapter(meta, tensors, self.base_model, config, assignments, directory, allow_base_mismatch)
         self._inject(adapter_name, config, assignments)
         self._set_loaded(tensors, adapter_name, is_trainable, directory)
@@ -360,17 +345,17 @@ class PeftModel(NamedAdapters, Merging, nn.Module):
         """Whether adapter ``adapter_name`` gets ``requires_grad`` when active (it was not loaded with
         ``is_trainable=False``)."""
         self._check_known(adapter_name)
-        return adapter_name not in self._inference
+        return adapter_name not in self.tuner_state.inference
 
     def set_trainable(self, adapter_name: str, is_trainable: bool) -> None:
         """Let adapter ``adapter_name`` be trained when active, or freeze it (``is_trainable`` of
         :meth:`load_adapter`)."""
-        self._check_usable()
+        self.tuner_state.check_usable()
         self._check_known(adapter_name)
         if is_trainable:
-            self._inference.discard(adapter_name)
+            self.tuner_state.inference.discard(adapter_name)
         else:
-            self._inference.add(adapter_name)
+            self.tuner_state.inference.add(adapter_name)
         self._activate(self.active_adapter)
 
 

@@ -11,12 +11,10 @@ swaps them in.
 
 from __future__ import annotations
 
-import contextlib
 import re
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable
 from typing import Any
 
-import torch
 from torch import nn
 
 from peft_equi.core.adapted_layer import AdaptedLayer
@@ -47,8 +45,8 @@ class NamedAdapters:
     @property
     def active_adapter(self) -> str:
         """The name of the active adapter."""
-        assert self._active is not None
-        return self._active
+        assert self.tuner_state.active is not None
+        return self.tuner_state.active
 
     @property
     def active_adapters(self) -> list[str]:
@@ -64,7 +62,7 @@ class NamedAdapters:
         Its fully trained base tensors start from the base values.  Everything is checked
         before the model is changed.
         """
-        self._check_usable()
+        self.tuner_state.check_usable()
         check_name(adapter_name, self.peft_config)
         config = resolve_config(peft_config, **options)
         assignments = assign(discover(self.base_model), config)
@@ -73,7 +71,7 @@ class NamedAdapters:
 
     def set_adapter(self, adapter_name: str) -> None:
         """Make ``adapter_name`` the active adapter (trainable, unless loaded with ``is_trainable=False``)."""
-        self._check_usable()
+        self.tuner_state.check_usable()
         self._check_known(adapter_name)
         self._activate(adapter_name)
 
@@ -83,38 +81,24 @@ class NamedAdapters:
         Layers no remaining adapter adapts become their base layers again, and base tensors no
         remaining adapter trains get their base values (buffers become buffers again).
         """
-        self._check_usable()
+        state = self.tuner_state
+        state.check_usable()
         self._check_known(adapter_name)
         if len(self.peft_config) == 1:
             raise ConfigError(
                 f"cannot delete {adapter_name!r}, the only adapter of the model: use unload() to remove it"
             )
-        if adapter_name == self._active:
+        if adapter_name == state.active:
             self._activate(next(n for n in self.peft_config if n != adapter_name))
-        for path in self._adapter_paths.pop(adapter_name):
-            layer = self._layers[path]
+        for path in state.adapter_paths.pop(adapter_name):
+            layer = state.layers[path]
             layer.remove_named_adapter(adapter_name)
             if not layer.adapter_names():  # no adapter left: the base layer again
                 self._set_module(path, layer.base_layer)
-        still = {n for name, names in self._trained_names.items() if name != adapter_name for n in names}
-        for name in self._trained_names.pop(adapter_name):
-            if name in still:
-                continue
-            owner, attr = self._trained.pop(name)
-            self._base_values.pop(name)
-            getattr(owner, attr).requires_grad_(False)
-            if name in self._trained_buffers:
-                to_buffer(owner, attr, self._trained_buffers.pop(name))
-        self._stash.pop(adapter_name, None)
-        self._inference.discard(adapter_name)
+        state.remove_trained(adapter_name)
+        state.inference.discard(adapter_name)
         del self.peft_config[adapter_name]
         self._collect_layers()
-
-    def _check_usable(self) -> None:
-        if self._unloaded:
-            raise RuntimeError("this PeftModel was merged or unloaded: use the model that call returned")
-        if self._unmerged_values is not None:
-            raise RuntimeError("the active adapter is merged into the weights (merge_adapter): unmerge_adapter() first")
 
     def _check_known(self, adapter_name: str) -> None:
         if adapter_name not in self.peft_config:
@@ -127,100 +111,64 @@ class NamedAdapters:
             replace_module(self.base_model, path, module)
 
     def _collect_layers(self) -> None:
-        self._layers = {path: m for path, m in self.base_model.named_modules() if isinstance(m, AdaptedLayer)}
+        """Re-read :attr:`TunerState.layers` from the model (after layers were wrapped or unwrapped)."""
+        layers = self.base_model.named_modules()
+        self.tuner_state.layers = {path: m for path, m in layers if isinstance(m, AdaptedLayer)}
 
     def _inject(self, adapter_name: str, config: PeftConfig, assignments: list[LayerPlan]) -> None:
         """Attach adapter ``adapter_name`` (inactive unless it is the first) as ``assignments`` say."""
+        state = self.tuner_state
         names = trained_tensor_names(self.base_model, config, assignments)
-        owners = base_tensors(self.base_model, buffers=True)
-        for name in names:
-            owner, attr = owners[name]
-            if name not in self._trained:
-                if attr in owner._buffers:  # a train_buffers buffer: trained as a parameter
-                    self._trained_buffers[name] = attr not in owner._non_persistent_buffers_set
-                    value = getattr(owner, attr)
-                    delattr(owner, attr)
-                    owner.register_parameter(attr, nn.Parameter(value.detach().clone(), requires_grad=False))
-                self._trained[name] = (owner, attr)
-                self._base_values[name] = getattr(owner, attr).detach().clone()
-        self._trained_names[adapter_name] = names
-        if self._active is not None:  # not the first adapter: its own values, from the base values
-            self._stash[adapter_name] = {n: self._base_values[n].clone() for n in names}
+        state.add_trained(adapter_name, names, base_tensors(self.base_model, buffers=True))
         paths = []
         for entry in assignments:
             if entry.adapter is None:
                 continue
             layer, path = entry.layer, entry.layer.path
-            if path in self._layers:
-                self._layers[path].add_named_adapter(adapter_name, entry.adapter)
+            if path in state.layers:
+                state.layers[path].add_named_adapter(adapter_name, entry.adapter)
             else:
                 wrapper = layer.backend.adapted_layer_class(layer.module)
                 wrapped = wrapper(layer.module, layer.backend, layer.spec, entry.adapter)
                 wrapped.layer_path = path
                 wrapped.refresh_guard()  # its run-time message names the layer
                 wrapped.active_adapter = adapter_name
-                if self._active is not None:
-                    wrapped.activate(self._active)  # the new adapter waits in other_adapters
+                if state.active is not None:
+                    wrapped.activate(state.active)  # the new adapter waits in other_adapters
                 self._set_module(path, wrapped)
             paths.append(path)
-        self._adapter_paths[adapter_name] = paths
+        state.adapter_paths[adapter_name] = paths
         self.peft_config[adapter_name] = config
         self._collect_layers()
-        if self._active is not None:
-            self._activate(self._active)  # flags and switches of the new layers
-
-    def _swap_trained(self, old: str | None, new: str | None) -> None:
-        """Store the values of ``old``'s trained tensors, put in ``new``'s (``None``: the base values)."""
-        if old == new:
-            return
-        old_names = self._trained_names[old] if old is not None else []
-        new_names = self._trained_names[new] if new is not None else []
-        with torch.no_grad():
-            if old is not None:
-                self._stash[old] = {n: self._live(n).detach().clone() for n in old_names}
-            for name in old_names:
-                if name not in new_names:
-                    self._live(name).copy_(self._base_values[name])
-            if new is not None:
-                values = self._stash.pop(new)
-                for name in new_names:
-                    self._live(name).copy_(values[name])
-
-    def _live(self, name: str) -> torch.Tensor:
-        owner, attr = self._trained[name]
-        return getattr(owner, attr)
-
-    @contextlib.contextmanager
-    def _trained_values_of(self, adapter_name: str | None) -> Iterator[None]:
-        """Context in which the fully trained tensors hold ``adapter_name``'s values (``None``: the base values)."""
-        active = self._active
-        self._swap_trained(active, adapter_name)
-        try:
-            yield
-        finally:
-            self._swap_trained(adapter_name, active)
+        if state.active is not None:
+            self._activate(state.active)  # flags and switches of the new layers
 
     def _activate(self, adapter_name: str) -> None:
-        if self._active is not None:  # (the first adapter's trained tensors hold its values already)
-            self._swap_trained(self._active, adapter_name)
-        self._active = adapter_name
-        trainable = adapter_name not in self._inference
+        """Make ``adapter_name`` active in every layer and give ``requires_grad`` to its parameters alone
+        (every adapter's: those under :attr:`AdaptedLayer.adapter_layer_names`) and its trained tensors."""
+        state = self.tuner_state
+        if state.active is not None:  # (the first adapter's trained tensors hold its values already)
+            state.swap_trained(state.active, adapter_name)
+        state.active = adapter_name
+        trainable = adapter_name not in state.inference
         enabled = {}
-        for path, layer in self._layers.items():
+        for path, layer in state.layers.items():
             layer.activate(adapter_name)
             enabled[path] = layer.active_adapter is not None
-            for name in layer.adapter_names():
-                for param in layer.named_adapter(name).parameters():
-                    param.requires_grad_(trainable and name == adapter_name)
-        if self._disabled_states is not None:  # inside disable_adapter(): switched on when it ends
-            self._disabled_states = enabled
-            for layer in self._layers.values():
+            for param in layer.adapter_parameters():
+                param.requires_grad_(False)
+            if trainable and enabled[path]:
+                for param in layer.adapter.parameters():
+                    param.requires_grad_(True)
+        if state.disabled_states is not None:  # inside disable_adapter(): switched on when it ends
+            state.disabled_states = enabled
+            for layer in state.layers.values():
                 layer.adapter_enabled = False
         else:
-            for path, layer in self._layers.items():
+            for path, layer in state.layers.items():
                 layer.adapter_enabled = enabled[path]
-        for name, (owner, attr) in self._trained.items():
-            getattr(owner, attr).requires_grad_(trainable and name in self._trained_names[adapter_name])
+        for name, (owner, attr) in state.trained.items():
+            getattr(owner, attr).requires_grad_(trainable and name in state.trained_names[adapter_name])
 
 
 #: What an adapter name may be: it names a module attribute and, when saved, a subdirectory, so it is a plain
@@ -243,13 +191,6 @@ def check_name(adapter_name: str, taken: Iterable[str] = ()) -> str:
             "delete_adapter it first or choose another name"
         )
     return adapter_name
-
-
-def to_buffer(owner: nn.Module, attr: str, persistent: bool) -> None:
-    """Make the parameter ``owner.attr`` (a trained buffer) a buffer again."""
-    value = getattr(owner, attr).detach()
-    delattr(owner, attr)
-    owner.register_buffer(attr, value, persistent=persistent)
 
 
 def _join(path: str, name: str) -> str:

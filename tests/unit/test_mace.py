@@ -58,7 +58,7 @@ def test_adapted_mace_is_identity_at_init_equivariant_and_merges(small_mace, bat
 
     randomize_adapters(model, std=0.05)
     with torch.no_grad():  # and move fully trained tensors away from their base values
-        for _, (owner, attr) in model._trained.items():
+        for _, (owner, attr) in model.tuner_state.trained.items():
             getattr(owner, attr).mul_(1.1)
     energy, forces = energy_forces(model, batch)
     if model.num_trainable_parameters() and name != "full":

@@ -76,7 +76,7 @@ def test_two_adapters_differ_and_switching_back_reproduces_each(pair):
         with model.disable_adapter():  # whichever adapter is active
             without = model(x, attrs)
         assert torch.equal(model(x, attrs), outputs[name])
-        if not model._trained_names[name]:  # (trained base tensors keep the active adapter's values)
+        if not model.tuner_state.trained_names[name]:  # (trained base tensors keep the active adapter's values)
             assert torch.equal(without, base(x, attrs))
 
 
@@ -86,7 +86,7 @@ def test_only_the_active_adapter_is_trainable(pair):
     for name in ["other", "default"]:
         model.set_adapter(name)
         own = {f"base_model.{path}.adapter." for path, _ in model.adapters(name)}
-        trained = set(model._trained_names[name])
+        trained = set(model.tuner_state.trained_names[name])
         trainable = _trainable(model)
         assert trainable, name
         assert all(any(n.startswith(p) for p in own) or _base_name(n) in trained for n in trainable), name
@@ -105,14 +105,14 @@ def test_a_layer_without_the_active_adapter_is_its_base_layer():
     inputs = {}
     hooks = [
         layer.register_forward_pre_hook(lambda m, args, path=path: inputs.__setitem__(path, args))
-        for path, layer in model._layers.items()
+        for path, layer in model.tuner_state.layers.items()
     ]
     model(*net_inputs())
     for hook in hooks:
         hook.remove()
     assert list(model.adapted_layers) == ["tp"]
     assert set(inputs) == {"embedding", "tp", "mlp.layer0", "mlp.layer1", "dense", "readout"}
-    for path, layer in model._layers.items():
+    for path, layer in model.tuner_state.layers.items():
         if path == "tp":
             assert not torch.equal(layer(*inputs[path]), layer.base_layer(*inputs[path]))
             continue
@@ -127,7 +127,7 @@ def test_add_adapter_finds_wrapped_layers_at_their_paths_with_their_base_specs()
     found = {layer.path: layer for layer in peft_equi.discover(model.base_model)}
     assert list(found) == list(fresh)
     for path, layer in found.items():
-        assert layer.module is model._layers[path].base_layer
+        assert layer.module is model.tuner_state.layers[path].base_layer
         assert layer.spec == fresh[path].spec and layer.backend.name == fresh[path].backend.name
 
 
@@ -161,11 +161,11 @@ def test_single_adapter_state_dict_keys_are_unchanged_also_after_deleting_anothe
 @pytest.mark.parametrize("pair", PAIRS)
 def test_delete_adapter(pair):
     model, base, outputs, (x, attrs) = _two_adapters(pair)
-    only_other = [p for p in model._adapter_paths["other"] if p not in model._adapter_paths["default"]]
+    only_other = [p for p in model.tuner_state.adapter_paths["other"] if p not in model.tuner_state.adapter_paths["default"]]
     model.delete_adapter("default")  # the active one: the remaining one becomes active
     assert model.active_adapter == "other" and list(model.peft_config) == ["other"]
     assert torch.equal(model(x, attrs), outputs["other"])
-    assert list(model._layers) == model._adapter_paths["other"]
+    assert list(model.tuner_state.layers) == model.tuner_state.adapter_paths["other"]
     single = peft_equi.get_peft_model(copy.deepcopy(base), *PAIRS[pair][1][:1], **PAIRS[pair][1][1])
     assert set(model.state_dict()) == set(single.state_dict())
     assert set(only_other) <= set(model.adapted_layers)
@@ -213,7 +213,7 @@ def test_save_pretrained_and_load_two_named_adapters(tmp_path, pair):
         assert meta["config"] == json.loads(model.peft_config[name].to_json())
         assert meta["format"] == 3 and meta["tensors_sha256"] and meta["config_sha256"]
         assert meta["base_fingerprint"]["tensors"]
-        assert set(meta["layers"]) == set(model._adapter_paths[name])
+        assert set(meta["layers"]) == set(model.tuner_state.adapter_paths[name])
     loaded = PeftModel.from_pretrained(copy.deepcopy(base), tmp_path)
     loaded.load_adapter(tmp_path / "other", adapter_name="other")
     assert loaded.active_adapter == "default" and list(loaded.peft_config) == ["default", "other"]

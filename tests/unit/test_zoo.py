@@ -136,7 +136,7 @@ def _check(zoo: ZooModel, case: AdapterCase, base, inputs, expected, path) -> No
         else:
             _close(zoo.outputs(loaded.merge_and_unload(), inputs), adapted, atol=1e-10)
     finally:
-        if not loaded._unloaded:
+        if not loaded.tuner_state.unloaded:
             loaded.unload()
 
 
