@@ -40,7 +40,7 @@ def replace_module(root: nn.Module, path: str, new: nn.Module) -> None:
 
 
 class NamedAdapters:
-    """Mixin of :class:`~peft_equi.tuner.model.PeftModel`: its named adapters (state set up by its ``__init__``)."""
+    """Mixin of :class:`~peft_equi.tuner.model.PeftModel`: its named adapters (bookkeeping in ``self.tuner_state``)."""
 
     @property
     def active_adapter(self) -> str:

@@ -161,7 +161,8 @@ def test_single_adapter_state_dict_keys_are_unchanged_also_after_deleting_anothe
 @pytest.mark.parametrize("pair", PAIRS)
 def test_delete_adapter(pair):
     model, base, outputs, (x, attrs) = _two_adapters(pair)
-    only_other = [p for p in model.tuner_state.adapter_paths["other"] if p not in model.tuner_state.adapter_paths["default"]]
+    paths = model.tuner_state.adapter_paths
+    only_other = [p for p in paths["other"] if p not in paths["default"]]
     model.delete_adapter("default")  # the active one: the remaining one becomes active
     assert model.active_adapter == "other" and list(model.peft_config) == ["other"]
     assert torch.equal(model(x, attrs), outputs["other"])
@@ -353,3 +354,36 @@ def test_to_moves_the_inactive_adapters_and_their_trained_tensors():
         assert {p.dtype for p in model.parameters()} == {torch.float32}
         assert {v.dtype for v in model.adapter_state_dict(name).values()} == {torch.float32}
         torch.testing.assert_close(model(x.float(), attrs.float()), outputs[name].float(), atol=1e-4, rtol=1e-4)
+
+
+@pytest.mark.parametrize("pair", PAIRS)
+def test_adapter_layer_names_hold_every_adapter_tensor(pair):
+    """``AdaptedLayer.adapter_layer_names`` (peft's declaration) is complete: a layer's tensors are its base
+    layer's or under those attributes, and ``adapter_parameters`` gives every named adapter's parameters."""
+    model, _, _, _ = _two_adapters(pair)
+    for path, layer in model.tuner_state.layers.items():
+        prefixes = ("base_layer.", *(f"{attr}." for attr in layer.adapter_layer_names))
+        assert [k for k in layer.state_dict() if not k.startswith(prefixes)] == [], path
+        assert [n for n, _ in layer.named_parameters() if not n.startswith(prefixes)] == [], path
+        held = {id(p) for name in layer.adapter_names() for p in layer.named_adapter(name).parameters()}
+        assert {id(p) for p in layer.adapter_parameters()} == held, path
+
+
+@pytest.mark.parametrize("how", ["deepcopy", "pickle"])
+def test_a_copy_keeps_its_adapters_and_state(how, tmp_path):
+    """``copy.deepcopy`` and ``torch.save``/``torch.load`` of a PeftModel: its TunerState refers to the copy's own
+    layers and tensors, so switching adapters in the copy reproduces each and leaves the original alone."""
+    model, _, outputs, (x, attrs) = _two_adapters("train readout+train scale")
+    if how == "deepcopy":
+        copied = copy.deepcopy(model)
+    else:
+        torch.save(model, tmp_path / "model.pt")
+        copied = torch.load(tmp_path / "model.pt", weights_only=False)
+    state = copied.tuner_state
+    assert state is not model.tuner_state
+    assert all(layer is copied.base_model.get_submodule(path) for path, layer in state.layers.items())
+    for name in ["other", "default"]:
+        copied.set_adapter(name)
+        assert torch.equal(copied(x, attrs), outputs[name])
+        assert model.active_adapter == "default"
+        assert torch.equal(model(x, attrs), outputs["default"])
