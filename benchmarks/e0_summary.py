@@ -35,6 +35,8 @@ FOLDER = ROOT / "benchmarks" / "results" / "e0-protocol"
 MOLECULES = ("ethanol", "aspirin", "malonaldehyde", "toluene", "salicylic")
 METHODS = ("full", "mace-lora", "elora-paper", "mmea-paper")
 MODES = ("fit", "average")
+#: the parameter-efficient methods each schedule runs (e0_protocol.sh: breadth and depth)
+PEFT_METHODS = {"e50-float32": ("mace-lora", "elora-paper", "mmea-paper"), "full": ("elora-paper", "mmea-paper")}
 NAME = re.compile(r"^(?P<molecule>[a-z]+)-(?P<schedule>e50|full)-(?P<dtype>float32|float64)-(?P<e0s>fit|average)"
                   r"(?:-seed(?P<seed>\d+))?(?P<ablations>-ablations)?$")  # fmt: skip
 #: ethanol's core methods on the papers' schedule in float64 with e0s 'fit' (issue 12's queue, earlier code:
@@ -100,14 +102,16 @@ def cell(found: dict[str, Any] | None, stage_one: bool = False) -> str:
     return "-" if energy is None else f"{energy:.1f} / {force:.1f}"
 
 
-def best_peft(rows: dict[str, dict[str, Any]]) -> str:
-    """The parameter-efficient method with the lowest test force error, and its change against full."""
+def best_peft(rows: dict[str, dict[str, Any]], expected: int) -> str:
+    """The parameter-efficient method with the lowest test force error, and its change against full (with how
+    many of the ``expected`` parameter-efficient methods have finished, while not all have)."""
     finished = {m: r for m, r in rows.items() if r.get("test_forces_mae_meV_per_A") is not None}
     peft = {m: r["test_forces_mae_meV_per_A"] for m, r in finished.items() if m != "full"}
     if not peft or "full" not in finished:
         return ""
     best = min(peft, key=peft.get)
-    return f"{best} {100 * (peft[best] / finished['full']['test_forces_mae_meV_per_A'] - 1):+.0f} %"
+    partial = f" ({len(peft)} of {expected} run so far)" if len(peft) < expected else ""
+    return f"{best} {100 * (peft[best] / finished['full']['test_forces_mae_meV_per_A'] - 1):+.0f} %{partial}"
 
 
 def schedule_table(rows: list[dict[str, Any]], schedule: str) -> list[str]:
@@ -136,7 +140,10 @@ def schedule_table(rows: list[dict[str, Any]], schedule: str) -> list[str]:
             )
         if methods:
             by_mode = {e: {m: index[(molecule, e, m)] for m in METHODS if (molecule, e, m) in index} for e in MODES}
-            verdicts.append(f"| {molecule} | {best_peft(by_mode['fit'])} | {best_peft(by_mode['average'])} |")
+            expected = len(PEFT_METHODS[schedule])
+            verdicts.append(
+                f"| {molecule} | {best_peft(by_mode['fit'], expected)} | {best_peft(by_mode['average'], expected)} |"
+            )
     return [
         *lines,
         "",
