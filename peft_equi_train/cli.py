@@ -384,7 +384,3 @@ def _read_structure(path: Path):
     if len(atoms) == 0 or not np.isfinite(atoms.positions).all():
         raise PeftEquiError(f"{path}: no atoms or non-finite positions")
     return atoms
-
-
-if __name__ == "__main__":  # python -m peft_equi_train.cli (torchrun); the console script is peft_equi_train.launch
-    app()

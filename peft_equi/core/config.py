@@ -27,7 +27,7 @@ from peft_equi.utils.optional import require
 
 def _yaml() -> ModuleType:
     """PyYAML, for the YAML forms of a config (the library's own dependencies do not include it)."""
-    return require("yaml", "YAML configs", "pyyaml")
+    return require("yaml", "YAML configs", "peft-equi[yaml]")
 
 
 def pattern_matches(pattern: str, name: str) -> bool:

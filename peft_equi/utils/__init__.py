@@ -1,1 +1,1 @@
-"""Plumbing shared by the library: saving and loading adapters, files, reading torch files safely."""
+"""Plumbing shared by the library: files, reading torch files safely, dtypes, optional dependencies."""

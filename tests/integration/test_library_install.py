@@ -2,11 +2,11 @@
 
 The wheel is built from this checkout and installed into a fresh virtual environment that sees
 only what the wheel requires (its ``Requires-Dist`` without extras, and their own requirements,
-linked from the test's environment: nothing is downloaded).  There, ``import peft_equi`` must not
-import any package of the ``train`` extra; LoRA on a torch model and ELoRA on an e3nn model
-(e3nn added as its backend's own dependency) round-trip through ``save_pretrained`` /
-``from_pretrained`` and merge to the adapted outputs; the application reports the missing extra
-in one line.
+linked from the test's environment: nothing is downloaded).  There, LoRA on a torch model and (with
+e3nn, its backend's own package, added) ELoRA on an e3nn model round-trip through
+``save_pretrained`` / ``from_pretrained`` and merge to the adapted outputs, and the application
+reports the missing extra in one line.  Where the extra is installed, ``import peft_equi`` imports
+none of its packages.
 """
 
 from __future__ import annotations
@@ -93,17 +93,33 @@ def wheel(tmp_path_factory) -> Path:
     return built
 
 
-@pytest.fixture(scope="module")
-def fresh(wheel, tmp_path_factory) -> tuple[Path, Path]:
-    """(python, site-packages) of a new venv holding the wheel and only what it requires."""
-    venv = tmp_path_factory.mktemp("venv")
+def _venv(wheel: Path, folder: Path, extra: list[Requirement]) -> Path:
+    """The python of a new venv in ``folder`` holding the wheel, what it requires and what ``extra`` requires."""
     base = getattr(sys, "_base_executable", sys.executable)
-    subprocess.run([base, "-m", "venv", "--without-pip", "--clear", str(venv)], check=True)
-    (site,) = venv.glob("lib/python*/site-packages")
+    subprocess.run([base, "-m", "venv", "--without-pip", "--clear", str(folder)], check=True)
+    (site,) = folder.glob("lib/python*/site-packages")
     install = [sys.executable, "-m", "pip", "install", "--quiet", "--no-deps", "--no-index", "--target", str(site)]
     subprocess.run([*install, str(wheel)], check=True, capture_output=True)
-    _link(_closure(_requirements(_metadata(wheel))), site)
-    return venv / "bin" / "python", site
+    _link(_closure([*_requirements(_metadata(wheel)), *extra]), site)
+    return folder / "bin" / "python"
+
+
+@pytest.fixture(scope="module")
+def library(wheel, tmp_path_factory) -> Path:
+    """A venv with the library alone (no extra)."""
+    return _venv(wheel, tmp_path_factory.mktemp("library"), [])
+
+
+@pytest.fixture(scope="module")
+def with_e3nn(wheel, tmp_path_factory) -> Path:
+    """A venv with the library and e3nn (its backend's own package), no train extra."""
+    return _venv(wheel, tmp_path_factory.mktemp("e3nn"), [Requirement("e3nn")])
+
+
+@pytest.fixture(scope="module")
+def with_train_extra(wheel, tmp_path_factory) -> Path:
+    """A venv with the library and the train extra's packages."""
+    return _venv(wheel, tmp_path_factory.mktemp("train"), _requirements(_metadata(wheel), "train"))
 
 
 def _metadata(wheel: Path) -> str:
@@ -125,14 +141,13 @@ def test_the_wheel_requires_the_library_set_and_the_extra_lists_the_application(
     assert _names(_requirements(metadata, "train")) == {_name(d) for d in TRAIN_EXTRA.values()}
 
 
-#: the library's round trip, run in the fresh venv on ``MODEL`` (built by the snippet before it)
+#: the library's round trip, run in a fresh venv on ``MODEL`` (built by the snippet before it)
 ROUND_TRIP = """
-import sys, tempfile
+import tempfile
 import torch
 import peft_equi
+from peft_equi.errors import element_names
 
-extra = {m for m in sys.modules if m.split(".")[0] in EXTRA}
-assert not extra, f"import peft_equi imported the train extra's {sorted(extra)}"
 torch.manual_seed(0)
 adapted = peft_equi.get_peft_model(MODEL, CONFIG)
 adapted.print_trainable_parameters()
@@ -148,15 +163,16 @@ with tempfile.TemporaryDirectory() as folder:
     torch.testing.assert_close(loaded(*INPUTS), expected, rtol=0, atol=1e-12)
     merged = loaded.merge_and_unload()
     torch.testing.assert_close(merged(*INPUTS), expected, rtol=0, atol=1e-10)
+# element names and symbols without ase
+assert element_names([1, 6]) == "H (Z=1), C (Z=6)"
+assert peft_equi.EnergyCorrection.of({"H": 0.5, 8: -1.0}).atomic_numbers == (1, 8)
 print("round trip ok")
 """
 
 
-def test_the_library_adapts_a_torch_model_without_the_train_extra(fresh):
-    python, _ = fresh
-    build = f"""
+def test_the_library_adapts_a_torch_model_without_the_train_extra(library):
+    build = """
     import copy, torch
-    EXTRA = {sorted(TRAIN_EXTRA)!r} + ["e3nn"]
     torch.set_default_dtype(torch.float64)
     MODEL = torch.nn.Sequential(torch.nn.Linear(4, 8), torch.nn.SiLU(), torch.nn.Linear(8, 1))
     MODEL_COPY = copy.deepcopy(MODEL)
@@ -164,18 +180,15 @@ def test_the_library_adapts_a_torch_model_without_the_train_extra(fresh):
     CONFIG = peft_equi.LoraConfig(r=2, lora_alpha=4)
     INPUTS = (torch.randn(5, 4),)
     """
-    result = _run(python, textwrap.dedent(build) + ROUND_TRIP)
+    result = _run(library, textwrap.dedent(build) + ROUND_TRIP)
     assert result.returncode == 0, result.stderr
     assert "round trip ok" in result.stdout
 
 
-def test_the_library_adapts_an_e3nn_model_with_e3nn_alone(fresh):
-    python, site = fresh
-    _link(_closure([Requirement("e3nn")]), site)
-    build = f"""
+def test_the_library_adapts_an_e3nn_model_with_e3nn_alone(with_e3nn):
+    build = """
     import copy, torch
     from e3nn import o3
-    EXTRA = {sorted(TRAIN_EXTRA)!r}
     torch.set_default_dtype(torch.float64)
 
     class Net(torch.nn.Module):
@@ -192,16 +205,31 @@ def test_the_library_adapts_an_e3nn_model_with_e3nn_alone(fresh):
     CONFIG = "elora"
     INPUTS = (torch.randn(5, 10),)
     """
-    result = _run(python, textwrap.dedent(build) + ROUND_TRIP)
+    result = _run(with_e3nn, textwrap.dedent(build) + ROUND_TRIP)
     assert result.returncode == 0, result.stderr
     assert "round trip ok" in result.stdout
 
 
-def test_the_application_names_the_missing_extra_in_one_line(fresh):
-    python, _ = fresh
-    result = subprocess.run(
-        [str(python), "-I", "-W", "ignore", "-m", "peft_equi_train", "--help"], capture_output=True, text=True
-    )
+def test_importing_the_library_imports_nothing_of_the_train_extra(with_train_extra):
+    code = f"""
+    import importlib.util, sys
+    modules = {sorted(TRAIN_EXTRA)!r}
+    missing = [m for m in modules if importlib.util.find_spec(m) is None]
+    assert not missing, f"the extra is not installed here: {{missing}}"
+    import torch  # torch itself may import some (torch.hub: tqdm): not the library's doing
+    before = set(sys.modules)
+    import peft_equi
+    loaded = sorted({{m.split(".")[0] for m in set(sys.modules) - before}} & set(modules))
+    print("loaded:", loaded)
+    """
+    result = _run(with_train_extra, code)
+    assert result.returncode == 0, result.stderr
+    assert "loaded: []" in result.stdout
+
+
+def test_the_application_names_the_missing_extra_in_one_line(library):
+    command = [str(library), "-I", "-W", "ignore", "-m", "peft_equi_train", "--help"]
+    result = subprocess.run(command, capture_output=True, text=True)
     assert result.returncode == 1
     assert result.stderr.strip().count("\n") == 0, result.stderr
     assert "pip install 'peft-equi[train]'" in result.stderr and "lightning" in result.stderr
@@ -212,5 +240,5 @@ def test_the_application_names_the_missing_extra_in_one_line(fresh):
     except MissingDependencyError as exc:
         print(exc)
     """
-    result = _run(python, code)
+    result = _run(library, code)
     assert "pip install 'peft-equi[train]'" in result.stdout, result.stderr

@@ -157,6 +157,7 @@ def _adapt(layer: LayerCase, case: AdapterCase, base: torch.nn.Module, args: Arg
     """Adapt a copy of ``base``, read its outputs, randomise it, read them again and save it to ``directory``."""
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
+        torch.manual_seed(0)  # the adapters' initial values, whichever tests filled the caches before
         model = peft_equi.get_peft_model(_copy(base), case.adapter, **_options(layer, case))
     init_out = model(*args)
     with model.disable_adapter():

@@ -1,4 +1,4 @@
-"""The examples in peft_equi's docstrings run (``>>>`` lines, also inside ``.. code-block:: python``)."""
+"""The examples in the docstrings of peft_equi and peft_equi_train run (``>>>`` lines, also in code blocks)."""
 
 from __future__ import annotations
 
@@ -11,7 +11,8 @@ from paths import ROOT
 
 MODULES = sorted(
     ".".join(path.relative_to(ROOT).with_suffix("").parts).removesuffix(".__init__")
-    for path in (ROOT / "peft_equi").rglob("*.py")
+    for package in ("peft_equi", "peft_equi_train")
+    for path in (ROOT / package).rglob("*.py")
     if ">>> " in path.read_text(encoding="utf-8")
 )
 

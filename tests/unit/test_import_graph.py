@@ -23,7 +23,7 @@ APPLICATION = ROOT / "peft_equi_train"
 
 #: The layers, bottom up; ``"peft_equi"`` is the package's own ``__init__`` (its public names).
 LAYERS: list[tuple[str, ...]] = [
-    ("errors", "version"),
+    ("errors", "version", "elements"),
     ("utils",),
     ("core",),
     ("adapters", "backends"),

@@ -17,6 +17,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from peft_equi.elements import ATOMIC_NUMBERS
 from peft_equi.errors import EnergyShiftError
 from peft_equi.families.base import Potential, register_potential
 from peft_equi.utils.dtype import torch_default_dtype
@@ -60,9 +61,7 @@ class NequipPotential(Potential):
 
     @property
     def atomic_numbers(self) -> list[int]:
-        from ase.data import atomic_numbers
-
-        return sorted(atomic_numbers[name] for name in self.model.type_names)
+        return sorted(ATOMIC_NUMBERS[name] for name in self.model.type_names)
 
     @property
     def r_max(self) -> float:
@@ -99,8 +98,6 @@ class NequipPotential(Potential):
         type, and loads into the architecture built with ``per_type_energy_shifts`` as a
         per-type mapping.
         """
-        from ase.data import atomic_numbers
-
         fields = ("has_shifts", "shifts", "type_names")
         energy = [m for m in model.modules() if getattr(m, "out_field", None) == "atomic_energy"]
         blocks = [m for m in energy if all(hasattr(m, f) for f in fields)]
@@ -113,7 +110,7 @@ class NequipPotential(Potential):
         by_element = dict(zip(self.atomic_numbers, delta.tolist()))
         shifts = block.shifts
         dtype = shifts.dtype if block.has_shifts else getattr(block, "out_dtype", torch.get_default_dtype())
-        per_type = torch.tensor([by_element[atomic_numbers[t]] for t in block.type_names], dtype=dtype).reshape(-1, 1)
+        per_type = torch.tensor([by_element[ATOMIC_NUMBERS[t]] for t in block.type_names], dtype=dtype).reshape(-1, 1)
         with torch.no_grad():
             if block.has_shifts and shifts.numel() == len(block.type_names):
                 shifts += per_type.to(shifts.device)

@@ -25,6 +25,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from peft_equi.elements import ATOMIC_NUMBERS
 from peft_equi.errors import EnergyShiftError, PeftEquiError
 from peft_equi.families.base import Potential, register_potential
 from peft_equi.utils.dtype import torch_default_dtype
@@ -71,9 +72,7 @@ class SevenNetPotential(Potential):
 
     @property
     def atomic_numbers(self) -> list[int]:
-        from ase.data import atomic_numbers
-
-        return sorted(atomic_numbers[symbol] for symbol in self.checkpoint.config["chemical_species"])
+        return sorted(ATOMIC_NUMBERS[symbol] for symbol in self.checkpoint.config["chemical_species"])
 
     @property
     def cutoff(self) -> float:
