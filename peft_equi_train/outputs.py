@@ -5,7 +5,6 @@ The directory itself (lock, checks, overwrite) is :mod:`~peft_equi_train.run_dir
 
 from __future__ import annotations
 
-import copy
 import json
 import logging
 from pathlib import Path
@@ -17,6 +16,7 @@ from torch import nn
 from peft_equi.energy_correction import EnergyCorrection
 from peft_equi.errors import EnergyShiftError, NotMergeableError
 from peft_equi.families.base import Potential
+from peft_equi.utils.copying import deepcopy_module
 from peft_equi.utils.files import atomic_write
 from peft_equi_train.logs import MetricsLog, plot_force_parity, plot_learning_curves
 
@@ -63,7 +63,7 @@ def write_outputs(
     correction = EnergyCorrection(tuple(potential.atomic_numbers), tuple(np.asarray(energy_shift).tolist()))
     correction.write(output)
     try:
-        merged = potential.fold_energy_shift(copy.deepcopy(model).merge_and_unload(), correction)
+        merged = potential.fold_energy_shift(deepcopy_module(model).merge_and_unload(), correction)
         merged_path = potential.save_atomically(merged, output / "merged")
         result["merged_model"] = str((location or output) / merged_path.name)
     except (NotMergeableError, EnergyShiftError) as exc:

@@ -34,7 +34,6 @@ copy.  The tables themselves are checked first.  Random irreps: ``test_contract_
 
 from __future__ import annotations
 
-import copy
 import re
 import warnings
 from dataclasses import dataclass
@@ -58,6 +57,7 @@ from safetensors import safe_open
 import peft_equi
 from peft_equi.families.mace.cueq import _compiled_modules
 from peft_equi.testing import assert_equivariant, equivariance_error, randomize_adapters
+from peft_equi.utils.copying import deepcopy_module
 from peft_equi.utils.dtype import torch_default_dtype
 
 ACCEPTED = [(layer, case) for layer, case in CASES if (layer.name, str(case)) not in REFUSALS]
@@ -99,11 +99,8 @@ def _check_equivariance(layer: LayerCase, fn, args) -> float:
 
 
 def _copy(module: torch.nn.Module) -> torch.nn.Module:
-    """A deep copy sharing the parameter-free compiled modules (copying recompiles them: seconds for
-    cuet's) and MACE's zeroed weights (``EmptyParam``: zero, frozen, written by nobody, and it cannot be
-    deep-copied)."""
-    memo = _compiled_modules(module) | {id(p): p for p in module.parameters() if type(p).__name__ == "EmptyParam"}
-    return copy.deepcopy(module, memo=memo)
+    """A deep copy sharing the parameter-free compiled modules (copying recompiles them: seconds for cuet's)."""
+    return deepcopy_module(module, _compiled_modules(module))
 
 
 def _options(layer: LayerCase, case: AdapterCase) -> dict:

@@ -2,13 +2,13 @@
 
 from __future__ import annotations
 
-import copy
 from typing import Any
 
 import torch
 from torch import nn
 
 from peft_equi.energy_correction import EnergyShift
+from peft_equi.utils.copying import deepcopy_module
 
 
 def mace_calculator(model: nn.Module, device: str = "cpu", energy_shift: EnergyShift | None = None, **kwargs: Any):
@@ -26,6 +26,6 @@ def mace_calculator(model: nn.Module, device: str = "cpu", energy_shift: EnergyS
 
     dtype = next(model.parameters()).dtype
     kwargs.setdefault("default_dtype", "float64" if dtype == torch.float64 else "float32")
-    copied = copy.deepcopy(model)
+    copied = deepcopy_module(model)
     MacePotential(copied, "calculator").fold_energy_shift(copied, energy_shift)
     return MACECalculator(models=copied, device=device, **kwargs)

@@ -12,13 +12,12 @@ carry over unchanged.
 
 from __future__ import annotations
 
-import copy
-
 import torch
 from torch import nn
 
 from peft_equi.tuner.model import PeftModel, get_peft_model
 from peft_equi.tuner.state_dict import set_peft_model_state_dict
+from peft_equi.utils.copying import deepcopy_module
 from peft_equi.utils.dtype import torch_default_dtype
 
 _CUET_POLYNOMIAL = "cuequivariance_torch.primitives.segmented_polynomial"
@@ -60,7 +59,7 @@ def _compiled_modules(model: nn.Module) -> dict[int, nn.Module]:
 def _switch(model: nn.Module | PeftModel, convert) -> nn.Module | PeftModel:
     if not isinstance(model, PeftModel):
         return _convert(model, convert)
-    work = copy.deepcopy(model, memo=_compiled_modules(model))
+    work = deepcopy_module(model, _compiled_modules(model))
     active = work.active_adapter
     adapters = {
         name: (

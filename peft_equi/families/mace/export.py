@@ -7,7 +7,6 @@ absolute energies.
 
 from __future__ import annotations
 
-import copy
 import json
 from collections.abc import Sequence
 from pathlib import Path
@@ -19,6 +18,7 @@ from peft_equi.errors import NotMergeableError, PeftEquiError
 from peft_equi.families.mace.potential import MacePotential
 from peft_equi.families.mace.subset import subset_elements
 from peft_equi.tuner.model import PeftModel
+from peft_equi.utils.copying import deepcopy_module
 
 REQUIREMENT_NOTE = "this model has input-dependent adapters ({adapters}); loading it needs peft_equi installed"
 
@@ -52,7 +52,7 @@ def save_adapted_mace(
     if wanted is not None and wanted == sorted(int(z) for z in model.atomic_numbers):
         wanted = None  # already these elements
     try:
-        plain = copy.deepcopy(model).merge_and_unload()
+        plain = deepcopy_module(model).merge_and_unload()
     except NotMergeableError as exc:
         if wanted is not None:
             raise PeftEquiError(
@@ -61,7 +61,7 @@ def save_adapted_mace(
             ) from None
         adapters = sorted({a.name for _, a in model.adapters() if a.merge_blocker()})
         note = REQUIREMENT_NOTE.format(adapters=", ".join(adapters))
-        saved = model if energy_shift is None else potential.fold_energy_shift(copy.deepcopy(model), energy_shift)
+        saved = model if energy_shift is None else potential.fold_energy_shift(deepcopy_module(model), energy_shift)
         saved.peft_equi_required = note
         torch.save(saved, path)
         path.with_name(path.name + ".peft_equi.json").write_text(
@@ -107,7 +107,7 @@ def export_lammps(
     if dtype not in LAMMPS_DTYPES:
         raise ValueError(f"dtype must be one of {sorted(LAMMPS_DTYPES)}, not {dtype!r}")
     path = Path(path)
-    plain = copy.deepcopy(model)
+    plain = deepcopy_module(model)
     if isinstance(plain, PeftModel):
         if merge is False:
             plain = plain.base_model

@@ -25,7 +25,6 @@ cut this way raises an error instead of being copied wrongly.
 
 from __future__ import annotations
 
-import copy
 import math
 from collections.abc import Iterable
 
@@ -34,6 +33,7 @@ from torch import nn
 
 from peft_equi.errors import PeftEquiError, UnknownElementError, element_names
 from peft_equi.families.mace.loading import instantiate, key_difference, weights_of
+from peft_equi.utils.copying import deepcopy_module
 
 
 def _check_plain_e3nn(model: nn.Module) -> None:
@@ -168,7 +168,7 @@ def subset_elements(model: nn.Module, atomic_numbers: Iterable[int]) -> nn.Modul
         raise PeftEquiError("subset_elements needs at least one element")
     kept = [z for z in current if z in wanted]
     if kept == current:
-        return copy.deepcopy(model)
+        return deepcopy_module(model)
 
     config = extract_config_mace_model(model)
     if "error" in config:
