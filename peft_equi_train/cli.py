@@ -74,8 +74,8 @@ def _main(
 
 
 def _fail(message: str) -> typer.Exit:
-    one_line = "; ".join(line.strip() for line in str(message).splitlines() if line.strip())
-    typer.secho(f"error: {one_line}", fg=typer.colors.RED, err=True)
+    lines = "; ".join(line.strip() for line in str(message).splitlines() if line.strip())  # one line, "; " between
+    typer.secho(f"error: {lines}", fg=typer.colors.RED, err=True)
     return typer.Exit(code=2)
 
 
