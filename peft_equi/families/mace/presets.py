@@ -87,7 +87,7 @@ def _hybrid_rules(rank: int) -> list[Rule]:
 
 def _paper_config(first: Rule, preset: str, hybrid_rank: int, train_bessel: bool) -> PeftConfig:
     buffers = [BESSEL_WEIGHTS] if train_bessel else []
-    return PeftConfig(rules=[first, *_hybrid_rules(hybrid_rank)], train_buffers=buffers, preset=preset)
+    return PeftConfig(rules=[first, *_hybrid_rules(hybrid_rank)], fully_trained_buffers=buffers, preset=preset)
 
 
 def _linear_rule(rank: int, linear_adapter: str, **mmea_options: Any) -> Rule:
@@ -181,4 +181,4 @@ def freeze(level: int = 5) -> PeftConfig:
     if not 1 <= level <= 6:
         raise ValueError(f"freeze level must be 1-6 (mace's --freeze; 7 freezes every module), got {level}")
     trained = [f"{module}.*" for threshold, module in FREEZE_LEVELS if level < threshold]
-    return PeftConfig(train=trained, preset="freeze")
+    return PeftConfig(fully_trained=trained, preset="freeze")
