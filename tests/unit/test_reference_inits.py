@@ -3,7 +3,7 @@
 Reference inits (ELoRA and MMEA code, mace 0.3.5): low-rank ``A = randn`` (std 1) and ``B = 0``
 on o3.Linear, radial-MLP (FC) layers and internal-weight tensor products; contraction
 ``weights_max``: ``A = randn(E, P, r) / P``, ``B = 0``; MMEA gate: PyTorch's default weight,
-bias 0; scale branch 0; shift branch bias 0, weight PyTorch's default (rMD17) or
+bias 0; gain map 0; shift map bias 0, weight PyTorch's default (rMD17) or
 N(0, 1e-3^2) (3BPA).
 """
 

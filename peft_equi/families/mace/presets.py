@@ -36,7 +36,7 @@ differs from the adapters' defaults in three places (see docs/adapters/initialis
   starts that weight at zero instead.
 
 Every other factor starts as in the reference code too: ELoRA ``A ~ N(0, 1)`` and all ``B = 0``;
-the MMEA gate with PyTorch's default weight and a zero bias, scale branch and shift bias zero.
+the MMEA gate with PyTorch's default weight and a zero bias, gain map and shift bias zero.
 """
 
 from __future__ import annotations
