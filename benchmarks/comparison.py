@@ -143,10 +143,10 @@ def engine_options(args, train: Path, test: Path, n_train: int, valid_fraction: 
 
 
 def stage_two(epochs: int) -> dict[str, Any]:
-    """The papers' second stage (mace ``--swa --start_swa=400`` of 500 epochs), scaled to ``epochs``.
+    """The papers' stage two (mace ``--swa --start_swa=400`` of 500 epochs), scaled to ``epochs``.
 
-    Quick modes run it too (8 + 2 of 10 epochs): with energy and force weights 1 : 1000 the first
-    stage barely constrains energies, and the second stage (1000 : 100) is where the papers' runs
+    Quick modes run it too (8 + 2 of 10 epochs): with energy and force weights 1 : 1000 stage one
+    barely constrains energies, and stage two (1000 : 100) is where the papers' runs
     bring them down.
     """
     return {"swa": True, "start_swa": round(0.8 * epochs)} if epochs >= 5 else {}

@@ -22,7 +22,7 @@ from peft_equi.families.mace import subset_elements
 from peft_equi.families.mace.architectures import HCO, MACE_OFF23_ELEMENTS, build_mace
 
 ROWS = [
-    ("full", {"train_buffers": ["*bessel_weights"]}, 751_896, "all weights + Bessel weights"),
+    ("full", {"fully_trained_buffers": ["*bessel_weights"]}, 751_896, "all weights + Bessel weights"),
     # the papers count MACE's 8 Bessel weights (requires_grad, never in an optimizer group); the presets
     # leave them frozen unless train_bessel=True
     ("mmea-paper", {"rank": 16, "train_bessel": True}, 151_354, "MMEA paper, r=16"),
@@ -64,7 +64,10 @@ def main() -> None:
     for name, options, reference, source in ROWS:
         count = peft_equi.get_peft_model(copy.deepcopy(base), name, **options).num_trainable_parameters()
         uncut = peft_equi.get_peft_model(copy.deepcopy(full), name, **options).num_trainable_parameters()
-        shown = ", ".join(f"{k}={v}" for k, v in options.items() if k not in ("train_buffers", "train_bessel")) or "-"
+        shown = (
+            ", ".join(f"{k}={v}" for k, v in options.items() if k not in ("fully_trained_buffers", "train_bessel"))
+            or "-"
+        )
         rows.append(
             {
                 "preset": name,

@@ -135,15 +135,17 @@ def _latest_checkpoint(checkpoints: Path) -> Path | None:
     return max(found, key=lambda f: int(f.stem.rsplit("-", 1)[1])) if found else None
 
 
-def start_second_stage(checkpoints: Path, lr: float) -> str | None:
+def start_stage_two(checkpoints: Path, lr: float) -> str | None:
     """Set the learning rate in mace's latest checkpoint to ``lr`` and restart its plateau scheduler.
 
-    The second, low-learning-rate stage of MACE's recipe.  mace's own ``--swa`` (Stage Two)
+    Stage two of MACE's recipe, at a lower learning rate.  mace's own stage two (``--swa``)
     crashes on this stack at its first weight-averaging update (``../shared/NOTES-anchors.md``),
     so the stage is a resumed run with the lower rate written into the checkpoint (mace restores
     the optimizer's rate from it) and, as ``main`` passes them, the stage's loss weights.  The
     scheduler's best loss is forgotten (the loss changes with the weights).  Returns a line for
-    the log, or ``None`` when the checkpoint already runs at ``lr``.
+    the log, or ``None`` when the checkpoint already runs at ``lr``; the log lines keep the words
+    ("second stage: ...") of the committed ``results/pretrain/mace-organic-xtb/log.txt``, which
+    :func:`learning_curve` reads.
     """
     import torch
 
@@ -246,7 +248,7 @@ def train(args: argparse.Namespace, folder: Path, files: dict[str, Path], e0s: d
     with (folder / "log.txt").open("a") as log:
         log.write(f"\n# pretrain_organic.py {' '.join(sys.argv[1:] if argv is None else argv)}\n")
         if args.stage_two_lr is not None:
-            change = start_second_stage(folder / "checkpoints", args.stage_two_lr)
+            change = start_stage_two(folder / "checkpoints", args.stage_two_lr)
             log.write(f"# {change or 'second stage continues'}\n")
         log.flush()
         command = [str(Path(sys.executable).with_name("mace_run_train")), *mace_arguments(args, folder, files, e0s)]
@@ -266,7 +268,7 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument(
         "--stage-two-lr",
         type=float,
-        help="resume at this learning rate (the second stage; give its loss weights too)",
+        help="resume at this learning rate (stage two; give its loss weights too)",
     )
     p.add_argument(
         "--export-only",

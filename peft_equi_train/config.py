@@ -3,8 +3,11 @@
 Defaults follow the MMEA/ELoRA papers' rMD17 protocol (mace ``--loss=ef``): energy weight 1 on
 the total-energy MSE, forces weight 1000, Adam with amsgrad, lr 0.005, batch 5,
 ReduceLROnPlateau (patience 5, factor 0.8), EMA 0.995, gradient clipping at 100, float64,
-the best-validation model kept.  The papers' second stage (mace ``--swa --start_swa=400``)
-is ``swa=True`` with mace's option names; off by default, as in mace.
+the best-validation model kept.  The papers' stage two (mace ``--swa --start_swa=400``) is
+``swa=True``; off by default, as in mace.  The stage-two fields keep mace's CLI names (``swa``,
+``start_swa``, ``swa_lr``, ``swa_energy_weight``, ``swa_forces_weight``; ``swa_energy_loss`` in
+their style) because users come from ``mace_run_train``; everything else (the engine's code, log
+lines, ``stage_two_from_epoch`` in ``results.json``, the docs) calls it stage two.
 """
 
 from __future__ import annotations

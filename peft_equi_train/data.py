@@ -1,6 +1,6 @@
 """Labelled structures for fine-tuning: reading (extxyz, rMD17), selection, splits, reference energies.
 
-A :class:`Dataset` holds ``ase.Atoms`` with reference energies (eV) and forces (eV/A).
+A :class:`LabelledStructures` holds ``ase.Atoms`` with reference energies (eV) and forces (eV/A).
 Fine-tuning a foundation model on data from another level of theory needs new per-element
 reference energies: :func:`fit_reference_energies` solves ``E_i ~ sum_z n_iz e_z`` by least
 squares; :func:`read_isolated_atom_energies` reads them from single-atom calculations.
@@ -21,7 +21,7 @@ RMD17_KEYS = ("nuclear_charges", "coords", "energies", "forces")
 
 
 @dataclass
-class Dataset:
+class LabelledStructures:
     """Structures with reference energies ``(n,)`` in eV and forces (one ``(n_atoms, 3)`` array each) in eV/A."""
 
     atoms: list
@@ -35,9 +35,9 @@ class Dataset:
     def __len__(self) -> int:
         return len(self.atoms)
 
-    def subset(self, indices: Sequence[int]) -> Dataset:
+    def subset(self, indices: Sequence[int]) -> LabelledStructures:
         """The structures at ``indices``, in that order."""
-        return Dataset(
+        return LabelledStructures(
             [self.atoms[i] for i in indices], self.energies[list(indices)], [self.forces[i] for i in indices]
         )
 
@@ -47,7 +47,7 @@ class Dataset:
         return sorted({int(z) for a in self.atoms for z in a.numbers})
 
 
-def read_dataset(path: str | Path, energy_key: str = "energy", forces_key: str = "forces") -> Dataset:
+def read_dataset(path: str | Path, energy_key: str = "energy", forces_key: str = "forces") -> LabelledStructures:
     """Read an rMD17 ``.npz`` file or any ASE-readable file (extxyz) with energies and forces.
 
     The data is checked on reading: an unreadable or empty file, a non-finite energy, force
@@ -188,7 +188,7 @@ def check_structure(path: str | Path, index: int, atoms, energy: float, forces: 
         raise DataError(f"{where}: atoms {i} and {j}{image} are {distance:.3g} A apart (closer than {MIN_DISTANCE} A)")
 
 
-def read_extxyz(path: str | Path, energy_key: str = "energy", forces_key: str = "forces") -> Dataset:
+def read_extxyz(path: str | Path, energy_key: str = "energy", forces_key: str = "forces") -> LabelledStructures:
     """Structures of an extxyz file; energy from ``info[energy_key]``, forces from ``arrays[forces_key]``.
 
     ASE moves the keys ``energy`` and ``forces`` into a calculator's results when reading;
@@ -213,10 +213,10 @@ def read_extxyz(path: str | Path, energy_key: str = "energy", forces_key: str = 
         check_structure(path, i, atoms, energy, force)
         energies.append(energy)
         forces.append(force)
-    return Dataset(atoms_list, np.asarray(energies), forces)
+    return LabelledStructures(atoms_list, np.asarray(energies), forces)
 
 
-def read_rmd17(path: str | Path, indices: Sequence[int] | None = None) -> Dataset:
+def read_rmd17(path: str | Path, indices: Sequence[int] | None = None) -> LabelledStructures:
     """An rMD17 ``.npz`` file: kcal/mol and kcal/mol/A converted to eV and eV/A (1 kcal/mol = 0.0433641 eV).
 
     ``indices``: the structures to read (0-based, in that order; default all).  Missing keys,
@@ -259,7 +259,7 @@ def read_rmd17(path: str | Path, indices: Sequence[int] | None = None) -> Datase
             raise DataError(f"{path}: structure {int(chosen[first])}: non-finite {name}")
     _check_distances(path, coords, chosen)
     atoms = [Atoms(numbers=numbers, positions=xyz) for xyz in coords]
-    return Dataset(atoms, energies * KCAL_PER_MOL_IN_EV, list(forces * KCAL_PER_MOL_IN_EV))
+    return LabelledStructures(atoms, energies * KCAL_PER_MOL_IN_EV, list(forces * KCAL_PER_MOL_IN_EV))
 
 
 def _check_distances(path: Path, coords: np.ndarray, chosen: np.ndarray) -> None:
@@ -326,8 +326,8 @@ def shuffled_indices(n: int, seed: int) -> np.ndarray:
 
 
 def select_and_split(
-    dataset: Dataset, n_train: int | None, valid_fraction: float, seed: int
-) -> tuple[Dataset, Dataset, Dataset]:
+    dataset: LabelledStructures, n_train: int | None, valid_fraction: float, seed: int
+) -> tuple[LabelledStructures, LabelledStructures, LabelledStructures]:
     """Draw ``n_train`` structures by ``seed`` (all if ``None``), then split off ``valid_fraction`` for validation.
 
     Returns ``(train, valid, rest)``, ``rest`` being the structures not drawn.  With the
@@ -345,7 +345,7 @@ def select_and_split(
     return dataset.subset(drawn[n_valid:]), dataset.subset(drawn[:n_valid]), dataset.subset(rest)
 
 
-def composition_matrix(dataset: Dataset, elements: Sequence[int]) -> np.ndarray:
+def composition_matrix(dataset: LabelledStructures, elements: Sequence[int]) -> np.ndarray:
     """``(n_structures, n_elements)`` counts of each element."""
     index = {z: i for i, z in enumerate(elements)}
     counts = np.zeros((len(dataset), len(elements)))
@@ -355,7 +355,7 @@ def composition_matrix(dataset: Dataset, elements: Sequence[int]) -> np.ndarray:
     return counts
 
 
-def fit_reference_energies(dataset: Dataset, targets: np.ndarray | None = None) -> dict[int, float]:
+def fit_reference_energies(dataset: LabelledStructures, targets: np.ndarray | None = None) -> dict[int, float]:
     """Least-squares per-element energies ``e_z`` with ``targets_i ~ sum_z n_iz e_z`` (default targets: energies).
 
     For datasets of one composition the system is rank-deficient; the minimum-norm solution

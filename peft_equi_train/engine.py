@@ -30,7 +30,7 @@ from peft_equi.families.base import Potential, load_potential
 from peft_equi.tuner.state_dict import set_peft_model_state_dict
 from peft_equi_train.checkpoint import check_elements, check_resumable, input_digests, load_checkpoint, run_state
 from peft_equi_train.config import E0S_MODES, FinetuneConfig
-from peft_equi_train.data import Dataset, read_dataset, read_isolated_atom_energies
+from peft_equi_train.data import LabelledStructures, read_dataset, read_isolated_atom_energies
 from peft_equi_train.data import select_and_split as split_data
 from peft_equi_train.evaluation import evaluate
 from peft_equi_train.foundation_data import PREFIX as RETAIN_PREFIX
@@ -47,7 +47,7 @@ __all__ = ["RUN_FILES", "Finetuner", "TrainingDivergedError", "format_results", 
 log = logging.getLogger(__name__)
 
 
-def load_splits(config: FinetuneConfig) -> tuple[Dataset, Dataset, Dataset | None]:
+def load_splits(config: FinetuneConfig) -> tuple[LabelledStructures, LabelledStructures, LabelledStructures | None]:
     """Read, check and split the data: training, validation, test (no model needed: bad data fails first)."""
     c = config
     if c.test is not None and c.test_on_rest:
@@ -128,7 +128,7 @@ class Finetuner:
         """Batches on this process's device, in the run's dtype."""
         return Collate(self.potential, self.device, self.dtype)
 
-    def prepare(self, data: Dataset) -> GraphDataset:
+    def prepare(self, data: LabelledStructures) -> GraphDataset:
         """Model inputs for ``data`` with the current energy correction."""
         return prepare(self.potential, data, self.energy_shift)
 
@@ -220,7 +220,7 @@ class Finetuner:
         self.replay = replay_set(c, self.potential, self.potential.model, self.collate)
         return peft_config, checkpoint, digests, splits
 
-    def _prepare_model(self, datasets: Sequence[Dataset | None], others: Sequence[int] = ()) -> None:
+    def _prepare_model(self, datasets: Sequence[LabelledStructures | None], others: Sequence[int] = ()) -> None:
         """Cut the model to the data's elements (``subset_elements``), then move it to cuequivariance (``backend``).
 
         The cut comes first (it works on e3nn models) and before the energy correction and

@@ -9,7 +9,7 @@ import torch
 from torch import nn
 
 from peft_equi.families.base import Potential
-from peft_equi_train.data import Dataset
+from peft_equi_train.data import LabelledStructures
 from peft_equi_train.loader import Batch, Collate, GraphDataset, eval_loader, prepare
 from peft_equi_train.metrics import ErrorMetrics, weighted_loss
 
@@ -43,7 +43,7 @@ def predict(
 def evaluate(
     potential: Potential,
     model: nn.Module,
-    data: Dataset | GraphDataset,
+    data: LabelledStructures | GraphDataset,
     *,
     energy_shift: np.ndarray | None = None,
     batch_size: int = 10,

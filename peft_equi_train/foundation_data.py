@@ -35,7 +35,7 @@ from torch import nn
 from peft_equi.errors import DataError, one_line
 from peft_equi.families.base import Potential
 from peft_equi_train.config import FinetuneConfig
-from peft_equi_train.data import Dataset, read_dataset
+from peft_equi_train.data import LabelledStructures, read_dataset
 from peft_equi_train.evaluation import predict
 from peft_equi_train.loader import Collate, GraphDataset, prepare
 
@@ -79,11 +79,11 @@ def read_structures(path: str | Path) -> list:
 
 def pseudo_labelled(
     potential: Potential, model: nn.Module, atoms: list, batch_size: int, collate: Collate | None = None
-) -> Dataset:
+) -> LabelledStructures:
     """``atoms`` labelled with ``model``'s own energies and forces (eV, eV/A)."""
-    blank = Dataset(atoms, np.zeros(len(atoms)), [np.zeros((len(a), 3)) for a in atoms])
+    blank = LabelledStructures(atoms, np.zeros(len(atoms)), [np.zeros((len(a), 3)) for a in atoms])
     energies, forces = predict(potential, model, prepare(potential, blank), batch_size, collate)
-    return Dataset(atoms, energies, np.split(forces, np.cumsum([len(a) for a in atoms])[:-1]))
+    return LabelledStructures(atoms, energies, np.split(forces, np.cumsum([len(a) for a in atoms])[:-1]))
 
 
 def labelled(
@@ -93,7 +93,7 @@ def labelled(
     potential: Potential,
     foundation: nn.Module,
     collate: Collate | None = None,
-) -> Dataset:
+) -> LabelledStructures:
     """The structures of ``path`` with the foundation's ``labels`` ('foundation' or 'file');
     ``foundation`` is the model before adapters."""
     data = read_dataset(path, config.energy_key, config.forces_key) if labels == "file" else None
@@ -132,7 +132,7 @@ def replay_set(
     if not config.replay or config.replay_batch_size() == 0:
         return None
     parts = [labelled(config, path, config.replay_labels, potential, foundation, collate) for path in config.replay]
-    data = Dataset(
+    data = LabelledStructures(
         [a for p in parts for a in p.atoms],
         np.concatenate([p.energies for p in parts]),
         [f for p in parts for f in p.forces],

@@ -1,6 +1,6 @@
 """Batches for the engine: prepared structures in a torch ``DataLoader``.
 
-A :class:`GraphDataset` set holds a :class:`~peft_equi_train.data.Dataset` with the model
+A :class:`GraphDataset` set holds a :class:`~peft_equi_train.data.LabelledStructures` with the model
 inputs (neighbour lists, computed once) and each structure's energy correction.  Evaluation
 reads it in order (:func:`eval_loader`); training (:func:`train_loader`) draws a new order
 every epoch with :class:`ShuffledShares`, which has the semantics of torch's
@@ -22,14 +22,14 @@ from torch.utils.data import DataLoader, Sampler
 
 from peft_equi.errors import PeftEquiError
 from peft_equi.families.base import Potential
-from peft_equi_train.data import Dataset, composition_matrix
+from peft_equi_train.data import LabelledStructures, composition_matrix
 
 
 @dataclass
 class GraphDataset(torch.utils.data.Dataset):
     """A dataset turned into model inputs, with the per-structure energy correction."""
 
-    data: Dataset
+    data: LabelledStructures
     graphs: list[Any]
     shifts: np.ndarray  # sum_z n_z delta_z per structure (eV)
 
@@ -41,7 +41,7 @@ class GraphDataset(torch.utils.data.Dataset):
         return self.graphs[i], self.data.energies[i], self.data.forces[i], self.shifts[i], len(self.data.atoms[i])
 
 
-def prepare(potential: Potential, data: Dataset, energy_shift: np.ndarray | None = None) -> GraphDataset:
+def prepare(potential: Potential, data: LabelledStructures, energy_shift: np.ndarray | None = None) -> GraphDataset:
     """Model inputs for ``data`` with the per-element ``energy_shift`` (eV, in ``potential``'s order; default 0)."""
     elements = potential.atomic_numbers
     energy_shift = np.zeros(len(elements)) if energy_shift is None else np.asarray(energy_shift)

@@ -22,13 +22,18 @@ import numpy as np
 from torch import nn
 
 from peft_equi.families.base import Potential
-from peft_equi_train.data import Dataset, fit_reference_energies, read_isolated_atom_energies
+from peft_equi_train.data import LabelledStructures, fit_reference_energies, read_isolated_atom_energies
 from peft_equi_train.evaluation import predict
 from peft_equi_train.loader import Collate, prepare
 
 
 def energy_correction(
-    potential: Potential, model: nn.Module, train: Dataset, mode: str, batch_size: int, collate: Collate | None = None
+    potential: Potential,
+    model: nn.Module,
+    train: LabelledStructures,
+    mode: str,
+    batch_size: int,
+    collate: Collate | None = None,
 ) -> np.ndarray:
     """``delta_z`` per element of ``potential`` (in its order); ``mode``: 'fit', 'average', 'none' or an
     isolated-atoms file (see the module docstring).
@@ -50,7 +55,7 @@ def energy_correction(
     from ase import Atoms
 
     atoms = [Atoms(numbers=[z], positions=[[0.0, 0.0, 0.0]]) for z in elements if z in isolated]
-    single = Dataset(atoms, np.zeros(len(atoms)), [np.zeros((1, 3))] * len(atoms))
+    single = LabelledStructures(atoms, np.zeros(len(atoms)), [np.zeros((1, 3))] * len(atoms))
     energies, _ = predict(potential, model, prepare(potential, single), batch_size, collate)
     model_e0 = dict(zip([int(a.numbers[0]) for a in atoms], energies))
     return np.array([isolated[z] - model_e0[z] if z in isolated else 0.0 for z in elements])

@@ -116,14 +116,18 @@ class Rule(BaseModel):
 
 
 class PeftConfig(BaseModel):
-    """The whole adaptation of a model; serialise with :meth:`to_json` / :meth:`to_yaml`."""
+    """The whole adaptation of a model; serialise with :meth:`to_json` / :meth:`to_yaml`.
+
+    Base tensors are either adapted (``rules``) or trained fully (``fully_trained``,
+    ``fully_trained_buffers``: peft's ``modules_to_save``, but by tensor pattern, not by module).
+    """
 
     model_config = ConfigDict(extra="forbid", frozen=True)
 
     rules: list[Rule] = Field([], description="first matching rule wins")
     exclude: list[str] = Field([], description="module paths no rule may adapt")
-    train: list[str] = Field([], description="patterns of parameters trained fully (not adapted)")
-    train_buffers: list[str] = Field(
+    fully_trained: list[str] = Field([], description="patterns of parameters trained fully (not adapted)")
+    fully_trained_buffers: list[str] = Field(
         [],
         description="patterns of floating-point buffers made trainable parameters (e.g. '*bessel_weights'); "
         "a matching parameter is simply trained",
@@ -136,7 +140,7 @@ class PeftConfig(BaseModel):
     )
     preset: str | None = Field(None, description="the preset this config came from, if any")
 
-    @field_validator("exclude", "train", "train_buffers", "invariant_inputs")
+    @field_validator("exclude", "fully_trained", "fully_trained_buffers", "invariant_inputs")
     @classmethod
     def _valid_patterns(cls, value: list[str]) -> list[str]:
         return _check_patterns(value)

@@ -2,7 +2,7 @@
 
 A dense layer (``torch.nn.Linear``, an MLP layer) mixes the channels of its last axis and
 says nothing about its features: the same module is equivariant on ``(atoms, channels)``
-scalars and on ``(atoms, 3, channels)`` vectors.  Adapters that read the input or add a
+invariants and on ``(atoms, 3, channels)`` vectors.  Adapters that read the input or add a
 constant need the input to be invariant (:mod:`peft_equi.core.spec`), so discovery asks
 the backend for a proof (:meth:`~peft_equi.core.backend.Backend.invariant_input`).  The
 proofs here rest on one fact:
@@ -61,11 +61,11 @@ def activation_name(fn: object) -> str:
     return getattr(inner, "__name__", type(inner).__name__)
 
 
-def _scalar_only(module: nn.Module) -> tuple[bool, bool]:
+def _invariant_only(module: nn.Module) -> tuple[bool, bool]:
     """``(passes, proves)`` for a module next to a dense layer in an ``nn.Sequential``.
 
-    ``passes``: an elementwise activation or a ``LayerNorm`` (equivariant at most on scalars,
-    so a chain through it stays on scalars); ``proves``: it is one that breaks parity.
+    ``passes``: an elementwise activation or a ``LayerNorm`` (equivariant at most on invariants,
+    so a chain through it stays invariant); ``proves``: it is one that breaks parity.
     """
     if isinstance(module, nn.LayerNorm) and len(module.normalized_shape) == 1:
         weight, bias = (None if t is None else t.detach().double() for t in (module.weight, module.bias))
@@ -89,7 +89,7 @@ def siblings(module: nn.Module, ancestors: Sequence[nn.Module]) -> tuple[list[nn
 
 def sequential_proof(module: nn.Module, ancestors: Sequence[nn.Module]) -> str | None:
     """The proof for a dense layer inside an ``nn.Sequential``: a parity-breaking activation
-    (or ``LayerNorm``) before or after it, reached through scalar-only modules; else ``None``."""
+    (or ``LayerNorm``) before or after it, reached through invariant-only modules; else ``None``."""
     if not ancestors or not isinstance(ancestors[-1], nn.Sequential):
         return None
     siblings_, position = siblings(module, ancestors)
@@ -97,7 +97,7 @@ def sequential_proof(module: nn.Module, ancestors: Sequence[nn.Module]) -> str |
         return None
     for direction, neighbours in (("after", siblings_[position + 1 :]), ("before", siblings_[:position][::-1])):
         for neighbour in neighbours:
-            passes, proves = _scalar_only(neighbour)
+            passes, proves = _invariant_only(neighbour)
             if proves:
                 where = "its output goes into" if direction == "after" else "its input comes out of"
                 return f"{where} {type(neighbour).__name__}, which is equivariant on 0e features only"

@@ -3,9 +3,10 @@
 Every adapter name is also a preset: ``get_peft_model(model, "elora", rank=8)`` puts ELoRA
 on every layer it can adapt, as does the adapter's typed config, ``get_peft_model(model,
 EloraConfig(rank=8))`` (Hugging Face peft's ``get_peft_model(model, LoraConfig(...))``).
-Besides the adapter options, such presets accept ``target``, ``exclude``, ``kinds``, ``train``,
-``train_buffers`` and ``invariant_inputs``.  ``full`` trains every parameter; ``readout-only`` trains the parameters
-matching ``patterns`` (default: the readouts of MACE, NequIP and SevenNet, :data:`READOUT_PATTERN`).
+Besides the adapter options, such presets accept ``target``, ``exclude``, ``kinds``,
+``fully_trained``, ``fully_trained_buffers`` and ``invariant_inputs``.  ``full`` trains every
+parameter; ``readout-only`` trains the parameters matching ``patterns`` (default: the readouts
+of MACE, NequIP and SevenNet, :data:`READOUT_PATTERN`).
 Register more with :func:`peft_equi.core.registry.register_preset`.
 """
 
@@ -22,7 +23,7 @@ from peft_equi.core.registry import ADAPTERS, PRESETS, register_preset
 from peft_equi.errors import ConfigError, PeftEquiError, UnknownNameError, one_line
 
 _RULE_KEYS = ("target", "exclude", "kinds")
-_CONFIG_KEYS = ("train", "train_buffers", "invariant_inputs")
+_CONFIG_KEYS = ("fully_trained", "fully_trained_buffers", "invariant_inputs")
 
 
 def adapter_everywhere(adapter: str, **options: Any) -> PeftConfig:
@@ -40,9 +41,9 @@ def adapter_everywhere(adapter: str, **options: Any) -> PeftConfig:
 
 
 @register_preset("full")
-def full(train_buffers: list[str] | None = None) -> PeftConfig:
+def full(fully_trained_buffers: list[str] | None = None) -> PeftConfig:
     """Full fine-tuning: every parameter trainable, no adapter."""
-    return PeftConfig(train=["*"], train_buffers=train_buffers or [], preset="full")
+    return PeftConfig(fully_trained=["*"], fully_trained_buffers=fully_trained_buffers or [], preset="full")
 
 
 #: Readout parameters: MACE ``readouts.*``, NequIP ``*readout*``, SevenNet ``reduce_input_to_hidden`` and
@@ -53,7 +54,7 @@ READOUT_PATTERN = r"re:(.*readout.*|(.*\.)?reduce_(input_to_hidden|hidden_to_ene
 @register_preset("readout-only")
 def readout_only(patterns: list[str] | None = None) -> PeftConfig:
     """Train only the parameters whose names match ``patterns`` (default :data:`READOUT_PATTERN`)."""
-    return PeftConfig(train=patterns or [READOUT_PATTERN], preset="readout-only")
+    return PeftConfig(fully_trained=patterns or [READOUT_PATTERN], preset="readout-only")
 
 
 def preset_names() -> list[str]:
@@ -73,8 +74,8 @@ def adapter_name_of(config: AdapterConfig) -> str:
 def resolve_config(config: PeftConfig | AdapterConfig | str, **options: Any) -> PeftConfig:
     """The one way a config is made: from a :class:`PeftConfig` (no options allowed), an adapter's config
     (``MmeaConfig(rank=16)``: that adapter on every layer it supports; options: ``target``, ``exclude``,
-    ``kinds``, ``train``, ``train_buffers``, ``invariant_inputs``, peft's ``target_modules``) or a preset or
-    adapter name with its options.
+    ``kinds``, ``fully_trained``, ``fully_trained_buffers``, ``invariant_inputs``, peft's
+    ``target_modules``) or a preset or adapter name with its options.
 
     Needs no model (runs check their options before loading one).  Every problem with the options
     is a one-line :class:`ConfigError` naming the option (an unknown name: :class:`UnknownNameError`);

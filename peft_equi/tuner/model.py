@@ -33,7 +33,7 @@ holds the active adapter in ``adapter`` and the others in ``other_adapters``, an
 :meth:`PeftModel.set_adapter` swaps them (a compiled model keeps the adapter active when it
 was compiled).
 
-Base tensors trained fully (``PeftConfig.train``, ``train_buffers``, BitFit's layer biases)
+Base tensors trained fully (``PeftConfig.fully_trained``, ``fully_trained_buffers``, BitFit's layer biases)
 belong to the adapter whose config trains them, as peft's ``modules_to_save``: each named
 adapter has its own values of them, starting from the base values.  The model holds the
 active adapter's values; :meth:`PeftModel.set_adapter` stores them and puts in the new active
@@ -431,7 +431,7 @@ def get_peft_model(
     check_name(adapter_name)
     config = resolve_config(config, **options)
     assignments = plan_layers(model, config)
-    trained_tensor_names(model, config, assignments)  # validates the train patterns before any change
+    trained_tensor_names(model, config, assignments)  # checks the patterns before any change
     return PeftModel(model, config, assignments, adapter_name)
 
 

@@ -3,7 +3,7 @@ that adds, switches and deletes them (peft's ``add_adapter`` / ``set_adapter`` /
 
 Each :class:`AdaptedLayer` holds the active adapter in ``adapter`` and the others in
 ``other_adapters``; a layer the active adapter does not adapt computes its base layer.  Base
-tensors trained fully (``PeftConfig.train``, ``train_buffers``, BitFit's layer biases) belong to
+tensors trained fully (``PeftConfig.fully_trained``, ``fully_trained_buffers``, BitFit's layer biases) belong to
 the adapter whose config trains them (as peft's ``modules_to_save``): the model holds the
 active adapter's values, the others wait in a stash and :meth:`NamedAdapters.set_adapter`
 swaps them in.
@@ -66,7 +66,7 @@ class NamedAdapters:
         check_name(adapter_name, self.peft_config)
         config = resolve_config(peft_config, **options)
         assignments = assign(discover(self.base_model), config)
-        trained_tensor_names(self.base_model, config, assignments)  # validates the train patterns before any change
+        trained_tensor_names(self.base_model, config, assignments)  # checks the patterns before any change
         self._inject(adapter_name, config, assignments)
 
     def set_adapter(self, adapter_name: str) -> None:
@@ -198,9 +198,10 @@ def _join(path: str, name: str) -> str:
 
 
 def trained_tensor_names(model: nn.Module, config: PeftConfig, assignments: list[LayerPlan]) -> list[str]:
-    """Names of the base tensors trained fully: ``train``, ``train_buffers`` and BitFit's layer biases."""
-    names = select_tensors(model, config.train, buffers=False)
-    names += select_tensors(model, config.train_buffers, buffers=True)
+    """Names of the base tensors trained fully: ``fully_trained``, ``fully_trained_buffers`` and BitFit's
+    layer biases."""
+    names = select_tensors(model, config.fully_trained, buffers=False)
+    names += select_tensors(model, config.fully_trained_buffers, buffers=True)
     for entry in assignments:
         if entry.adapter is not None and entry.adapter.trains_layer_bias:
             layer = entry.layer

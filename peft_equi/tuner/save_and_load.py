@@ -22,7 +22,7 @@ Three records in ``adapter_config.json`` are checked on loading:
 * ``base_fingerprint``: the frozen base tensors the adapters act on, i.e. the weight and
   bias of every adapted layer (named ``<layer>.weight`` / ``<layer>.bias``) in the
   backend-free layout of :mod:`peft_equi.core.spec`, so e3nn and cuequivariance copies of a
-  layer agree; tensors the adapter stores itself (BitFit's biases, ``train`` patterns) are
+  layer agree; tensors the adapter stores itself (BitFit's biases, ``fully_trained`` patterns) are
   left out, as loading replaces them.  Canonical form: the values rounded to float32,
   flattened, little-endian bytes; the sha256 of that is compared exactly.  A base loaded in
   float32 or float64 gives the same sha256, and so does a base cut by ``subset_elements`` in

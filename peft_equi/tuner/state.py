@@ -40,7 +40,7 @@ class TunerState:
     adapter_paths: dict[str, list[str]] = field(default_factory=dict)
     #: Base tensor trained fully by any adapter -> ``(owner module, attribute)`` (attaching, ``delete_adapter``).
     trained: dict[str, tuple[nn.Module, str]] = field(default_factory=dict)
-    #: Adapter -> the base tensors it trains fully (``train``, ``train_buffers``, BitFit's layer biases).
+    #: Adapter -> the base tensors it trains fully (``fully_trained``, ``fully_trained_buffers``, BitFit's biases).
     trained_names: dict[str, list[str]] = field(default_factory=dict)
     #: Trained buffers, made parameters while trained -> whether the buffer was persistent (restored on unload).
     trained_buffers: dict[str, bool] = field(default_factory=dict)
@@ -72,7 +72,7 @@ class TunerState:
                 if value is not None:
                     values[name] = fn(value)
 
-    # -- the fully trained base tensors (``PeftConfig.train``, ``train_buffers``, BitFit's layer biases) --
+    # -- the base tensors trained fully (``fully_trained``, ``fully_trained_buffers``, BitFit's layer biases) --
 
     def add_trained(self, adapter_name: str, names: list[str], owners: dict[str, tuple[nn.Module, str]]) -> None:
         """Record that adapter ``adapter_name`` trains the base tensors ``names`` (``owners``: name -> ``(module,
@@ -82,7 +82,7 @@ class TunerState:
             if name in self.trained:
                 continue
             owner, attr = owners[name]
-            if attr in owner._buffers:  # a train_buffers buffer: trained as a parameter
+            if attr in owner._buffers:  # a fully_trained_buffers buffer: trained as a parameter
                 self.trained_buffers[name] = attr not in owner._non_persistent_buffers_set
                 value = getattr(owner, attr)
                 delattr(owner, attr)

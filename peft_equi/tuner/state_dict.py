@@ -5,7 +5,7 @@ An adapter's tensors, as :meth:`PeftModel.adapter_state_dict` gives them and
 
 * ``adapters.<layer path>.<name>``: parameter ``name`` of the adapter on the layer at ``<layer path>``
   (:func:`adapter_key`; a model that is one layer has ``adapters.<name>``);
-* ``base.<name>``: the base tensor ``name`` that the adapter trains fully (``train``, ``train_buffers``,
+* ``base.<name>``: the base tensor ``name`` that the adapter trains fully (``fully_trained``, ``fully_trained_buffers``,
   BitFit's layer biases), under its name in the model without adapters (:func:`trained_key`).
 
 :func:`get_peft_model_state_dict` and :func:`set_peft_model_state_dict` are peft's names for

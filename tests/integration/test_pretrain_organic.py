@@ -50,7 +50,7 @@ def test_pretraining_writes_both_model_files_and_resumes(tmp_path):
         assert second["held_out"][split]["structures"] == 1 * 2 * 3  # 1 molecule x 2 temperatures x 3 snapshots
     assert "| test |" in (out / "results.md").read_text()
 
-    # the second stage: resumed at a lower learning rate (written into mace's checkpoint), other loss weights
+    # stage two: resumed at a lower learning rate (written into mace's checkpoint), other loss weights
     pretrain_organic.main([*run, "--epochs", "3", "--stage-two-lr", "0.001", "--energy-weight", "10"])
     third_run = (out / "log.txt").read_text().split("\n# pretrain_organic.py")[-1]
     assert "second stage: learning rate 0.01 -> 0.001" in third_run

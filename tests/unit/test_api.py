@@ -116,8 +116,8 @@ def test_rules_targets_kinds_exclude_and_train_patterns():
             peft_equi.Rule(adapter="lora", target="mlp.*", exclude="*layer1", options={"rank": 2}),
         ],
         exclude=["dense"],
-        train=["dense.*"],
-        train_buffers=["scale"],
+        fully_trained=["dense.*"],
+        fully_trained_buffers=["scale"],
     )
     net = MixedNet()
     model = peft_equi.get_peft_model(net, config)
@@ -141,7 +141,7 @@ def test_full_and_readout_only_presets():
 def test_config_round_trips_json_and_yaml(tmp_path):
     config = peft_equi.PeftConfig(
         rules=[peft_equi.Rule(adapter="mmea", target=["interactions.*.linear"], options={"rank": 8, "gain": "exp"})],
-        train_buffers=["*bessel_weights"],
+        fully_trained_buffers=["*bessel_weights"],
     )
     assert peft_equi.PeftConfig.from_json(config.to_json()) == config
     assert peft_equi.PeftConfig.from_yaml(config.to_yaml()) == config
@@ -171,7 +171,7 @@ def _assert_unchanged(net, snapshot):
         (lambda net: peft_equi.get_peft_model(net, "mmea", rank=0), peft_equi.ConfigError, "adapter 'mmea': rank"),
         (lambda net: peft_equi.get_peft_model(net, "elora", rnak=4), peft_equi.ConfigError, "unknown option 'rnak'"),
         (lambda net: peft_equi.get_peft_model(net, "lora", target="nothing.*"), peft_equi.RuleMatchError, "nothing"),
-        (lambda net: peft_equi.get_peft_model(net, "lora", train=["nope*"]), peft_equi.RuleMatchError, "nope"),
+        (lambda net: peft_equi.get_peft_model(net, "lora", fully_trained=["nope*"]), peft_equi.RuleMatchError, "nope"),
         (
             lambda net: peft_equi.get_peft_model(
                 net,

@@ -102,8 +102,8 @@ def test_film_refuses_operands_without_invariants():
 
 
 def test_film_config_validation():
-    assert FilmConfig().gain_scale == pytest.approx(math.log(2.0))
-    assert FilmConfig(gain="one_plus", max_gain=1.25).gain_scale == pytest.approx(0.25)
+    assert FilmConfig().gain_amplitude == pytest.approx(math.log(2.0))
+    assert FilmConfig(gain="one_plus", max_gain=1.25).gain_amplitude == pytest.approx(0.25)
     for bad in [
         {"max_gain": 1.0},
         {"gain": "one_plus", "max_gain": 2.5},

@@ -109,7 +109,7 @@ def _formula_counts(model, rank: int, hybrid: int) -> dict[str, int]:
 
 #: How each method counts MACE's Bessel weights as trainable, as the papers' numbers do.
 BESSEL_COUNTED = {
-    "full": {"train_buffers": ["*bessel_weights"]},
+    "full": {"fully_trained_buffers": ["*bessel_weights"]},
     "mmea-paper": {"train_bessel": True},
     "elora-paper": {"train_bessel": True},
 }
@@ -130,7 +130,7 @@ def test_paper_table_on_mace_off23_medium():
     """The published trainable-parameter counts on the MACE-OFF23-medium architecture (H, C, O).
 
     The papers count MACE's 8 Bessel weights (their code sets requires_grad but never optimises them):
-    ``train_bessel=True`` on the paper presets, ``train_buffers`` for full fine-tuning."""
+    ``train_bessel=True`` on the paper presets, ``fully_trained_buffers`` for full fine-tuning."""
     from mace.modules.lora import inject_lora
 
     medium = build_mace("medium")

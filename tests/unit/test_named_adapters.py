@@ -25,8 +25,8 @@ PAIRS = {
     "mmea+lora(mlp)": ((MmeaConfig(rank=2), {}), ("lora", {"rank": 3, "target": "mlp.*"})),
     "bitfit+film": (("bitfit", {}), ("film", {})),
     "train readout+train scale": (
-        (PeftConfig(rules=[Rule(adapter="lora", target="embedding")], train=["readout.*"]), {}),
-        ("elora", {"rank": 2, "target": "tp", "train_buffers": ["scale"]}),
+        (PeftConfig(rules=[Rule(adapter="lora", target="embedding")], fully_trained=["readout.*"]), {}),
+        ("elora", {"rank": 2, "target": "tp", "fully_trained_buffers": ["scale"]}),
     ),
 }
 
@@ -150,7 +150,7 @@ def test_single_adapter_state_dict_keys_are_unchanged_also_after_deleting_anothe
     keys = set(model.state_dict())
     assert keys == _expected_single_adapter_keys(base, model)
     assert not any("other_adapters" in k for k in keys)
-    model.add_adapter("extra", "elora", rank=2, target="tp", train_buffers=["scale"])
+    model.add_adapter("extra", "elora", rank=2, target="tp", fully_trained_buffers=["scale"])
     two = set(model.state_dict())
     assert any(k.startswith("base_model.tp.other_adapters.extra.") for k in two)
     model.delete_adapter("extra")
@@ -183,8 +183,10 @@ def _readout(model: PeftModel) -> torch.Tensor:
 def test_trained_base_tensors_are_kept_per_adapter_and_swapped():
     net = MixedNet()
     scale, readout = net.scale.clone(), net.readout.weight.detach().clone()
-    model = peft_equi.get_peft_model(net, PeftConfig(rules=[Rule(adapter="lora", target="dense")], train=["readout.*"]))
-    model.add_adapter("b", "bitfit", train=["readout.*"], train_buffers=["scale"])
+    model = peft_equi.get_peft_model(
+        net, PeftConfig(rules=[Rule(adapter="lora", target="dense")], fully_trained=["readout.*"])
+    )
+    model.add_adapter("b", "bitfit", fully_trained=["readout.*"], fully_trained_buffers=["scale"])
     with torch.no_grad():
         _readout(model).fill_(1.0)  # "default"'s value
     model.set_adapter("b")
@@ -262,7 +264,7 @@ def test_is_trainable(tmp_path):
 TYPED = [
     (MmeaConfig(rank=4), "mmea", {"rank": 4}, {}),
     (EloraConfig(rank=2, alpha=4.0), "elora", {"rank": 2, "alpha": 4.0}, {"target": "tp"}),
-    (LoraConfig(), "lora", {}, {"train_buffers": ["scale"]}),
+    (LoraConfig(), "lora", {}, {"fully_trained_buffers": ["scale"]}),
 ]
 
 

@@ -46,7 +46,9 @@ def test_only_adapter_weights_are_saved(tmp_path):
 
 def test_trained_base_tensors_are_saved_and_restored(tmp_path):
     config = peft_equi.PeftConfig(
-        rules=[peft_equi.Rule(adapter="lora", target="embedding")], train=["readout.*"], train_buffers=["scale"]
+        rules=[peft_equi.Rule(adapter="lora", target="embedding")],
+        fully_trained=["readout.*"],
+        fully_trained_buffers=["scale"],
     )
     net = MixedNet()
     fresh = copy.deepcopy(net)  # the same base weights

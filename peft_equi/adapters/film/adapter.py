@@ -24,7 +24,7 @@ def _selected_operands(spec: LayerSpec, config: FilmConfig) -> tuple[int, ...]:
 
 @register_adapter
 class FilmAdapter(Adapter):
-    """FiLM: bounded per-channel gains and ``0e`` shifts from a low-rank invariant bottleneck.
+    """FiLM: bounded per-channel gains and ``0e`` shifts from a low-rank invariant gate.
 
     For a layer with ``N`` output channels (``N_0e`` of them ``0e``) and conditioning vector
     ``z`` (the ``m`` ``0e`` channels of the layer's operands, or of the operands listed in
@@ -32,26 +32,29 @@ class FilmAdapter(Adapter):
 
     .. math::
         h = \\mathrm{SiLU}(W_h z + b_h) \\in \\mathbb{R}^r, \\qquad
-        u = W_\\gamma h + b_\\gamma \\in \\mathbb{R}^N, \\qquad
+        \\gamma = W_\\gamma h + b_\\gamma \\in \\mathbb{R}^N, \\qquad
         \\beta = W_\\beta h + b_\\beta \\in \\mathbb{R}^{N_{0e}}
 
-        y_{c,\\mu} \\leftarrow \\varphi(u_c)\\, y_{c,\\mu} \\;(\\text{every channel}), \\qquad
+        y_{c,\\mu} \\leftarrow \\varphi(\\gamma_c)\\, y_{c,\\mu} \\;(\\text{every channel}), \\qquad
         y_c \\leftarrow y_c + \\beta_c \\;(c \\in 0e)
 
-    with the bounded gain ``phi(u) = exp(s tanh u)`` (``gain='exp'``, ``s = ln max_gain``,
-    so ``phi`` lies in ``[1/max_gain, max_gain]``) or ``phi(u) = 1 + s tanh u``
-    (``gain='one_plus'``, ``s = max_gain - 1``, ``phi`` in ``[2 - max_gain, max_gain]``).
+    with the bounded gain ``phi(gamma) = exp(lambda tanh gamma)`` (``gain='exp'``, amplitude
+    ``lambda = ln max_gain``, so ``phi`` lies in ``[1/max_gain, max_gain]``) or
+    ``phi(gamma) = 1 + lambda tanh gamma`` (``gain='one_plus'``, ``lambda = max_gain - 1``,
+    ``phi`` in ``[2 - max_gain, max_gain]``).  Words, as MMEA's: ``h`` is the *gate* (module
+    ``head``), ``phi(gamma)`` the *gains*, ``beta`` the *shifts*, ``W_gamma, b_gamma`` and
+    ``W_beta, b_beta`` the *gain map* and *shift map* (modules ``gamma`` and ``beta``).
     Parameters: ``(m + 1) r + (r + 1)(N + N_0e)`` (``N_0e`` only with ``shift``, and ``0``
     in a layer that must map zero to zero, ``LayerSpec.keeps_zero``: radial networks get gains
     only, so their output still vanishes at the cutoff).  Bounded
-    gains cannot blow up however far training pushes ``u``, which keeps deep stacks of
-    adapted layers stable; the bottleneck keeps the count near MMEA's.
+    gains cannot blow up however far training pushes ``gamma``, which keeps deep stacks of
+    adapted layers stable; the rank-``r`` gate keeps the count near MMEA's.
 
-    ``conditioning='static'``: ``phi(g)`` and ``beta`` are learned constants (``N + N_0e``
+    ``conditioning='static'``: ``gamma`` and ``beta`` are learned constants (``N + N_0e``
     parameters), applied through :meth:`output_affine`, i.e. folded into the layer's weight
     and bias: mergeable.
 
-    ``W_gamma, b_gamma, W_beta, b_beta`` (static: ``g, beta``) start at zero, so
+    ``W_gamma, b_gamma, W_beta, b_beta`` (static: ``gamma, beta``) start at zero, so
     ``phi = 1`` and ``beta = 0`` exactly: the layer is unchanged at initialisation.
     Equivariance: ``z`` holds ``0e`` channels only (``0o`` flips sign under inversion), so
     ``h``, ``phi`` and ``beta`` are invariant; each gain is shared by the ``2l + 1``
@@ -82,7 +85,7 @@ class FilmAdapter(Adapter):
     def __init__(self, spec: LayerSpec, config: FilmConfig) -> None:
         super().__init__(spec, config)
         n_gamma, n_beta = spec.num_channels_out, spec.num_shiftable_out() if config.shift else 0
-        self.gain_scale = config.gain_scale
+        self.gain_amplitude = config.gain_amplitude
         self.exp_gain = config.gain == "exp"
         self.input_dependent = config.conditioning == "input"
         if self.input_dependent:
@@ -97,9 +100,9 @@ class FilmAdapter(Adapter):
             self.gamma = nn.Parameter(torch.zeros(n_gamma))
             self.beta = nn.Parameter(torch.zeros(n_beta)) if n_beta else None
 
-    def _phi(self, u: torch.Tensor) -> torch.Tensor:
-        """The bounded gain; exactly 1 at ``u = 0``."""
-        t = torch.tanh(u) * self.gain_scale
+    def _phi(self, gamma: torch.Tensor) -> torch.Tensor:
+        """The bounded gain; exactly 1 at ``gamma = 0``."""
+        t = torch.tanh(gamma) * self.gain_amplitude
         return torch.exp(t) if self.exp_gain else 1.0 + t
 
     def output_affine(self) -> tuple[torch.Tensor | None, torch.Tensor | None]:

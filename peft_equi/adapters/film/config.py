@@ -11,20 +11,20 @@ from peft_equi.core.adapter import AdapterConfig
 
 
 class FilmConfig(AdapterConfig):
-    """Conditioning, bottleneck width, bounded gain form, and whether 0e outputs are shifted."""
+    """Conditioning, gate width, bounded gain form, and whether 0e outputs are shifted."""
 
     conditioning: Literal["input", "static"] = Field(
         "input",
         description="'input': gains and shifts computed from the layer's 0e input channels through a "
-        "rank-r invariant bottleneck; 'static': learned constants (mergeable)",
+        "rank-r invariant gate; 'static': learned constants (mergeable)",
     )
     rank: PositiveInt = Field(
-        8, description="width r of the invariant bottleneck (conditioning='input' only; ignored when static)"
+        8, description="width r of the invariant gate (conditioning='input' only; ignored when static)"
     )
     gain: Literal["exp", "one_plus"] = Field(
         "exp",
-        description="bounded gain of each (l, channel): 'exp': max_gain**tanh(u), in [1/max_gain, max_gain]; "
-        "'one_plus': 1 + (max_gain - 1) tanh(u), in [2 - max_gain, max_gain]",
+        description="bounded gain of each (l, channel): 'exp': max_gain**tanh(gamma), in [1/max_gain, max_gain]; "
+        "'one_plus': 1 + (max_gain - 1) tanh(gamma), in [2 - max_gain, max_gain]",
     )
     max_gain: float = Field(
         2.0,
@@ -51,6 +51,7 @@ class FilmConfig(AdapterConfig):
         return self
 
     @property
-    def gain_scale(self) -> float:
-        """``s`` in ``exp(s tanh u)`` or ``1 + s tanh u``: the bound ``max_gain`` in that form."""
+    def gain_amplitude(self) -> float:
+        """The amplitude ``lambda`` in ``exp(lambda tanh gamma)`` or ``1 + lambda tanh gamma``: the bound
+        ``max_gain`` in that form."""
         return math.log(self.max_gain) if self.gain == "exp" else self.max_gain - 1.0

@@ -4,22 +4,25 @@ For a layer with output ``y`` and invariant (``0e``) input channels ``x0`` (``m0
 
 .. math::
     h = \\sigma(W_h x_0 + b_h) \\in \\mathbb{R}^r, \\qquad
-    \\gamma = W_s h + b_s, \\qquad a = W_a h + b_a
+    \\gamma = W_\\gamma h + b_\\gamma, \\qquad \\beta = W_\\beta h + b_\\beta
 
     y_{l,c} \\leftarrow \\varphi(\\gamma_{l,c})\\, y_{l,c} \\;(l \\ge 1 \\text{ or } 0o), \\qquad
-    y_{0e,c} \\leftarrow y_{0e,c} + a_c
+    y_{0e,c} \\leftarrow y_{0e,c} + \\beta_c
 
-with ``sigma`` = SiLU and ``phi`` = exp (or ``1 + x``).  ``gamma`` is invariant and shared
-by the ``2l+1`` components of a channel, so ``phi(gamma) D(g) y = D(g) phi(gamma) y``; the
-shift touches only ``0e`` channels (never ``0o``, which flips sign under inversion), and
-none in a layer that must map zero to zero (``LayerSpec.keeps_zero``: radial networks).
-With one shared head the parameter count is ``(m0 + 1) r + (r + 1) sum(mul_out)``.
+with ``sigma`` = SiLU and ``phi`` = exp (or ``1 + x``).  Words: ``h`` is the *gate* (module
+``heads``), ``phi(gamma)`` the *gains*, ``W_gamma, b_gamma`` the *gain map* (module ``scale``,
+a name kept for saved state dicts), ``beta`` the *shifts* and ``W_beta, b_beta`` the *shift
+map* (module ``shift``).  ``gamma`` is invariant and shared by the ``2l+1`` components of a
+channel, so ``phi(gamma) D(R) y = D(R) phi(gamma) y``; the shift touches only ``0e``
+channels (never ``0o``, which flips sign under inversion), and none in a layer that must map
+zero to zero (``LayerSpec.keeps_zero``: radial networks).  With one shared gate the
+parameter count is ``(m0 + 1) r + (r + 1) sum(mul_out)``.
 
 Initialisation (as the reference code, except where ``init="identity"`` says otherwise):
-``W_h`` PyTorch's default ``nn.Linear`` init, ``b_h = 0``; ``W_s = 0, b_s = 0``; ``b_a = 0``
-and ``W_a = 0`` (``init="identity"``: the layer is unchanged at initialisation) or PyTorch's
-default / ``N(0, shift_init_std^2)`` (``init="reference"``: the shift is not zero at step
-0).  The gains depend on the input, so MMEA cannot be merged into the layer.
+``W_h`` PyTorch's default ``nn.Linear`` init, ``b_h = 0``; ``W_gamma = 0, b_gamma = 0``;
+``b_beta = 0`` and ``W_beta = 0`` (``init="identity"``: the layer is unchanged at
+initialisation) or PyTorch's default / ``N(0, shift_init_std^2)`` (``init="reference"``: the
+shift is not zero at step 0).  The gains depend on the input, so MMEA cannot be merged into the layer.
 """
 
 from __future__ import annotations

@@ -12,7 +12,7 @@ from peft_equi.core.adapter import AdapterConfig
 class MmeaConfig(AdapterConfig):
     """Gate width, gain function and ablation switches (defaults: the paper's MMEA)."""
 
-    rank: PositiveInt = Field(16, description="width r of the invariant gate (bottleneck)")
+    rank: PositiveInt = Field(16, description="width r of the invariant gate")
     activation: Literal["silu", "identity"] = Field(
         "silu", description="gate nonlinearity; 'identity' is the 'no activation' ablation"
     )
@@ -27,7 +27,7 @@ class MmeaConfig(AdapterConfig):
     )
     init: Literal["identity", "reference"] = Field(
         "identity",
-        description="both: gate weight PyTorch's default nn.Linear init, gate bias 0, scale map (weight and bias) 0; "
+        description="both: gate weight PyTorch's default nn.Linear init, gate bias 0, gain map (weight and bias) 0; "
         "'identity': the shift map starts at zero too, so the layer is unchanged at initialisation; "
         "'reference': as the MMEA reference code, shift bias 0 and shift weight PyTorch's default init "
         "(or N(0, shift_init_std^2)): not the identity at step 0",

@@ -36,7 +36,7 @@ differs from the adapters' defaults in three places (see docs/adapters/initialis
   starts that weight at zero instead.
 
 Every other factor starts as in the reference code too: ELoRA ``A ~ N(0, 1)`` and all ``B = 0``;
-the MMEA gate with PyTorch's default weight and a zero bias, scale branch and shift bias zero.
+the MMEA gate with PyTorch's default weight and a zero bias, gain map and shift bias zero.
 """
 
 from __future__ import annotations
@@ -87,7 +87,7 @@ def _hybrid_rules(rank: int) -> list[Rule]:
 
 def _paper_config(first: Rule, preset: str, hybrid_rank: int, train_bessel: bool) -> PeftConfig:
     buffers = [BESSEL_WEIGHTS] if train_bessel else []
-    return PeftConfig(rules=[first, *_hybrid_rules(hybrid_rank)], train_buffers=buffers, preset=preset)
+    return PeftConfig(rules=[first, *_hybrid_rules(hybrid_rank)], fully_trained_buffers=buffers, preset=preset)
 
 
 def _linear_rule(rank: int, linear_adapter: str, **mmea_options: Any) -> Rule:
@@ -181,4 +181,4 @@ def freeze(level: int = 5) -> PeftConfig:
     if not 1 <= level <= 6:
         raise ValueError(f"freeze level must be 1-6 (mace's --freeze; 7 freezes every module), got {level}")
     trained = [f"{module}.*" for threshold, module in FREEZE_LEVELS if level < threshold]
-    return PeftConfig(train=trained, preset="freeze")
+    return PeftConfig(fully_trained=trained, preset="freeze")
