@@ -34,7 +34,6 @@ from peft_equi.adapters import (
 )
 from peft_equi.core.adapted_layer import AdaptedLayer
 from peft_equi.core.adapter import Adapter, AdapterConfig
-from peft_equi.core.backend import Backend
 from peft_equi.core.config import PeftConfig, Rule
 from peft_equi.core.irreps import Irrep, Irreps, Layout, MulIrrep
 from peft_equi.core.plan import discover
@@ -80,7 +79,6 @@ __all__ = [
     "Adapter",
     "AdapterConfig",
     "AdapterLoadError",
-    "Backend",
     "BaseMismatchError",
     "BitfitConfig",
     "ConfigError",

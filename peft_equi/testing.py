@@ -185,7 +185,7 @@ def _channel_mixing_error(
                 except Exception as exc:  # a layer that takes (batch, channels) only: nothing here to check with
                     raise ValueError(
                         f"cannot check {type(fn).__name__}: it mixes channels of features its module does not "
-                        f"state ({spec.describe()}), and it does not take features with a component axis "
+                        f"state ({spec.summary()}), and it does not take features with a component axis "
                         f"({type(exc).__name__}: {exc}); give irreps_in and irreps_out"
                     ) from None
                 worst = max(worst, (out_rot - torch.einsum("ij,bjc->bic", d.to(out.dtype), out)).abs().max().item())

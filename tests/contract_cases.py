@@ -48,7 +48,6 @@ class LayerCase:
 
     name: str
     backend: str  # the registered backend that must claim the module
-    wrapper: str  # the TorchScript-compatible AdaptedLayer subclass it gets
     make: Callable[[], tuple[torch.nn.Module, Args]]
     irreps_in: tuple[str | None, ...]
     irreps_out: str
@@ -236,12 +235,11 @@ def _cuet_contraction(original_mace: bool):
 
 
 LAYERS: list[LayerCase] = [
-    LayerCase("o3.Linear+bias", "e3nn.linear", "AdaptedE3nnLinear", _e3nn_linear(True), (LINEAR_IN,), LINEAR_OUT),
-    LayerCase("o3.Linear", "e3nn.linear", "AdaptedE3nnLinear", _e3nn_linear(False), (LINEAR_IN,), LINEAR_OUT),
+    LayerCase("o3.Linear+bias", "e3nn.linear", _e3nn_linear(True), (LINEAR_IN,), LINEAR_OUT),
+    LayerCase("o3.Linear", "e3nn.linear", _e3nn_linear(False), (LINEAR_IN,), LINEAR_OUT),
     LayerCase(
         "FullyConnectedTensorProduct",
         "e3nn.tensor_product",
-        "AdaptedE3nnTensorProduct",
         _e3nn_tensor_product,
         (TP_IN1, TP_IN2),
         TP_OUT,
@@ -249,7 +247,6 @@ LAYERS: list[LayerCase] = [
     LayerCase(
         "FullyConnectedNet.layer",
         "e3nn.fc",
-        "AdaptedE3nnFullyConnected",
         _e3nn_fc(False),
         ("6x0e",),
         "9x0e",
@@ -258,19 +255,15 @@ LAYERS: list[LayerCase] = [
     LayerCase(
         "FullyConnectedNet.last",
         "e3nn.fc",
-        "AdaptedE3nnFullyConnected",
         _e3nn_fc(True),
         ("9x0e",),
         "4x0e",
         invariant_inputs=("",),
     ),
-    LayerCase(
-        "nn.Linear", "torch.linear", "AdaptedTorchLinear", _torch_linear, ("6x0e",), "5x0e", invariant_inputs=("",)
-    ),
+    LayerCase("nn.Linear", "torch.linear", _torch_linear, ("6x0e",), "5x0e", invariant_inputs=("",)),
     LayerCase(
         "nequip.ScalarLinearLayer+bias",
         "nequip.scalar_linear",
-        "AdaptedNequipScalarLinear",
         _nequip(True),
         ("6x0e",),
         "5x0e",
@@ -279,19 +272,17 @@ LAYERS: list[LayerCase] = [
     LayerCase(
         "nequip.ScalarLinearLayer",
         "nequip.scalar_linear",
-        "AdaptedNequipScalarLinear",
         _nequip(False),
         ("6x0e",),
         "5x0e",
         invariant_inputs=("",),
     ),
-    LayerCase("schnetpack.Dense", "schnetpack.dense", "AdaptedSchnetpackDense", _schnetpack_dense, ("6x0e",), "5x0e"),
+    LayerCase("schnetpack.Dense", "schnetpack.dense", _schnetpack_dense, ("6x0e",), "5x0e"),
     # the same nn.Linear without the declaration: its features are not known (vectors too)
-    LayerCase("nn.Linear(features unknown)", "torch.linear", "AdaptedTorchLinear", _torch_linear, ("6x0e",), "5x0e"),
+    LayerCase("nn.Linear(features unknown)", "torch.linear", _torch_linear, ("6x0e",), "5x0e"),
     LayerCase(
         "mace.SymmetricContraction",
         "mace.symmetric_contraction",
-        "AdaptedMaceSymmetricContraction",
         _mace_contraction,
         (SC_IN, None),
         SC_OUT_MACE,
@@ -300,7 +291,6 @@ LAYERS: list[LayerCase] = [
     LayerCase(
         "cuet.Linear(ir_mul)",
         "cueq.linear",
-        "AdaptedCueLinear",
         _cuet_linear("ir_mul", "ir_mul"),
         (CUE_IN,),
         CUE_OUT,
@@ -309,7 +299,6 @@ LAYERS: list[LayerCase] = [
     LayerCase(
         "cuet.Linear(mul_ir)",
         "cueq.linear",
-        "AdaptedCueLinear",
         _cuet_linear("mul_ir", "mul_ir"),
         (CUE_IN,),
         CUE_OUT,
@@ -317,7 +306,6 @@ LAYERS: list[LayerCase] = [
     LayerCase(
         "cuet.Linear(mul_ir->ir_mul)",
         "cueq.linear",
-        "AdaptedCueLinear",
         _cuet_linear("mul_ir", "ir_mul"),
         (CUE_IN,),
         CUE_OUT,
@@ -327,7 +315,6 @@ LAYERS: list[LayerCase] = [
     LayerCase(
         "cuet.FullyConnectedTensorProduct(mul_ir)",
         "cueq.tensor_product",
-        "AdaptedCueTensorProduct",
         _cuet_tensor_product("mul_ir"),
         (CUE_OUT, CUE_TP_IN2),
         CUE_IN,
@@ -335,7 +322,6 @@ LAYERS: list[LayerCase] = [
     LayerCase(
         "cuet.FullyConnectedTensorProduct(ir_mul)",
         "cueq.tensor_product",
-        "AdaptedCueTensorProduct",
         _cuet_tensor_product("ir_mul"),
         (CUE_OUT, CUE_TP_IN2),
         CUE_IN,
@@ -344,7 +330,6 @@ LAYERS: list[LayerCase] = [
     LayerCase(
         "cuet.SymmetricContraction(original_cg)",
         "cueq.symmetric_contraction",
-        "AdaptedCueSymmetricContraction",
         _cuet_contraction(True),
         (SC_IN, None),
         SC_OUT,
@@ -353,7 +338,6 @@ LAYERS: list[LayerCase] = [
     LayerCase(
         "cuet.SymmetricContraction(reduced_cg)",
         "cueq.symmetric_contraction",
-        "AdaptedCueSymmetricContraction",
         _cuet_contraction(False),
         (SC_IN, None),
         SC_OUT,

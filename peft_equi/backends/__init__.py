@@ -1,4 +1,5 @@
-"""Backends: translate real modules into backend-free layer specs.
+"""Backends, one :class:`~peft_equi.core.adapted_layer.AdaptedLayer` subclass per layer type: each describes
+real modules as backend-free layer specs and runs them adapted.
 
 Importing this package registers the built-in backends.  The e3nn ones are duck typed and
 import nothing from e3nn, so they also recognise the e3nn copies bundled in
@@ -13,10 +14,8 @@ from peft_equi.backends.e3nn import fc, linear, tensor_product
 from peft_equi.backends.mace import symmetric_contraction
 from peft_equi.backends.nequip import scalar_linear
 from peft_equi.backends.schnetpack import dense as schnetpack_dense
-from peft_equi.core.backend import Backend
 
 __all__ = [
-    "Backend",
     "cueq_linear",
     "cueq_symmetric_contraction",
     "cueq_tensor_product",

@@ -18,59 +18,49 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from peft_equi.core.adapted_layer import AdaptedLayer
-from peft_equi.core.backend import DenseBackend, common_refusal, copy_into
+from peft_equi.core.adapted_layer import common_refusal
 from peft_equi.core.invariance import sequential_proof
+from peft_equi.core.layouts import DenseLayer
 from peft_equi.core.registry import register_backend
 from peft_equi.core.spec import LayerSpec, dense_spec
 
 
 @register_backend
-class TorchLinear(DenseBackend):
-    """``torch.nn.Linear``: ``y = x W^T + b``; canonical weight is ``W^T`` flattened ``(in, out)``."""
+class TorchLinear(DenseLayer):
+    """``torch.nn.Linear``: ``y = x W^T + b``; canonical weight is ``W^T`` flattened ``(in, out)``.
+    Adapted, it is called as ``layer(input)`` (TorchScript-compatible)."""
 
     name = "torch.linear"
     layer_class = ("torch", "Linear")
 
-    def matches(self, module: nn.Module) -> bool:
+    @classmethod
+    def matches(cls, module: nn.Module) -> bool:
         return isinstance(module, nn.Linear) and type(module).forward is nn.Linear.forward
 
-    def refusal(self, module: nn.Module) -> str | None:
-        if isinstance(module, nn.Linear) and not self.matches(module):
-            return common_refusal(module, self.layer_class)
+    @classmethod
+    def refusal(cls, module: nn.Module) -> str | None:
+        if isinstance(module, nn.Linear) and not cls.matches(module):
+            return common_refusal(module, cls.layer_class)
         return super().refusal(module)
 
-    def invariant_input(self, module, ancestors):
+    @classmethod
+    def invariant_input(cls, module, ancestors):
         return sequential_proof(module, ancestors)
 
-    def describe(self, module: nn.Module) -> LayerSpec:
+    @classmethod
+    def describe(cls, module: nn.Module) -> LayerSpec:
         return dense_spec(module.in_features, module.out_features, 1.0, bias=module.bias is not None)
 
-    def adapted_layer_class(self, module: nn.Module) -> type[AdaptedLayer]:
-        return AdaptedTorchLinear
-
-
-class AdaptedTorchLinear(AdaptedLayer):
-    """``nn.Linear`` with an adapter, called as ``layer(input)`` (TorchScript-compatible)."""
-
-    def __init__(self, base_layer: nn.Module, backend, spec, adapter) -> None:
-        super().__init__(base_layer, backend, spec, adapter)
+    def __init__(self, base_layer: nn.Module, spec: LayerSpec, adapter) -> None:
+        super().__init__(base_layer, spec, adapter)
         self.in_features, self.out_features = int(base_layer.in_features), int(base_layer.out_features)
 
     def layer_weight(self) -> torch.Tensor:
         return self.base_layer.weight.t().reshape(-1)
 
-    def layer_bias(self) -> torch.Tensor | None:
-        return self.base_layer.bias
-
     def stored_weight(self, weight: torch.Tensor) -> torch.Tensor:
         """The flat canonical ``(in, out)`` weight as the module stores it: contiguous ``(out, in)``."""
         return weight.reshape(self.in_features, self.out_features).t().contiguous()
-
-    def write(self, weight: torch.Tensor, bias: torch.Tensor | None) -> None:
-        copy_into(self.base_layer.weight, self.stored_weight(weight))
-        if bias is not None:
-            copy_into(self.base_layer.bias, bias)
 
     def forward(self, input: torch.Tensor) -> torch.Tensor:  # nn.Linear's argument name
         if not self.adapter_enabled:

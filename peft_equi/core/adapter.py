@@ -110,7 +110,7 @@ class Adapter(nn.Module):
         return None
 
     def extra_repr(self) -> str:
-        return f"{self.spec.describe()}, {self.config!r}"
+        return f"{self.spec.summary()}, {self.config!r}"
 
 
 class KeyedParameters(nn.ParameterList):

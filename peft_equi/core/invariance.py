@@ -4,7 +4,7 @@ A dense layer (``torch.nn.Linear``, an MLP layer) mixes the channels of its last
 says nothing about its features: the same module is equivariant on ``(atoms, channels)``
 invariants and on ``(atoms, 3, channels)`` vectors.  Adapters that read the input or add a
 constant need the input to be invariant (:mod:`peft_equi.core.spec`), so discovery asks
-the backend for a proof (:meth:`~peft_equi.core.backend.Backend.invariant_input`).  The
+the backend for a proof (:meth:`~peft_equi.core.adapted_layer.AdaptedLayer.invariant_input`).  The
 proofs here rest on one fact:
 
     an elementwise function ``phi`` that is neither odd nor even (SiLU, ReLU, sigmoid,

@@ -13,9 +13,8 @@ from dataclasses import dataclass, field
 import torch
 from torch import nn
 
-from peft_equi.core.adapted_layer import AdaptedLayer
+from peft_equi.core.adapted_layer import AdaptedLayer, qualified_name
 from peft_equi.core.adapter import Adapter
-from peft_equi.core.backend import Backend, qualified_name
 from peft_equi.core.config import PeftConfig, Rule, pattern_matches
 from peft_equi.core.registry import ADAPTERS, BACKENDS
 from peft_equi.core.spec import LayerSpec
@@ -24,7 +23,8 @@ from peft_equi.errors import RuleMatchError, UnsupportedLayerError
 
 @dataclass(frozen=True)
 class DiscoveredLayer:
-    """A discovered adaptable layer: its module path, module, backend and spec.
+    """A discovered adaptable layer: its module path, module, backend (the :class:`AdaptedLayer` subclass of its
+    layer type) and spec.
 
     ``invariance``: for a dense layer whose backend proved its input invariant, the proof
     (``spec.irreps_known`` is then ``True``); empty otherwise.
@@ -32,7 +32,7 @@ class DiscoveredLayer:
 
     path: str
     module: nn.Module
-    backend: Backend
+    backend: type[AdaptedLayer]
     spec: LayerSpec
     invariance: str = ""
 
@@ -49,7 +49,7 @@ class NotAdaptable:
 def survey(model: nn.Module) -> tuple[list[DiscoveredLayer], list[NotAdaptable]]:
     """The adaptable layers of ``model`` (:func:`discover`) and the weighted modules left out, in module order.
 
-    A module a backend matches but refuses (:meth:`Backend.refusal`: a subclass overriding
+    A module a backend matches but refuses (:meth:`AdaptedLayer.refusal`: a subclass overriding
     ``forward``, forward hooks, ...) and a module that owns parameters and that no backend
     matches (an e3nn ``BatchNorm``, a tensor product in a connection mode no backend
     describes, a third-party layer) are left out, with the reason.
@@ -60,7 +60,7 @@ def survey(model: nn.Module) -> tuple[list[DiscoveredLayer], list[NotAdaptable]]
 
     def walk(module: nn.Module, path: str, ancestors: list[nn.Module]) -> None:
         if isinstance(module, AdaptedLayer):
-            base, backend = module.base_layer, module.backend
+            base, backend = module.base_layer, type(module)
             found.append(_described(path, base, backend, backend.describe(base), ancestors))
             return
         backend = next((b for b in backends if b.matches(module)), None)
@@ -86,15 +86,15 @@ def discover(model: nn.Module) -> list[DiscoveredLayer]:
     A layer that already has adapters (an :class:`AdaptedLayer`) is found at its own path,
     as its base layer: ``module`` is the base layer, with its backend and spec.  Each module
     is offered to the registered backends in name order; the first that recognises it
-    (:meth:`Backend.matches`) describes it (built-in backends recognise disjoint types),
-    unless it refuses it (:meth:`Backend.refusal`; :func:`survey` lists those).  A dense
-    layer's input is invariant where the backend proves it (:meth:`Backend.invariant_input`).
+    (:meth:`AdaptedLayer.matches`) describes it (built-in backends recognise disjoint types),
+    unless it refuses it (:meth:`AdaptedLayer.refusal`; :func:`survey` lists those).  A dense
+    layer's input is invariant where the backend proves it (:meth:`AdaptedLayer.invariant_input`).
     """
     return survey(model)[0]
 
 
 def _described(
-    path: str, module: nn.Module, backend: Backend, spec: LayerSpec, ancestors: list[nn.Module]
+    path: str, module: nn.Module, backend: type[AdaptedLayer], spec: LayerSpec, ancestors: list[nn.Module]
 ) -> DiscoveredLayer:
     if spec.irreps_known:
         return DiscoveredLayer(path, module, backend, spec)
@@ -178,7 +178,7 @@ def assign(
                 adapter = build_adapter(cls, layer, options)
                 reason = _unknown_features_reason(adapter, layer)
             if reason is not None:
-                message = f"layer {layer.path!r} ({layer.spec.describe()}): {reason}"
+                message = f"layer {layer.path!r} ({layer.spec.summary()}): {reason}"
                 if strict and rule.on_unsupported == "error":
                     raise UnsupportedLayerError(f"rule {rule.label!r}: {message}")
                 refusals[i].append(message)
@@ -217,7 +217,7 @@ def _unknown_features_reason(adapter: Adapter, layer: DiscoveredLayer) -> str | 
 def build_adapter(cls: type[Adapter], layer: DiscoveredLayer, options) -> Adapter:
     """``cls`` built for ``layer`` with ``options``, on the device and dtype of the layer's weight."""
     adapter = cls(layer.spec, options)
-    weight = layer.backend.weight(layer.module)
+    weight = layer.backend.weight_of(layer.module)
     return adapter.to(device=weight.device, dtype=weight.dtype)
 
 

@@ -32,13 +32,10 @@ T = TypeVar("T")
 class Registry(Generic[T]):
     """A name -> object table with entry-point discovery and helpful errors."""
 
-    def __init__(
-        self, what: str, group: str, *, builtins: tuple[str, ...] = (), make: Callable[[object], T] | None = None
-    ) -> None:
+    def __init__(self, what: str, group: str, *, builtins: tuple[str, ...] = ()) -> None:
         self.what = what
         self.group = group
         self._builtins = builtins
-        self._make = make
         self._items: dict[str, T] = {}
         self._loaded = False
 
@@ -80,11 +77,11 @@ class Registry(Generic[T]):
                 continue
             if inspect.ismodule(obj) or ep.name in self._items:  # a module, or a decorated class
                 continue
-            self.register(ep.name, self._make(obj) if self._make else obj)
+            self.register(ep.name, obj)
 
 
 ADAPTERS: Registry = Registry("adapter", "peft_equi.adapters")
-BACKENDS: Registry = Registry("backend", "peft_equi.backends", make=lambda obj: obj() if inspect.isclass(obj) else obj)
+BACKENDS: Registry = Registry("backend", "peft_equi.backends")
 PRESETS: Registry = Registry("preset", "peft_equi.presets")
 
 
@@ -95,8 +92,9 @@ def register_adapter(cls: type[T]) -> type[T]:
 
 
 def register_backend(cls: type[T]) -> type[T]:
-    """Class decorator: register a :class:`~peft_equi.core.backend.Backend` under ``cls.name``."""
-    BACKENDS.register(cls.name, cls())  # type: ignore[attr-defined]
+    """Class decorator: register a backend, an :class:`~peft_equi.core.adapted_layer.AdaptedLayer` subclass for
+    one layer type, under ``cls.name``."""
+    BACKENDS.register(cls.name, cls)  # type: ignore[attr-defined]
     return cls
 
 

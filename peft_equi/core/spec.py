@@ -43,7 +43,7 @@ docs/adapters/index.md); adapters add only multiplicative or weight updates to s
 states its irreps (e3nn, cuequivariance, MACE's contraction) have it ``True``.  A dense
 layer has it ``False`` as described (:func:`dense_spec`); discovery sets it ``True`` when
 the backend proves the layer's input invariant in its model
-(:meth:`~peft_equi.core.backend.Backend.invariant_input`) or the config declares it
+(:meth:`~peft_equi.core.adapted_layer.AdaptedLayer.invariant_input`) or the config declares it
 (``PeftConfig.invariant_inputs``).  On a layer whose features are not known, weight updates
 and per-channel gains stay equivariant (they act on channels alike for every component);
 reading the input or adding a constant does not, and is refused
@@ -203,7 +203,7 @@ class LayerSpec:
         offsets = self.irreps_out.channel_offsets()
         return _cat_ranges((offsets[i], self.irreps_out[i].mul) for i in self.bias_blocks)
 
-    def describe(self) -> str:
+    def summary(self) -> str:
         """One-line human-readable summary."""
         ins = " x ".join(str(irreps) for irreps in self.irreps_in)
         return f"{self.kind.value}: {ins} -> {self.irreps_out} [{self.layout.value}, {len(self.paths)} paths]"

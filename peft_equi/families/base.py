@@ -128,7 +128,7 @@ class Potential(ABC):
 
 @dataclass(frozen=True)
 class Family:
-    """A registered model family: which specs it ``recognises`` and its ``load(spec, **options) -> Potential``."""
+    """A registered model family: which sources it ``recognises`` and its ``load(source, **options) -> Potential``."""
 
     name: str
     recognises: Callable[[str], bool]
@@ -150,7 +150,8 @@ FAMILIES: Registry = Registry(
 
 
 def register_potential(family: str, recognises: Callable[[str], bool]) -> Callable:
-    """Decorator: register ``loader(spec, *, dtype, trust_pickle) -> Potential`` for specs ``recognises`` accepts."""
+    """Decorator: register ``loader(source, *, dtype, trust_pickle) -> Potential`` for the sources (model names or
+    file paths) ``recognises`` accepts."""
 
     def decorator(loader: Callable[..., Potential]) -> Callable[..., Potential]:
         FAMILIES.register(family, Family(family, recognises, loader))
@@ -159,17 +160,17 @@ def register_potential(family: str, recognises: Callable[[str], bool]) -> Callab
     return decorator
 
 
-def load_potential(spec: str, *, dtype: torch.dtype = torch.float64, trust_pickle: bool = False) -> Potential:
+def load_potential(source: str, *, dtype: torch.dtype = torch.float64, trust_pickle: bool = False) -> Potential:
     """A potential from a model name (``7net-0``) or a file path (MACE ``.model``, NequIP ``.nequip.zip``).
 
-    The first registered family (in name order) whose ``recognises(spec)`` is true loads it.
+    The first registered family (in name order) whose ``recognises(source)`` is true loads it.
     """
     for name in FAMILIES.names():
         family = FAMILIES.get(name)
-        if family.recognises(spec):
-            return family.load(spec, dtype=dtype, trust_pickle=trust_pickle)
-    if not Path(spec).exists() and ("/" in spec or "." in spec):
-        raise FileNotFoundError(f"model file not found: {spec}")
+        if family.recognises(source):
+            return family.load(source, dtype=dtype, trust_pickle=trust_pickle)
+    if not Path(source).exists() and ("/" in source or "." in source):
+        raise FileNotFoundError(f"model file not found: {source}")
     raise PeftEquiError(
-        f"cannot tell which model {spec!r} is (known families: {', '.join(FAMILIES.names())}; names: 7net-0)"
+        f"cannot tell which model {source!r} is (known families: {', '.join(FAMILIES.names())}; names: 7net-0)"
     )

@@ -258,7 +258,7 @@ class PeftModel(NamedAdapters, Merging, nn.Module):
         # the base as this adapter sees it: tensors trained by another adapter hold their base values
         with self.tuner_state.trained_values_of(adapter_name):
             fingerprint = base_fingerprint(
-                ((path, layer.base_layer, layer.backend) for path, layer in layers.items()),
+                ((path, layer.base_layer, type(layer)) for path, layer in layers.items()),
                 trained_names(tensors),  # stored: replaced on load
             )
         base = self.base_model
@@ -269,8 +269,8 @@ class PeftModel(NamedAdapters, Merging, nn.Module):
             "layers": {
                 path: {
                     "adapter": layer.named_adapter(adapter_name).name,
-                    "backend": layer.backend.name,
-                    "spec": layer.spec.describe(),
+                    "backend": layer.name,
+                    "spec": layer.spec.summary(),
                 }
                 for path, layer in layers.items()
             },

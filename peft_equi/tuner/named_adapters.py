@@ -128,8 +128,7 @@ class NamedAdapters:
             if path in state.layers:
                 state.layers[path].add_named_adapter(adapter_name, entry.adapter)
             else:
-                wrapper = layer.backend.adapted_layer_class(layer.module)
-                wrapped = wrapper(layer.module, layer.backend, layer.spec, entry.adapter)
+                wrapped = layer.backend(layer.module, layer.spec, entry.adapter)
                 wrapped.layer_path = path
                 wrapped.refresh_guard()  # its run-time message names the layer
                 wrapped.active_adapter = adapter_name

@@ -54,7 +54,7 @@ from safetensors import safe_open
 from safetensors.torch import save_file
 from torch import nn
 
-from peft_equi.core.backend import Backend
+from peft_equi.core.adapted_layer import AdaptedLayer
 from peft_equi.core.config import PeftConfig
 from peft_equi.errors import AdapterLoadError, BaseMismatchError, ConfigError, PeftEquiError, one_line
 from peft_equi.tuner.state_dict import listing
@@ -133,7 +133,9 @@ def tensor_fingerprint(tensor: torch.Tensor) -> dict[str, Any]:
     return {"sha256": hashlib.sha256(_raw_bytes(values)).hexdigest(), "numel": values.numel()}
 
 
-def base_fingerprint(layers: Iterable[tuple[str, nn.Module, Backend]], trained: Iterable[str]) -> dict[str, dict]:
+def base_fingerprint(
+    layers: Iterable[tuple[str, nn.Module, type[AdaptedLayer]]], trained: Iterable[str]
+) -> dict[str, dict]:
     """Fingerprints of the weight and bias of each ``(path, module, backend)`` layer, except fully trained ones."""
     trained = set(trained)
     out: dict[str, dict] = {}
@@ -143,8 +145,8 @@ def base_fingerprint(layers: Iterable[tuple[str, nn.Module, Backend]], trained: 
             bias_names = {prefix + n for n in backend.bias_parameter_names(module)}
             weight_names = {prefix + n for n, _ in module.named_parameters()} - bias_names
             if not weight_names & trained:
-                out[prefix + "weight"] = tensor_fingerprint(backend.weight(module))
-            bias = backend.bias(module)
+                out[prefix + "weight"] = tensor_fingerprint(backend.weight_of(module))
+            bias = backend.bias_of(module)
             if bias is not None and not bias_names & trained:
                 out[prefix + "bias"] = tensor_fingerprint(bias)
     return out

@@ -7,7 +7,7 @@ test per property, so that a failure names it (``test_identity_at_init[o3.Linear
 * ``test_refuses_what_it_cannot_adapt``: an adapter with nothing to act on raises
   ``RuleMatchError`` saying so (the pairs of ``REFUSALS``), the layer untouched; the other
   tests run on the pairs it accepts;
-* ``test_wraps_and_warns``: the backend's ``AdaptedLayer`` subclass wraps the layer;
+* ``test_wraps_and_warns``: the backend (its ``AdaptedLayer`` subclass, with a ``forward`` of its own) wraps the layer;
   equivariant adapters attach without any warning, the non-equivariant ones warn;
 * ``test_identity_at_init``: identity at initialisation, bit for bit (and with the adapters
   disabled), in float64 and float32;
@@ -241,7 +241,8 @@ def test_refuses_what_it_cannot_adapt(layer, case, built):
 @accepted
 def test_wraps_and_warns(layer, case, adapted):
     pair = adapted(layer, case)
-    assert type(pair.model.base_model).__name__ == layer.wrapper
+    backend = peft_equi.BACKENDS.get(layer.backend)
+    assert type(pair.model.base_model) is backend and backend.forward is not peft_equi.AdaptedLayer.forward
     if case.equivariant:
         assert not pair.messages, pair.messages
     else:
@@ -277,7 +278,7 @@ def test_state_dict_is_documented(layer, case, adapted):
     state = pair.model.adapter_state_dict()
     expected = {f"adapters.{k}" for k in adapted_layer.adapter.state_dict()}
     if adapted_layer.adapter.trains_layer_bias:
-        expected |= {f"base.{name}" for name in adapted_layer.backend.bias_parameter_names(pair.base)}
+        expected |= {f"base.{name}" for name in adapted_layer.bias_parameter_names(pair.base)}
     assert set(state) == expected
     assert sum(t.numel() for t in state.values()) == pair.model.num_trainable_parameters()
     with safe_open(pair.directory / "adapter_model.safetensors", framework="pt") as f:

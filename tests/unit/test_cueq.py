@@ -86,7 +86,7 @@ def test_mace_to_cueq_and_back_keeps_adapters(mace_pair, converted, name, layout
     _, batch = mace_pair
     model, cueq = converted(name, layout)
     energy, forces = energy_forces(model, batch)
-    backends = {layer.backend.name for layer in cueq.adapted_layers.values()}
+    backends = {layer.name for layer in cueq.adapted_layers.values()}
     assert {"cueq.linear", "cueq.tensor_product", "cueq.symmetric_contraction"} <= backends
     contractions = [p for p, layer in model.adapted_layers.items() if layer.spec.kind is LayerKind.CONTRACTION]
     assert contractions
@@ -95,8 +95,8 @@ def test_mace_to_cueq_and_back_keeps_adapters(mace_pair, converted, name, layout
         paths = lambda layer: [(p.name, p.shape, p.offset) for p in layer.spec.paths]  # noqa: E731
         assert paths(cueq_layer) == paths(e3nn_layer)
         torch.testing.assert_close(
-            cueq_layer.backend.weight(cueq_layer.base_layer),
-            e3nn_layer.backend.weight(e3nn_layer.base_layer),
+            cueq_layer.weight_of(cueq_layer.base_layer),
+            e3nn_layer.weight_of(e3nn_layer.base_layer),
             atol=1e-12,
             rtol=0,
         )

@@ -10,8 +10,8 @@ from torch import nn
 
 import peft_equi
 from peft_equi.core import registry
+from peft_equi.core.adapted_layer import AdaptedLayer, overwrite
 from peft_equi.core.adapter import Adapter, AdapterConfig
-from peft_equi.core.backend import Backend
 from peft_equi.core.spec import dense_spec
 from peft_equi.families import FAMILIES, load_potential
 from peft_equi.testing import assert_equivariant, randomize_adapters
@@ -46,28 +46,31 @@ class Doubler(nn.Module):
         return 2 * x @ self.kernel
 
 
-class DoublerBackend(Backend):
+class DoublerBackend(AdaptedLayer):
+    """Its backend, on the generic (eager) forward: no ``forward`` of its own."""
+
     name = "test.doubler"
 
-    def matches(self, module):
+    @classmethod
+    def matches(cls, module):
         return isinstance(module, Doubler)
 
-    def describe(self, module):
+    @classmethod
+    def describe(cls, module):
         return dense_spec(*module.kernel.shape, 2.0)
 
-    def weight(self, module):
-        return module.kernel.reshape(-1)
+    def layer_weight(self):
+        return self.base_layer.kernel.reshape(-1)
 
-    def operands(self, module, args, kwargs):
+    def write(self, weight, bias):
+        overwrite(self.base_layer.kernel, weight)
+
+    def operands(self, args, kwargs):
         return (args[0],)
 
-    def forward(self, module, args, kwargs, weight, bias):
-        weight = module.kernel if weight is None else weight.reshape(module.kernel.shape)
-        return 2 * args[0] @ weight
-
-    def write(self, module, weight, bias):
-        with torch.no_grad():
-            module.kernel.copy_(weight.reshape(module.kernel.shape))
+    def run_linear(self, args, kwargs, weight, bias):
+        kernel = self.base_layer.kernel
+        return 2 * args[0] @ (kernel if weight is None else weight.reshape(kernel.shape))
 
 
 @pytest.fixture
@@ -90,8 +93,11 @@ def test_register_adapter_and_backend_by_decorator(clean_registries):
     expected = net(x)
     model = peft_equi.get_peft_model(net, "test-scale")
     assert torch.equal(model(x), expected)
+    assert type(model.adapted_layers["0"]) is DoublerBackend
     randomize_adapters(model)
     adapted = model(x)
+    with pytest.raises(TypeError, match="no TorchScript-compatible forward"):
+        torch.jit.script(model)
     torch.testing.assert_close(model.merge_and_unload()(x), adapted)
 
     # third-party adapters work on built-in backends too
@@ -174,7 +180,7 @@ def test_backend_entry_point_naming_a_class(monkeypatch, clean_registries):
     fake = EntryPoint(name="test.doubler", value="tests_extending_backend:DoublerBackend", group="peft_equi.backends")
     monkeypatch.setattr(registry, "entry_points", lambda group: [fake] if group == "peft_equi.backends" else [])
     monkeypatch.setattr(registry.BACKENDS, "_loaded", False)
-    assert isinstance(registry.BACKENDS.get("test.doubler"), DoublerBackend)
+    assert registry.BACKENDS.get("test.doubler") is DoublerBackend
     model = peft_equi.get_peft_model(nn.Sequential(Doubler(3, 2)), "elora", rank=1)
     assert list(model.adapted_layers) == ["0"]
 

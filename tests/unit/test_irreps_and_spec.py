@@ -37,7 +37,7 @@ def test_irrep_rejects_bad_parity():
 
 def test_linear_spec_matches_e3nn_weight_layout():
     layer = o3.Linear(LINEAR_IN, LINEAR_OUT, biases=True)
-    spec = E3nnLinear().describe(layer)
+    spec = E3nnLinear.describe(layer)
     assert spec.kind is LayerKind.LINEAR
     assert spec.weight_numel == layer.weight_numel
     assert spec.bias_blocks == (0, 5)  # the two 0e output blocks
@@ -64,7 +64,7 @@ def test_linear_spec_matches_e3nn_weight_layout():
 
 def test_tensor_product_spec_blocks_are_uvw():
     tp = o3.FullyConnectedTensorProduct(TP_IN1, TP_IN2, TP_OUT)
-    spec = E3nnTensorProduct().describe(tp)
+    spec = E3nnTensorProduct.describe(tp)
     assert spec.weight_numel == tp.weight_numel
     for path, ins in zip(spec.paths, [i for i in tp.instructions if i.has_weight], strict=True):
         assert path.shape == (tp.irreps_in1[ins.i_in1].mul, tp.irreps_in2[ins.i_in2].mul, tp.irreps_out[ins.i_out].mul)
@@ -73,7 +73,7 @@ def test_tensor_product_spec_blocks_are_uvw():
 
 @pytest.mark.parametrize("layout", [Layout.MUL_IR, Layout.IR_MUL])
 def test_component_channel_index_follows_layout(layout):
-    spec = E3nnLinear().describe(o3.Linear("2x0e+2x1o", "1x0e+2x1o"))
+    spec = E3nnLinear.describe(o3.Linear("2x0e+2x1o", "1x0e+2x1o"))
     spec = type(spec)(spec.kind, spec.irreps_in, spec.irreps_out, spec.paths, layout=layout)
     index = spec.component_channel_index().tolist()
     if layout is Layout.MUL_IR:
@@ -91,7 +91,7 @@ def test_invariant_reader_reads_the_0e_channels_of_any_layout(irreps_in, contigu
     """Contiguous 0e channels are read with ``narrow``, scattered ones by index; both give the same values."""
     from peft_equi.core.adapter import InvariantReader
 
-    spec = E3nnLinear().describe(o3.Linear(irreps_in, "2x0e+1x1o"))
+    spec = E3nnLinear.describe(o3.Linear(irreps_in, "2x0e+1x1o"))
     reader = InvariantReader(spec)
     x = torch.randn(5, Irreps(irreps_in).dim, dtype=torch.float64)
     index = spec.invariant_input_index(0)

@@ -128,7 +128,7 @@ def test_add_adapter_finds_wrapped_layers_at_their_paths_with_their_base_specs()
     assert list(found) == list(fresh)
     for path, layer in found.items():
         assert layer.module is model.tuner_state.layers[path].base_layer
-        assert layer.spec == fresh[path].spec and layer.backend.name == fresh[path].backend.name
+        assert layer.spec == fresh[path].spec and layer.backend is fresh[path].backend
 
 
 def _expected_single_adapter_keys(base: torch.nn.Module, model: PeftModel) -> set[str]:

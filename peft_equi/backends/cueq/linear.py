@@ -9,21 +9,24 @@ import torch
 from torch import nn
 
 from peft_equi.backends.cueq.common import has_internal_weight, is_cue_irreps, layout_of, layout_order, polynomial
-from peft_equi.core.adapted_layer import AdaptedLayer
-from peft_equi.core.backend import Backend, FlatWeightAdaptedLayer
 from peft_equi.core.irreps import Irreps
+from peft_equi.core.layouts import FlatWeightLayer
 from peft_equi.core.registry import register_backend
 from peft_equi.core.spec import LayerKind, LayerSpec, WeightPath
 
 
 @register_backend
-class CueLinear(Backend):
-    """``cuet.Linear`` with internal weights; the effective weight goes through the layer's own ``f``."""
+class CueLinear(FlatWeightLayer):
+    """``cuet.Linear`` with internal weights.  Adapted, it is called as ``layer(x)`` (TorchScript-compatible):
+    an effective weight goes through the layer's own polynomial ``f``; input-dependent adapters read
+    ``x`` reordered into the output layout (the spec's).
+    """
 
     name = "cueq.linear"
     layer_class = ("cuequivariance_torch", "Linear")
 
-    def matches(self, module: nn.Module) -> bool:
+    @classmethod
+    def matches(cls, module: nn.Module) -> bool:
         return (
             is_cue_irreps(getattr(module, "irreps_in", None))
             and is_cue_irreps(getattr(module, "irreps_out", None))
@@ -32,7 +35,8 @@ class CueLinear(Backend):
             and polynomial(module).subscripts == "uv,iu,iv"
         )
 
-    def describe(self, module: nn.Module) -> LayerSpec:
+    @classmethod
+    def describe(cls, module: nn.Module) -> LayerSpec:
         stp = polynomial(module)
         paths, offset = [], 0
         for path in stp.paths:
@@ -44,19 +48,8 @@ class CueLinear(Backend):
         layout = layout_of(module.transpose_out.target)
         return LayerSpec(LayerKind.LINEAR, (Irreps(module.irreps_in),), Irreps(module.irreps_out), tuple(paths), layout)
 
-    def adapted_layer_class(self, module: nn.Module) -> type[AdaptedLayer]:
-        return AdaptedCueLinear
-
-
-class AdaptedCueLinear(FlatWeightAdaptedLayer):
-    """``cuet.Linear`` with an adapter, called as ``layer(x)`` (TorchScript-compatible).
-
-    An effective weight goes through the layer's own polynomial ``f``; input-dependent adapters read
-    ``x`` reordered into the output layout (the spec's).
-    """
-
-    def __init__(self, base_layer: nn.Module, backend, spec, adapter) -> None:
-        super().__init__(base_layer, backend, spec, adapter)
+    def __init__(self, base_layer: nn.Module, spec: LayerSpec, adapter) -> None:
+        super().__init__(base_layer, spec, adapter)
         source, target = layout_of(base_layer.transpose_in.source), layout_of(base_layer.transpose_out.target)
         self.reorder_input = source is not target
         order = layout_order(Irreps(base_layer.irreps_in), source, target)

@@ -29,8 +29,7 @@ import torch
 from torch import nn
 
 from peft_equi.backends.cueq.common import is_cue_irreps, layout_of, layout_order
-from peft_equi.core.adapted_layer import AdaptedLayer
-from peft_equi.core.backend import Backend, copy_into
+from peft_equi.core.adapted_layer import AdaptedLayer, overwrite
 from peft_equi.core.irreps import Irrep, Irreps, MulIrrep
 from peft_equi.core.registry import register_backend
 from peft_equi.core.spec import LayerKind, LayerSpec, WeightPath
@@ -127,7 +126,7 @@ def row_groups(module: nn.Module) -> list[RowGroup]:
 
 class ContractionBasis(nn.Module):
     """The weight layout of one ``cuet.SymmetricContraction``, in one place: its stored rows <-> the canonical
-    flat weight in the e3nn coupling basis (TorchScript-compatible; the backend and the adapted layer use it).
+    flat weight in the e3nn coupling basis (TorchScript-compatible).
 
     The basis maps of a reduced-CG layer are non-persistent buffers, rebuilt from the float64
     matrix whenever they change dtype or device (exact in every dtype, not a cast of the first one).
@@ -184,13 +183,20 @@ class ContractionBasis(nn.Module):
 
 
 @register_backend
-class CueSymmetricContraction(Backend):
-    """``cuet.SymmetricContraction`` called as ``sc(x, element_indices)``."""
+class CueSymmetricContraction(AdaptedLayer):
+    """``cuet.SymmetricContraction`` called as ``sc(x, element_indices)``.
+
+    Adapted, it is called as ``layer(x, indices)`` (TorchScript-compatible): the effective weight
+    (e3nn coupling basis, see the module docstring) is mapped to the stored rows by the layer's
+    :class:`ContractionBasis` (as merging stores it), then through the layer's ``projection``
+    (if any) into its own polynomial ``f``.
+    """
 
     name = "cueq.symmetric_contraction"
     layer_class = ("cuequivariance_torch", "SymmetricContraction")
 
-    def matches(self, module: nn.Module) -> bool:
+    @classmethod
+    def matches(cls, module: nn.Module) -> bool:
         weight = getattr(module, "weight", None)
         needed = ("etp", "projection", "contraction_degree", "num_elements", "f", "transpose_in", "transpose_out")
         return (
@@ -200,7 +206,8 @@ class CueSymmetricContraction(Backend):
             and weight.dim() == 3
         )
 
-    def describe(self, module: nn.Module) -> LayerSpec:
+    @classmethod
+    def describe(cls, module: nn.Module) -> LayerSpec:
         n_elements, _, channels = module.weight.shape
         paths, offset = [], 0
         for block, degree, _, rows in row_groups(module):
@@ -221,20 +228,8 @@ class CueSymmetricContraction(Backend):
             layout_of(module.transpose_out.target),
         )
 
-    def adapted_layer_class(self, module: nn.Module) -> type[AdaptedLayer]:
-        return AdaptedCueSymmetricContraction
-
-
-class AdaptedCueSymmetricContraction(AdaptedLayer):
-    """``cuet.SymmetricContraction`` with an adapter, called as ``layer(x, indices)`` (TorchScript-compatible).
-
-    The effective weight (e3nn coupling basis, see the module docstring) is mapped to the
-    stored rows by the layer's :class:`ContractionBasis` (as merging stores it), then through
-    the layer's ``projection`` (if any) into its own polynomial ``f``.
-    """
-
-    def __init__(self, base_layer: nn.Module, backend, spec, adapter) -> None:
-        super().__init__(base_layer, backend, spec, adapter)
+    def __init__(self, base_layer: nn.Module, spec: LayerSpec, adapter) -> None:
+        super().__init__(base_layer, spec, adapter)
         self.basis = ContractionBasis(base_layer)
         source, target = layout_of(base_layer.transpose_in.source), layout_of(base_layer.transpose_out.target)
         self.reorder_input = source is not target
@@ -245,11 +240,8 @@ class AdaptedCueSymmetricContraction(AdaptedLayer):
     def layer_weight(self) -> torch.Tensor:
         return self.basis.canonical(self.base_layer.weight)
 
-    def layer_bias(self) -> torch.Tensor | None:
-        return None
-
     def write(self, weight: torch.Tensor, bias: torch.Tensor | None) -> None:
-        copy_into(self.base_layer.weight, self.basis.stored(weight, self.base_layer.weight).detach())
+        overwrite(self.base_layer.weight, self.basis.stored(weight, self.base_layer.weight).detach())
 
     def forward(self, x: torch.Tensor, indices: torch.Tensor) -> torch.Tensor:
         if not self.adapter_enabled:

@@ -9,25 +9,28 @@ import torch
 from torch import nn
 
 from peft_equi.backends.cueq.common import has_internal_weight, is_cue_irreps, layout_of, layout_order, polynomial
-from peft_equi.core.adapted_layer import AdaptedLayer
-from peft_equi.core.backend import Backend, FlatWeightAdaptedLayer
 from peft_equi.core.irreps import Irreps
+from peft_equi.core.layouts import FlatWeightLayer
 from peft_equi.core.registry import register_backend
 from peft_equi.core.spec import LayerKind, LayerSpec, WeightPath
 
 
 @register_backend
-class CueFullyConnectedTensorProduct(Backend):
+class CueFullyConnectedTensorProduct(FlatWeightLayer):
     """``cuet.FullyConnectedTensorProduct`` with internal weights.
 
     A path's coefficient tensor has the Clebsch-Gordan coefficients times the path
-    normalisation; its Frobenius norm equals e3nn's ``path_weight``.
+    normalisation; its Frobenius norm equals e3nn's ``path_weight``.  Adapted, it is called as
+    ``layer(x1, x2)`` (TorchScript-compatible): an effective weight goes through the layer's own
+    polynomial ``f``; input-dependent adapters read the operands reordered into the output layout
+    (the spec's).
     """
 
     name = "cueq.tensor_product"
     layer_class = ("cuequivariance_torch", "FullyConnectedTensorProduct")
 
-    def matches(self, module: nn.Module) -> bool:
+    @classmethod
+    def matches(cls, module: nn.Module) -> bool:
         return (
             all(is_cue_irreps(getattr(module, a, None)) for a in ("irreps_in1", "irreps_in2", "irreps_out"))
             and all(hasattr(module, a) for a in ("transpose_in1", "transpose_in2", "transpose_out", "f"))
@@ -35,7 +38,8 @@ class CueFullyConnectedTensorProduct(Backend):
             and polynomial(module).subscripts == "uvw,iu,jv,kw+ijk"
         )
 
-    def describe(self, module: nn.Module) -> LayerSpec:
+    @classmethod
+    def describe(cls, module: nn.Module) -> LayerSpec:
         stp = polynomial(module)
         paths, offset = [], 0
         for path in stp.paths:
@@ -52,19 +56,8 @@ class CueFullyConnectedTensorProduct(Backend):
             layout_of(module.transpose_out.target),
         )
 
-    def adapted_layer_class(self, module: nn.Module) -> type[AdaptedLayer]:
-        return AdaptedCueTensorProduct
-
-
-class AdaptedCueTensorProduct(FlatWeightAdaptedLayer):
-    """``cuet.FullyConnectedTensorProduct`` with an adapter, called as ``layer(x1, x2)`` (TorchScript-compatible).
-
-    An effective weight goes through the layer's own polynomial ``f``; input-dependent adapters read
-    the operands reordered into the output layout (the spec's).
-    """
-
-    def __init__(self, base_layer: nn.Module, backend, spec, adapter) -> None:
-        super().__init__(base_layer, backend, spec, adapter)
+    def __init__(self, base_layer: nn.Module, spec: LayerSpec, adapter) -> None:
+        super().__init__(base_layer, spec, adapter)
         target = layout_of(base_layer.transpose_out.target)
         source1, source2 = layout_of(base_layer.transpose_in1.source), layout_of(base_layer.transpose_in2.source)
         self.reorder_x1, self.reorder_x2 = source1 is not target, source2 is not target

@@ -5,9 +5,8 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from peft_equi.core.adapted_layer import AdaptedLayer
-from peft_equi.core.backend import Backend, FlatWeightAdaptedLayer
 from peft_equi.core.invariance import activation_name, breaks_parity, siblings
+from peft_equi.core.layouts import FlatWeightLayer
 from peft_equi.core.registry import register_backend
 from peft_equi.core.spec import LayerSpec, dense_spec
 
@@ -20,18 +19,21 @@ def _divisor(module: nn.Module) -> float:
 
 
 @register_backend
-class E3nnFullyConnectedLayer(Backend):
+class E3nnFullyConnectedLayer(FlatWeightLayer):
     """One layer of ``e3nn.nn.FullyConnectedNet``.
 
     It computes ``act(x @ W / sqrt(h_in var_in)) * sqrt(var_out)`` (or, without activation,
-    ``x @ W / sqrt(h_in var_in / var_out)``); the division is the path weight and the
-    activation is applied in :meth:`after_linear`, so adapters see the pre-activation.
+    ``x @ W / sqrt(h_in var_in / var_out)``); the division is the path weight.  Adapted, it is
+    called as ``layer(x)`` (TorchScript-compatible): the linear part runs with the layer's own
+    float operations (bit-identical to e3nn's at zero update), adapters see the pre-activation,
+    then e3nn's activation and ``sqrt(var_out)`` follow.
     """
 
     name = "e3nn.fc"
     layer_class = ("e3nn", "_Layer")
 
-    def invariant_input(self, module, ancestors):
+    @classmethod
+    def invariant_input(cls, module, ancestors):
         """Proven when the layer's own activation, or the previous layer's (whose output it reads),
         breaks parity (:mod:`peft_equi.core.invariance`): e3nn applies it elementwise."""
         if module.act is not None and breaks_parity(module.act):
@@ -44,7 +46,8 @@ class E3nnFullyConnectedLayer(Backend):
             return f"its input comes out of the previous layer's activation {name}, equivariant on 0e only"
         return None
 
-    def matches(self, module: nn.Module) -> bool:
+    @classmethod
+    def matches(cls, module: nn.Module) -> bool:
         weight = getattr(module, "weight", None)
         return (
             all(hasattr(module, a) for a in ("h_in", "h_out", "var_in", "var_out", "act"))
@@ -52,23 +55,12 @@ class E3nnFullyConnectedLayer(Backend):
             and tuple(weight.shape) == (module.h_in, module.h_out)
         )
 
-    def describe(self, module: nn.Module) -> LayerSpec:
+    @classmethod
+    def describe(cls, module: nn.Module) -> LayerSpec:
         return dense_spec(int(module.h_in), int(module.h_out), 1.0 / _divisor(module))
 
-    def adapted_layer_class(self, module: nn.Module) -> type[AdaptedLayer]:
-        return AdaptedE3nnFullyConnected
-
-
-class AdaptedE3nnFullyConnected(FlatWeightAdaptedLayer):
-    """A ``FullyConnectedNet`` layer with an adapter, called as ``layer(x)`` (TorchScript-compatible).
-
-    The linear part runs here with the layer's own float operations (bit-identical to e3nn's
-    at zero update); adapters see the pre-activation, then e3nn's activation and
-    ``sqrt(var_out)`` follow.
-    """
-
-    def __init__(self, base_layer: nn.Module, backend, spec, adapter) -> None:
-        super().__init__(base_layer, backend, spec, adapter)
+    def __init__(self, base_layer: nn.Module, spec: LayerSpec, adapter) -> None:
+        super().__init__(base_layer, spec, adapter)
         self.h_in, self.h_out = int(base_layer.h_in), int(base_layer.h_out)
         self.divisor = float(_divisor(base_layer))
         self.output_scale = float(base_layer.var_out**0.5)

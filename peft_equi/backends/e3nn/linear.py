@@ -5,8 +5,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from peft_equi.core.adapted_layer import AdaptedLayer
-from peft_equi.core.backend import Backend, copy_into
+from peft_equi.core.adapted_layer import AdaptedLayer, overwrite
 from peft_equi.core.irreps import Irreps
 from peft_equi.core.registry import register_backend
 from peft_equi.core.spec import LayerKind, LayerSpec, WeightPath
@@ -25,16 +24,18 @@ def has_internal_flat_weight(module: nn.Module) -> bool:
 
 
 @register_backend
-class E3nnLinear(Backend):
+class E3nnLinear(AdaptedLayer):
     """``e3nn.o3.Linear``: flat weight of row-major ``(mul_in, mul_out)`` blocks, one per instruction.
 
-    Bias instructions (``i_in == -1``) carry the 0e biases, stored in ``module.bias``.
+    Bias instructions (``i_in == -1``) carry the 0e biases, stored in ``module.bias``.  Adapted, it is
+    called as ``layer(features)`` (TorchScript-compatible).
     """
 
     name = "e3nn.linear"
     layer_class = ("e3nn", "Linear")
 
-    def matches(self, module: nn.Module) -> bool:
+    @classmethod
+    def matches(cls, module: nn.Module) -> bool:
         instructions = getattr(module, "instructions", None)
         return (
             hasattr(module, "irreps_in")
@@ -45,7 +46,8 @@ class E3nnLinear(Backend):
             and has_internal_flat_weight(module)
         )
 
-    def describe(self, module: nn.Module) -> LayerSpec:
+    @classmethod
+    def describe(cls, module: nn.Module) -> LayerSpec:
         irreps_in, irreps_out = Irreps(module.irreps_in), Irreps(module.irreps_out)
         paths, offset = [], 0
         for ins in module.instructions:
@@ -60,15 +62,9 @@ class E3nnLinear(Backend):
             bias_blocks = ()
         return LayerSpec(LayerKind.LINEAR, (irreps_in,), irreps_out, tuple(paths), bias_blocks=bias_blocks)
 
-    def bias_parameter_names(self, module: nn.Module) -> list[str]:
-        return ["bias"] if self.describe(module).bias_blocks else []
-
-    def adapted_layer_class(self, module: nn.Module) -> type[AdaptedLayer]:
-        return AdaptedE3nnLinear
-
-
-class AdaptedE3nnLinear(AdaptedLayer):
-    """``o3.Linear`` with an adapter, called as ``layer(features)`` (TorchScript-compatible)."""
+    @classmethod
+    def bias_parameter_names(cls, module: nn.Module) -> list[str]:
+        return ["bias"] if cls.describe(module).bias_blocks else []
 
     def layer_weight(self) -> torch.Tensor:
         return self.base_layer.weight
@@ -79,9 +75,9 @@ class AdaptedE3nnLinear(AdaptedLayer):
         return None
 
     def write(self, weight: torch.Tensor, bias: torch.Tensor | None) -> None:
-        copy_into(self.base_layer.weight, weight)
+        overwrite(self.base_layer.weight, weight)
         if bias is not None:
-            copy_into(self.base_layer.bias, bias)
+            overwrite(self.base_layer.bias, bias)
 
     def forward(self, features: torch.Tensor) -> torch.Tensor:
         if not self.adapter_enabled:

@@ -6,9 +6,8 @@ import torch
 from torch import nn
 
 from peft_equi.backends.e3nn.linear import has_internal_flat_weight
-from peft_equi.core.adapted_layer import AdaptedLayer
-from peft_equi.core.backend import Backend, FlatWeightAdaptedLayer
 from peft_equi.core.irreps import Irreps
+from peft_equi.core.layouts import FlatWeightLayer
 from peft_equi.core.registry import register_backend
 from peft_equi.core.spec import LayerKind, LayerSpec, WeightPath
 
@@ -28,29 +27,33 @@ def _unsupported_modes(module: nn.Module) -> list[str]:
 
 
 @register_backend
-class E3nnTensorProduct(Backend):
+class E3nnTensorProduct(FlatWeightLayer):
     """``e3nn.o3.TensorProduct``: weights of paths with ``has_weight``, blocks of ``path_shape``.
 
     Supported connection modes: ``uvw`` (fully connected, blocks ``(mul1, mul2, mul_out)``),
     ``uuw``, ``uvv`` and ``uuu``.  Layers using other modes are not offered for adaptation.
+    Adapted, it is called as ``layer(x, y)`` (TorchScript-compatible).
     """
 
     name = "e3nn.tensor_product"
     layer_class = ("e3nn", "TensorProduct")
 
-    def matches(self, module: nn.Module) -> bool:
+    @classmethod
+    def matches(cls, module: nn.Module) -> bool:
         return _is_tensor_product(module) and not _unsupported_modes(module) and has_internal_flat_weight(module)
 
-    def refusal(self, module: nn.Module) -> str | None:
+    @classmethod
+    def refusal(cls, module: nn.Module) -> str | None:
         modes = _unsupported_modes(module) if _is_tensor_product(module) and has_internal_flat_weight(module) else []
         if modes:
             return (
-                f"{self.name}: its weighted instructions use connection mode(s) {', '.join(modes)}, whose weight "
+                f"{cls.name}: its weighted instructions use connection mode(s) {', '.join(modes)}, whose weight "
                 f"blocks do not end in the output channels (supported: {', '.join(sorted(_OUTPUT_LAST))})"
             )
         return super().refusal(module)
 
-    def describe(self, module: nn.Module) -> LayerSpec:
+    @classmethod
+    def describe(cls, module: nn.Module) -> LayerSpec:
         paths, offset = [], 0
         for ins in module.instructions:
             if not ins.has_weight:
@@ -65,13 +68,6 @@ class E3nnTensorProduct(Backend):
             Irreps(module.irreps_out),
             tuple(paths),
         )
-
-    def adapted_layer_class(self, module: nn.Module) -> type[AdaptedLayer]:
-        return AdaptedE3nnTensorProduct
-
-
-class AdaptedE3nnTensorProduct(FlatWeightAdaptedLayer):
-    """An e3nn tensor product with an adapter, called as ``layer(x, y)`` (TorchScript-compatible)."""
 
     def forward(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
         if not self.adapter_enabled:

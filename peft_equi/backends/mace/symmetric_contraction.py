@@ -11,19 +11,16 @@ Each weight tensor is one path of the spec (last axis = output channels), named 
 parameter name (``contractions.0.weights_max``, ``contractions.0.weights.1``).  Weights
 that MACE zeroed (``EmptyParam``, paths with a vanishing ``U``) are left out.  The module
 is called as ``sc(x, node_attrs)`` with ``x`` of shape ``(N, channels, sum_l (2l+1))``;
-:meth:`operands` turns ``x`` into flat ``mul_ir`` features for adapters that read inputs.
+the adapted layer turns ``x`` into flat ``mul_ir`` features for adapters that read inputs.
 """
 
 from __future__ import annotations
-
-from typing import Any
 
 import torch
 from torch import nn
 from torch.func import functional_call
 
-from peft_equi.core.adapted_layer import AdaptedLayer
-from peft_equi.core.backend import Backend, copy_into
+from peft_equi.core.adapted_layer import AdaptedLayer, overwrite
 from peft_equi.core.irreps import Irrep, Irreps, MulIrrep
 from peft_equi.core.registry import register_backend
 from peft_equi.core.spec import LayerKind, LayerSpec, WeightPath
@@ -41,14 +38,32 @@ def _weights(module: nn.Module) -> list[tuple[str, int, nn.Parameter]]:
     return found
 
 
+# what the adapted forward calls on each Contraction (MACE's own ops, in MACE's order)
+_CONTRACTION_PARTS = ("graph_opt_main", "contractions_weighting", "contractions_features", "U_tensors", "correlation")
+
+
+def _slots(module: nn.Module) -> list[nn.Parameter]:
+    """Every weight tensor, zeroed ones included, in forward order."""
+    return [w for c in module.contractions for w in (c.weights_max, *c.weights)]
+
+
 @register_backend
-class MaceSymmetricContraction(Backend):
-    """MACE ``SymmetricContraction`` with internal weights (e3nn version, not cuequivariance)."""
+class MaceSymmetricContraction(AdaptedLayer):
+    """MACE ``SymmetricContraction`` with internal weights (e3nn version, not cuequivariance).
+
+    Adapted, it is called as ``layer(x, y)`` (TorchScript-compatible).  With an effective weight it
+    runs MACE's own contraction ops (each ``Contraction``'s ``graph_opt_main``,
+    ``contractions_weighting``, ``contractions_features`` and ``U_tensors``, in MACE's order) on the
+    canonical weight cut back into the module's tensors; weights MACE zeroed keep their (zero)
+    values.  A ``Contraction`` without those ops (another MACE version) runs through
+    ``torch.func.functional_call`` instead: eager only.
+    """
 
     name = "mace.symmetric_contraction"
     layer_class = ("mace", "SymmetricContraction")
 
-    def matches(self, module: nn.Module) -> bool:
+    @classmethod
+    def matches(cls, module: nn.Module) -> bool:
         contractions = getattr(module, "contractions", None)
         return (
             hasattr(module, "irreps_in")
@@ -62,7 +77,8 @@ class MaceSymmetricContraction(Backend):
             )
         )
 
-    def describe(self, module: nn.Module) -> LayerSpec:
+    @classmethod
+    def describe(cls, module: nn.Module) -> LayerSpec:
         paths, offset = [], 0
         for name, k, weight in _weights(module):
             paths.append(WeightPath((0, 1), k, tuple(weight.shape), offset, 1.0, name))
@@ -73,60 +89,9 @@ class MaceSymmetricContraction(Backend):
             LayerKind.CONTRACTION, (Irreps(module.irreps_in), elements), Irreps(module.irreps_out), tuple(paths)
         )
 
-    def weight(self, module: nn.Module) -> torch.Tensor:
-        return torch.cat([w.reshape(-1) for _, _, w in _weights(module)])
-
-    def operands(self, module: nn.Module, args: tuple[Any, ...], kwargs: dict[str, Any]) -> tuple[torch.Tensor, ...]:
-        x = args[0] if args else kwargs["x"]
-        attrs = args[1] if len(args) > 1 else kwargs["y"]
-        flat, start = [], 0
-        for block in Irreps(module.irreps_in):
-            flat.append(x[:, :, start : start + block.ir.dim].reshape(x.shape[0], -1))
-            start += block.ir.dim
-        return torch.cat(flat, dim=-1), attrs
-
-    def adapted_layer_class(self, module: nn.Module) -> type[AdaptedLayer]:
-        if all(all(hasattr(c, a) for a in _CONTRACTION_PARTS) for c in module.contractions):
-            return AdaptedMaceSymmetricContraction
-        return AdaptedLayer  # an unknown Contraction: the generic wrapper (functional_call, eager only)
-
-    def forward(self, module, args, kwargs, weight, bias):
-        if weight is None:
-            return module(*args, **kwargs)
-        return functional_call(module, _split(module, weight), args, kwargs)
-
-    def write(self, module, weight, bias):
-        for name, value in _split(module, weight).items():
-            copy_into(module.get_parameter(name), value)
-
-
-def _split(module: nn.Module, weight: torch.Tensor) -> dict[str, torch.Tensor]:
-    """The canonical flat weight cut into the module's weight tensors, by parameter name."""
-    weights = _weights(module)
-    pieces = torch.split(weight, [w.numel() for _, _, w in weights])
-    return {name: piece.reshape(w.shape) for (name, _, w), piece in zip(weights, pieces)}
-
-
-# what AdaptedMaceSymmetricContraction calls on each Contraction (MACE's own ops, in MACE's order)
-_CONTRACTION_PARTS = ("graph_opt_main", "contractions_weighting", "contractions_features", "U_tensors", "correlation")
-
-
-def _slots(module: nn.Module) -> list[nn.Parameter]:
-    """Every weight tensor, zeroed ones included, in forward order."""
-    return [w for c in module.contractions for w in (c.weights_max, *c.weights)]
-
-
-class AdaptedMaceSymmetricContraction(AdaptedLayer):
-    """MACE's ``SymmetricContraction`` with an adapter, called as ``layer(x, y)`` (TorchScript-compatible).
-
-    With an effective weight it runs MACE's own contraction ops (each ``Contraction``'s
-    ``graph_opt_main``, ``contractions_weighting``, ``contractions_features`` and
-    ``U_tensors``, in MACE's order) on the canonical weight cut back into the module's
-    tensors; weights MACE zeroed keep their (zero) values.
-    """
-
-    def __init__(self, base_layer: nn.Module, backend, spec, adapter) -> None:
-        super().__init__(base_layer, backend, spec, adapter)
+    def __init__(self, base_layer: nn.Module, spec: LayerSpec, adapter) -> None:
+        super().__init__(base_layer, spec, adapter)
+        self.own_ops = all(all(hasattr(c, a) for a in _CONTRACTION_PARTS) for c in base_layer.contractions)
         live = {id(w) for _, _, w in _weights(base_layer)}
         slots = _slots(base_layer)
         self.slot_shapes = [list(w.shape) for w in slots]
@@ -158,16 +123,24 @@ class AdaptedMaceSymmetricContraction(AdaptedLayer):
                 live.append(slots[i].reshape(-1))
         return torch.cat(live)
 
-    def layer_bias(self) -> torch.Tensor | None:
-        return None
-
-    def _contract(self, x: torch.Tensor, y: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
-        """MACE's ``SymmetricContraction.forward`` with the canonical flat ``weight``."""
+    def _pieces(self, weight: torch.Tensor) -> list[torch.Tensor]:
+        """The canonical flat ``weight`` cut into every weight tensor of the module, in forward order (zeroed
+        ones: the module's own)."""
         pieces = torch.split(weight, self.piece_sizes)
         slots = self._own_slots()
         for i, piece in enumerate(self.slot_piece):
             if piece >= 0:
                 slots[i] = pieces[piece].view(self.slot_shapes[i])
+        return slots
+
+    def write(self, weight: torch.Tensor, bias: torch.Tensor | None) -> None:
+        for own, value, piece in zip(self._own_slots(), self._pieces(weight), self.slot_piece):
+            if piece >= 0:
+                overwrite(own, value)
+
+    def _contract(self, x: torch.Tensor, y: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
+        """MACE's ``SymmetricContraction.forward`` with the canonical flat ``weight``."""
+        slots = self._pieces(weight)
         outs: list[torch.Tensor] = []
         slot = 0
         for contraction in self.base_layer.contractions:
@@ -183,6 +156,14 @@ class AdaptedMaceSymmetricContraction(AdaptedLayer):
             outs.append(out.view(out.shape[0], -1))
         return torch.cat(outs, dim=-1)
 
+    @torch.jit.unused
+    def _functional(self, x, y, weight):  # (no annotations: TorchScript reads them as Tensors, unresolved strings fail)
+        """The module's own ``forward`` with its weight tensors replaced by the canonical flat ``weight``'s pieces
+        (any ``Contraction``; eager only)."""
+        live, pieces = _weights(self.base_layer), torch.split(weight, self.piece_sizes)
+        replaced = {name: piece.view(w.shape) for (name, _, w), piece in zip(live, pieces)}
+        return functional_call(self.base_layer, replaced, (x, y))
+
     def _operands(self, x: torch.Tensor, y: torch.Tensor) -> list[torch.Tensor]:
         """``x`` ``(N, channels, sum_l (2l+1))`` as flat ``mul_ir`` features, and the element one-hot ``y``."""
         flat = [x[:, :, s[0] : s[0] + s[1]].reshape(x.shape[0], -1) for s in self.input_slices]
@@ -192,8 +173,18 @@ class AdaptedMaceSymmetricContraction(AdaptedLayer):
         if not self.adapter_enabled:
             return self.base_layer(x, y)
         weight, _, output_shift = self.effective_parameters()
-        out = self.base_layer(x, y) if weight is None else self._contract(x, y, weight)
+        if weight is None:
+            out = self.base_layer(x, y)
+        elif self.own_ops:
+            out = self._contract(x, y, weight)
+        else:
+            out = self._functional(x, y, weight)
         operands: list[torch.Tensor] = []
         if self.adapter.input_dependent:  # (flattening x is a feature-sized op: only when read)
             operands = self._operands(x, y)
         return self.finish(out, output_shift, operands)
+
+    def scripting_refusal(self) -> str | None:
+        if not self.own_ops:
+            return f"backend {self.name!r}: this MACE version's Contraction lacks {', '.join(_CONTRACTION_PARTS)}"
+        return None

@@ -15,22 +15,24 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from peft_equi.core.adapted_layer import AdaptedLayer
-from peft_equi.core.backend import DenseBackend, copy_into, library_base
+from peft_equi.core.adapted_layer import library_base
 from peft_equi.core.invariance import sequential_proof
 from peft_equi.core.irreps import Irreps
+from peft_equi.core.layouts import DenseLayer
 from peft_equi.core.registry import register_backend
 from peft_equi.core.spec import LayerSpec, dense_spec
 
 
 @register_backend
-class NequipScalarLinear(DenseBackend):
-    """``nequip.nn.mlp.ScalarLinearLayer`` (plain ``weight`` Parameter, not a parametrization)."""
+class NequipScalarLinear(DenseLayer):
+    """``nequip.nn.mlp.ScalarLinearLayer`` (plain ``weight`` Parameter, not a parametrization).  Adapted, it is
+    called as ``layer(input)`` (TorchScript-compatible)."""
 
     name = "nequip.scalar_linear"
     layer_class = ("nequip", "ScalarLinearLayer")
 
-    def invariant_input(self, module, ancestors):
+    @classmethod
+    def invariant_input(cls, module, ancestors):
         for ancestor in reversed(ancestors):
             field, irreps = getattr(ancestor, "field", None), getattr(ancestor, "irreps_in", None)
             scalar_mlp = hasattr(ancestor, "mlp_module") and isinstance(irreps, dict) and irreps.get(field) is not None
@@ -41,7 +43,8 @@ class NequipScalarLinear(DenseBackend):
             proof = "it is in a ScalarMLPFunction, NequIP's MLP of scalar features"
         return proof
 
-    def matches(self, module: nn.Module) -> bool:
+    @classmethod
+    def matches(cls, module: nn.Module) -> bool:
         weight, alpha = getattr(module, "weight", None), getattr(module, "alpha", None)
         return (
             isinstance(weight, nn.Parameter)
@@ -53,32 +56,15 @@ class NequipScalarLinear(DenseBackend):
             and "bias" in module._parameters
         )
 
-    def describe(self, module: nn.Module) -> LayerSpec:
+    @classmethod
+    def describe(cls, module: nn.Module) -> LayerSpec:
         return dense_spec(
             int(module.in_features), int(module.out_features), float(module.alpha), bias=module.bias is not None
         )
 
-    def adapted_layer_class(self, module: nn.Module) -> type[AdaptedLayer]:
-        return AdaptedNequipScalarLinear
-
-
-class AdaptedNequipScalarLinear(AdaptedLayer):
-    """``ScalarLinearLayer`` with an adapter, called as ``layer(input)`` (TorchScript-compatible)."""
-
-    def __init__(self, base_layer: nn.Module, backend, spec, adapter) -> None:
-        super().__init__(base_layer, backend, spec, adapter)
+    def __init__(self, base_layer: nn.Module, spec: LayerSpec, adapter) -> None:
+        super().__init__(base_layer, spec, adapter)
         self.in_features, self.out_features = int(base_layer.in_features), int(base_layer.out_features)
-
-    def layer_weight(self) -> torch.Tensor:
-        return self.base_layer.weight.reshape(-1)
-
-    def layer_bias(self) -> torch.Tensor | None:
-        return self.base_layer.bias
-
-    def write(self, weight: torch.Tensor, bias: torch.Tensor | None) -> None:
-        copy_into(self.base_layer.weight, weight)
-        if bias is not None:
-            copy_into(self.base_layer.bias, bias)
 
     def forward(self, input: torch.Tensor) -> torch.Tensor:  # nequip's argument name
         if not self.adapter_enabled:

@@ -15,47 +15,44 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from peft_equi.backends.torch_linear import AdaptedTorchLinear, TorchLinear
-from peft_equi.core.adapted_layer import AdaptedLayer
-from peft_equi.core.backend import common_refusal, library_base
+from peft_equi.backends.torch_linear import TorchLinear
+from peft_equi.core.adapted_layer import common_refusal, library_base
 from peft_equi.core.invariance import activation_name, breaks_parity, sequential_proof, siblings
 from peft_equi.core.registry import register_backend
 
 
 @register_backend
 class SchnetpackDense(TorchLinear):
-    """``schnetpack.nn.Dense``: ``nn.Linear`` followed by ``activation`` (``nn.Identity`` when none)."""
+    """``schnetpack.nn.Dense``: ``nn.Linear`` followed by ``activation`` (``nn.Identity`` when none).
+    Adapted: the adapted linear part, then the layer's activation."""
 
     name = "schnetpack.dense"
     layer_class = ("schnetpack", "Dense")
 
-    def _is_dense(self, module: nn.Module) -> bool:
-        return isinstance(module, nn.Linear) and library_base(type(module), self.layer_class) is not None
+    @classmethod
+    def _is_dense(cls, module: nn.Module) -> bool:
+        return isinstance(module, nn.Linear) and library_base(type(module), cls.layer_class) is not None
 
-    def matches(self, module: nn.Module) -> bool:
-        base = library_base(type(module), self.layer_class) if isinstance(module, nn.Linear) else None
+    @classmethod
+    def matches(cls, module: nn.Module) -> bool:
+        base = library_base(type(module), cls.layer_class) if isinstance(module, nn.Linear) else None
         return base is not None and type(module).forward is base.forward and hasattr(module, "activation")
 
-    def refusal(self, module: nn.Module) -> str | None:
-        return common_refusal(module, self.layer_class) if self._is_dense(module) else None
+    @classmethod
+    def refusal(cls, module: nn.Module) -> str | None:
+        return common_refusal(module, cls.layer_class) if cls._is_dense(module) else None
 
-    def invariant_input(self, module, ancestors):
+    @classmethod
+    def invariant_input(cls, module, ancestors):
         if breaks_parity(module.activation):
             return f"its output goes into its activation {activation_name(module.activation)}, equivariant on 0e only"
         if ancestors and isinstance(ancestors[-1], nn.Sequential):
             layers, position = siblings(module, ancestors)
             previous = layers[position - 1] if position > 0 else None
-            if self._is_dense(previous) and breaks_parity(previous.activation):
+            if cls._is_dense(previous) and breaks_parity(previous.activation):
                 name = activation_name(previous.activation)
                 return f"its input comes out of the previous Dense's activation {name}, equivariant on 0e only"
         return sequential_proof(module, ancestors)
-
-    def adapted_layer_class(self, module: nn.Module) -> type[AdaptedLayer]:
-        return AdaptedSchnetpackDense
-
-
-class AdaptedSchnetpackDense(AdaptedTorchLinear):
-    """schnetpack's ``Dense`` with an adapter: the adapted linear part, then the layer's activation."""
 
     def forward(self, input: torch.Tensor) -> torch.Tensor:
         if not self.adapter_enabled:

@@ -37,8 +37,8 @@ def _factors(wrapper: nn.Module) -> dict[str, torch.Tensor]:
     """Our adapter's state (``lora_A.*``, ``lora_B.*``) from a MACE LoRA wrapper."""
     a, b = wrapper.lora_A, wrapper.lora_B
     if hasattr(wrapper, "lora_irreps"):  # equivariant: A and B are e3nn Linears
-        backend, state = E3nnLinear(), {}
-        spec_a, spec_b = backend.describe(a), backend.describe(b)
+        state = {}
+        spec_a, spec_b = E3nnLinear.describe(a), E3nnLinear.describe(b)
         for path in spec_a.paths:
             (i_in,) = path.inputs
             state[f"{DOWN}.{down_key((i_in,), spec_a.irreps_out[path.output].ir)}"] = path.block(a.weight)

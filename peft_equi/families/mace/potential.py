@@ -117,14 +117,14 @@ class MacePotential(Potential):
         return path
 
 
-def _is_mace_file(spec: str) -> bool:
-    path = Path(spec)
+def _is_mace_file(source: str) -> bool:
+    path = Path(source)
     return path.suffix in (".model", ".pt") and path.is_file()
 
 
 @register_potential("mace", _is_mace_file)
-def load_mace(spec: str, *, dtype: torch.dtype, trust_pickle: bool) -> MacePotential:
+def load_mace(source: str, *, dtype: torch.dtype, trust_pickle: bool) -> MacePotential:
     """A MACE ``.model`` file (e3nn 0.4.4 or 0.6 pickle: needs ``trust_pickle``) or a MACE state file."""
     from peft_equi.families.mace.loading import load_mace_model
 
-    return MacePotential(load_mace_model(spec, trust_pickle=trust_pickle, dtype=dtype), Path(spec).name)
+    return MacePotential(load_mace_model(source, trust_pickle=trust_pickle, dtype=dtype), Path(source).name)

@@ -37,7 +37,7 @@ MERGE_MODIFIER = "merge_peft_adapters"
 class _OnAdaptedLayer(classmethod):
     """A classmethod bound to :class:`AdaptedLayer` itself whichever subclass it is read from.
 
-    Each backend wraps its layers in its own ``AdaptedLayer`` subclass; NequIP collects
+    Each backend is its own ``AdaptedLayer`` subclass; NequIP collects
     modifiers from every module class in a model and requires the same name to be the same
     bound method, which a plain classmethod is not across subclasses.
     """

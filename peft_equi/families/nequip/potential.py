@@ -130,12 +130,12 @@ class NequipPotential(Potential):
         return path
 
 
-def _is_package(spec: str) -> bool:
-    return spec.endswith(".nequip.zip") and Path(spec).is_file()
+def _is_package(source: str) -> bool:
+    return source.endswith(".nequip.zip") and Path(source).is_file()
 
 
 @register_potential("nequip", _is_package)
-def load_nequip_package(spec: str, *, dtype: torch.dtype, trust_pickle: bool) -> NequipPotential:
+def load_nequip_package(source: str, *, dtype: torch.dtype, trust_pickle: bool) -> NequipPotential:
     """A packaged NequIP model (``nequip-package build``); loading runs code from the package.
 
     A torch.package archive carries its own copies of the model's Python modules and runs
@@ -147,14 +147,14 @@ def load_nequip_package(spec: str, *, dtype: torch.dtype, trust_pickle: bool) ->
 
     if not trust_pickle:
         raise UntrustedPickleError(
-            f"{spec}: a torch.package archive (NequIP package): loading it executes code from the file; {TRUST_HINT}"
+            f"{source}: a torch.package archive (NequIP package): loading it executes code from the file; {TRUST_HINT}"
         )
     set_nequip_global_state()
     from nequip.model import ModelFromPackage
 
     with preserved_global_state():
-        models = ModelFromPackage(package_path=spec, compile_mode="eager")
+        models = ModelFromPackage(package_path=source, compile_mode="eager")
     if len(models) != 1:
-        raise PeftEquiError(f"{spec} holds several models ({', '.join(models)}); fine-tune one of them")
+        raise PeftEquiError(f"{source} holds several models ({', '.join(models)}); fine-tune one of them")
     (model,) = models.values()
-    return NequipPotential(model.to(dtype), Path(spec).name)
+    return NequipPotential(model.to(dtype), Path(source).name)

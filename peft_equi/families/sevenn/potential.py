@@ -169,8 +169,8 @@ def _tensor(value: Any) -> Any:
     return value
 
 
-def _is_sevenn(spec: str) -> bool:
-    return spec.startswith("7net") or spec.startswith("sevennet") or (spec.endswith(".pth") and Path(spec).is_file())
+def _is_sevenn(source: str) -> bool:
+    return source.startswith(("7net", "sevennet")) or (source.endswith(".pth") and Path(source).is_file())
 
 
 _READ_LOCK = threading.Lock()
@@ -215,7 +215,7 @@ def read_sevenn_checkpoint(path: str, *, trust_pickle: bool) -> Any:
 
 
 @register_potential("sevenn", _is_sevenn)
-def load_sevenn(spec: str, *, dtype: torch.dtype, trust_pickle: bool) -> SevenNetPotential:
+def load_sevenn(source: str, *, dtype: torch.dtype, trust_pickle: bool) -> SevenNetPotential:
     """A pretrained SevenNet by name (``7net-0``, shipped in the wheel) or a SevenNet checkpoint file.
 
     Read with ``weights_only=True`` (:func:`read_sevenn_checkpoint`); a checkpoint that
@@ -223,15 +223,15 @@ def load_sevenn(spec: str, *, dtype: torch.dtype, trust_pickle: bool) -> SevenNe
     """
     import sevenn.util
 
-    if Path(spec).is_file():
-        path = spec
+    if Path(source).is_file():
+        path = source
     else:
         try:
-            path = sevenn.util.pretrained_name_to_path(spec)
+            path = sevenn.util.pretrained_name_to_path(source)
         except ValueError:
             names = ", ".join(sevenn.util.get_available_pretrained_models())
-            raise PeftEquiError(f"{spec!r} is neither a file nor a pretrained SevenNet (names: {names})") from None
+            raise PeftEquiError(f"{source!r} is neither a file nor a pretrained SevenNet (names: {names})") from None
     checkpoint = read_sevenn_checkpoint(str(path), trust_pickle=trust_pickle)
     with torch_default_dtype(torch.float32):  # sevenn builds (and checks) its tensors in float32
         model = checkpoint.build_model()
-    return SevenNetPotential(to_dtype(model, dtype), spec, checkpoint)
+    return SevenNetPotential(to_dtype(model, dtype), source, checkpoint)
