@@ -109,7 +109,8 @@ def _unrecognised(path: str, module: nn.Module) -> str:
         f"{name} {'x'.join(map(str, p.shape)) or 'scalar'}" for name, p in module._parameters.items() if p is not None
     )
     pattern = f"{path}.*" if path else "*"
-    return f"no backend recognises {qualified_name(type(module))} ({shapes}); train it fully with train=['{pattern}']"
+    fix = f"train it fully with fully_trained=['{pattern}']"
+    return f"no backend recognises {qualified_name(type(module))} ({shapes}); {fix}"
 
 
 @dataclass
@@ -281,7 +282,11 @@ def select_tensors(model: nn.Module, patterns: list[str], *, buffers: bool) -> l
     for pattern in patterns:
         hits = [n for n in names if pattern_matches(pattern, n)]
         if not hits:
-            what = "parameter or floating-point buffer" if buffers else "parameter"
-            raise RuleMatchError(f"train pattern {pattern!r} matches no {what} of the model")
+            field, what = (
+                ("fully_trained_buffers", "parameter or floating-point buffer")
+                if buffers
+                else ("fully_trained", "parameter")
+            )
+            raise RuleMatchError(f"{field} pattern {pattern!r} matches no {what} of the model")
         selected += [n for n in hits if n not in selected]
     return selected

@@ -83,7 +83,7 @@ def _feature_irreps(layer: LayerCase) -> list[peft_equi.Irreps]:
     return [peft_equi.Irreps(i) for i in (*layer.irreps_in, layer.irreps_out) if i is not None]
 
 
-def _scalar_only(layer: LayerCase) -> bool:
+def _invariant_only(layer: LayerCase) -> bool:
     """Only 0e features: every map is equivariant, even the non-equivariant adapter."""
     return all(block.ir.is_invariant for irreps in _feature_irreps(layer) for block in irreps)
 
@@ -263,7 +263,7 @@ def test_equivariant_after_randomising(layer, case, dtype, adapted):
     assert not torch.allclose(pair.adapted, pair.base_out), "the randomised adapter changes nothing"
     fn, irreps_in, irreps_out, kwargs = _equivariance_kwargs(layer, pair.model, pair.args)
     kwargs["trials"] = TRIALS[dtype]
-    if case.equivariant or _scalar_only(layer):
+    if case.equivariant or _invariant_only(layer):
         assert_equivariant(fn, irreps_in, irreps_out, **kwargs)  # the tolerance of the outputs' dtype
     else:
         error = equivariance_error(fn, irreps_in, irreps_out, **kwargs)

@@ -5,8 +5,8 @@ buffer (``gain / sqrt(in)``): a dense layer whose path weight is ``alpha``; the 
 added after the scaling.  Nonlinearities are separate modules, so nothing runs after it.  Its input is proven
 invariant inside a NequIP ``ScalarMLP`` (which checks that its field's irreps are ``0e``),
 next to a parity-breaking nonlinearity of its ``ScalarMLPFunction`` (an ``nn.Sequential``),
-or, failing both, by NequIP's contract: ``ScalarMLPFunction`` is the MLP of scalar features
-(NequIP and Allegro feed it radial bases and scalar latents; its ``torch.mm`` takes
+or, failing both, by NequIP's contract: ``ScalarMLPFunction`` is the MLP of invariant features
+(NequIP and Allegro feed it radial bases and invariant latents; its ``torch.mm`` takes
 ``(atoms or edges, channels)`` only).
 """
 

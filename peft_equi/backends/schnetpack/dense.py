@@ -6,7 +6,7 @@ and bias, so adapters see the pre-activation (as on e3nn's ``FullyConnectedNet``
 Recognised by class (``schnetpack``'s ``Dense`` in the MRO, its ``forward`` not overridden),
 without importing schnetpack.  PaiNN and SO3net apply ``Dense`` and ``nn.Linear`` to
 ``(atoms, 3, channels)`` vectors and ``(atoms, (l+1)^2, channels)`` features as well as to
-scalars, so a ``Dense``'s input is invariant only where its own activation, or that of the
+invariants, so a ``Dense``'s input is invariant only where its own activation, or that of the
 ``Dense`` before it in an ``nn.Sequential``, breaks parity (:mod:`peft_equi.core.invariance`).
 """
 
