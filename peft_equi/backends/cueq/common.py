@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import math
 from typing import Any
 
+import numpy as np
 import torch
 from torch import nn
 
 from peft_equi.core.irreps import Irreps, Layout
+from peft_equi.core.spec import WeightPath
 
 
 def layout_of(value: Any) -> Layout:
@@ -52,3 +55,22 @@ def has_internal_weight(module: nn.Module) -> bool:
 def polynomial(module: nn.Module) -> Any:
     """The segmented tensor product behind ``module.f`` (paths, segment shapes, coefficients)."""
     return module.f._polynomial_orig.operations[0][1]
+
+
+def weight_paths(module: nn.Module) -> tuple[WeightPath, ...]:
+    """The weight blocks of ``module``'s polynomial, in the order of its flat weight.
+
+    Each path's indices are ``(weight segment, input irreps..., output irrep)``; its path weight is
+    the coefficient (a linear layer's one number) or the norm of the coupling coefficients.
+    """
+    stp = polynomial(module)
+    paths, offset = [], 0
+    for path in stp.paths:
+        segment, *inputs, i_out = path.indices
+        shape = tuple(int(s) for s in stp.operands[0].segments[segment])
+        coefficients = np.asarray(path.coefficients)
+        weight = float(coefficients.reshape(())) if coefficients.size == 1 else float(np.linalg.norm(coefficients))
+        name = f"{','.join(str(i) for i in inputs)}->{i_out}"
+        paths.append(WeightPath(tuple(inputs), i_out, shape, offset, weight, name))
+        offset += math.prod(shape)
+    return tuple(paths)

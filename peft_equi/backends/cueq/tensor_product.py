@@ -2,17 +2,21 @@
 
 from __future__ import annotations
 
-import math
-
-import numpy as np
 import torch
 from torch import nn
 
-from peft_equi.backends.cueq.common import has_internal_weight, is_cue_irreps, layout_of, layout_order, polynomial
+from peft_equi.backends.cueq.common import (
+    has_internal_weight,
+    is_cue_irreps,
+    layout_of,
+    layout_order,
+    polynomial,
+    weight_paths,
+)
 from peft_equi.core.irreps import Irreps
 from peft_equi.core.layouts import FlatWeightLayer
 from peft_equi.core.registry import register_backend
-from peft_equi.core.spec import LayerKind, LayerSpec, WeightPath
+from peft_equi.core.spec import LayerKind, LayerSpec
 
 
 @register_backend
@@ -40,19 +44,11 @@ class CueFullyConnectedTensorProduct(FlatWeightLayer):
 
     @classmethod
     def describe(cls, module: nn.Module) -> LayerSpec:
-        stp = polynomial(module)
-        paths, offset = [], 0
-        for path in stp.paths:
-            segment, i1, i2, i_out = path.indices
-            shape = tuple(int(s) for s in stp.operands[0].segments[segment])
-            weight = float(np.linalg.norm(np.asarray(path.coefficients)))
-            paths.append(WeightPath((i1, i2), i_out, shape, offset, weight, f"{i1},{i2}->{i_out}"))
-            offset += math.prod(shape)
         return LayerSpec(
             LayerKind.TENSOR_PRODUCT,
             (Irreps(module.irreps_in1), Irreps(module.irreps_in2)),
             Irreps(module.irreps_out),
-            tuple(paths),
+            weight_paths(module),
             layout_of(module.transpose_out.target),
         )
 
