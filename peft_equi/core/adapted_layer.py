@@ -271,7 +271,7 @@ class AdaptedLayer(nn.Module):
         raise NotImplementedError(f"backend {self.name} implements no write()")
 
     def effective_parameters(self) -> tuple[torch.Tensor | None, torch.Tensor | None, torch.Tensor | None]:
-        """``(weight, bias, output_shift output shift)``; all ``None`` when the adapter leaves them alone."""
+        """``(weight, bias, output shift)``; all ``None`` when the adapter leaves them alone."""
         delta = self.adapter.delta_weight()
         gain, shift = self.adapter.output_affine()
         if delta is None and gain is None and shift is None:

@@ -24,6 +24,7 @@ from collections.abc import Callable
 from importlib.metadata import entry_points
 from typing import Generic, TypeVar
 
+from peft_equi.core.adapted_layer import AdaptedLayer
 from peft_equi.errors import UnknownNameError
 
 T = TypeVar("T")
@@ -93,7 +94,12 @@ def register_adapter(cls: type[T]) -> type[T]:
 
 def register_backend(cls: type[T]) -> type[T]:
     """Class decorator: register a backend, an :class:`~peft_equi.core.adapted_layer.AdaptedLayer` subclass for
-    one layer type, under ``cls.name``."""
+    one layer type, under ``cls.name`` (anything else is a ``TypeError``: docs/extending.md says how to write one)."""
+    if not (isinstance(cls, type) and issubclass(cls, AdaptedLayer)):
+        raise TypeError(
+            f"register_backend takes an AdaptedLayer subclass (one class per layer type, docs/extending.md), "
+            f"not {cls!r}"
+        )
     BACKENDS.register(cls.name, cls)  # type: ignore[attr-defined]
     return cls
 

@@ -254,10 +254,25 @@ def check_base(meta: dict, current: dict[str, dict], directory: Path, allow_base
     logger.warning("%s; loaded anyway (allow_base_mismatch)", message)
 
 
+#: PeftConfig fields renamed since adapters of the current format were first saved: old name -> new
+RENAMED_FIELDS = {"train": "fully_trained", "train_buffers": "fully_trained_buffers"}
+
+
+def _current_names(config: object) -> object:
+    """``config`` with the fields of :data:`RENAMED_FIELDS` under their current names."""
+    if not isinstance(config, dict):
+        return config  # validation says what is wrong with it
+    for old, new in RENAMED_FIELDS.items():
+        if old in config and new in config:
+            raise ValueError(f"both {old!r} and its current name {new!r} are given")
+    return {RENAMED_FIELDS.get(key, key): value for key, value in config.items()}
+
+
 def adapter_config(meta: dict, directory: Path) -> PeftConfig:
-    """The :class:`PeftConfig` recorded in an adapter's metadata; invalid, a one-line :class:`AdapterLoadError`."""
+    """The :class:`PeftConfig` recorded in an adapter's metadata (fields saved under an earlier name,
+    :data:`RENAMED_FIELDS`, are read under the current one); invalid, a one-line :class:`AdapterLoadError`."""
     try:
-        return PeftConfig.model_validate(meta["config"])
+        return PeftConfig.model_validate(_current_names(meta["config"]))
     except (ValidationError, ValueError) as exc:
         problem = ConfigError.from_validation(exc) if isinstance(exc, ValidationError) else one_line(exc)
         raise AdapterLoadError(f"{directory / CONFIG_NAME}: invalid adapter config: {problem}") from None

@@ -216,3 +216,9 @@ def test_a_model_family_registers_through_an_entry_point(tmp_path, monkeypatch, 
     monkeypatch.setattr(registry, "entry_points", lambda group: [fake] if group == "peft_equi.families" else [])
     assert load_potential("x.toy", trust_pickle=True) == ("x.toy", torch.float64, True)
     assert FAMILIES.names() == ["mace", "nequip", "sevenn", "toy"] and FAMILIES.group == "peft_equi.families"
+
+
+@pytest.mark.parametrize("thing", [object, nn.Linear, "e3nn.linear"], ids=["object", "a module class", "a string"])
+def test_register_backend_takes_adapted_layer_subclasses_only(thing):
+    with pytest.raises(TypeError, match="register_backend takes an AdaptedLayer subclass"):
+        peft_equi.register_backend(thing)
