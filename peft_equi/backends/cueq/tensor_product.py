@@ -5,14 +5,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from peft_equi.backends.cueq.common import (
-    has_internal_weight,
-    is_cue_irreps,
-    layout_of,
-    layout_order,
-    polynomial,
-    weight_paths,
-)
+from peft_equi.backends.cueq import common
 from peft_equi.core.irreps import Irreps
 from peft_equi.core.layouts import FlatWeightLayer
 from peft_equi.core.registry import register_backend
@@ -36,10 +29,10 @@ class CueFullyConnectedTensorProduct(FlatWeightLayer):
     @classmethod
     def matches(cls, module: nn.Module) -> bool:
         return (
-            all(is_cue_irreps(getattr(module, a, None)) for a in ("irreps_in1", "irreps_in2", "irreps_out"))
+            all(common.is_cue_irreps(getattr(module, a, None)) for a in ("irreps_in1", "irreps_in2", "irreps_out"))
             and all(hasattr(module, a) for a in ("transpose_in1", "transpose_in2", "transpose_out", "f"))
-            and has_internal_weight(module)
-            and polynomial(module).subscripts == "uvw,iu,jv,kw+ijk"
+            and common.has_internal_weight(module)
+            and common.polynomial(module).subscripts == "uvw,iu,jv,kw+ijk"
         )
 
     @classmethod
@@ -48,17 +41,20 @@ class CueFullyConnectedTensorProduct(FlatWeightLayer):
             LayerKind.TENSOR_PRODUCT,
             (Irreps(module.irreps_in1), Irreps(module.irreps_in2)),
             Irreps(module.irreps_out),
-            weight_paths(module),
-            layout_of(module.transpose_out.target),
+            common.weight_paths(module),
+            common.layout_of(module.transpose_out.target),
         )
 
     def __init__(self, base_layer: nn.Module, spec: LayerSpec, adapter) -> None:
         super().__init__(base_layer, spec, adapter)
-        target = layout_of(base_layer.transpose_out.target)
-        source1, source2 = layout_of(base_layer.transpose_in1.source), layout_of(base_layer.transpose_in2.source)
+        target = common.layout_of(base_layer.transpose_out.target)
+        source1 = common.layout_of(base_layer.transpose_in1.source)
+        source2 = common.layout_of(base_layer.transpose_in2.source)
         self.reorder_x1, self.reorder_x2 = source1 is not target, source2 is not target
-        self.register_buffer("x1_order", layout_order(Irreps(base_layer.irreps_in1), source1, target), persistent=False)
-        self.register_buffer("x2_order", layout_order(Irreps(base_layer.irreps_in2), source2, target), persistent=False)
+        order1 = common.layout_order(Irreps(base_layer.irreps_in1), source1, target)
+        order2 = common.layout_order(Irreps(base_layer.irreps_in2), source2, target)
+        self.register_buffer("x1_order", order1, persistent=False)
+        self.register_buffer("x2_order", order2, persistent=False)
 
     def forward(self, x1: torch.Tensor, x2: torch.Tensor) -> torch.Tensor:
         if not self.adapter_enabled:
