@@ -35,7 +35,7 @@ lammps-plugin: $(LAMMPS_PLUGIN)
 
 test: $(STAMP) $(LAMMPS_PLUGIN)
 	$(PY) -m ruff check .
-	$(PY) -m pytest -q
+	$(PY) -m pytest -q -n auto --dist loadfile  # one worker per core, each test file in one worker
 
 lint: $(STAMP)
 	$(PY) -m ruff check .

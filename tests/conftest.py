@@ -1,10 +1,19 @@
-"""Shared fixtures: float64 by default (equivariance checks need it) and seeded RNG."""
+"""Shared fixtures: float64 by default (equivariance checks need it) and seeded RNG.
+
+Under pytest-xdist (``make test`` runs ``pytest -n auto``) each worker gets an equal share of the cores
+for torch's intra-op threads, so the workers do not oversubscribe the machine.
+"""
+
+import os
 
 import pytest
 import torch
 from mace_models import batch_of, build_mace, molecules
 
 from peft_equi.utils.dtype import torch_default_dtype
+
+if "PYTEST_XDIST_WORKER_COUNT" in os.environ:
+    torch.set_num_threads(max(1, (os.cpu_count() or 1) // int(os.environ["PYTEST_XDIST_WORKER_COUNT"])))
 
 
 @pytest.fixture(autouse=True)

@@ -31,7 +31,7 @@ def test_pretraining_writes_both_model_files_and_resumes(tmp_path):
     data, out, models = tmp_path / "data", tmp_path / "pretrain", tmp_path / "models"
     tiny = ["--limit", "6", "--configs-per-temperature", "3", "--stride", "3", "--equilibration-steps", "2"]
     run_generator("--out-dir", str(data), "--workers", "1", "--temperatures", "300", "600", *tiny)
-    run = ["--data", str(data), "--width", "4", "--output", str(out), "--models-dir", str(models)]
+    run = ["--data", str(data), "--width", "4", "--output", str(out), "--models-dir", str(models), "--threads", "1"]
     pretrain_organic.main([*run, "--epochs", "1"])
     first = json.loads((out / "results.json").read_text())
     pretrain_organic.main([*run, "--epochs", "2"])  # continues from the checkpoint of epoch 1
