@@ -10,6 +10,7 @@ from __future__ import annotations
 import inspect
 import json
 import logging
+import math
 import os
 import sys
 import types
@@ -73,6 +74,11 @@ def _main(
     configure_logging(logging.WARNING if quiet else logging.INFO)
 
 
+def _quiet() -> bool:
+    """Whether ``--quiet`` was given: the application logs warnings only, and shows no progress bars either."""
+    return not logging.getLogger("peft_equi_train").isEnabledFor(logging.INFO)
+
+
 def _fail(message: str) -> typer.Exit:
     lines = "; ".join(line.strip() for line in str(message).splitlines() if line.strip())  # one line, "; " between
     typer.secho(f"error: {lines}", fg=typer.colors.RED, err=True)
@@ -103,6 +109,8 @@ def _cli_type(annotation: Any) -> Any:
 
 def _finetune(config: Optional[Path] = None, **flags: Any) -> None:  # noqa: UP045 - typer reads the annotation
     given = {k: v for k, v in flags.items() if v is not None}
+    if _quiet():
+        given["progress"] = False
     if isinstance(given.get("adapter_options"), str):
         given["adapter_options"] = _yaml_option(given["adapter_options"], "--adapter-options") or {}
     try:
@@ -329,14 +337,17 @@ def md(
 ) -> None:
     """MD stability: Langevin NVT then NVE with the model (and, with --run, the fine-tuned model); before/after."""
     from peft_equi.families.base import load_potential
+    from peft_equi_train.loop import usable_device
     from peft_equi_train.md import format_reports, write_reports
 
     nve = steps if nve_steps is None else nve_steps
     try:
         if steps < 0 or nve < 0 or steps + nve == 0:
             raise PeftEquiError("--steps and --nve-steps must be >= 0, and not both 0")
-        if timestep <= 0 or temperature < 0 or friction < 0:
-            raise PeftEquiError("--timestep must be > 0; --temperature and --friction >= 0")
+        finite = all(map(math.isfinite, (timestep, temperature, friction)))
+        if not finite or timestep <= 0 or temperature < 0 or friction < 0:
+            raise PeftEquiError("--timestep must be a finite number > 0; --temperature and --friction finite and >= 0")
+        usable_device(device)
         atoms = _read_structure(structure)
         base = load_potential(model, trust_pickle=trust_pickle)
         base.check_elements(atoms.numbers, str(structure))
@@ -348,7 +359,8 @@ def md(
             # the same per-element correction for both: a constant shift, it changes neither dynamics nor drift
             models = {"foundation": (base, base.model, shift), "fine-tuned": (potential, peft_model, shift)}
         settings = dict(temperature=temperature, nvt_steps=steps, nve_steps=nve, timestep=timestep, seed=seed)
-        reports = _md_reports(models, atoms, device, settings | dict(friction=friction, progress=progress))
+        settings |= dict(friction=friction, progress=progress and not _quiet())
+        reports = _md_reports(models, atoms, device, settings)
         paths = write_reports(reports, output, structure=str(structure))
     except (PeftEquiError, FileNotFoundError, ValueError) as exc:
         raise _fail(str(exc)) from None

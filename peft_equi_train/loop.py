@@ -47,6 +47,22 @@ class TrainingDivergedError(PeftEquiError):
     """The loss became NaN or infinite; the last good checkpoint is kept."""
 
 
+def usable_device(device: str) -> torch.device:
+    """``device`` as a ``torch.device``, checked by allocating on it: an unknown name (``gpu7``) or a device
+    this machine lacks (``cuda`` without a GPU, ``cuda:5`` with one) is a one-line :class:`PeftEquiError`."""
+    try:
+        kind = torch.device(device)
+        torch.empty(0, device=kind)
+    except Exception as exc:  # torch raises several kinds for a device it cannot use
+        raise unusable_device(device, exc) from None
+    return kind
+
+
+def unusable_device(device: str, exc: BaseException) -> PeftEquiError:
+    """The one-line error for a device that cannot be used."""
+    return PeftEquiError(f"device {device!r} cannot be used: {first_line(exc)}")
+
+
 def make_fabric(device: str):
     """A Fabric on ``device`` (``cpu``, ``cuda``, ``cuda:1``); under torchrun, DDP over all its processes."""
     from lightning.fabric import Fabric
@@ -60,7 +76,7 @@ def make_fabric(device: str):
         devices = [kind.index] if kind.index is not None else 1
         return Fabric(accelerator=kind.type, devices=devices, precision="32-true")
     except Exception as exc:  # torch and Lightning raise several kinds for a device they cannot use
-        raise PeftEquiError(f"device {device!r} cannot be used: {first_line(exc)}") from None
+        raise unusable_device(device, exc) from None
 
 
 @dataclass

@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -329,11 +330,18 @@ def write_reports(reports: Mapping[str, MDReport], output: str | Path, structure
     output = Path(output)
     output.mkdir(parents=True, exist_ok=True)
     report_path = output / "md_report.json"
-    body = {"structure": structure, "models": {name: r.summary() for name, r in reports.items()}}
-    report_path.write_text(json.dumps(body, indent=2, default=float))
+    models = {name: {k: _json_value(v) for k, v in r.summary().items()} for name, r in reports.items()}
+    report_path.write_text(json.dumps({"structure": structure, "models": models}, indent=2, allow_nan=False))
     plot_path = output / "md_stability.png"
     plot_reports(reports, plot_path)
     return [report_path, plot_path]
+
+
+def _json_value(value: Any) -> Any:
+    """``value`` as strict JSON has it: numpy scalars as Python ones, a non-finite number as ``null``."""
+    if isinstance(value, (float, np.floating)):
+        return float(value) if math.isfinite(value) else None
+    return value.item() if isinstance(value, np.generic) else value
 
 
 def plot_reports(reports: Mapping[str, MDReport], path: str | Path) -> None:

@@ -19,6 +19,8 @@ write nothing):
   disk, ``SIGKILL``).  The swap is two renames; a crash between them leaves the previous run
   in ``.<name>.previous``.  A failed run's sibling is removed (:meth:`RunDirectory.close`);
   one left by a killed process is removed by the next ``overwrite``.
+* **A failed run leaves no trace.** Folders the run created and left empty (it failed before
+  writing anything) are removed when it ends without :meth:`RunDirectory.commit`.
 
 A run writes ``results.json`` last (:func:`~peft_equi_train.outputs.write_outputs`):
 :func:`finished_run` refuses a directory without it.
@@ -53,7 +55,9 @@ class RunDirectory:
         self.resume, self.overwrite, self.first_process = resume, overwrite, first_process
         self.work = self.output
         self.staged = False
+        self.committed = False
         self._lock: int | None = None
+        self._created: Path | None = None  # the outermost folder open() created, removed again if left empty
 
     def open(self) -> RunDirectory:
         """Claim and check ``output`` (first process only); raise :class:`PeftEquiError` on one line if it cannot be."""
@@ -62,6 +66,7 @@ class RunDirectory:
         output = self.output
         if output.exists() and not output.is_dir():
             raise PeftEquiError(f"output {output} exists and is not a directory")
+        self._created = next((p for p in reversed((output, *output.parents)) if not p.exists()), None)
         try:
             output.mkdir(parents=True, exist_ok=True)
         except OSError as exc:
@@ -105,6 +110,7 @@ class RunDirectory:
 
     def commit(self) -> None:
         """The run is complete: with ``overwrite``, swap the new run in place of the previous one."""
+        self.committed = True
         if not self.staged:
             return
         previous = _sibling(self.output, "previous")
@@ -120,13 +126,29 @@ class RunDirectory:
         log.info("overwrite: the previous run in %s was replaced", self.output)
 
     def close(self) -> None:
-        """Release the lock; an uncommitted ``overwrite`` run's files are removed (the previous run stays)."""
+        """Release the lock; an uncommitted ``overwrite`` run's files are removed (the previous run stays), and so
+        are the folders an uncommitted run created and left empty."""
         if self.staged:
             _remove(self.work)
             self.staged, self.work = False, self.output
         if self._lock is not None:
             os.close(self._lock)
             self._lock = None
+        if not self.committed and self._created is not None:
+            _remove_empty(self.output, self._created)
+            self._created = None
+
+
+def _remove_empty(directory: Path, outermost: Path) -> None:
+    """Remove ``directory`` and its parents up to ``outermost`` while they are empty."""
+    while True:
+        try:
+            directory.rmdir()
+        except OSError:  # not empty (the run wrote something to keep), or already gone
+            return
+        if directory == outermost:
+            return
+        directory = directory.parent
 
 
 def _lock(directory: Path) -> int:

@@ -4,6 +4,7 @@ Under pytest-xdist (``make test`` runs ``pytest -n auto``) each worker gets an e
 for torch's intra-op threads, so the workers do not oversubscribe the machine.
 """
 
+import logging
 import os
 
 import pytest
@@ -22,6 +23,16 @@ def _float64_and_seed():
     torch.manual_seed(0)
     with torch_default_dtype(torch.float64):
         yield
+
+
+@pytest.fixture(autouse=True)
+def _logger_levels():
+    """The CLI sets the levels of the project's loggers (``--quiet``): each test leaves them as it found them."""
+    loggers = [logging.getLogger(name) for name in ("peft_equi", "peft_equi_train")]
+    levels = [logger.level for logger in loggers]
+    yield
+    for logger, level in zip(loggers, levels):
+        logger.setLevel(level)
 
 
 @pytest.fixture(scope="module")

@@ -16,12 +16,13 @@ from pathlib import Path
 from types import ModuleType
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, ValidationError, field_validator, model_validator
 
 from peft_equi.core.adapter import AdapterConfig, validated_config
 from peft_equi.core.regex import compile_regex
 from peft_equi.core.registry import ADAPTERS
 from peft_equi.core.spec import LayerKind
+from peft_equi.errors import ConfigError, one_line
 from peft_equi.utils.optional import require
 
 
@@ -165,7 +166,13 @@ class PeftConfig(BaseModel):
 
     @classmethod
     def from_file(cls, path: str | Path) -> PeftConfig:
-        """Read a ``.json``, ``.yaml`` or ``.yml`` file."""
+        """Read a ``.json``, ``.yaml`` or ``.yml`` file; a missing or unreadable file, invalid JSON or YAML and
+        invalid options are a one-line :class:`~peft_equi.errors.ConfigError` naming the file."""
         path = Path(path)
-        text = path.read_text()
-        return cls.from_json(text) if path.suffix == ".json" else cls.from_yaml(text)
+        try:
+            text = path.read_text()
+            return cls.from_json(text) if path.suffix == ".json" else cls.from_yaml(text)
+        except ValidationError as exc:
+            raise ConfigError.from_validation(exc, str(path)) from None
+        except (OSError, UnicodeDecodeError, _yaml().YAMLError) as exc:
+            raise ConfigError(f"{path}: {one_line(exc)}") from None

@@ -94,8 +94,13 @@ def resolve_config(config: PeftConfig | AdapterConfig | str, **options: Any) -> 
             )
         name = adapter_name_of(config)
         options = {**config.model_dump(mode="json", exclude_unset=True), **options}
-    else:
+    elif isinstance(config, str):
         name = config
+    else:
+        raise ConfigError(
+            f"the config must be a PeftConfig, an adapter's config or a preset or adapter name, "
+            f"not {type(config).__name__}"
+        )
     if name not in PRESETS and name not in ADAPTERS:
         raise UnknownNameError("preset or adapter", name, preset_names())
     what = f"{'preset' if name in PRESETS else 'adapter'} {name!r}"

@@ -238,13 +238,16 @@ class PeftModel(NamedAdapters, Merging, nn.Module):
             tensors[trained_key(name)] = value
         return tensors
 
-    def save_pretrained(self, save_directory: str | Path, selected_adapters: list[str] | None = None) -> Path:
-        """Write each adapter (default: all) as ``adapter_config.json`` + ``adapter_model.safetensors``:
-        the adapter named ``"default"`` into ``save_directory``, the others into ``save_directory/<name>``
-        (as peft).  Adapter weights and fully trained tensors only (:mod:`peft_equi.tuner.save_and_load`).
-        Returns ``save_directory``."""
+    def save_pretrained(self, save_directory: str | Path, selected_adapters: list[str] | str | None = None) -> Path:
+        """Write each adapter (default: all; one name or a list of names) as ``adapter_config.json`` +
+        ``adapter_model.safetensors``: the adapter named ``"default"`` into ``save_directory``, the others
+        into ``save_directory/<name>`` (as peft).  Adapter weights and fully trained tensors only
+        (:mod:`peft_equi.tuner.save_and_load`).  Returns ``save_directory``."""
         self.tuner_state.check_usable()
-        names = list(self.peft_config) if selected_adapters is None else list(selected_adapters)
+        if selected_adapters is None:
+            names = list(self.peft_config)
+        else:
+            names = [selected_adapters] if isinstance(selected_adapters, str) else list(selected_adapters)
         for name in names:
             self._check_known(name)
         directory = Path(save_directory)
@@ -365,6 +368,8 @@ def _count(module: nn.Module) -> int:
 
 def plan_layers(model: nn.Module, config: PeftConfig) -> list[LayerPlan]:
     """Discover layers and build adapters for ``config`` without touching ``model``."""
+    if not isinstance(model, nn.Module):
+        raise TypeError(f"the model must be a torch.nn.Module, not {type(model).__name__}")
     if any(isinstance(m, AdaptedLayer) for m in model.modules()):
         raise ValueError(
             "the model already has peft_equi adapters; add more to its PeftModel with add_adapter, "

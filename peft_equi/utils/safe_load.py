@@ -72,7 +72,8 @@ def load_torch_file(
 
     A file that needs other globals is unpickled in full only with ``trust_pickle`` (inside
     ``trusted_context``); without it, :class:`UntrustedPickleError` says that ``path`` is
-    ``what``.  A file torch cannot read at all raises :class:`PeftEquiError` naming it.
+    ``what``.  A file torch cannot read at all (truncated, not a torch file: also with
+    ``trust_pickle``) raises :class:`PeftEquiError` naming it.
     """
     try:
         with torch.serialization.safe_globals(list(safe_globals)):
@@ -82,6 +83,14 @@ def load_torch_file(
             raise refusal(path, what) from exc
     except Exception as exc:  # truncated, not a torch file, ...: the full unpickler may still read it
         if not trust_pickle:
-            raise PeftEquiError(f"{path}: cannot read it as a torch file ({first_line(exc)})") from exc
+            raise unreadable(path, exc) from exc
     with trusted_context():
-        return torch.load(path, map_location="cpu", weights_only=False)
+        try:
+            return torch.load(path, map_location="cpu", weights_only=False)
+        except (pickle.UnpicklingError, RuntimeError, EOFError, ValueError) as exc:  # not a readable torch file
+            raise unreadable(path, exc) from exc
+
+
+def unreadable(path: str | Path, exc: BaseException) -> PeftEquiError:
+    """The one-line error for a file torch cannot read at all."""
+    return PeftEquiError(f"{path}: cannot read it as a torch file ({first_line(exc)})")

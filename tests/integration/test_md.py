@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from dataclasses import replace
 
 import numpy as np
 import pytest
@@ -15,6 +16,7 @@ from typer.testing import CliRunner
 
 import peft_equi
 from peft_equi.families.base import load_potential
+from peft_equi_train import cli
 from peft_equi_train.cli import app
 from peft_equi_train.md import PotentialCalculator, bond_graph, energy_drift, md_stability, write_reports
 
@@ -157,12 +159,50 @@ def test_cli_md_before_after_writes_report_and_plot(sane, tmp_path):
     assert bad.exit_code == 2 and "cannot read a structure" in bad.output
 
 
-def test_write_reports_without_trace(tmp_path):
+MD_OPTION_ERRORS = {
+    "nan timestep": (["--timestep", "nan"], "--timestep must be a finite number > 0"),
+    "inf temperature": (["--temperature", "inf"], "--temperature and --friction finite and >= 0"),
+    "nan friction": (["--friction", "nan"], "--temperature and --friction finite and >= 0"),
+    "negative timestep": (["--timestep", "-1"], "--timestep must be a finite number > 0"),
+    "unknown device": (["--device", "gpu7"], "device 'gpu7' cannot be used"),
+}
+
+
+@pytest.mark.parametrize("case", list(MD_OPTION_ERRORS))
+def test_md_option_errors_are_one_line_and_write_nothing(tmp_path, case):
+    structure = tmp_path / "ethanol.xyz"
+    write(structure, molecule("CH3CH2OH"))
+    extra, expected = MD_OPTION_ERRORS[case]
+    args = ["md", "--model", str(MODEL), "--structure", str(structure), "--output", str(tmp_path / "md"), *extra]
+    result = runner.invoke(app, args)
+    assert result.exit_code == 2, result.output
+    assert result.output.startswith("error: ") and result.output.count("\n") == 1, result.output
+    assert expected in result.output
+    assert not (tmp_path / "md").exists()
+
+
+def test_quiet_turns_the_md_progress_bar_off(tmp_path, monkeypatch):
+    seen = {}
+    monkeypatch.setattr(cli, "_md_reports", lambda models, atoms, device, settings: seen.update(settings) or {})
+    structure = tmp_path / "ethanol.xyz"
+    write(structure, molecule("CH3CH2OH"))
+    args = ["md", "--model", str(MODEL), "--structure", str(structure), "--output", str(tmp_path / "md")]
+    for quiet, progress in (([], True), (["-q"], False)):
+        result = runner.invoke(app, [*quiet, *args])
+        assert result.exit_code == 0, result.output
+        assert seen["progress"] is progress
+
+
+def test_write_reports_without_trace_and_strict_json(tmp_path):
     atoms = molecule("H2O")
     report = md_stability(Springs(atoms), atoms, 300.0, 5, 5, seed=0)
-    paths = write_reports({"springs": report}, tmp_path / "out")
-    body = json.loads(paths[0].read_text())
+    blown_up = replace(report, max_force_eV_A=float("nan"), nve_drift_eV_per_atom_per_ps=np.float32("inf"))
+    paths = write_reports({"springs": report, "blown up": blown_up}, tmp_path / "out")
+    body = json.loads(paths[0].read_text(), parse_constant=lambda token: pytest.fail(f"not strict JSON: {token}"))
     assert "trace" not in body["models"]["springs"] and paths[1].exists()
+    assert body["models"]["springs"]["max_force_eV_A"] == pytest.approx(report.max_force_eV_A)
+    assert body["models"]["blown up"]["max_force_eV_A"] is None
+    assert body["models"]["blown up"]["nve_drift_eV_per_atom_per_ps"] is None
 
 
 def test_bond_graph_counts_the_bonds_of_ethanol():

@@ -18,6 +18,7 @@ from peft_equi.errors import ConfigError, DataError, PeftEquiError, UnknownEleme
 from peft_equi_train import FinetuneConfig, Finetuner
 from peft_equi_train.checkpoint import load_checkpoint
 from peft_equi_train.cli import app
+from peft_equi_train.run_directory import RunDirectory
 
 runner = CliRunner()
 MISSING_MODEL = "no-such-model.model"  # loading it would fail: errors below come before the model
@@ -290,12 +291,14 @@ CLI_ERRORS = {
     "config option": (["--lr", "-1"], "lr: Input should be greater than 0"),
     "non-empty output": (["--output", "{tmp}/full"], "is not empty"),
     "unknown device": (["--device", "nonsense"], "device 'nonsense' cannot be used"),
+    "missing model": ([], MISSING_MODEL),  # found after the output folder is claimed: it is removed again
 }
 
 
 @pytest.mark.parametrize("case", list(CLI_ERRORS))
 def test_cli_errors_are_one_line(files, tmp_path, case):
-    """Item 10 (and 5, 7 through the CLI): rc 2 and a single 'error:' line, before the model is loaded."""
+    """Item 10 (and 5, 7 through the CLI): rc 2 and a single 'error:' line, before the model is loaded; a failed
+    run leaves no output folder behind."""
     (tmp_path / "empty.xyz").write_text("")
     (tmp_path / "garbage.xyz").write_text("this is\nnot an extxyz file\n")
     structures = _structures(files)
@@ -310,6 +313,35 @@ def test_cli_errors_are_one_line(files, tmp_path, case):
     assert result.exit_code == 2, result.output
     assert result.output.startswith("error: ") and result.output.count("\n") == 1, result.output
     assert expected in result.output
+    assert not (tmp_path / "run").exists()
+
+
+@pytest.mark.parametrize("outcome", ["failed", "failed after writing", "committed", "failed in an existing folder"])
+def test_a_failed_run_removes_only_the_empty_folders_it_created(tmp_path, outcome):
+    output = tmp_path / "runs" / "new" / "run"
+    if outcome == "failed in an existing folder":
+        output.mkdir(parents=True)
+    directory = RunDirectory(output, resume=False, overwrite=False).open()
+    if outcome == "failed after writing":
+        (output / "checkpoint.pt").write_bytes(b"kept for --resume")
+    if outcome == "committed":
+        directory.commit()
+    directory.close()
+    remaining = sorted(str(p.relative_to(tmp_path)) for p in tmp_path.rglob("*"))
+    if outcome == "failed":
+        assert remaining == []
+    else:
+        assert output.is_dir() and "runs/new/run" in remaining
+
+
+def test_quiet_turns_the_progress_bars_off(files, monkeypatch):
+    seen = []
+    result = {"trainable_parameters": 7, "before": {}, "after": {}, "kept": {"keep": "best", "epoch": 1}}
+    monkeypatch.setattr(Finetuner, "run", lambda self: seen.append(self.config.progress) or result)
+    args = ["finetune", "--model", "m", "--train", str(files / "data.xyz")]
+    for quiet in ([], ["--quiet"]):
+        assert runner.invoke(app, [*quiet, *args]).exit_code == 0
+    assert seen == [True, False]
 
 
 def test_none_values(files, tmp_path):

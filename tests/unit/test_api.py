@@ -212,6 +212,44 @@ def test_bad_input_is_named_and_leaves_the_model_alone(call, error, message):
     _assert_unchanged(net, snapshot)
 
 
+@pytest.mark.parametrize(
+    ("config", "error", "message"),
+    [
+        ({"rules": [{"adapter": "lora"}]}, peft_equi.ConfigError, "must be a PeftConfig.*not dict"),
+        (None, peft_equi.ConfigError, "not NoneType"),
+    ],
+)
+def test_a_config_of_the_wrong_type_is_named(config, error, message):
+    net = MixedNet()
+    snapshot = _snapshot(net)
+    with pytest.raises(error, match=message):
+        peft_equi.get_peft_model(net, config)
+    _assert_unchanged(net, snapshot)
+
+
+@pytest.mark.parametrize("model", ["x.model", None])
+def test_a_model_that_is_not_a_module_is_named(model):
+    with pytest.raises(TypeError, match=r"must be a torch\.nn\.Module, not"):
+        peft_equi.get_peft_model(model, "lora")
+
+
+@pytest.mark.parametrize(
+    ("name", "text", "message"),
+    [
+        ("missing.yaml", None, "missing.yaml: .*No such file"),
+        ("typo.yaml", "rulez: []\n", "typo.yaml: rulez: unknown option"),
+        ("broken.yaml", "rules: [\n", "broken.yaml: "),
+        ("broken.json", "{", "broken.json: "),
+    ],
+)
+def test_config_file_problems_are_one_line_config_errors(tmp_path, name, text, message):
+    if text is not None:
+        (tmp_path / name).write_text(text)
+    with pytest.raises(peft_equi.ConfigError, match=message) as caught:
+        peft_equi.PeftConfig.from_file(tmp_path / name)
+    assert "\n" not in str(caught.value)
+
+
 def test_invalid_rule_options_fail_at_config_validation():
     with pytest.raises(ValidationError, match="gain"):
         peft_equi.Rule(adapter="mmea", options={"gain": "sigmoid"})

@@ -48,6 +48,16 @@ def test_pickles_need_explicit_trust():
         load_mace_model(FIXTURES / "missing.model", trust_pickle=True)
 
 
+@pytest.mark.parametrize("trust", [False, True])
+@pytest.mark.parametrize("content", ["text", "truncated"])
+def test_an_unreadable_file_is_one_line_also_when_trusted(tmp_path, content, trust):
+    path = tmp_path / "x.model"
+    path.write_bytes(b"hello\n" if content == "text" else OLD_MODEL.read_bytes()[:100_000])
+    with pytest.raises(PeftEquiError, match=r"x\.model: cannot read it as a torch file \(") as caught:
+        load_mace_model(path, trust_pickle=trust)
+    assert "\n" not in str(caught.value)
+
+
 def test_state_dict_routes(tmp_path):
     from mace.tools.scripts_utils import extract_config_mace_model
 

@@ -229,11 +229,12 @@ def test_save_pretrained_and_load_two_named_adapters(tmp_path, pair):
     assert torch.equal(alone(x, attrs), outputs["other"])  # without "default": the same model
 
 
-def test_selected_adapters_and_a_non_default_first_adapter(tmp_path):
+@pytest.mark.parametrize("selected", [["second"], "second"])  # a list of names, or one name
+def test_selected_adapters_and_a_non_default_first_adapter(tmp_path, selected):
     model = peft_equi.get_peft_model(MixedNet(), "lora", adapter_name="first", rank=2)
     model.add_adapter("second", LoraConfig(rank=3))
     assert list(model.peft_config) == ["first", "second"] and model.active_adapter == "first"
-    model.save_pretrained(tmp_path, selected_adapters=["second"])
+    model.save_pretrained(tmp_path, selected_adapters=selected)
     assert [p.name for p in tmp_path.iterdir()] == ["second"]
 
 
