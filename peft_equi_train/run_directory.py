@@ -131,12 +131,12 @@ class RunDirectory:
         if self.staged:
             _remove(self.work)
             self.staged, self.work = False, self.output
+        if not self.committed and self._created is not None:  # before the lock goes: no other run is in there
+            _remove_empty(self.output, self._created)
+            self._created = None
         if self._lock is not None:
             os.close(self._lock)
             self._lock = None
-        if not self.committed and self._created is not None:
-            _remove_empty(self.output, self._created)
-            self._created = None
 
 
 def _remove_empty(directory: Path, outermost: Path) -> None:

@@ -171,8 +171,15 @@ class PeftConfig(BaseModel):
         path = Path(path)
         try:
             text = path.read_text()
-            return cls.from_json(text) if path.suffix == ".json" else cls.from_yaml(text)
+        except (OSError, UnicodeDecodeError) as exc:
+            raise ConfigError(f"{path}: {one_line(exc)}") from None
+        try:
+            if path.suffix == ".json":
+                return cls.from_json(text)
+            yaml = _yaml()
+            try:
+                return cls.from_yaml(text)
+            except yaml.YAMLError as exc:
+                raise ConfigError(f"{path}: {one_line(exc)}") from None
         except ValidationError as exc:
             raise ConfigError.from_validation(exc, str(path)) from None
-        except (OSError, UnicodeDecodeError, _yaml().YAMLError) as exc:
-            raise ConfigError(f"{path}: {one_line(exc)}") from None

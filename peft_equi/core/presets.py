@@ -97,7 +97,7 @@ def resolve_config(config: PeftConfig | AdapterConfig | str, **options: Any) -> 
     elif isinstance(config, str):
         name = config
     else:
-        raise ConfigError(
+        raise TypeError(
             f"the config must be a PeftConfig, an adapter's config or a preset or adapter name, "
             f"not {type(config).__name__}"
         )

@@ -87,7 +87,9 @@ def load_torch_file(
     with trusted_context():
         try:
             return torch.load(path, map_location="cpu", weights_only=False)
-        except (pickle.UnpicklingError, RuntimeError, EOFError, ValueError) as exc:  # not a readable torch file
+        except MemoryError:
+            raise
+        except Exception as exc:  # not a torch file, truncated, a class this environment lacks, ...
             raise unreadable(path, exc) from exc
 
 

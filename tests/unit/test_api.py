@@ -215,8 +215,8 @@ def test_bad_input_is_named_and_leaves_the_model_alone(call, error, message):
 @pytest.mark.parametrize(
     ("config", "error", "message"),
     [
-        ({"rules": [{"adapter": "lora"}]}, peft_equi.ConfigError, "must be a PeftConfig.*not dict"),
-        (None, peft_equi.ConfigError, "not NoneType"),
+        ({"rules": [{"adapter": "lora"}]}, TypeError, "must be a PeftConfig.*not dict"),
+        (None, TypeError, "not NoneType"),
     ],
 )
 def test_a_config_of_the_wrong_type_is_named(config, error, message):
